@@ -1,0 +1,1 @@
+"""Offline data pipeline: raw corpora -> tokenizer -> packed, verified Arrow shards."""

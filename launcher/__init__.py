@@ -1,0 +1,1 @@
+"""Launch pretrain locally, across nodes with the deepspeed launcher, or as SLURM jobs."""

@@ -1,0 +1,1 @@
+"""DeepSpeed ZeRO trainer for BERT-style masked-language-model pretraining."""

@@ -1,0 +1,44 @@
+"""One distribution, three packages: data_pipeline -> pretrain -> launcher (see docs/architecture.md)."""
+
+from setuptools import find_packages, setup
+
+# Ranges verified on CPU with Python 3.11. torch is pinned to the CPU wheel for CPU installs;
+# GPU images (docker/Dockerfile) install their own CUDA build first, which satisfies the range.
+INSTALL_REQUIRES = [
+    "torch>=2.4,<2.15",
+    "deepspeed>=0.19,<0.20",
+    "transformers>=5,<6",
+    "datasets>=4,<6",
+    "pyarrow>=17",
+    "sentencepiece>=0.2",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "tensorboard>=2.17",
+    "pyyaml>=6",
+    "tqdm>=4.66",
+    "zstandard>=0.22",
+    "numpy>=1.26",
+    "psutil>=5.9",
+]
+
+TEST_REQUIRES = ["pytest>=8", "ruff>=0.6"]
+
+setup(
+    name="mlm-pretrain",
+    version="0.1.0",
+    description="Distributed BERT-style masked-language-model pretraining: data pipeline, DeepSpeed trainer, launcher",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["data_pipeline*", "pretrain*", "launcher*"]),
+    package_data={"launcher": ["templates/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={
+        "console_scripts": [
+            "mlm-data=data_pipeline.cli:main",
+            "mlm-train=pretrain.__main__:main",
+            "mlm-launch=launcher.cli:main",
+        ]
+    },
+)
