@@ -1,0 +1,169 @@
+"""Document cleaning: control characters, Unicode normalisation, empty and overlong documents.
+
+Every repair or drop is counted in a `CleanReport` (which also collects what `sources` repairs, e.g.
+invalid UTF-8), so a build's manifest can say exactly what happened to the input.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from data_pipeline.sources import Document
+
+MAX_EXAMPLES_PER_KEY = 5
+NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")
+
+# C0 controls except \t \n \r, DEL, C1 controls, the BOM / zero-width no-break space, and lone
+# surrogates (JSON "\ud800" escapes decode to them and no tokenizer can encode them).
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ud800-\udfff]+")
+_SENTENCE_END = re.compile(r"[.!?。！？][\"')\]]*\s")
+
+
+@dataclass
+class CleanReport:
+    """Counts of everything dropped or repaired, plus the first few examples of each (mergeable).
+
+    Keys used: documents, empty_documents, short_documents, control_chars_removed, unicode_normalized,
+    overlong_documents_split, overlong_pieces, invalid_utf8_replaced, null_text, files (see `sources`).
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, key: str, n: int = 1, example: str | None = None) -> None:
+        """Add `n` to counter `key`; keep `example` (as 'key: example') if `key` has < 5 examples."""
+        self.counts[key] = self.counts.get(key, 0) + n
+        if example is not None and self._example_count(key) < MAX_EXAMPLES_PER_KEY:
+            self.examples.append(f"{key}: {example}")
+
+    def merge(self, other: CleanReport) -> None:
+        """Add another report's counts and examples (e.g. from another worker) into this one."""
+        for key, n in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+        for example in other.examples:
+            key = example.split(": ", 1)[0]
+            if self._example_count(key) < MAX_EXAMPLES_PER_KEY:
+                self.examples.append(example)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: {'counts': {key: n} (sorted), 'examples': [...]}."""
+        return {"counts": dict(sorted(self.counts.items())), "examples": list(self.examples)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CleanReport:
+        """Inverse of `to_dict` (for reports passed between processes as JSON)."""
+        return cls(counts=dict(data.get("counts", {})), examples=list(data.get("examples", [])))
+
+    def _example_count(self, key: str) -> int:
+        prefix = key + ": "
+        return sum(1 for e in self.examples if e.startswith(prefix))
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """How documents are cleaned.
+
+    normalization: Unicode normal form applied to every document ('NFC', 'NFKC', 'NFD', 'NFKD' or None).
+    max_doc_chars: longer documents are split at paragraph/sentence/whitespace boundaries into pieces
+        of at most this many characters (bounds memory and tokenizer time per document).
+    min_doc_chars: documents (and pieces) shorter than this after stripping whitespace are dropped.
+    """
+
+    normalization: str | None = "NFC"
+    max_doc_chars: int = 100_000
+    min_doc_chars: int = 1
+
+    def __post_init__(self) -> None:
+        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS} or None, got {self.normalization!r}"
+            )
+        if self.min_doc_chars < 1 or self.max_doc_chars < max(self.min_doc_chars, 2):
+            raise ValueError(
+                "need 1 <= min_doc_chars <= max_doc_chars and max_doc_chars >= 2, "
+                f"got {self.min_doc_chars}, {self.max_doc_chars}"
+            )
+
+
+class Cleaner:
+    """Turns a raw `Document` into zero or more clean texts, counting every action in the report."""
+
+    def __init__(self, config: CleanConfig, report: CleanReport) -> None:
+        """Clean with `config`; counts and examples go to `report`."""
+        self.config = config
+        self.report = report
+
+    def clean(self, doc: Document) -> list[str]:
+        """Return the cleaned text(s) of `doc`: [] if dropped, several pieces if it was overlong.
+
+        Steps: normalise line ends to \\n; remove control characters (keeping \\n and \\t); apply the
+        Unicode normal form; strip; drop empty/short documents; split overlong ones.
+        """
+        counts = self.report.counts
+        counts["documents"] = counts.get("documents", 0) + 1
+        text = doc.text
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text, removed = _CONTROL_CHARS.subn("", text)
+        if removed:
+            self.report.add("control_chars_removed", removed, example=f"{doc.source}: record {doc.index}")
+        if self.config.normalization is not None and not text.isascii():
+            normalized = unicodedata.normalize(self.config.normalization, text)
+            if normalized != text:
+                self.report.add("unicode_normalized", example=f"{doc.source}: record {doc.index}")
+                text = normalized
+        text = text.strip()
+        if len(text) < self.config.min_doc_chars:
+            key = "empty_documents" if not text else "short_documents"
+            self.report.add(key, example=f"{doc.source}: record {doc.index}")
+            return []
+        if len(text) <= self.config.max_doc_chars:
+            return [text]
+        pieces = [
+            p for p in split_text(text, self.config.max_doc_chars) if len(p) >= self.config.min_doc_chars
+        ]
+        self.report.add(
+            "overlong_documents_split", example=f"{doc.source}: record {doc.index} ({len(text)} chars)"
+        )
+        self.report.add("overlong_pieces", len(pieces))
+        return pieces
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """Split `text` into stripped pieces of at most `max_chars` characters.
+
+    Cuts at the last paragraph break in the window, else the last line break, else the last sentence
+    end, else the last whitespace, else hard at `max_chars`; a boundary in the first half of the window
+    is not used (the piece would be too short), so pieces are at least about max_chars / 2 long.
+    """
+    pieces = []
+    rest = text
+    while len(rest) > max_chars:
+        window = rest[: max_chars + 1]  # +1: a boundary right after the window still gives a full piece
+        cut = _find_cut(window, max_chars // 2)
+        piece = rest[:cut].strip()
+        if piece:
+            pieces.append(piece)
+        rest = rest[cut:].lstrip()
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def _find_cut(window: str, min_cut: int) -> int:
+    """Where to cut `window` (len <= max_chars + 1): the piece is window[:cut], so cut <= len - 1."""
+    for separator in ("\n\n", "\n"):
+        pos = window.rfind(separator, min_cut)
+        if pos >= 0:
+            return pos
+    last_sentence_end = None
+    for match in _SENTENCE_END.finditer(window, min_cut):
+        last_sentence_end = match.end() - 1  # the whitespace after the sentence
+    if last_sentence_end is not None:
+        return last_sentence_end
+    pos = window.rfind(" ", min_cut)
+    return pos if pos >= 0 else len(window) - 1

@@ -1,0 +1,173 @@
+"""A real English sample corpus with no network: Python's own documentation text.
+
+Sources, in order: the standard library's module/class/function docstrings (read with `ast`, nothing is
+imported), the language reference topics shipped in `pydoc_data/topics.py`, the standard library's
+comment blocks, then docstrings of the installed site-packages until the size cap is reached. Walks
+are sorted, so the same machine produces the same bytes every run.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import re
+import sysconfig
+from collections.abc import Iterator
+
+from data_pipeline.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 12_000_000
+FILE_BYTES = 2_000_000  # several files, so a parallel build has work units to spread
+MIN_COMMENT_WORDS = 4
+
+_BLANK_LINES = re.compile(r"\n\s*\n")
+_COMMENT_LINE = re.compile(r"^[ \t]*#[ \t]?(.*)$")
+_SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages", "idle_test", "tokenizedata"}
+
+
+def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None) -> dict:
+    """Write the sample corpus as .txt files (documents separated by blank lines) into `out_dir`.
+
+    max_bytes: size cap in bytes (None: DEFAULT_MAX_BYTES, about 12 MB). Files are named
+    sample-000.txt, sample-001.txt, ... of about 2 MB each, each written to a temporary name first.
+    Returns {'files': [names], 'documents': n, 'bytes': total bytes written}.
+
+    Raises:
+        DataError: max_bytes < 1, or `out_dir` already holds sample-*.txt files.
+    """
+    limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    if limit < 1:
+        raise DataError(f"max_bytes must be positive, got {max_bytes}")
+    os.makedirs(out_dir, exist_ok=True)
+    if any(name.startswith("sample-") and name.endswith(".txt") for name in os.listdir(out_dir)):
+        raise DataError(f"{out_dir} already holds a sample corpus (sample-*.txt); choose an empty directory")
+    writer = _RotatingWriter(out_dir, limit)
+    for document in _documents():
+        if not writer.write(document):
+            break
+    writer.close()
+    stats = {"files": writer.names, "documents": writer.documents, "bytes": writer.total}
+    logger.info("sample corpus in %s: %s", out_dir, stats)
+    return stats
+
+
+class _RotatingWriter:
+    """Appends documents to sample-NNN.txt files, renaming each into place when it is full."""
+
+    def __init__(self, out_dir: str, limit: int) -> None:
+        self.out_dir, self.limit = out_dir, limit
+        self.names: list[str] = []
+        self.documents = self.total = self._file_bytes = 0
+        self._fh = None
+
+    def write(self, document: str) -> bool:
+        """Append one document; False (nothing written) once it would exceed the cap."""
+        data = document.encode("utf-8", "replace") + b"\n\n"
+        if self.total + len(data) > self.limit:
+            return False
+        if self._fh is None or self._file_bytes + len(data) > FILE_BYTES:
+            self._open_next()
+        self._fh.write(data)
+        self._file_bytes += len(data)
+        self.total += len(data)
+        self.documents += 1
+        return True
+
+    def _open_next(self) -> None:
+        self.close()
+        self.names.append(f"sample-{len(self.names):03d}.txt")
+        self._fh = open(os.path.join(self.out_dir, self.names[-1] + ".tmp"), "wb")  # noqa: SIM115
+        self._file_bytes = 0
+
+    def close(self) -> None:
+        """Finish the current file: close it and rename it to its final name."""
+        if self._fh is not None:
+            self._fh.close()
+            final = os.path.join(self.out_dir, self.names[-1])
+            os.replace(final + ".tmp", final)
+            self._fh = None
+
+
+def _documents() -> Iterator[str]:
+    stdlib = sysconfig.get_paths()["stdlib"]
+    stdlib_files = list(_python_files(stdlib))
+    for path in stdlib_files:
+        yield from _docstring_document(path)
+    yield from _reference_topics(os.path.join(stdlib, "pydoc_data", "topics.py"))
+    for path in stdlib_files:
+        yield from _comment_document(path)
+    site_packages = sysconfig.get_paths()["purelib"]
+    if os.path.isdir(site_packages):
+        for path in _python_files(site_packages, skip=set()):
+            yield from _docstring_document(path)
+
+
+def _python_files(root: str, skip: set[str] | None = None) -> Iterator[str]:
+    skip = _SKIPPED_DIRS if skip is None else skip
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in skip and d != "__pycache__" and not d.startswith(".")
+        )
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                yield os.path.join(dirpath, name)
+
+
+def _parse(path: str) -> ast.Module | None:
+    try:
+        with open(path, "rb") as fh:
+            return ast.parse(fh.read(), filename=path)
+    except (SyntaxError, ValueError, OSError):  # deliberately broken test files, odd encodings
+        return None
+
+
+def _docstring_document(path: str) -> Iterator[str]:
+    """One document per module: its module, class and function docstrings, one paragraph per line."""
+    tree = _parse(path)
+    if tree is None:
+        return
+    docstrings = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node)
+            if docstring and len(docstring.split()) >= MIN_COMMENT_WORDS:
+                docstrings.append(_BLANK_LINES.sub("\n", docstring.strip()))
+    if docstrings:
+        yield "\n".join(docstrings)
+
+
+def _reference_topics(path: str) -> Iterator[str]:
+    """The language reference topics (pydoc_data/topics.py holds them as a dict literal)."""
+    tree = _parse(path)
+    if tree is None:
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for value in node.values:
+                if isinstance(value, ast.Constant) and isinstance(value.value, str) and value.value.strip():
+                    yield _BLANK_LINES.sub("\n", value.value.strip())
+
+
+def _comment_document(path: str) -> Iterator[str]:
+    """One document per module: its comment blocks of at least a few words, one block per line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return
+    blocks, current = [], []
+    for line in lines + [""]:
+        match = _COMMENT_LINE.match(line)
+        text = match.group(1).strip() if match else ""
+        if text and not text.startswith(("!", "-*-", "type:", "noqa", "pragma")):
+            current.append(text)
+        elif current:
+            block = " ".join(current)
+            if len(block.split()) >= MIN_COMMENT_WORDS:
+                blocks.append(block)
+            current = []
+    if blocks:
+        yield "\n".join(blocks)
