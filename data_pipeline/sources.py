@@ -177,13 +177,50 @@ def _open_binary(source: SourceFile) -> BinaryIO:
             return gzip.open(source.path, "rb")
         if source.compression == "bz2":
             return bz2.open(source.path, "rb")
-        raw = open(source.path, "rb", buffering=CHUNK_BYTES)  # noqa: SIM115 - returned to the caller
         if source.compression == "zst":
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-            return io.BufferedReader(reader, CHUNK_BYTES)  # adds readline() for JSONL
-        return raw
+            return io.BufferedReader(_ZstdReader(source.path), CHUNK_BYTES)  # adds readline() for JSONL
+        return open(source.path, "rb")  # noqa: SIM115 - returned to the caller
     except OSError as exc:
         raise DataError(f"{source.path}: cannot read input file ({exc.strerror or exc})") from exc
+
+
+class _ZstdReader(io.RawIOBase):
+    """Streaming .zst reader (all frames) that, unlike zstandard's stream_reader, notices truncation."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._context = zstandard.ZstdDecompressor()
+        self._frame = None
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            compressed = self._file.read(CHUNK_BYTES)
+            if not compressed:
+                if self._frame is not None and not self._frame.eof:
+                    raise zstandard.ZstdError("the file ends inside a zstd frame (truncated?)")
+                return 0
+            self._pending = memoryview(self._decompress(compressed))
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self._frame is None or self._frame.eof:
+                self._frame = self._context.decompressobj()
+            out.append(self._frame.decompress(data))
+            data = self._frame.unused_data if self._frame.eof else b""
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 _STREAM_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
