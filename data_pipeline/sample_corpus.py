@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 12_000_000
 FILE_BYTES = 2_000_000  # several files, so a parallel build has work units to spread
 MIN_COMMENT_WORDS = 4
+DOCUMENT_CHARS = 8000  # paragraphs are grouped into documents of about this size
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _COMMENT_LINE = re.compile(r"^[ \t]*#[ \t]?(.*)$")
@@ -124,8 +125,22 @@ def _parse(path: str) -> ast.Module | None:
         return None
 
 
+def _group(paragraphs: list[str]) -> Iterator[str]:
+    """Consecutive paragraphs joined by newlines into documents of at most ~DOCUMENT_CHARS characters."""
+    current: list[str] = []
+    size = 0
+    for paragraph in paragraphs:
+        if current and size + len(paragraph) > DOCUMENT_CHARS:
+            yield "\n".join(current)
+            current, size = [], 0
+        current.append(paragraph)
+        size += len(paragraph) + 1
+    if current:
+        yield "\n".join(current)
+
+
 def _docstring_document(path: str) -> Iterator[str]:
-    """One document per module: its module, class and function docstrings, one paragraph per line."""
+    """A module's module, class and function docstrings, one paragraph per line, in documents of ~8 KB."""
     tree = _parse(path)
     if tree is None:
         return
@@ -135,8 +150,7 @@ def _docstring_document(path: str) -> Iterator[str]:
             docstring = ast.get_docstring(node)
             if docstring and len(docstring.split()) >= MIN_COMMENT_WORDS:
                 docstrings.append(_BLANK_LINES.sub("\n", docstring.strip()))
-    if docstrings:
-        yield "\n".join(docstrings)
+    yield from _group(docstrings)
 
 
 def _reference_topics(path: str) -> Iterator[str]:
@@ -148,11 +162,11 @@ def _reference_topics(path: str) -> Iterator[str]:
         if isinstance(node, ast.Dict):
             for value in node.values:
                 if isinstance(value, ast.Constant) and isinstance(value.value, str) and value.value.strip():
-                    yield _BLANK_LINES.sub("\n", value.value.strip())
+                    yield from _group(_BLANK_LINES.sub("\n", value.value.strip()).split("\n"))
 
 
 def _comment_document(path: str) -> Iterator[str]:
-    """One document per module: its comment blocks of at least a few words, one block per line."""
+    """A module's comment blocks of at least a few words, one block per line, in documents of ~8 KB."""
     try:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
@@ -169,5 +183,4 @@ def _comment_document(path: str) -> Iterator[str]:
             if len(block.split()) >= MIN_COMMENT_WORDS:
                 blocks.append(block)
             current = []
-    if blocks:
-        yield "\n".join(blocks)
+    yield from _group(blocks)
