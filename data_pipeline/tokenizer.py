@@ -320,32 +320,29 @@ class LoadedTokenizer:
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.files = files
         self.fingerprint = _fingerprint(path, files)
-        self._word_starts_from_tokens = not _pre_tokenizer_splits_words(backend)
+        self._word_start_table = _word_start_table(backend)
 
     def encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text: (token ids as uint32 without special tokens, word_start uint8 flags).
 
-        word_start is 1 where a token begins a new word of the tokenizer's pre-tokenizer (`word_ids`),
-        so it works for WordPiece, SentencePiece and byte-level BPE alike; for a tokenizer whose
-        pre-tokenizer does not split words, a token starting with '▁' or 'Ġ' starts a word.
+        word_start is 1 where a token begins a word of the tokenizer's pre-tokenizer and on the first
+        token of every text. WordPiece (no '##' prefix) and Metaspace/SentencePiece ('▁' prefix) tokenizers
+        answer from a per-id lookup table (same flags as `word_ids`, vectorised); any other tokenizer
+        (e.g. byte-level BPE) uses the encodings' `word_ids`.
         """
         encodings = self.backend.encode_batch(texts, add_special_tokens=False)
-        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-        ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.uint32, count=int(lengths.sum()))
-        if self._word_starts_from_tokens:
-            starts = np.fromiter(
-                (t[0] in "▁Ġ" for e in encodings for t in e.tokens), dtype=np.uint8, count=len(ids)
-            )
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+        total = int(lengths.sum())
+        ids = np.fromiter(
+            itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.uint32, count=total
+        )
+        if self._word_start_table is not None:
+            starts = self._word_start_table[ids]
         else:
-            words = np.array([-1 if w is None else w for e in encodings for w in e.word_ids], dtype=np.int64)
-            starts = np.empty(len(ids), dtype=np.uint8)
-            if len(ids):
-                starts[0] = 1
-                np.not_equal(words[1:], words[:-1], out=starts[1:], casting="unsafe")
-                starts[words < 0] = 1
-        bounds = np.cumsum(lengths)[:-1]
-        starts[bounds[lengths[1:] > 0]] = 1  # the first token of every text starts a word
-        return list(zip(np.split(ids, bounds), np.split(starts, bounds), strict=True))
+            starts = _word_starts_from_word_ids(encodings, total)
+        ends = np.cumsum(lengths)
+        starts[(ends - lengths)[lengths > 0]] = 1  # the first token of every text starts a word
+        return list(zip(np.split(ids, ends[:-1]), np.split(starts, ends[:-1]), strict=True))
 
     def save_copy(self, dst_dir: str) -> None:
         """Copy the tokenizer files into `dst_dir` (created); the copy has the same fingerprint."""
@@ -409,12 +406,51 @@ def _needs_model_config(path: str) -> bool:
     return not declares_class and os.path.isfile(os.path.join(path, "config.json"))
 
 
-def _pre_tokenizer_splits_words(backend: Tokenizer) -> bool:
-    pre_tokenizer = json.loads(backend.to_str()).get("pre_tokenizer")
-    if pre_tokenizer is None:
-        return False
-    steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer])
-    return not (len(steps) == 1 and steps[0].get("type") == "Metaspace" and steps[0].get("split") is False)
+def _word_start_table(backend: Tokenizer) -> np.ndarray | None:
+    """uint8 flag per id (1: the token starts a word), for tokenizers that mark pieces in the token itself.
+
+    WordPiece marks continuations ('##ing'); a Metaspace pre-tokenizer (SentencePiece style) marks word
+    starts ('▁the'). For other tokenizers there is no such rule: None (use word_ids).
+    """
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    pre_tokenizer = spec.get("pre_tokenizer") or {}
+    metaspace = [
+        p for p in pre_tokenizer.get("pretokenizers", [pre_tokenizer]) if p.get("type") == "Metaspace"
+    ]
+    if model.get("type") == "WordPiece":
+        prefix = model.get("continuing_subword_prefix") or "##"
+
+        def starts_word(token: str) -> bool:
+            return not token.startswith(prefix)
+    elif metaspace:
+        marker = metaspace[0].get("replacement", "▁")
+
+        def starts_word(token: str) -> bool:
+            return token.startswith(marker)
+    else:
+        return None
+    vocab = backend.get_vocab(with_added_tokens=True)
+    table = np.zeros(max(vocab.values()) + 1, dtype=np.uint8)
+    for token, token_id in vocab.items():
+        table[token_id] = starts_word(token)
+    return table
+
+
+def _word_starts_from_word_ids(encodings: list, total: int) -> np.ndarray:
+    """Flags from `word_ids`: 1 where the word index changes; tokens without a word (None) count as starts."""
+    try:
+        words = np.fromiter(
+            itertools.chain.from_iterable(e.word_ids for e in encodings), dtype=np.int64, count=total
+        )
+    except TypeError:  # None entries (added tokens): -1 marks them
+        flat = itertools.chain.from_iterable(e.word_ids for e in encodings)
+        words = np.fromiter((-1 if w is None else w for w in flat), dtype=np.int64, count=total)
+    starts = np.ones(total, dtype=np.uint8)
+    if total:
+        np.not_equal(words[1:], words[:-1], out=starts[1:], casting="unsafe")
+        starts[words < 0] = 1
+    return starts
 
 
 def _fingerprint(path: str, files: Sequence[str]) -> str:

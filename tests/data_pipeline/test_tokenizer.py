@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
@@ -212,3 +212,44 @@ def test_train_errors(tmp_path):
     with pytest.raises(DataError, match="unknown tokenizer kind 'bpe'"):
         train_tokenizer([str(empty)], "bpe", 100, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def word_id_starts(encoding):
+    words = encoding.word_ids
+    return [1] + [int(words[i] != words[i - 1]) for i in range(1, len(words))] if words else []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_word_starts_equal_word_ids(kind, wordpiece_tokenizer_dir, sentencepiece_dirs, corpus_texts):
+    # The per-id lookup table must give exactly the word boundaries of the pre-tokenizer (unknown
+    # tokens aside: their string carries no marker).
+    ours = load_tokenizer(tokenizer_dir(kind, wordpiece_tokenizer_dir, sentencepiece_dirs))
+    for text, (ids, starts) in zip(corpus_texts, ours.encode_batch(corpus_texts), strict=True):
+        expected = word_id_starts(ours.backend.encode(text, add_special_tokens=False))
+        known = ids != ours.special_ids.unk
+        assert np.array_equal(starts[known], np.array(expected, dtype=np.uint8)[known])
+
+
+def test_byte_level_bpe_dir_uses_word_ids(tmp_path, corpus_texts):
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    backend.train_from_iterator(corpus_texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials))
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        sep_token="</s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    ).save_pretrained(str(tmp_path))
+    ours = load_tokenizer(str(tmp_path))
+    assert ours.special_ids == SpecialIds(pad=1, unk=3, cls=0, sep=2, mask=4)
+    texts = ["Deserialization, of unconventional-subclasses!", "metaclass x"]
+    for text, (ids, starts) in zip(texts, ours.encode_batch(texts), strict=True):
+        encoding = ours.backend.encode(text, add_special_tokens=False)
+        assert ids.tolist() == encoding.ids
+        assert starts.tolist() == word_id_starts(encoding)
+        assert 0 < starts.sum() < len(ids)
