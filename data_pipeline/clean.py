@@ -20,6 +20,7 @@ NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")
 # C0 controls except \t \n \r, DEL, C1 controls, the BOM / zero-width no-break space, and lone
 # surrogates (JSON "\ud800" escapes decode to them and no tokenizer can encode them).
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ud800-\udfff]+")
+_ASCII_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _SENTENCE_END = re.compile(r"[.!?。！？][\"')\]]*\s")
 
 
@@ -108,7 +109,14 @@ class Cleaner:
         text = doc.text
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        text, removed = _CONTROL_CHARS.subn("", text)
+        if text.isascii():  # the common case: bytes.translate is ~10x faster than the regex
+            raw = text.encode("ascii")
+            kept = raw.translate(None, _ASCII_CONTROL_BYTES)
+            removed = len(raw) - len(kept)
+            if removed:
+                text = kept.decode("ascii")
+        else:
+            text, removed = _CONTROL_CHARS.subn("", text)
         if removed:
             self.report.add("control_chars_removed", removed, example=f"{doc.source}: record {doc.index}")
         if self.config.normalization is not None and not text.isascii():

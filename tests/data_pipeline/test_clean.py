@@ -25,6 +25,12 @@ def test_control_characters_removed_and_counted():
     assert report.examples == ["control_chars_removed: corpus.txt: record 7"]
 
 
+def test_control_characters_removed_from_ascii_text():
+    pieces, report = clean("a\x00b\x1fc\x7fd\te\nf\x0b")
+    assert pieces == ["abcd\te\nf"]
+    assert report.counts["control_chars_removed"] == 4
+
+
 def test_lone_surrogates_removed():
     # json.loads('"\\ud800"') yields a lone surrogate, which no tokenizer can encode.
     pieces, report = clean("before\ud800after")
