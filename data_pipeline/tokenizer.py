@@ -16,11 +16,13 @@ import logging
 import os
 import random
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tqdm import tqdm
 
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport, split_text
 from data_pipeline.errors import DataError
@@ -79,7 +81,7 @@ def train_tokenizer(
     one_per_line: bool = False,
     clean_config: CleanConfig | None = None,
     seed: int = 0,
-) -> None:
+) -> CleanReport:
     """Train a tokenizer on `inputs` (files/dirs/globs) and save it as an HF tokenizer dir at `out_dir`.
 
     kind: 'wordpiece' (HF tokenizers, BERT normaliser and pre-tokenizer), 'sentencepiece-unigram' or
@@ -87,6 +89,8 @@ def train_tokenizer(
     streamed through `sources` and `clean`; when the input looks larger than `max_training_chars`
     documents are sampled (deterministically, from `seed`) and reading stops at that budget. The
     directory is written to a temporary sibling and renamed into place.
+
+    Returns the `CleanReport` of the text read (training_documents, training_chars, what was dropped).
 
     Raises:
         DataError: unknown kind; vocab_size too small/large for the text; non-empty out_dir without
@@ -112,6 +116,7 @@ def train_tokenizer(
         backend = _train_sentencepiece(texts, kind.split("-", 1)[1], vocab_size, lowercase)
     logger.info("tokenizer trained: vocab %d, input %s", backend.get_vocab_size(), report.to_dict()["counts"])
     _save_atomically(backend, out_dir, overwrite)
+    return report
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:
@@ -146,17 +151,29 @@ def _training_texts(
     rng = random.Random(seed)
     cleaner = Cleaner(config, report)
     total = 0
-    for source in sources:
-        for doc in iter_documents(source, report, text_field=text_field, one_per_line=one_per_line):
-            if keep_fraction < 1.0 and rng.random() >= keep_fraction:
-                continue
-            for text in cleaner.clean(doc):
-                report.add("training_documents")
-                total += len(text)
-                yield text
-            if total >= max_chars:
-                logger.info("reached max_training_chars=%d in %s", max_chars, source.path)
-                return
+    progress = tqdm(
+        total=int(min(estimated, max_chars)),
+        unit="char",
+        unit_scale=True,
+        desc="tokenizer training text",
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    )
+    with progress:
+        for number, source in enumerate(sources, 1):
+            logger.info("tokenizer training text: file %d/%d %s", number, len(sources), source.path)
+            for doc in iter_documents(source, report, text_field=text_field, one_per_line=one_per_line):
+                if keep_fraction < 1.0 and rng.random() >= keep_fraction:
+                    continue
+                for text in cleaner.clean(doc):
+                    report.add("training_documents")
+                    report.add("training_chars", len(text))
+                    progress.update(len(text))
+                    total += len(text)
+                    yield text
+                if total >= max_chars:
+                    logger.info("reached max_training_chars=%d in %s", max_chars, source.path)
+                    return
 
 
 def _train_wordpiece(texts: Iterator[str], vocab_size: int, lowercase: bool) -> Tokenizer:
@@ -310,12 +327,7 @@ class LoadedTokenizer:
     def __init__(self, path: str, backend: Tokenizer, special_ids: SpecialIds, files: list[str]) -> None:
         """Wrap `backend` loaded from `path`; `files` are the tokenizer files found there."""
         self.path = path
-        self.backend = backend
-        # Saved truncation/padding (common in HF checkpoints) would silently cut or pad documents.
-        backend.no_truncation()
-        backend.no_padding()
-        # Literal "[MASK]" or "<s>" inside a document is text, not a special token.
-        backend.encode_special_tokens = True
+        self.backend = _configure(backend)
         self.special_ids = special_ids
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.files = files
@@ -344,11 +356,27 @@ class LoadedTokenizer:
         starts[(ends - lengths)[lengths > 0]] = 1  # the first token of every text starts a word
         return list(zip(np.split(ids, ends[:-1]), np.split(starts, ends[:-1]), strict=True))
 
+    def __getstate__(self) -> dict:
+        # tokenizers' own pickling drops encode_special_tokens: send JSON and configure again on arrival.
+        return {**self.__dict__, "backend": self.backend.to_str()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, backend=_configure(Tokenizer.from_str(state["backend"])))
+
     def save_copy(self, dst_dir: str) -> None:
         """Copy the tokenizer files into `dst_dir` (created); the copy has the same fingerprint."""
         os.makedirs(dst_dir, exist_ok=True)
         for name in self.files:
             shutil.copyfile(os.path.join(self.path, name), os.path.join(dst_dir, name))
+
+
+def _configure(backend: Tokenizer) -> Tokenizer:
+    # Saved truncation/padding (common in HF checkpoints) would silently cut or pad documents.
+    backend.no_truncation()
+    backend.no_padding()
+    # Literal "[MASK]" or "<s>" inside a document is text, not a special token.
+    backend.encode_special_tokens = True
+    return backend
 
 
 def load_tokenizer(path: str) -> LoadedTokenizer:

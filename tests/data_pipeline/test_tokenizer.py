@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -111,8 +112,12 @@ def test_word_start_flags_mark_first_piece_of_each_word(kind, wordpiece_tokenize
 
 
 def test_literal_special_token_text_is_not_a_special_token(wordpiece_tokenizer):
-    ((ids, _),) = wordpiece_tokenizer.encode_batch(["Replace [MASK] and [CLS] in text"])
+    text = ["Replace [MASK] and [CLS] in text"]
+    ((ids, _),) = wordpiece_tokenizer.encode_batch(text)
     assert not set(ids.tolist()) & {2, 3, 4}
+    # Worker processes receive the tokenizer pickled: the setting must survive the trip.
+    ((shipped_ids, _),) = pickle.loads(pickle.dumps(wordpiece_tokenizer)).encode_batch(text)
+    assert shipped_ids.tolist() == ids.tolist()
 
 
 def test_fingerprint_stable_and_copy_identical(wordpiece_tokenizer, wordpiece_tokenizer_dir, tmp_path):
@@ -202,6 +207,22 @@ def test_train_refuses_non_empty_output_and_overwrites_on_request(sample_corpus_
     assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
     assert sorted(os.listdir(tmp_path)) == ["tok"]  # no temporary or old directories left behind
     assert load_tokenizer(str(out)).vocab_size == 300
+
+
+def test_large_input_is_sampled_within_budget(tmp_path):
+    # Three files, each with a letter no other file has. Reading only up to the budget (a third of
+    # the text) would see the first file only; sampling sees all three.
+    for name, letter in (("a", "α"), ("b", "β"), ("c", "γ")):
+        docs = [f"{letter}{i} " * 20 + f"common words number {i}." for i in range(200)]
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(docs))
+    budget = sum(len(t) for t in (tmp_path / "a.txt").read_text().split("\n\n"))
+    report = train_tokenizer(
+        [str(tmp_path / "*.txt")], "wordpiece", 200, str(tmp_path / "tok"), max_training_chars=budget
+    )
+    assert 0.7 * budget < report.counts["training_chars"] < budget + 200
+    assert report.counts["training_documents"] < 400
+    vocab = load_tokenizer(str(tmp_path / "tok")).backend.get_vocab()
+    assert {"α", "β", "γ"} <= set(vocab)
 
 
 def test_train_errors(tmp_path):
