@@ -1,37 +1,28 @@
-"""Train a WordPiece or SentencePiece tokenizer; load ours or any Hugging Face tokenizer directory.
+"""Load our tokenizer or any Hugging Face tokenizer directory for the pipeline; `SpecialIds`.
 
-A trained tokenizer is saved as a Hugging Face fast-tokenizer directory (tokenizer.json +
-tokenizer_config.json) that `transformers.AutoTokenizer.from_pretrained` loads, with the specials
-[PAD] [UNK] [CLS] [SEP] [MASK]. SentencePiece models are trained with the sentencepiece library and
-converted to the equivalent `tokenizers` pipeline, so both kinds encode through the same fast path.
+`LoadedTokenizer.encode_batch` is the pipeline's tokenizer call: ids plus word-start flags, with saved
+truncation/padding and special-token matching switched off. Training lives in `tokenizer_training`
+(`train_tokenizer` is re-exported here, so `data_pipeline.tokenizer` is the one import users need).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
-import logging
 import os
-import random
 import shutil
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from tqdm import tqdm
+from tokenizers import Tokenizer
 
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport, split_text
 from data_pipeline.errors import DataError
-from data_pipeline.sources import expand_inputs, iter_documents
+from data_pipeline.tokenizer_training import KINDS, SPECIAL_TOKENS, train_tokenizer
 
-logger = logging.getLogger(__name__)
+__all__ = ["KINDS", "SPECIAL_TOKENS", "LoadedTokenizer", "SpecialIds", "load_tokenizer", "train_tokenizer"]
 
-KINDS = ("wordpiece", "sentencepiece-unigram", "sentencepiece-bpe")
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every tokenizer we train
 # The files that make up a tokenizer directory: hashed for the fingerprint and copied by save_copy.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -45,9 +36,6 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "tokenizer.model",
 )
-# Rough decompressed/on-disk size ratios, to pick a sampling rate before reading (see _training_texts).
-_EXPANSION = {None: 1.0, "gz": 3.0, "bz2": 3.5, "zst": 3.5, "parquet": 2.0}
-_SPM_MAX_SENTENCE_CHARS = 4000  # SentencePiece skips longer "sentences"; longer lines are split first
 
 
 @dataclass(frozen=True)
@@ -63,255 +51,6 @@ class SpecialIds:
     def to_dict(self) -> dict:
         """{'pad': id, 'unk': id, 'cls': id, 'sep': id, 'mask': id} (the manifest's special_ids)."""
         return asdict(self)
-
-
-# ------------------------------------------------------------------------------------------ training
-
-
-def train_tokenizer(
-    inputs: Sequence[str],
-    kind: str,
-    vocab_size: int,
-    out_dir: str,
-    *,
-    lowercase: bool = False,
-    max_training_chars: int = 200_000_000,
-    overwrite: bool = False,
-    text_field: str = "text",
-    one_per_line: bool = False,
-    clean_config: CleanConfig | None = None,
-    seed: int = 0,
-) -> CleanReport:
-    """Train a tokenizer on `inputs` (files/dirs/globs) and save it as an HF tokenizer dir at `out_dir`.
-
-    kind: 'wordpiece' (HF tokenizers, BERT normaliser and pre-tokenizer), 'sentencepiece-unigram' or
-    'sentencepiece-bpe' (sentencepiece library; NFKC + whitespace-collapsing normaliser). The text is
-    streamed through `sources` and `clean`; when the input looks larger than `max_training_chars`
-    documents are sampled (deterministically, from `seed`) and reading stops at that budget. The
-    directory is written to a temporary sibling and renamed into place.
-
-    Returns the `CleanReport` of the text read (training_documents, training_chars, what was dropped).
-
-    Raises:
-        DataError: unknown kind; vocab_size too small/large for the text; non-empty out_dir without
-            overwrite=True; no text in the inputs; any bad input file (see `sources`).
-    """
-    if kind not in KINDS:
-        raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise DataError(f"vocab_size {vocab_size} is too small")
-    _check_out_dir(out_dir, overwrite)
-    sources = expand_inputs(inputs)
-    report = CleanReport()
-    texts = _training_texts(
-        sources, report, clean_config or CleanConfig(), max_training_chars, seed, text_field, one_per_line
-    )
-    first = next(texts, None)
-    if first is None:
-        raise DataError(f"no text to train a tokenizer on in {list(inputs)} (all documents empty or dropped)")
-    texts = itertools.chain([first], texts)
-    if kind == "wordpiece":
-        backend = _train_wordpiece(texts, vocab_size, lowercase)
-    else:
-        backend = _train_sentencepiece(texts, kind.split("-", 1)[1], vocab_size, lowercase)
-    logger.info("tokenizer trained: vocab %d, input %s", backend.get_vocab_size(), report.to_dict()["counts"])
-    _save_atomically(backend, out_dir, overwrite)
-    return report
-
-
-def _check_out_dir(out_dir: str, overwrite: bool) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise DataError(f"tokenizer output {out_dir} exists and is not a directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise DataError(
-            f"tokenizer output directory {out_dir} is not empty; pass overwrite=True (--overwrite)"
-        )
-
-
-def _training_texts(
-    sources,
-    report: CleanReport,
-    config: CleanConfig,
-    max_chars: int,
-    seed: int,
-    text_field: str,
-    one_per_line: bool,
-) -> Iterator[str]:
-    estimated = sum(
-        s.size * _EXPANSION["parquet" if s.format == "parquet" else s.compression] for s in sources
-    )
-    keep_fraction = min(1.0, max_chars / max(estimated, 1.0))
-    if keep_fraction < 1.0:
-        logger.info(
-            "input ~%d chars > max_training_chars %d: sampling %.1f%% of documents",
-            estimated,
-            max_chars,
-            100 * keep_fraction,
-        )
-    rng = random.Random(seed)
-    cleaner = Cleaner(config, report)
-    total = 0
-    progress = tqdm(
-        total=int(min(estimated, max_chars)),
-        unit="char",
-        unit_scale=True,
-        desc="tokenizer training text",
-        disable=not sys.stderr.isatty(),
-        leave=False,
-    )
-    with progress:
-        for number, source in enumerate(sources, 1):
-            logger.info("tokenizer training text: file %d/%d %s", number, len(sources), source.path)
-            for doc in iter_documents(source, report, text_field=text_field, one_per_line=one_per_line):
-                if keep_fraction < 1.0 and rng.random() >= keep_fraction:
-                    continue
-                for text in cleaner.clean(doc):
-                    report.add("training_documents")
-                    report.add("training_chars", len(text))
-                    progress.update(len(text))
-                    total += len(text)
-                    yield text
-                if total >= max_chars:
-                    logger.info("reached max_training_chars=%d in %s", max_chars, source.path)
-                    return
-
-
-def _train_wordpiece(texts: Iterator[str], vocab_size: int, lowercase: bool) -> Tokenizer:
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
-    backend.train_from_iterator(texts, trainer)
-    _finish_pipeline(backend)
-    return backend
-
-
-def _spm_normalizer(lowercase: bool) -> normalizers.Normalizer:
-    # Whitespace runs (newlines included) become one space: pieces never span words, as in SentencePiece.
-    steps = [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
-    return normalizers.Sequence(steps + ([normalizers.Lowercase()] if lowercase else []))
-
-
-def _train_sentencepiece(
-    texts: Iterator[str], model_type: str, vocab_size: int, lowercase: bool
-) -> Tokenizer:
-    import sentencepiece as spm
-
-    normalizer = _spm_normalizer(lowercase)
-
-    def sentences() -> Iterator[str]:
-        # SentencePiece trains on lines; it sees the text exactly as the HF normaliser will present it.
-        for text in texts:
-            for line in text.split("\n"):
-                for piece in (
-                    split_text(line, _SPM_MAX_SENTENCE_CHARS)
-                    if len(line) > _SPM_MAX_SENTENCE_CHARS
-                    else [line]
-                ):
-                    normalized = normalizer.normalize_str(piece)
-                    if normalized:
-                        yield normalized
-
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences(),
-            model_writer=model,
-            model_type=model_type,
-            vocab_size=vocab_size,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            split_by_whitespace=True,
-            max_sentence_length=4 * _SPM_MAX_SENTENCE_CHARS + 16,
-            pad_id=0,
-            unk_id=1,
-            bos_id=-1,
-            eos_id=-1,
-            pad_piece="[PAD]",
-            unk_piece="[UNK]",
-            control_symbols=list(SPECIAL_TOKENS[2:]),
-            minloglevel=2,
-        )
-    except RuntimeError as exc:
-        raise DataError(
-            f"SentencePiece training failed: {exc} (adjust --vocab-size to the amount of text)"
-        ) from exc
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    pieces = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
-    assert [p for p, _ in pieces[: len(SPECIAL_TOKENS)]] == list(SPECIAL_TOKENS)
-    if model_type == "unigram":
-        # Specials get a score no real segmentation loses to, so text never turns into them.
-        vocab = [
-            (piece, -1e9 if i < len(SPECIAL_TOKENS) else score) for i, (piece, score) in enumerate(pieces)
-        ]
-        backend = Tokenizer(models.Unigram(vocab, unk_id=1, byte_fallback=False))
-    else:
-        vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
-        backend = Tokenizer(models.BPE(vocab, _bpe_merges(vocab), unk_token="[UNK]", fuse_unk=True))
-    backend.normalizer = normalizer
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    _finish_pipeline(backend)
-    return backend
-
-
-def _bpe_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
-    """Merges for a SentencePiece BPE vocabulary: every split of a piece into two known pieces, in id order
-    of the merged piece (SentencePiece numbers BPE pieces in merge order)."""
-    merges = []
-    for piece, piece_id in vocab.items():
-        if piece_id < len(SPECIAL_TOKENS):
-            continue
-        splits = [
-            (piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab
-        ]
-        merges.extend((piece_id, vocab[left], vocab[right], left, right) for left, right in splits)
-    merges.sort()
-    return [(left, right) for *_, left, right in merges]
-
-
-def _finish_pipeline(backend: Tokenizer) -> None:
-    ids = {token: backend.token_to_id(token) for token in SPECIAL_TOKENS}
-    assert list(ids.values()) == list(range(len(SPECIAL_TOKENS))), ids
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-
-
-def _save_atomically(backend: Tokenizer, out_dir: str, overwrite: bool) -> None:
-    from transformers import PreTrainedTokenizerFast
-
-    out_dir = os.path.normpath(out_dir)
-    tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    wrapped.save_pretrained(tmp_dir)
-    config_path = os.path.join(tmp_dir, "tokenizer_config.json")
-    with open(config_path, encoding="utf-8") as fh:
-        config = json.load(fh)
-    # The class name every transformers release (4.x alias included) maps to "load tokenizer.json as is".
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    with open(config_path, "w", encoding="utf-8") as fh:
-        json.dump(config, fh, indent=2, sort_keys=True)
-    _check_out_dir(out_dir, overwrite)
-    old_dir = f"{out_dir}.old-{os.getpid()}"
-    if os.path.isdir(out_dir):
-        os.rename(out_dir, old_dir)
-    os.rename(tmp_dir, out_dir)
-    shutil.rmtree(old_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -274,3 +274,9 @@ def test_byte_level_bpe_dir_uses_word_ids(tmp_path, corpus_texts):
         assert ids.tolist() == encoding.ids
         assert starts.tolist() == word_id_starts(encoding)
         assert 0 < starts.sum() < len(ids)
+
+
+def test_sentencepiece_vocab_too_small_is_a_clear_error(sample_corpus_dir, tmp_path):
+    with pytest.raises(DataError, match="Vocabulary size is smaller than required_chars.*--vocab-size"):
+        train_tokenizer([sample_corpus_dir], "sentencepiece-unigram", 30, str(tmp_path / "tok"))
+    assert os.listdir(tmp_path) == []
