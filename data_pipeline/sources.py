@@ -317,7 +317,7 @@ def _iter_txt(source: SourceFile, report: CleanReport, one_per_line: bool) -> It
     for chunk in _iter_text_chunks(source, report):
         parts = (pending + chunk).split("\n") if one_per_line else _BLANK_LINES.split(pending + chunk)
         pending = parts.pop()
-        if len(pending) > MAX_PENDING_CHARS:
+        while len(pending) > MAX_PENDING_CHARS:
             cut = pending.rfind("\n", 0, MAX_PENDING_CHARS) + 1 or MAX_PENDING_CHARS
             parts.append(pending[:cut])
             pending = pending[cut:]

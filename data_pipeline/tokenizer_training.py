@@ -272,6 +272,10 @@ def _save_atomically(backend: Tokenizer, out_dir: str, overwrite: bool) -> None:
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         with open(config_path, "w", encoding="utf-8") as fh:
             json.dump(config, fh, indent=2, sort_keys=True)
+        # transformers 5 keeps the specials in tokenizer_config.json only; older tools look here.
+        specials = {f"{role}_token": config[f"{role}_token"] for role in ("unk", "pad", "cls", "sep", "mask")}
+        with open(os.path.join(tmp_dir, "special_tokens_map.json"), "w", encoding="utf-8") as fh:
+            json.dump(specials, fh, indent=2, sort_keys=True)
         _check_out_dir(out_dir, overwrite)  # again: another process may have written there meanwhile
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -125,7 +125,11 @@ def test_fingerprint_stable_and_copy_identical(wordpiece_tokenizer, wordpiece_to
     wordpiece_tokenizer.save_copy(str(tmp_path / "copy"))
     copy = load_tokenizer(str(tmp_path / "copy"))
     assert copy.fingerprint == wordpiece_tokenizer.fingerprint
-    assert sorted(os.listdir(tmp_path / "copy")) == ["tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(tmp_path / "copy")) == [
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     text = ["The copy encodes identically."]
     assert copy.encode_batch(text)[0][0].tolist() == wordpiece_tokenizer.encode_batch(text)[0][0].tolist()
 
@@ -204,7 +208,7 @@ def test_train_refuses_non_empty_output_and_overwrites_on_request(sample_corpus_
     train_tokenizer(
         [sample_corpus_dir], "wordpiece", 300, str(out), overwrite=True, max_training_chars=50_000
     )
-    assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(out)) == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     assert sorted(os.listdir(tmp_path)) == ["tok"]  # no temporary or old directories left behind
     assert load_tokenizer(str(out)).vocab_size == 300
 
