@@ -284,3 +284,22 @@ def test_sentencepiece_vocab_too_small_is_a_clear_error(sample_corpus_dir, tmp_p
     with pytest.raises(DataError, match="Vocabulary size is smaller than required_chars.*--vocab-size"):
         train_tokenizer([sample_corpus_dir], "sentencepiece-unigram", 30, str(tmp_path / "tok"))
     assert os.listdir(tmp_path) == []
+
+
+def test_old_bert_dir_without_tokenizer_class_copies_its_model_config(tmp_path):
+    # Older checkpoints name no tokenizer_class: AutoTokenizer needs config.json's model_type, so the
+    # copy in SHARDS_DIR/tokenizer must carry it or it would not load.
+    source = tmp_path / "bert"
+    source.mkdir()
+    (source / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]))
+    (source / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": True, "model_max_length": 512})
+    )
+    (source / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 16}))
+    ours = load_tokenizer(str(source))
+    ours.save_copy(str(tmp_path / "copy"))
+    copy = load_tokenizer(str(tmp_path / "copy"))
+    assert sorted(os.listdir(tmp_path / "copy")) == ["config.json", "tokenizer_config.json", "vocab.txt"]
+    assert copy.fingerprint == ours.fingerprint
+    ((ids, starts),) = copy.encode_batch(["The quick FOXES"])
+    assert ids.tolist() == [5, 6, 8, 9] and starts.tolist() == [1, 1, 1, 0]
