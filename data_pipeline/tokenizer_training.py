@@ -53,7 +53,8 @@ def train_tokenizer(
     kind: 'wordpiece' (HF tokenizers, BERT normaliser and pre-tokenizer), 'sentencepiece-unigram' or
     'sentencepiece-bpe' (sentencepiece library; NFKC + whitespace-collapsing normaliser). The text is
     streamed through `sources` and `clean`; when the input looks larger than `max_training_chars`
-    documents are sampled (deterministically, from `seed`) and reading stops at that budget. The
+    (estimated from file sizes) documents are sampled evenly over the whole input (deterministically,
+    from `seed`), so every file contributes, and reading stops once the budget is reached. The
     directory is written to a temporary sibling and renamed into place.
 
     Returns the `CleanReport` of the text read (training_documents, training_chars, what was dropped).
