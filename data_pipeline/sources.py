@@ -396,8 +396,18 @@ def _iter_parquet(source: SourceFile, report: CleanReport, text_field: str) -> I
             "choose the text column with --text-field"
         )
     column_type = schema.field(text_field).type
-    is_binary = pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
-    if not (is_binary or pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+    types = pa.types
+    is_binary = (
+        types.is_binary(column_type)
+        or types.is_large_binary(column_type)
+        or types.is_binary_view(column_type)
+    )
+    is_string = (
+        types.is_string(column_type)
+        or types.is_large_string(column_type)
+        or types.is_string_view(column_type)
+    )
+    if not (is_binary or is_string):
         raise DataError(
             f"{source.path}: column {text_field!r} has type {column_type}, expected a string column"
         )

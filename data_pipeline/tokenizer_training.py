@@ -148,8 +148,9 @@ def _train_wordpiece(texts: Iterator[str], vocab_size: int, lowercase: bool) -> 
     backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
+    # limit_alphabet as in BERT's tooling: rare characters of a huge alphabet must not crowd out words.
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), limit_alphabet=1000, show_progress=False
     )
     backend.train_from_iterator(texts, trainer)
     _finish_pipeline(backend)

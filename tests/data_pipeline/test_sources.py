@@ -76,10 +76,12 @@ def test_jsonl_custom_text_field(tmp_path):
     assert read_all(path, text_field="body")[0] == ["hello"]
 
 
-def test_parquet_reads_text_column_across_row_groups(tmp_path):
+@pytest.mark.parametrize("column_type", [pa.string(), pa.large_string()])
+def test_parquet_reads_text_column_across_row_groups(tmp_path, column_type):
     texts = [f"document number {i} {DOCS[i % 3]}" for i in range(50)] + [None]
     path = str(tmp_path / "a.parquet")
-    pq.write_table(pa.table({"id": list(range(51)), "content": texts}), path, row_group_size=7)
+    table = pa.table({"id": list(range(51)), "content": pa.array(texts, column_type)})
+    pq.write_table(table, path, row_group_size=7)
     read, report = read_all(path, text_field="content")
     assert read == texts[:-1]
     assert report.counts["null_text"] == 1
