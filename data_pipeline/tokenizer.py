@@ -161,7 +161,7 @@ def load_tokenizer(path: str) -> LoadedTokenizer:
                 "equivalents (set them in tokenizer_config.json)"
             )
         ids[role] = token_id
-    if "tokenizer_config.json" in files and "config.json" not in files and _needs_model_config(path):
+    if "tokenizer_config.json" in files and _needs_model_config(path):
         files.append("config.json")
     return LoadedTokenizer(path, backend, SpecialIds(**ids), files)
 

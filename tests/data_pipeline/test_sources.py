@@ -252,3 +252,12 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, line, message):
     path = write(tmp_path / "bad.jsonl", ('{"text": "fine"}\n' + line + "\n").encode())
     with pytest.raises(DataError, match=r"bad\.jsonl: " + message):
         read_all(path)
+
+
+def test_every_format_reads_back_the_same_documents(mixed_format_dir, sample_documents):
+    report = CleanReport()
+    found = expand_inputs([mixed_format_dir])
+    assert [(s.format, s.compression) for s in found] == [("txt", "gz"), ("jsonl", "zst"), ("parquet", None)]
+    texts = [d.text for s in found for d in iter_documents(s, report)]
+    assert texts == sample_documents[: len(texts)] and len(texts) == 60
+    assert report.counts == {"files": 3}

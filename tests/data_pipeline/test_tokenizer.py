@@ -11,33 +11,24 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
 from data_pipeline.errors import DataError
-from data_pipeline.sources import expand_inputs, iter_documents
+from data_pipeline.sources import Document
 from data_pipeline.tokenizer import SpecialIds, load_tokenizer, train_tokenizer
 
 SPECIALS = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 
 
 @pytest.fixture(scope="module")
-def corpus_texts(sample_corpus_dir):
+def corpus_texts(sample_documents):
     """30 cleaned documents of the sample corpus."""
     cleaner = Cleaner(CleanConfig(), CleanReport())
-    source = expand_inputs([sample_corpus_dir])[0]
-    texts = []
-    for doc in iter_documents(source, CleanReport()):
-        texts.extend(cleaner.clean(doc))
-        if len(texts) >= 30:
-            return texts
-    return texts
+    return [
+        text for i, doc in enumerate(sample_documents[:30]) for text in cleaner.clean(Document(doc, "x", i))
+    ]
 
 
 @pytest.fixture(scope="module")
-def sentencepiece_dirs(sample_corpus_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("spm")
-    dirs = {}
-    for kind in ("sentencepiece-unigram", "sentencepiece-bpe"):
-        dirs[kind] = str(root / kind)
-        train_tokenizer([sample_corpus_dir], kind, 800, dirs[kind], lowercase=kind.endswith("bpe"))
-    return dirs
+def sentencepiece_dirs(unigram_tokenizer_dir, bpe_tokenizer_dir):
+    return {"sentencepiece-unigram": unigram_tokenizer_dir, "sentencepiece-bpe": bpe_tokenizer_dir}
 
 
 def tokenizer_dir(kind, wordpiece_tokenizer_dir, sentencepiece_dirs):
