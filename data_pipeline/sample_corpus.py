@@ -90,6 +90,7 @@ class _RotatingWriter:
             final = os.path.join(self.out_dir, self.names[-1])
             os.replace(final + ".tmp", final)
             self._fh = None
+            logger.info("wrote %s (%d documents, %d bytes so far)", final, self.documents, self.total)
 
 
 def _documents() -> Iterator[str]:
