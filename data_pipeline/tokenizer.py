@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from data_pipeline.errors import DataError
-from data_pipeline.tokenizer_training import KINDS, SPECIAL_TOKENS, train_tokenizer
+from data_pipeline.tokenizer_training import KINDS, SENTENCEPIECE_MODEL_FILE, SPECIAL_TOKENS, train_tokenizer
 
 __all__ = ["KINDS", "SPECIAL_TOKENS", "LoadedTokenizer", "SpecialIds", "load_tokenizer", "train_tokenizer"]
 
@@ -35,6 +35,7 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
     "tokenizer.model",
+    SENTENCEPIECE_MODEL_FILE,
 )
 
 

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("wordpiece", "sentencepiece-unigram", "sentencepiece-bpe")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every tokenizer we train
+# The trained SentencePiece model, kept beside tokenizer.json for tools that use the sentencepiece
+# library (it segments normalised text exactly as tokenizer.json does).
+SENTENCEPIECE_MODEL_FILE = "sentencepiece.model"
 # Rough decompressed/on-disk size ratios, to pick a sampling rate before reading (see _training_texts).
 _EXPANSION = {None: 1.0, "gz": 3.0, "bz2": 3.5, "zst": 3.5, "parquet": 2.0}
 _SPM_MAX_SENTENCE_CHARS = 4000  # SentencePiece skips longer "sentences"; longer lines are split first
@@ -77,12 +80,14 @@ def train_tokenizer(
     if first is None:
         raise DataError(f"no text to train a tokenizer on in {list(inputs)} (all documents empty or dropped)")
     texts = itertools.chain([first], texts)
+    extra_files = {}
     if kind == "wordpiece":
         backend = _train_wordpiece(texts, vocab_size, lowercase)
     else:
-        backend = _train_sentencepiece(texts, kind.split("-", 1)[1], vocab_size, lowercase)
+        backend, model_proto = _train_sentencepiece(texts, kind.split("-", 1)[1], vocab_size, lowercase)
+        extra_files[SENTENCEPIECE_MODEL_FILE] = model_proto
     logger.info("tokenizer trained: vocab %d, input %s", backend.get_vocab_size(), report.to_dict()["counts"])
-    _save_atomically(backend, out_dir, overwrite)
+    _save_atomically(backend, out_dir, overwrite, extra_files)
     return report
 
 
@@ -165,7 +170,8 @@ def _spm_normalizer(lowercase: bool) -> normalizers.Normalizer:
 
 def _train_sentencepiece(
     texts: Iterator[str], model_type: str, vocab_size: int, lowercase: bool
-) -> Tokenizer:
+) -> tuple[Tokenizer, bytes]:
+    """Train with the sentencepiece library; return the equivalent `tokenizers` pipeline and the model."""
     import sentencepiece as spm
 
     normalizer = _spm_normalizer(lowercase)
@@ -223,7 +229,7 @@ def _train_sentencepiece(
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     _finish_pipeline(backend)
-    return backend
+    return backend, model.getvalue()
 
 
 def _bpe_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
@@ -252,7 +258,9 @@ def _finish_pipeline(backend: Tokenizer) -> None:
     )
 
 
-def _save_atomically(backend: Tokenizer, out_dir: str, overwrite: bool) -> None:
+def _save_atomically(
+    backend: Tokenizer, out_dir: str, overwrite: bool, extra_files: dict[str, bytes]
+) -> None:
     from transformers import PreTrainedTokenizerFast
 
     out_dir = os.path.normpath(out_dir)
@@ -278,6 +286,9 @@ def _save_atomically(backend: Tokenizer, out_dir: str, overwrite: bool) -> None:
         specials = {f"{role}_token": config[f"{role}_token"] for role in ("unk", "pad", "cls", "sep", "mask")}
         with open(os.path.join(tmp_dir, "special_tokens_map.json"), "w", encoding="utf-8") as fh:
             json.dump(specials, fh, indent=2, sort_keys=True)
+        for name, data in extra_files.items():
+            with open(os.path.join(tmp_dir, name), "wb") as fh:
+                fh.write(data)
         _check_out_dir(out_dir, overwrite)  # again: another process may have written there meanwhile
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -78,6 +78,22 @@ def test_sentencepiece_decodes_back_to_normalised_text(kind, sentencepiece_dirs)
     assert ours.backend.decode(ids.tolist()) == (expected.lower() if kind.endswith("bpe") else expected)
 
 
+@pytest.mark.parametrize("kind", ["sentencepiece-unigram", "sentencepiece-bpe"])
+def test_converted_sentencepiece_segments_like_the_sentencepiece_library(
+    kind, sentencepiece_dirs, sample_documents
+):
+    import sentencepiece as spm
+
+    path = sentencepiece_dirs[kind]
+    library = spm.SentencePieceProcessor(model_file=os.path.join(path, "sentencepiece.model"))
+    ours = load_tokenizer(path)
+    lines = [line for doc in sample_documents[:40] for line in doc.split("\n")]
+    normalized = [n for n in map(ours.backend.normalizer.normalize_str, lines) if n]
+    ours_ids = [ids.tolist() for ids, _ in ours.encode_batch(normalized)]
+    same = sum(a == library.encode(n) for a, n in zip(ours_ids, normalized, strict=True))
+    assert same >= 0.99 * len(normalized) and len(normalized) > 500
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_word_start_flags_mark_first_piece_of_each_word(kind, wordpiece_tokenizer_dir, sentencepiece_dirs):
     ours = load_tokenizer(tokenizer_dir(kind, wordpiece_tokenizer_dir, sentencepiece_dirs))
