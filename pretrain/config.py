@@ -1,0 +1,470 @@
+"""Typed training configuration: one dataclass per section, strict YAML loading, dotted overrides.
+
+A config file is YAML whose top level holds `run_dir`, `precision`, the section names below and
+optionally `base: other.yaml` (a file, relative to this one, whose keys this file overrides). Every
+key is checked: an unknown key is a `ConfigError` naming the key path and the closest valid key; a
+value of the wrong type names the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is invalid; the message names the file or key and what to do."""
+
+
+# The one place the model sizes live (Turc et al. 2019 "Well-Read Students" sizes; BERT base/large).
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "intermediate_size": 512},
+    "mini": {"num_layers": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024},
+    "small": {"num_layers": 4, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
+    "medium": {"num_layers": 8, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
+    "base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072},
+    "large": {"num_layers": 24, "hidden_size": 1024, "num_heads": 16, "intermediate_size": 4096},
+}
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class DataConfig:
+    """Where the training shards are and how they are read."""
+
+    path: str = ""
+    """Shards directory written by `mlm-data build` (holds manifest.json). Required."""
+    seq_len: int | None = None
+    """Sequence length to train on; None = the shards' seq_len. Must not exceed the shards' seq_len."""
+    prefetch_batches: int = 2
+    """Optimizer steps' worth of batches the background thread prepares ahead of the loop."""
+
+    def __post_init__(self) -> None:
+        _check(self.seq_len is None or self.seq_len > 0, f"data.seq_len must be > 0, got {self.seq_len}")
+        _check(self.prefetch_batches >= 1, f"data.prefetch_batches must be >= 1, got {self.prefetch_batches}")
+
+
+@dataclass
+class ModelConfig:
+    """The BERT encoder's shape; `preset` fills every shape field left unset."""
+
+    preset: Literal["tiny", "mini", "small", "medium", "base", "large"] | None = None
+    """Named size (see MODEL_PRESETS in pretrain/config.py); explicit fields below override it."""
+    hidden_size: int | None = None
+    """Width of the hidden states."""
+    num_layers: int | None = None
+    """Number of transformer layers."""
+    num_heads: int | None = None
+    """Attention heads per layer; must divide hidden_size."""
+    intermediate_size: int | None = None
+    """Width of the feed-forward layer (4 x hidden_size in BERT)."""
+    max_position_embeddings: int = 512
+    """Size of the learned position table; the longest sequence the model can take."""
+    dropout: float = 0.1
+    """Dropout on embeddings and hidden states (hidden_dropout_prob)."""
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities (attention_probs_dropout_prob)."""
+    init_from: str | None = None
+    """A Hugging Face BERT checkpoint directory to continue pretraining from; its config sets the shape."""
+    pair_head: Literal["auto", "none"] = "auto"
+    """auto: add the NSP/SOP head when the shards hold sentence pairs; none: MLM only."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel of the transformers BERT encoder."""
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            for name, value in MODEL_PRESETS[self.preset].items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+        if self.init_from is None:
+            missing = [n for n in MODEL_PRESETS["tiny"] if getattr(self, n) is None]
+            _check(
+                not missing,
+                f"model: {', '.join('model.' + m for m in missing)} not set; "
+                f"set them or choose model.preset from {sorted(MODEL_PRESETS)}",
+            )
+        for name in MODEL_PRESETS["tiny"]:
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"model.{name} must be > 0, got {value}")
+        if self.hidden_size and self.num_heads:
+            _check(
+                self.hidden_size % self.num_heads == 0,
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_heads ({self.num_heads})",
+            )
+        for name in ("dropout", "attention_dropout"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"model.{name} must be in [0, 1)")
+
+
+@dataclass
+class MaskingConfig:
+    """Which tokens the MLM objective hides and how."""
+
+    probability: float = 0.15
+    """Fraction of (non-special, non-pad) tokens selected for prediction."""
+    mask_token_ratio: float = 0.8
+    """Of the selected tokens, the fraction replaced by [MASK]."""
+    random_token_ratio: float = 0.1
+    """Of the selected tokens, the fraction replaced by a random non-special token (the rest stay)."""
+    whole_word: bool = False
+    """Select whole words (by the shards' word_start flags): a word is masked entirely or not at all."""
+    span: bool = False
+    """Select spans of whole words with geometric lengths (SpanBERT); implies whole-word units."""
+    span_mean_length: float = 3.0
+    """Mean span length in words before clipping (geometric distribution, p = 1 / mean)."""
+    span_max_length: int = 10
+    """Longest span in words."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.probability < 1.0, f"masking.probability must be in (0, 1), got {self.probability}")
+        _check(
+            self.mask_token_ratio >= 0 and self.random_token_ratio >= 0,
+            "masking.mask_token_ratio and masking.random_token_ratio must be >= 0",
+        )
+        _check(
+            self.mask_token_ratio + self.random_token_ratio <= 1.0 + 1e-9,
+            f"masking.mask_token_ratio + masking.random_token_ratio must be <= 1, got "
+            f"{self.mask_token_ratio} + {self.random_token_ratio}",
+        )
+        _check(
+            self.span_mean_length >= 1.0,
+            f"masking.span_mean_length must be >= 1, got {self.span_mean_length}",
+        )
+        _check(self.span_max_length >= 1, f"masking.span_max_length must be >= 1, got {self.span_max_length}")
+
+
+@dataclass
+class TrainConfig:
+    """Batch sizes, budgets, seed and resumption."""
+
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    micro_batch_size: int = 32
+    """Sequences per rank per forward/backward pass."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    global_batch_size: int | None = None
+    """If set, must equal micro_batch_size x grad_accum_steps x world size (checked at start)."""
+    seed: int = 0
+    """Seeds model init, sample order and masks."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in run_dir if any; none: start fresh; or a path."""
+    max_tokens: int | None = None
+    """Stop once this many (non-pad) training tokens have been consumed."""
+    max_minutes: float | None = None
+    """Stop (with a checkpoint) after this many minutes of training."""
+    log_every_steps: int = 10
+    """Progress log line / TensorBoard interval in optimizer steps (metrics.jsonl gets every step)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "micro_batch_size", "grad_accum_steps", "log_every_steps"):
+            _check(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _check(
+            self.global_batch_size is None or self.global_batch_size >= 1,
+            f"train.global_batch_size must be >= 1, got {self.global_batch_size}",
+        )
+        _check(bool(self.resume), "train.resume must be 'auto', 'none' or a checkpoint path")
+        _check(self.max_tokens is None or self.max_tokens > 0, "train.max_tokens must be > 0")
+        _check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adamw", "lamb"] = "adamw"
+    """adamw (fused on GPU) or lamb (DeepSpeed's, for large batches)."""
+    lr: float = 1e-4
+    """Peak learning rate, reached after warmup_steps."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (not applied to biases and LayerNorm weights)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam beta1, beta2."""
+    eps: float = 1e-6
+    """Adam epsilon."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to lr over this many steps."""
+    schedule: Literal["linear", "cosine", "polynomial", "constant"] = "linear"
+    """Decay after warmup down to min_lr_ratio x lr at train.max_steps."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas must be two in [0, 1)"
+        )
+        _check(self.eps > 0, "optim.eps must be > 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
+        _check(self.grad_clip >= 0, "optim.grad_clip must be >= 0")
+
+
+@dataclass
+class ZeroConfig:
+    """DeepSpeed ZeRO partitioning."""
+
+    stage: int = 2
+    """0: plain data parallel; 1: optimizer state; 2: + gradients; 3: + parameters partitioned."""
+    offload_optimizer: bool = False
+    """Keep optimizer state in CPU memory (ZeRO-Offload)."""
+
+    def __post_init__(self) -> None:
+        _check(self.stage in (0, 1, 2, 3), f"zero.stage must be 0, 1, 2 or 3, got {self.stage}")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and which are kept."""
+
+    every_steps: int | None = 1000
+    """Save every this many optimizer steps (None: only at the end and on signals)."""
+    every_minutes: float | None = None
+    """Also save when this many minutes passed since the last save."""
+    keep_last: int = 3
+    """Keep the newest this many checkpoints."""
+    keep_every: int | None = None
+    """Also keep every checkpoint whose step is a multiple of this."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps is None or self.every_steps >= 1, "checkpoint.every_steps must be >= 1")
+        _check(self.every_minutes is None or self.every_minutes > 0, "checkpoint.every_minutes must be > 0")
+        _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+        _check(self.keep_every is None or self.keep_every >= 1, "checkpoint.keep_every must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the validation split."""
+
+    every_steps: int | None = 1000
+    """Evaluate every this many optimizer steps and at the end (None: only at the end)."""
+    max_batches: int | None = 50
+    """Micro-batches per rank per evaluation (None: the whole validation split)."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps is None or self.every_steps >= 1, "eval.every_steps must be >= 1")
+        _check(self.max_batches is None or self.max_batches >= 1, "eval.max_batches must be >= 1")
+
+
+@dataclass
+class MetricsConfig:
+    """Logging of training metrics."""
+
+    tensorboard: bool = True
+    """Write TensorBoard scalars to run_dir/tensorboard (rank 0)."""
+    peak_tflops_per_device: float | None = None
+    """Peak dense TFLOP/s of one device at the training precision, for MFU (None: MFU not reported)."""
+
+
+@dataclass
+class Config:
+    """A whole training run."""
+
+    run_dir: str = ""
+    """Directory for config.yaml, metrics.jsonl, tensorboard/ and checkpoints/. Required."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision; fp16 (dynamic loss scaling) needs a GPU."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="base"))
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    deepspeed: dict = field(default_factory=dict)
+    """Extra raw DeepSpeed config keys merged into the generated config; contradictions are refused."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.run_dir), "run_dir is required (set it in the YAML or pass run_dir=PATH)")
+        _check(bool(self.data.path), "data.path is required (a shards directory from `mlm-data build`)")
+
+
+def check_batch_arithmetic(cfg: Config, world_size: int) -> int:
+    """Return micro x accum x world; raise ConfigError if train.global_batch_size is set and differs."""
+    t = cfg.train
+    actual = t.micro_batch_size * t.grad_accum_steps * world_size
+    if t.global_batch_size is not None and t.global_batch_size != actual:
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} but train.micro_batch_size ({t.micro_batch_size})"
+            f" x train.grad_accum_steps ({t.grad_accum_steps}) x world size ({world_size}) = {actual}; "
+            f"change one of them (e.g. train.grad_accum_steps="
+            f"{max(1, t.global_batch_size // (t.micro_batch_size * world_size))})"
+        )
+    return actual
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    """Load the YAML at `path` (following `base:`), apply `section.key=value` overrides, validate.
+
+    Returns the resolved Config. Raises ConfigError naming the file, key or value that is wrong.
+    """
+    raw = _read_yaml_with_bases(path, seen=())
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw, source=path)
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Build a validated Config from a plain nested dict (as in YAML); raises ConfigError."""
+    try:
+        return _build(Config, raw, prefix="")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts/lists/scalars (tuples become lists), ready for YAML or JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML to `path` (temp file + rename, so a reader never sees half)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 hex digest of the resolved config (canonical JSON), to tell runs' configs apart."""
+    return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def _read_yaml_with_bases(path: str, seen: tuple[str, ...]) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ConfigError(
+            f"{path}: `base:` files include each other in a cycle: {' -> '.join(seen + (real,))}"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base` must be a file path, got {base!r}")
+    base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+    return _deep_merge(_read_yaml_with_bases(base_path, seen + (real,)), raw)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'top level'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key {prefix}{key}{hint}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = _build(hint_type, value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint_type, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against type hint `tp` (int, float, bool, str, dict, Literal, tuple, Optional)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it obviously is
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (bool, str, dict) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} numbers"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
