@@ -1,0 +1,193 @@
+"""The pretraining model: the `transformers` BERT encoder plus a sparse MLM head and an optional NSP/SOP head.
+
+Parameter names equal those of `BertForPreTraining` (with a pair head) or `BertForMaskedLM` (without),
+so `model.state_dict()` loads into those classes with `strict=True` and export is a plain save. The MLM
+head runs the transform and the vocabulary projection only on the masked positions (about 15% of the
+tokens), which saves most of the head's FLOPs and memory against the dense HF head.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import (
+    BertForPreTraining,
+    BertModel,
+    BertOnlyMLMHead,
+    BertPreTrainedModel,
+    BertPreTrainingHeads,
+)
+
+from pretrain.config import ConfigError, ModelConfig
+
+
+@dataclass
+class PretrainingOutput:
+    """Sums and counts of one micro-batch, so the trainer can normalise over micro-batches and ranks.
+
+    mlm_loss_sum: fp32 scalar, summed cross-entropy over the masked tokens; mlm_correct / num_masked:
+    int64 scalars. pair_loss_sum / pair_correct / num_pairs: the same for the NSP/SOP head (zeros when
+    the model has none or no pair labels were given).
+    """
+
+    mlm_loss_sum: torch.Tensor
+    mlm_correct: torch.Tensor
+    num_masked: torch.Tensor
+    pair_loss_sum: torch.Tensor
+    pair_correct: torch.Tensor
+    num_pairs: torch.Tensor
+
+
+class MLMPretrainingModel(BertPreTrainedModel):
+    """BERT encoder + sparse MLM head (+ NSP/SOP head when `pair_head`). Build it with `build_model`."""
+
+    # Same ties as BertForPreTraining / BertForMaskedLM: the decoder shares the word embeddings.
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: BertConfig, pair_head: bool) -> None:
+        """Randomly initialised model for `config`; `pair_head` adds the pooler and the 2-way pair head."""
+        super().__init__(config)
+        self.has_pair_head = pair_head
+        self.bert = BertModel(config, add_pooling_layer=pair_head)
+        self.cls = BertPreTrainingHeads(config) if pair_head else BertOnlyMLMHead(config)
+        self.post_init()
+
+    @property
+    def hf_config(self) -> BertConfig:
+        """The `transformers.BertConfig` to export with the weights."""
+        return self.config
+
+    @property
+    def export_class_name(self) -> str:
+        """The HF class our state dict loads into: BertForPreTraining (pair head) or BertForMaskedLM."""
+        return "BertForPreTraining" if self.has_pair_head else "BertForMaskedLM"
+
+    def get_output_embeddings(self):
+        """The MLM decoder (tied to the input embeddings)."""
+        return self.cls.predictions.decoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        masked_positions: torch.Tensor,
+        masked_labels: torch.Tensor,
+        pair_labels: torch.Tensor | None = None,
+    ) -> PretrainingOutput:
+        """Losses and accuracies of one micro-batch.
+
+        Takes input_ids / attention_mask / token_type_ids of shape (batch, seq), masked_positions (flat
+        int64 indices into batch*seq) with their original token ids masked_labels, and optionally
+        pair_labels (batch,). Returns a PretrainingOutput of sums and counts.
+        """
+        encoded = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        hidden = encoded.last_hidden_state
+        masked_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
+        logits = self.cls.predictions(masked_hidden).float()
+        mlm_loss_sum = F.cross_entropy(logits, masked_labels, reduction="sum")
+        mlm_correct = (logits.argmax(-1) == masked_labels).sum()
+        num_masked = torch.tensor(masked_labels.numel(), device=logits.device)
+
+        zero = torch.zeros((), device=logits.device)
+        pair_loss_sum, pair_correct, num_pairs = zero, zero.long(), zero.long()
+        if self.has_pair_head and pair_labels is not None:
+            pair_logits = self.cls.seq_relationship(encoded.pooler_output).float()
+            pair_loss_sum = F.cross_entropy(pair_logits, pair_labels, reduction="sum")
+            pair_correct = (pair_logits.argmax(-1) == pair_labels).sum()
+            num_pairs = torch.tensor(pair_labels.numel(), device=logits.device)
+        return PretrainingOutput(
+            mlm_loss_sum, mlm_correct, num_masked, pair_loss_sum, pair_correct, num_pairs
+        )
+
+    def count_parameters(self) -> int:
+        """Number of distinct parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int, masked_fraction: float = 0.15) -> float:
+        """Training FLOPs (forward + backward) per input token, for MFU.
+
+        = 6 x N_encoder (matmul params of the layers, applied to every token)
+        + 12 x layers x hidden x seq_len (attention scores QK^T and the weighted sum AV: 2 matmuls of
+          2 x hidden x seq_len FLOPs per token forward, x3 for forward + backward)
+        + masked_fraction x 6 x N_head (transform dense + vocabulary projection hidden x vocab, applied
+          only at masked positions). Embedding lookups, LayerNorm and softmax are not counted.
+        """
+        c = self.config
+        n_encoder = sum(p.numel() for p in self.bert.encoder.parameters())
+        n_head = (
+            sum(p.numel() for p in self.cls.predictions.transform.parameters()) + c.hidden_size * c.vocab_size
+        )
+        attention = 12 * c.num_hidden_layers * c.hidden_size * seq_len
+        return 6 * n_encoder + attention + masked_fraction * 6 * n_head
+
+
+def _bert_config(model_cfg: ModelConfig, vocab_size: int, pad_id: int) -> BertConfig:
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        intermediate_size=model_cfg.intermediate_size,
+        max_position_embeddings=model_cfg.max_position_embeddings,
+        hidden_dropout_prob=model_cfg.dropout,
+        attention_probs_dropout_prob=model_cfg.attention_dropout,
+        pad_token_id=pad_id,
+        type_vocab_size=2,
+    )
+
+
+def build_model(
+    model_cfg: ModelConfig,
+    *,
+    vocab_size: int,
+    pad_id: int,
+    pair_head: bool,
+    tokenizer_source: str = "the shards' tokenizer",
+) -> MLMPretrainingModel:
+    """Build the model from scratch, or from the HF BERT checkpoint dir `model_cfg.init_from`.
+
+    vocab_size / pad_id come from the shards' tokenizer (named by `tokenizer_source` in errors); pair_head
+    adds the NSP/SOP head. With init_from, the checkpoint's config sets the shape (dropouts and attention
+    kernel come from model_cfg); heads missing from it are freshly initialised. Raises ConfigError when
+    init_from is not a BERT checkpoint dir or its vocabulary size differs from vocab_size.
+    """
+    if model_cfg.init_from is None:
+        config = _bert_config(model_cfg, vocab_size, pad_id)
+        config._attn_implementation = model_cfg.attn_implementation
+        return MLMPretrainingModel(config, pair_head=pair_head)
+
+    src = model_cfg.init_from
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        raise ConfigError(
+            f"model.init_from={src}: no config.json there; expected a Hugging Face BERT checkpoint dir"
+        )
+    try:
+        config = BertConfig.from_pretrained(src)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.init_from={src}: cannot read its config.json: {exc}") from None
+    if config.model_type != "bert":
+        raise ConfigError(f"model.init_from={src}: model_type is {config.model_type!r}, expected 'bert'")
+    if config.vocab_size != vocab_size:
+        raise ConfigError(
+            f"vocabulary mismatch: model.init_from={src} has vocab_size {config.vocab_size} but "
+            f"{tokenizer_source} has {vocab_size}; build the shards with that checkpoint's tokenizer "
+            f"(mlm-data build --tokenizer {src}) or start from scratch"
+        )
+    config.hidden_dropout_prob = model_cfg.dropout
+    config.attention_probs_dropout_prob = model_cfg.attention_dropout
+    # BertForPreTraining holds every parameter we may have; whatever the checkpoint lacks it initialises.
+    source = BertForPreTraining.from_pretrained(
+        src, config=config, attn_implementation=model_cfg.attn_implementation
+    )
+    model = MLMPretrainingModel(source.config, pair_head=pair_head)
+    wanted = model.state_dict().keys()
+    model.load_state_dict({k: v for k, v in source.state_dict().items() if k in wanted}, strict=True)
+    return model
