@@ -1,10 +1,15 @@
 """Config loading: strict keys with hints, types, overrides, base files, batch arithmetic, round trip."""
 
+import dataclasses
+import typing
+from pathlib import Path
+
 import pytest
 import yaml
 
 from pretrain.config import (
     MODEL_PRESETS,
+    Config,
     ConfigError,
     check_batch_arithmetic,
     config_hash,
@@ -123,3 +128,17 @@ def test_saved_config_reloads_identically(cfg_file, tmp_path):
     again = load_config(str(out))
     assert again == cfg and config_hash(again) == config_hash(cfg)
     assert config_hash(load_config(cfg_file, ["optim.lr=0.002"])) != config_hash(cfg)
+
+
+def test_every_key_is_documented():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        section = hints[field.name]
+        keys = (
+            [f"{field.name}.{f.name}" for f in dataclasses.fields(section)]
+            if dataclasses.is_dataclass(section)
+            else [field.name]
+        )
+        for key in keys:
+            assert f"`{key}`" in doc, f"{key} is missing from docs/configuration.md"
