@@ -152,6 +152,7 @@ class TrainLoader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumed_state = sampler.state_dict()
+        self._error: BaseException | None = None
 
     def state_dict(self) -> dict:
         """The sampler state after the last step handed out (JSON-able)."""
@@ -172,8 +173,11 @@ class TrainLoader:
         if self._thread is None:
             self._thread = threading.Thread(target=self._produce, name="train-loader", daemon=True)
             self._thread.start()
+        if self._error is not None:  # the thread has ended; keep failing instead of blocking forever
+            raise self._error
         item = self._queue.get()
         if isinstance(item, BaseException):
+            self._error = item
             raise item
         step, state_after = item
         self._consumed_state = state_after

@@ -105,6 +105,8 @@ class MaskingCollator:
         ids = np.asarray(rows["input_ids"], dtype=np.int64)
         word_start = np.asarray(rows["word_start"]).astype(bool)
         if self.seq_len is not None:
+            if self.seq_len > ids.shape[1]:
+                raise ValueError(f"seq_len {self.seq_len} is longer than the rows' {ids.shape[1]} tokens")
             ids, word_start = ids[:, : self.seq_len], word_start[:, : self.seq_len]
         batch, seq = ids.shape
         positions = np.arange(seq)[None, :]

@@ -111,3 +111,7 @@ def test_seq_len_truncates_rows():
     out = collator.collate(ROWS, np.arange(len(ROWS["length"])), 0)
     assert out["input_ids"].shape == (1024, 64)
     assert int(out["masked_positions"].max()) < 1024 * 64
+    with pytest.raises(ValueError, match="seq_len 256 is longer than the rows' 192 tokens"):
+        MaskingCollator(
+            MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=0, seq_len=256
+        ).collate(ROWS, np.arange(len(ROWS["length"])), 0)
