@@ -148,3 +148,19 @@ def test_validation_loader_is_deterministic_and_split_across_ranks():
         ValidationLoader(
             ArrayReader(make_rows(1, 16)), collator, batch_size=8, rank=0, world_size=2, max_batches=5
         )
+
+
+def test_two_rank_loaders_feed_the_same_masked_batches_as_one():
+    with loader(world=1, micro=4, global_batch=8) as single:
+        expected = take(single, 15)
+    ranks = [loader(rank=r, world=2, micro=2, global_batch=8) for r in (0, 1)]
+    try:
+        got = [take(r, 15) for r in ranks]
+    finally:
+        for r in ranks:
+            r.close()
+    for step, one in enumerate(expected):
+        mine = [torch.cat([mb["input_ids"] for mb in g[step].micro_batches]) for g in got]
+        assert torch.equal(torch.cat(mine), torch.cat([mb["input_ids"] for mb in one.micro_batches]))
+        positions = [torch.cat([mb["masked_labels"] for mb in g[step].micro_batches]) for g in got]
+        assert torch.equal(torch.cat(positions), torch.cat([mb["masked_labels"] for mb in one.micro_batches]))
