@@ -57,3 +57,33 @@ class ArrayReader:
 @pytest.fixture(scope="session")
 def pair_rows() -> dict[str, np.ndarray]:
     return make_rows(64, 32, pairs=True)
+
+
+@pytest.fixture(scope="session")
+def wordpiece_rows(tmp_path_factory):
+    """(rows, tokenizer): real stdlib text from `mlm-data`'s sample corpus, a WordPiece tokenizer trained
+    on it by data_pipeline, packed into [CLS] ... [SEP] rows of 64 tokens with the tokenizer's word starts."""
+    from data_pipeline.sample_corpus import write_sample_corpus
+    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.tokenizer_training import train_tokenizer
+
+    root = tmp_path_factory.mktemp("wordpiece")
+    write_sample_corpus(str(root / "corpus"), max_bytes=200_000)
+    train_tokenizer([str(root / "corpus")], "wordpiece", 2000, str(root / "tokenizer"))
+    tokenizer = load_tokenizer(str(root / "tokenizer"))
+    text = (root / "corpus" / "sample-000.txt").read_text()
+    encoded = tokenizer.encode_batch([doc for doc in text.split("\n\n") if doc.strip()])
+    ids = np.concatenate([e[0] for e in encoded]).astype(np.uint16)
+    starts = np.concatenate([e[1] for e in encoded]).astype(np.uint8)
+    body = 62
+    n = len(ids) // body
+    sp = tokenizer.special_ids
+    rows = {
+        "input_ids": np.full((n, 64), sp.sep, dtype=np.uint16),
+        "word_start": np.ones((n, 64), dtype=np.uint8),
+        "length": np.full(n, 64, dtype=np.int32),
+    }
+    rows["input_ids"][:, 0] = sp.cls
+    rows["input_ids"][:, 1:63] = ids[: n * body].reshape(n, body)
+    rows["word_start"][:, 1:63] = starts[: n * body].reshape(n, body)
+    return rows, tokenizer

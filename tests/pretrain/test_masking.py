@@ -115,3 +115,23 @@ def test_seq_len_truncates_rows():
         MaskingCollator(
             MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=0, seq_len=256
         ).collate(ROWS, np.arange(len(ROWS["length"])), 0)
+
+
+def test_whole_word_masking_on_real_wordpiece_text(wordpiece_rows):
+    rows, tokenizer = wordpiece_rows
+    vocab = {i: t for t, i in tokenizer.backend.get_vocab().items()}
+    collator = MaskingCollator(
+        MaskingConfig(whole_word=True),
+        special_ids=tokenizer.special_ids,
+        vocab_size=tokenizer.vocab_size,
+        seed=0,
+    )
+    out = collator.collate(rows, np.arange(len(rows["length"])), 0)
+    ids = rows["input_ids"].astype(np.int64)
+    sel = selected_mask(out, ids.shape)
+    assert sel.sum() > 1000 and abs(sel.sum() / (ids.size - 2 * len(ids)) - 0.15) < 0.02
+    pieces = np.vectorize(lambda i: vocab[i].startswith("##"))(ids)
+    assert pieces[:, 1:].sum() > 1000  # the text really has multi-piece words
+    # A "##" continuation is masked exactly when the piece before it (same word) is, except at row start.
+    inner = pieces[:, 2:63]
+    np.testing.assert_array_equal(sel[:, 2:63][inner], sel[:, 1:62][inner])
