@@ -16,6 +16,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pretrain.config import ConfigError, DataConfig
+
+
+def resolve_seq_len(data_cfg: DataConfig, *, shards_seq_len: int, shards_dir: str, max_positions: int) -> int:
+    """The sequence length to train on: data.seq_len, or the shards' when unset.
+
+    Raises ConfigError naming the shards dir when data.seq_len exceeds the shards' seq_len, or when
+    the length exceeds the model's position table (`max_positions`, model.max_position_embeddings).
+    """
+    seq_len = shards_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
+    if seq_len > shards_seq_len:
+        raise ConfigError(
+            f"data.seq_len={seq_len} but the shards in {shards_dir} hold rows of {shards_seq_len} tokens; "
+            f"lower data.seq_len or rebuild the shards with --seq-len {seq_len}"
+        )
+    if seq_len > max_positions:
+        raise ConfigError(
+            f"sequence length {seq_len} (shards in {shards_dir}) exceeds model.max_position_embeddings="
+            f"{max_positions}; raise it or train on shorter rows (data.seq_len)"
+        )
+    return seq_len
+
 
 @dataclass
 class SamplerStep:
