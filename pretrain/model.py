@@ -55,6 +55,7 @@ class MLMPretrainingModel(BertPreTrainedModel):
         """Randomly initialised model for `config`; `pair_head` adds the pooler and the 2-way pair head."""
         super().__init__(config)
         self.has_pair_head = pair_head
+        config.architectures = [self.export_class_name]  # what AutoModel picks when the export is loaded
         self.bert = BertModel(config, add_pooling_layer=pair_head)
         self.cls = BertPreTrainingHeads(config) if pair_head else BertOnlyMLMHead(config)
         self.post_init()

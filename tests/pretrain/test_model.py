@@ -114,3 +114,12 @@ def test_flops_per_token_counts_encoder_attention_and_sparse_head():
     expected = 6 * layers * per_layer + 12 * layers * h * seq + 0.15 * 6 * head
     assert model.flops_per_token(seq) == pytest.approx(expected)
     assert 10e6 < model.count_parameters() < 13e6  # BERT-Mini's ~11M
+
+
+def test_batch_without_masked_tokens_gives_zero_sums():
+    model = build_model(TINY, vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False)
+    b = batch(pairs=False)
+    none = torch.zeros(0, dtype=torch.int64)
+    out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], none, none)
+    assert float(out.mlm_loss_sum) == 0.0 and int(out.num_masked) == 0 and int(out.mlm_correct) == 0
+    assert model.hf_config.architectures == ["BertForMaskedLM"]
