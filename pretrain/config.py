@@ -177,6 +177,7 @@ class TrainConfig:
             self.global_batch_size is None or self.global_batch_size >= 1,
             f"train.global_batch_size must be >= 1, got {self.global_batch_size}",
         )
+        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
         _check(bool(self.resume), "train.resume must be 'auto', 'none' or a checkpoint path")
         _check(self.max_tokens is None or self.max_tokens > 0, "train.max_tokens must be > 0")
         _check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes must be > 0")

@@ -64,6 +64,7 @@ def test_overrides_are_parsed_as_yaml_and_beat_the_preset(cfg_file):
         ("masking.whole_word=maybe", "masking.whole_word: expected bool"),
         ("precision=fp8", "precision: expected one of 'fp32', 'bf16', 'fp16'"),
         ("zero.stage=4", "zero.stage must be 0, 1, 2 or 3"),
+        ("train.seed=-1", "train.seed must be >= 0"),
         ("masking.probability=1.5", "masking.probability must be in (0, 1)"),
         ("model.num_heads=3", "model.hidden_size (128) must be divisible by model.num_heads (3)"),
         ("train=5", "train must be a mapping"),
