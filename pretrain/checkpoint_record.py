@@ -1,0 +1,240 @@
+"""Checkpoint files we own: the completion record, trainer state (JSON + safetensors) and RNG states.
+
+Nothing here unpickles: trainer state is JSON with tensors/arrays moved into a safetensors file and
+referenced by key, so a planted pickle payload is refused by the safetensors parser instead of executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+COMPLETE_FILE = "COMPLETE.json"
+TRAINER_STATE_JSON = "trainer_state.json"
+TRAINER_STATE_TENSORS = "trainer_state.safetensors"
+RECORD_VERSION = 1
+_TENSOR_REF = "__tensor__"
+_NDARRAY_REF = "__ndarray__"
+_TUPLE = "__tuple__"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file and what to do."""
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory entry (a rename or a new file inside it) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` via a temp file + fsync + rename + fsync of the directory."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes (read in 4 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_files(tag_dir: str) -> list[str]:
+    """Every file under `tag_dir` (relative, '/'-separated, sorted) except the completion record."""
+    out = []
+    for root, _dirs, files in os.walk(tag_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), tag_dir).replace(os.sep, "/")
+            if rel != COMPLETE_FILE:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_complete_record(tag_dir: str, *, step: int, world_size: int, config_hash: str) -> dict:
+    """Checksum every file of `tag_dir` and write COMPLETE.json atomically; returns the record."""
+    files = {
+        rel: {
+            "bytes": os.path.getsize(os.path.join(tag_dir, rel)),
+            "sha256": sha256_file(os.path.join(tag_dir, rel)),
+        }
+        for rel in list_files(tag_dir)
+    }
+    record = {
+        "version": RECORD_VERSION,
+        "step": step,
+        "world_size": world_size,
+        "config_hash": config_hash,
+        "files": files,
+    }
+    write_file_atomic(os.path.join(tag_dir, COMPLETE_FILE), json.dumps(record, indent=1, sort_keys=True))
+    return record
+
+
+def validate_checkpoint(tag_dir: str) -> dict:
+    """Check `tag_dir` against its COMPLETE.json; returns the record.
+
+    Raises CheckpointError naming the offending file: no/unreadable record (an interrupted save),
+    a listed file missing, of another size, or with another sha256.
+    """
+    record_path = os.path.join(tag_dir, COMPLETE_FILE)
+    if not os.path.isfile(record_path):
+        raise CheckpointError(f"{tag_dir} has no {COMPLETE_FILE}: the save was interrupted; it is incomplete")
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+        files, step, world_size = record["files"], int(record["step"]), int(record["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{record_path} is unreadable or malformed ({e}); the checkpoint is unusable"
+        ) from e
+    for rel, meta in files.items():
+        path = os.path.join(tag_dir, rel)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} is listed in {COMPLETE_FILE} but missing")
+        size = os.path.getsize(path)
+        if size != meta["bytes"]:
+            raise CheckpointError(
+                f"{path} has {size} bytes, {COMPLETE_FILE} recorded {meta['bytes']}: truncated"
+            )
+        if sha256_file(path) != meta["sha256"]:
+            raise CheckpointError(f"{path} fails its sha256 check in {COMPLETE_FILE}: the file is corrupt")
+    del step, world_size  # parsed above only to validate their presence
+    return record
+
+
+def _split_tensors(obj, tensors: dict[str, torch.Tensor], path: str):
+    """A JSON-able copy of `obj` with tensors/arrays moved into `tensors` (keyed by their path)."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu().contiguous()
+        return {_TENSOR_REF: path}
+    if isinstance(obj, np.ndarray):
+        # safetensors has no uint32; int64 holds every value of the integer types we store
+        arr = obj.astype(np.int64) if obj.dtype == np.uint32 else obj
+        tensors[path] = torch.from_numpy(np.ascontiguousarray(arr))
+        return {_NDARRAY_REF: path, "dtype": str(obj.dtype)}
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, str):
+                raise TypeError(f"trainer state key {path}.{k!r} is not a string")
+        return {k: _split_tensors(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_split_tensors(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_split_tensors(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    raise TypeError(f"trainer state value at {path} has type {type(obj).__name__}; use JSON types or tensors")
+
+
+def _join_tensors(obj, tensors: dict[str, torch.Tensor]):
+    """Inverse of _split_tensors."""
+    if isinstance(obj, dict):
+        if _TENSOR_REF in obj:
+            return tensors[obj[_TENSOR_REF]]
+        if _NDARRAY_REF in obj:
+            return tensors[obj[_NDARRAY_REF]].numpy().astype(obj["dtype"])
+        if _TUPLE in obj:
+            return tuple(_join_tensors(v, tensors) for v in obj[_TUPLE])
+        return {k: _join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(state: dict, directory: str, stem: str) -> None:
+    """Write `state` as `stem.json` (+ `stem.safetensors` for its tensors/arrays), each fsynced."""
+    tensors: dict[str, torch.Tensor] = {}
+    doc = _split_tensors(state, tensors, "state")
+    # floats keep full precision: json writes repr(float), which round-trips exactly
+    write_file_atomic(os.path.join(directory, f"{stem}.json"), json.dumps(doc, indent=1, sort_keys=True))
+    if tensors:
+        path = os.path.join(directory, f"{stem}.safetensors")
+        save_file(tensors, path)
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+
+
+def load_state(directory: str, stem: str) -> dict:
+    """Read what save_state wrote; raises CheckpointError naming the file when it is not JSON/safetensors."""
+    json_path = os.path.join(directory, f"{stem}.json")
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{json_path} is not a readable JSON trainer state ({e})") from e
+    tensors: dict[str, torch.Tensor] = {}
+    st_path = os.path.join(directory, f"{stem}.safetensors")
+    if os.path.exists(st_path):
+        try:
+            tensors = load_file(st_path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{st_path} is not a valid safetensors file ({e}); refusing to load it"
+            ) from e
+    try:
+        return _join_tensors(doc, tensors)
+    except KeyError as e:
+        raise CheckpointError(f"{json_path} references tensor {e} missing from {st_path}") from e
+
+
+def capture_rng_state() -> dict:
+    """This process's Python, NumPy and torch (CPU and, if present, CUDA) RNG states."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": version, "internal": np.array(internal, dtype=np.int64), "gauss": gauss},
+        "numpy": {
+            "kind": np_state[0],
+            "keys": np_state[1],
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = {str(i): s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Restore what capture_rng_state returned (CUDA states only when CUDA is present)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["internal"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state["cuda"][str(i)] for i in range(len(state["cuda"]))])
