@@ -1,0 +1,81 @@
+"""A real tiny DeepSpeed engine on CPU (gloo) for the checkpoint/health/signal tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+
+def free_port() -> int:
+    """An unused local TCP port for a process group rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = None) -> None:
+    """Initialise torch.distributed (gloo on CPU) via DeepSpeed, once per process."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port or free_port()),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
+class TinyNet(torch.nn.Module):
+    """Two linear layers with dropout (so the RNG state matters for exact resume)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 16)
+        self.drop = torch.nn.Dropout(0.3)
+        self.b = torch.nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.drop(torch.relu(self.a(x))))
+
+
+def make_engine(stage: int = 0, seed: int = 0, dtype: str = "fp32", world_size: int = 1):
+    """A DeepSpeed engine over TinyNet with torch AdamW and a LambdaLR schedule."""
+    import deepspeed
+
+    torch.manual_seed(seed)
+    model = TinyNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": 4 * world_size,
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": dtype == "bf16"},
+        "steps_per_print": 10**9,
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=config)
+    return engine
+
+
+def train_steps(engine, first_step: int, n: int, rank: int = 0) -> list[float]:
+    """Run n optimizer steps on data that is a pure function of (step, rank); returns the losses."""
+    losses = []
+    dtype = next(engine.module.parameters()).dtype
+    for step in range(first_step, first_step + n):
+        g = torch.Generator().manual_seed(1000 * step + rank)
+        x = torch.randn(4, 8, generator=g).to(dtype)
+        y = torch.randn(4, 1, generator=g).to(dtype)
+        loss = torch.nn.functional.mse_loss(engine(x).float(), y.float())
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return losses
