@@ -1,0 +1,59 @@
+"""NonFiniteMonitor: detection at the step, the rank named, the skip policy, counts across resume."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pretrain.health import NonFiniteLossError, NonFiniteMonitor, collective_timeout
+from tests.pretrain.ckpt_helpers import free_port, init_process_group
+
+
+def test_skips_up_to_k_then_stops():
+    monitor = NonFiniteMonitor(2)
+    assert monitor.check(torch.tensor(1.5), 1)
+    assert not monitor.check(torch.tensor(float("nan")), 2)
+    assert not monitor.check(torch.tensor(float("inf")), 3)
+    with pytest.raises(NonFiniteLossError, match=r"step 4 on rank\(s\) \[0\].*3 bad step\(s\) in a row"):
+        monitor.check(float("nan"), 4)
+
+
+def test_a_good_step_resets_the_streak_and_counts_survive_resume():
+    monitor = NonFiniteMonitor(1)
+    assert not monitor.check(float("nan"), 1)
+    assert monitor.check(0.5, 2)
+    assert not monitor.check(float("-inf"), 3)
+    resumed = NonFiniteMonitor(1)
+    resumed.load_state_dict(monitor.state_dict())
+    assert resumed.state_dict() == {"consecutive": 1, "total_skipped": 2}
+    with pytest.raises(NonFiniteLossError):
+        resumed.check(float("nan"), 4)
+
+
+def _nan_worker(rank: int, port: int, results) -> None:
+    init_process_group(rank, 2, port)
+    monitor = NonFiniteMonitor(0, rank=rank, world_size=2)
+    for step in range(1, 6):
+        loss = torch.tensor(float("nan") if (rank == 1 and step == 4) else 1.0)
+        try:
+            monitor.check(loss, step)
+        except NonFiniteLossError as e:
+            results[rank] = str(e)
+            return
+    results[rank] = "no error"
+
+
+def test_nan_on_one_rank_stops_all_ranks_naming_it():
+    results = mp.Manager().dict()
+    mp.spawn(_nan_worker, args=(free_port(), results), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert "non-finite loss at step 4 on rank(s) [1]" in results[rank]
+
+
+def test_collective_timeout():
+    assert collective_timeout(1.5) == datetime.timedelta(seconds=90)
+    with pytest.raises(ValueError, match="> 0"):
+        collective_timeout(0)
