@@ -1,11 +1,189 @@
-"""mlm-launch: placeholder until the launcher issue lands."""
+"""mlm-launch: local, per-node and SLURM launches of `python -m pretrain`, hostfiles, preprocessing arrays.
 
+Everything after `--` goes to the trainer (`--config FILE [section.key=value ...]`). Bad requests exit 1
+with a message before anything is started or submitted; otherwise the trainer's exit code is returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
 import sys
+from pathlib import Path
+
+from launcher.hostfile import allocation_nodes, expand_nodelist, write_hostfile
+from launcher.job_config import LaunchError, read_job_config
+from launcher.local import NodeSpec, deepspeed_command, run_node, torchrun_command
+from launcher.slurm import SlurmOptions, render_train_script, submit
+from launcher.slurm_data import render_data_scripts, submit_data_jobs
 
 
-def main(argv=None) -> int:
-    print("mlm-launch: not built yet", file=sys.stderr)
-    return 1
+def _add_node_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc", type=int, default=1, help="ranks on this node (GPUs, or CPU processes with --cpu)"
+    )
+    p.add_argument("--cpu", action="store_true", help="CPU ranks: DeepSpeed's CPU accelerator, gloo backend")
+    p.add_argument(
+        "--rdzv-timeout", type=int, default=120, help="seconds to wait for the master (default 120)"
+    )
+
+
+def _add_slurm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--partition")
+    p.add_argument("--time", default="01:00:00", help="time limit per job in the chain (default 01:00:00)")
+    p.add_argument("--job-name", default="mlm-pretrain")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument(
+        "--container-image", help="run tasks in this image (pyxis/enroot `srun --container-image`)"
+    )
+    p.add_argument("--sbatch-option", action="append", default=[], help="extra `#SBATCH` option, repeatable")
+    p.add_argument("--dry-run", action="store_true", help="print the job script(s) instead of submitting")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The mlm-launch argument parser (subcommands local, slurm-node, hostfile, slurm, slurm-data)."""
+    parser = argparse.ArgumentParser(prog="mlm-launch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser(
+        "local", help="run on this machine (or as one node of several: --nnodes/--node-rank)"
+    )
+    _add_node_args(local)
+    local.add_argument("--nnodes", type=int, default=1)
+    local.add_argument("--node-rank", type=int, default=0)
+    local.add_argument("--master-addr", default="127.0.0.1")
+    local.add_argument("--master-port", type=int, default=29500)
+    local.add_argument(
+        "--launcher",
+        choices=["spawn", "torchrun", "deepspeed"],
+        default="spawn",
+        help="spawn: start the ranks here (keeps exit code 75); torchrun/deepspeed: run that tool's command",
+    )
+    local.add_argument("--hostfile", help="DeepSpeed hostfile (with --launcher deepspeed)")
+
+    node = sub.add_parser(
+        "slurm-node", help="one node of a SLURM job step (node rank and master from the env)"
+    )
+    _add_node_args(node)
+
+    hostfile = sub.add_parser(
+        "hostfile", help="write a DeepSpeed hostfile from the SLURM allocation or a list"
+    )
+    hostfile.add_argument("--nodes", help="node list (a,b or node[1-4]); default: $SLURM_JOB_NODELIST")
+    hostfile.add_argument("--slots", type=int, default=1, help="ranks (GPUs) per node")
+    hostfile.add_argument("--out", default="hostfile")
+
+    slurm = sub.add_parser("slurm", help="submit a self-requeueing training job with sbatch")
+    slurm.add_argument("--nodes", type=int, required=True)
+    slurm.add_argument(
+        "--gpus-per-node", type=int, default=1, help="ranks per node (CPU processes with --cpu)"
+    )
+    slurm.add_argument("--cpu", action="store_true", help="CPU ranks (CPU clusters, tests)")
+    slurm.add_argument(
+        "--signal-seconds", type=int, help="warn this long before the time limit (default: auto)"
+    )
+    slurm.add_argument("--rdzv-timeout", type=int, default=300)
+    _add_slurm_args(slurm)
+
+    data = sub.add_parser("slurm-data", help="submit `mlm-data build` as a job array plus a dependent merge")
+    data.add_argument("--partitions", type=int, required=True, help="array tasks (input partitions)")
+    data.add_argument("--out", required=True, help="the merged shards directory")
+    _add_slurm_args(data)
+    return parser
+
+
+def _slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    return SlurmOptions(
+        partition=args.partition,
+        time=args.time,
+        job_name=args.job_name,
+        account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        container_image=args.container_image,
+        extra_sbatch=args.sbatch_option,
+    )
+
+
+def _run(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.command == "hostfile":
+        nodes = expand_nodelist(args.nodes) if args.nodes else allocation_nodes()
+        print(write_hostfile(nodes, args.slots, Path(args.out)))
+        return 0
+    if args.command == "slurm-data":
+        build, merge = render_data_scripts(_slurm_options(args), args.partitions, Path(args.out), rest)
+        if args.dry_run:
+            print(build + "\n" + merge)
+            return 0
+        build_id, merge_id = submit_data_jobs(build, merge)
+        print(f"submitted build array {build_id} and merge job {merge_id} (afterok:{build_id})")
+        return 0
+    if not rest:
+        raise LaunchError("no trainer arguments: mlm-launch ... -- --config FILE [key=value ...]")
+    if args.command == "slurm":
+        script = render_train_script(
+            _slurm_options(args),
+            args.nodes,
+            args.gpus_per_node,
+            args.cpu,
+            rest,
+            args.signal_seconds,
+            args.rdzv_timeout,
+        )
+        if args.dry_run:
+            print(script)
+            return 0
+        print(submit(script))
+        return 0
+    if args.command == "slurm-node":
+        env = os.environ
+        spec = NodeSpec(
+            nproc=args.nproc,
+            nnodes=int(env.get("SLURM_NNODES", "1")),
+            node_rank=int(env.get("SLURM_NODEID", "0")),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", "29500")),
+            rdzv_timeout_s=args.rdzv_timeout,
+            cpu=args.cpu,
+        )
+        return run_node(spec, rest, echo=lambda line: print(f"[node {spec.node_rank}] {line}", flush=True))
+    spec = NodeSpec(
+        args.nproc,
+        args.nnodes,
+        args.node_rank,
+        args.master_addr,
+        args.master_port,
+        args.rdzv_timeout,
+        args.cpu,
+    )
+    job = read_job_config(rest)  # a missing config or a bad global batch fails here, before any rank starts
+    job.check_world_size(spec.world_size, f"--nnodes {spec.nnodes} x --nproc {spec.nproc}")
+    if args.launcher == "spawn":
+        return run_node(spec, rest, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    cmd = (
+        torchrun_command(spec, rest)
+        if args.launcher == "torchrun"
+        else deepspeed_command(spec, rest, args.hostfile)
+    )
+    print(shlex.join(cmd), file=sys.stderr, flush=True)
+    env = {**os.environ, **({"DS_ACCELERATOR": "cpu"} if args.cpu else {})}
+    os.execvpe(cmd[0], cmd, env)
+    return 1  # not reached: exec replaces this process
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of mlm-launch; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ours, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = build_parser().parse_args(ours)
+    try:
+        return _run(args, rest)
+    except LaunchError as err:
+        print(f"mlm-launch: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,157 @@
+"""Start the ranks of one node: `python -m pretrain` per rank (env:// rendezvous), or torchrun/deepspeed.
+
+The default "spawn" launcher starts the rank processes itself so that the trainer's exit code survives
+(torchrun turns any worker failure, including the preemption code 75, into 1) and so that SIGTERM/SIGUSR1
+reach every rank: SLURM's warning signal must make the trainer save, not kill a wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from launcher.job_config import LaunchError
+
+EXIT_PREEMPTED = 75  # the trainer's documented exit code after a signal-triggered save (docs/architecture.md)
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Where this node sits in the job: ranks per node, node count and rank, the rendezvous address."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    rdzv_timeout_s: int = 120
+    cpu: bool = False
+
+    @property
+    def world_size(self) -> int:
+        """Total ranks across all nodes."""
+        return self.nproc * self.nnodes
+
+
+def rank_env(spec: NodeSpec, local_rank: int) -> dict[str, str]:
+    """The torch.distributed env:// variables (the ones torchrun sets) for one local rank."""
+    env = {
+        "RANK": str(spec.node_rank * spec.nproc + local_rank),
+        "LOCAL_RANK": str(local_rank),
+        "WORLD_SIZE": str(spec.world_size),
+        "LOCAL_WORLD_SIZE": str(spec.nproc),
+        "GROUP_RANK": str(spec.node_rank),
+        "MASTER_ADDR": spec.master_addr,
+        "MASTER_PORT": str(spec.master_port),
+    }
+    if spec.cpu:
+        # DeepSpeed picks its CPU accelerator (gloo backend) from this; one thread per rank on a shared box.
+        env.update(
+            DS_ACCELERATOR="cpu",
+            CUDA_VISIBLE_DEVICES="",
+            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+        )
+    return env
+
+
+def trainer_command(train_args: list[str]) -> list[str]:
+    """`python -m pretrain ARGS` with this interpreter."""
+    return [sys.executable, "-m", "pretrain", *train_args]
+
+
+def torchrun_command(spec: NodeSpec, train_args: list[str]) -> list[str]:
+    """The equivalent torchrun line (static rendezvous, with a timeout instead of a hang)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={spec.nproc}", f"--nnodes={spec.nnodes}", f"--node-rank={spec.node_rank}",
+        f"--master-addr={spec.master_addr}", f"--master-port={spec.master_port}",
+        f"--rdzv-conf=timeout={spec.rdzv_timeout_s}",
+        "-m", "pretrain", *train_args,
+    ]  # fmt: skip
+
+
+def deepspeed_command(spec: NodeSpec, train_args: list[str], hostfile: str | None = None) -> list[str]:
+    """The equivalent deepspeed launcher line; per-node (--no_ssh) when there is more than one node."""
+    cmd = ["deepspeed"]
+    if hostfile:
+        cmd += ["--hostfile", hostfile]
+    if spec.nnodes > 1:
+        cmd += ["--no_ssh", f"--node_rank={spec.node_rank}", f"--num_nodes={spec.nnodes}"]
+    cmd += [
+        f"--num_gpus={spec.nproc}",
+        f"--master_addr={spec.master_addr}",
+        f"--master_port={spec.master_port}",
+    ]
+    return cmd + ["--module", "pretrain", *train_args]
+
+
+def wait_for_master(addr: str, port: int, timeout_s: float) -> None:
+    """Poll a TCP connection to the master's rendezvous port until it answers.
+
+    Raises LaunchError after `timeout_s` seconds, naming the address: the trainer itself would block
+    in init_process_group for its 30-minute default instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    last_error: OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((addr, port), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as err:
+            last_error = err
+            time.sleep(0.5)
+    raise LaunchError(
+        f"master {addr}:{port} not reachable after {timeout_s:g} s ({last_error}); start node rank 0 first, "
+        f"check --master-addr/--master-port and the firewall, or raise --rdzv-timeout"
+    )
+
+
+def combine_exit_codes(codes: list[int]) -> int:
+    """One exit code for the node: the first real failure, else 75 if any rank was preempted, else 0."""
+    failures = [c for c in codes if c not in (0, EXIT_PREEMPTED)]
+    if failures:
+        return failures[0] if failures[0] > 0 else 1
+    return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else 0
+
+
+def run_node(spec: NodeSpec, train_args: list[str], echo=print) -> int:
+    """Start this node's ranks, forward SIGTERM/SIGINT/SIGUSR1 to them, return the combined exit code.
+
+    A rank that fails makes the others stop (SIGTERM) so that a crashed job does not hang in a
+    collective. Raises LaunchError when a non-zero node rank cannot reach the master.
+    """
+    if spec.node_rank > 0:
+        wait_for_master(spec.master_addr, spec.master_port, spec.rdzv_timeout_s)
+    procs: list[subprocess.Popen] = []
+    for local_rank in range(spec.nproc):
+        env = rank_env(spec, local_rank)
+        cmd = trainer_command(train_args)
+        echo(" ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(cmd))
+        procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        codes: dict[int, int] = {}
+        while len(codes) < len(procs):
+            for i, p in enumerate(procs):
+                if i not in codes and p.poll() is not None:
+                    codes[i] = p.returncode
+                    if p.returncode not in (0, EXIT_PREEMPTED):
+                        forward(signal.SIGTERM, None)
+            time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return combine_exit_codes([codes[i] for i in range(len(procs))])
