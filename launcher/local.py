@@ -61,9 +61,9 @@ def rank_env(spec: NodeSpec, local_rank: int) -> dict[str, str]:
     return env
 
 
-def trainer_command(train_args: list[str]) -> list[str]:
-    """`python -m pretrain ARGS` with this interpreter."""
-    return [sys.executable, "-m", "pretrain", *train_args]
+def trainer_command(train_args: list[str], module: str = "pretrain") -> list[str]:
+    """`python -m pretrain ARGS` with this interpreter (`module` is for tests of the rendezvous alone)."""
+    return [sys.executable, "-m", module, *train_args]
 
 
 def torchrun_command(spec: NodeSpec, train_args: list[str]) -> list[str]:
@@ -121,7 +121,7 @@ def combine_exit_codes(codes: list[int]) -> int:
     return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else 0
 
 
-def run_node(spec: NodeSpec, train_args: list[str], echo=print) -> int:
+def run_node(spec: NodeSpec, train_args: list[str], echo=print, module: str = "pretrain") -> int:
     """Start this node's ranks, forward SIGTERM/SIGINT/SIGUSR1 to them, return the combined exit code.
 
     A rank that fails makes the others stop (SIGTERM) so that a crashed job does not hang in a
@@ -132,7 +132,7 @@ def run_node(spec: NodeSpec, train_args: list[str], echo=print) -> int:
     procs: list[subprocess.Popen] = []
     for local_rank in range(spec.nproc):
         env = rank_env(spec, local_rank)
-        cmd = trainer_command(train_args)
+        cmd = trainer_command(train_args, module)
         echo(" ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(cmd))
         procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
 

@@ -1,0 +1,30 @@
+"""Two per-node launches (node ranks 0 and 1) on loopback form one process group; exit codes survive."""
+
+import socket
+import subprocess
+import sys
+
+NODE = """
+import sys
+from launcher.local import NodeSpec, run_node
+spec = NodeSpec(nproc=1, nnodes=2, node_rank={rank}, master_port={port}, rdzv_timeout_s=60, cpu=True)
+sys.exit(run_node(spec, [{out!r}, "75"], module="tests.launcher.rendezvous_probe"))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_launches_meet_and_rank0_exit_code_is_kept(tmp_path):
+    port = _free_port()
+    nodes = {}
+    for rank in (1, 0):  # node 1 first: it must wait for the master, not fail
+        code = NODE.format(rank=rank, port=port, out=str(tmp_path))
+        nodes[rank] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    codes = {rank: p.wait(timeout=120) for rank, p in nodes.items()}
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2 3.0", "2 3.0"]
+    assert codes == {0: 75, 1: 0}  # node 0's rank said "preempted"; the launcher did not turn it into 1
+    assert "RANK=1 " in nodes[1].stdout.read()  # the command is printed with its environment

@@ -1,0 +1,124 @@
+"""Job scripts, command lines and hostfiles that the launcher produces."""
+
+import subprocess
+import sys
+
+import pytest
+
+from launcher.cli import main
+from launcher.hostfile import expand_nodelist, write_hostfile
+from launcher.job_config import LaunchError
+from launcher.local import NodeSpec, combine_exit_codes, deepspeed_command, rank_env, torchrun_command
+from launcher.slurm import SlurmOptions, parse_time_seconds, render_train_script
+from launcher.slurm_data import render_data_scripts
+
+
+def _bash_syntax_ok(script: str) -> None:
+    out = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_dry_run_prints_a_self_requeueing_script(write_config, capsys, tmp_path):
+    cfg = write_config()
+    argv = ["slurm", "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--time", "04:00:00"]
+    argv += ["--account", "proj", "--qos", "high", "--constraint", "a100", "--container-image", "reg/img:1"]
+    assert main(argv + ["--dry-run", "--", "--config", str(cfg), "optim.lr=1e-4"]) == 0
+    script = capsys.readouterr().out
+    _bash_syntax_ok(script)
+    for line in [
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --time=04:00:00",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@300",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+        "#SBATCH --qos=high",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --gpus-per-node=4",
+        f"#SBATCH --output={tmp_path / 'run' / 'slurm'}/%x-%j.out",
+        'scontrol requeue "$SLURM_JOB_ID"',
+    ]:
+        assert line in script
+    assert "--container-image=reg/img:1" in script
+    assert f"--config {cfg} optim.lr=1e-4 train.resume=auto" in script
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_cpu_job_asks_for_no_gpus_and_warns_within_a_short_limit(write_config):
+    script = render_train_script(SlurmOptions(time="5:00"), 2, 1, True, ["--config", str(write_config())])
+    assert "--gpus-per-node" not in script.split("srun")[0]
+    assert "#SBATCH --signal=B:USR1@30" in script  # a tenth of 5 minutes
+    assert " --cpu " in script
+
+
+def test_time_limits_parse_like_slurm():
+    assert parse_time_seconds("30") == 1800
+    assert parse_time_seconds("5:30") == 330
+    assert parse_time_seconds("04:00:00") == 14400
+    assert parse_time_seconds("2-00") == 172800
+    assert parse_time_seconds("1-02:03:04") == 93784
+    with pytest.raises(LaunchError, match="not a SLURM time limit"):
+        parse_time_seconds("four hours")
+
+
+def test_warning_must_fit_in_the_time_limit(write_config):
+    with pytest.raises(LaunchError, match="below the time limit"):
+        render_train_script(
+            SlurmOptions(time="1"), 1, 1, True, ["--config", str(write_config())], signal_seconds=90
+        )
+
+
+def test_data_scripts_array_and_merge(tmp_path):
+    out = tmp_path / "shards"
+    build, merge = render_data_scripts(SlurmOptions(partition="cpu"), 3, out, ["--input", "corpus/*.txt"])
+    _bash_syntax_ok(build)
+    _bash_syntax_ok(merge)
+    assert "#SBATCH --array=0-2" in build and "#SBATCH --partition=cpu" in build
+    assert '--num-partitions 3 --partition-index "$SLURM_ARRAY_TASK_ID"' in build
+    assert "--input 'corpus/*.txt'" in build
+    parts = [str(tmp_path / "shards.parts" / f"part-{i:05d}") for i in range(3)]
+    assert f"merge {' '.join(parts)} --out {out}" in merge
+    with pytest.raises(LaunchError, match="--partitions"):
+        render_data_scripts(SlurmOptions(), 0, out, [])
+    with pytest.raises(LaunchError, match="not after `--`"):
+        render_data_scripts(SlurmOptions(), 2, out, ["--out", "x"])
+
+
+def test_rank_environment_for_node_one_of_two():
+    spec = NodeSpec(nproc=2, nnodes=2, node_rank=1, master_addr="node1", master_port=1234, cpu=True)
+    env = [rank_env(spec, r) for r in range(2)]
+    assert [e["RANK"] for e in env] == ["2", "3"]
+    assert {e["WORLD_SIZE"] for e in env} == {"4"} and env[1]["LOCAL_RANK"] == "1"
+    assert env[0]["MASTER_ADDR"] == "node1" and env[0]["DS_ACCELERATOR"] == "cpu"
+
+
+def test_torchrun_and_deepspeed_lines():
+    spec = NodeSpec(nproc=8, nnodes=2, node_rank=1, master_addr="n1", master_port=29500, rdzv_timeout_s=60)
+    tr = torchrun_command(spec, ["--config", "c.yaml"])
+    assert tr[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert (
+        "--node-rank=1" in tr
+        and "--rdzv-conf=timeout=60" in tr
+        and tr[-3:] == ["pretrain", "--config", "c.yaml"]
+    )
+    ds = deepspeed_command(spec, ["--config", "c.yaml"], hostfile="hf")
+    assert ds[:3] == ["deepspeed", "--hostfile", "hf"] and "--no_ssh" in ds and "--node_rank=1" in ds
+    assert ds[-4:] == ["--module", "pretrain", "--config", "c.yaml"]
+
+
+def test_exit_codes_combine_failure_over_preemption_over_success():
+    assert combine_exit_codes([0, 0]) == 0
+    assert combine_exit_codes([75, 0]) == 75
+    assert combine_exit_codes([75, 1]) == 1
+    assert combine_exit_codes([-9, 0]) == 1  # killed by a signal
+
+
+def test_hostfile_from_a_list_and_outside_an_allocation(tmp_path, monkeypatch, capsys):
+    path = write_hostfile(expand_nodelist("a,b"), 4, tmp_path / "hf")
+    assert path.read_text() == "a slots=4\nb slots=4\n"
+    monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
+    monkeypatch.delenv("SLURM_NODELIST", raising=False)
+    assert main(["hostfile", "--out", str(tmp_path / "x")]) == 1
+    assert "not inside a SLURM allocation" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
