@@ -1,11 +1,71 @@
-"""mlm-train: placeholder until the trainer issue lands."""
+"""mlm-train / `python -m pretrain`: --config FILE [section.key=value ...] -> train; `export ...` -> export.
 
+Exit codes (docs/architecture.md): 0 done; 1 bad config or input (one line naming the culprit, before any
+training step) or a run stopped by non-finite losses; 75 (EXIT_PREEMPTED) after a signal-triggered save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
 
+from pretrain.distributed import prepare_environment, strip_launcher_args
 
-def main(argv=None) -> int:
-    print("mlm-train: not built yet", file=sys.stderr)
-    return 1
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mlm-train",
+        description="Pretrain a BERT-style MLM with DeepSpeed ZeRO. Subcommand: `mlm-train export RUN OUT`.",
+    )
+    parser.add_argument(
+        "--config", required=True, help="YAML config file (see configs/ and docs/training.md)"
+    )
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default sys.argv[1:]); returns the process exit code."""
+    argv = strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
+    if argv and argv[0] == "export":
+        from pretrain.export import main as export_main
+
+        return export_main(argv[1:])
+    args = _parse(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+    )
+    on_gpu = prepare_environment()  # before anything imports deepspeed
+
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.config import ConfigError, load_config
+    from pretrain.distributed import init_distributed
+    from pretrain.engine import deepspeed_config
+    from pretrain.health import NonFiniteLossError
+
+    bad_input: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, ValueError, FileNotFoundError)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]), on_gpu=on_gpu)  # refuse bad combos before init
+        info = init_distributed()
+        from pretrain.trainer import train
+
+        return train(cfg, info, on_gpu=on_gpu)
+    except bad_input as exc:  # DataError is a ValueError
+        print(f"mlm-train: error: {exc}", file=sys.stderr)
+        return 1
+    except NonFiniteLossError as exc:
+        print(f"mlm-train: stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
