@@ -1,0 +1,157 @@
+"""Shared fixtures for multi-process tests: real shards built once per session, real ranks via torchrun.
+
+Fixtures and helpers (use them from any tests/integration module):
+
+- `tiny_shards` (session): a shards dir built through the real `mlm-data` CLI from ~1 MB of the stdlib
+  sample corpus: WordPiece vocabulary of 2000, seq_len 64, full-sentences packing. Read-only: copy it
+  (`shutil.copytree`) before corrupting anything.
+- `tiny_nsp_shards` (session): the same corpus and tokenizer packed as NSP pairs.
+- `write_config(tmp_path, shards, **sections)`: a small CPU training YAML (tiny BERT, fp32, ZeRO-2)
+  whose sections are updated with `sections`; returns its path.
+- `run_pretrain(config, overrides=(), ranks=2, timeout=300, env=None)`: runs `python -m pretrain`
+  under torchrun with `ranks` local processes (plain python when ranks == 1) and returns a
+  `PretrainRun` (returncode, output, run_dir, metrics: the parsed metrics.jsonl records).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+SHARDS_SEQ_LEN = 64
+
+
+def _mlm_data(*args: str) -> None:
+    result = subprocess.run([str(BIN / "mlm-data"), *args], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"mlm-data {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus dir, tokenizer dir): ~1 MB of stdlib text and a 2000-piece WordPiece trained on it."""
+    from data_pipeline.sample_corpus import write_sample_corpus
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    write_sample_corpus(str(root / "corpus"), max_bytes=1_000_000)
+    _mlm_data("tokenizer", "--input", str(root / "corpus"), "--kind", "wordpiece", "--vocab-size", "2000",
+              "--out", str(root / "tokenizer"))  # fmt: skip
+    return root / "corpus", root / "tokenizer"
+
+
+def _build(corpus: Path, tokenizer: Path, out: Path, mode: str) -> Path:
+    _mlm_data("build", "--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(out),
+              "--seq-len", str(SHARDS_SEQ_LEN), "--mode", mode, "--workers", "1")  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_corpus_and_tokenizer, tmp_path_factory) -> Path:
+    """Full-sentences shards (seq_len 64) built by `mlm-data build`; treat as read-only."""
+    corpus, tokenizer = tiny_corpus_and_tokenizer
+    return _build(corpus, tokenizer, tmp_path_factory.mktemp("shards") / "full", "full-sentences")
+
+
+@pytest.fixture(scope="session")
+def tiny_nsp_shards(tiny_corpus_and_tokenizer, tmp_path_factory) -> Path:
+    """NSP shards (seq_len 64) from the same corpus and tokenizer; treat as read-only."""
+    corpus, tokenizer = tiny_corpus_and_tokenizer
+    return _build(corpus, tokenizer, tmp_path_factory.mktemp("shards") / "nsp", "nsp")
+
+
+def write_config(tmp_path: Path, shards: Path, **sections) -> Path:
+    """A small CPU training config (tiny BERT, fp32, ZeRO-2, 2 x 8 sequences per rank and step).
+
+    Keyword arguments replace or update top-level keys (dicts are merged into the section). Returns
+    the YAML path; run_dir is tmp_path/run unless given.
+    """
+    cfg: dict = {
+        "run_dir": str(tmp_path / "run"),
+        "precision": "fp32",
+        "data": {"path": str(shards)},
+        "model": {"preset": "tiny"},
+        "train": {
+            "max_steps": 30,
+            "micro_batch_size": 8,
+            "grad_accum_steps": 2,
+            "seed": 0,
+            "log_every_steps": 10,
+            "resume": "auto",
+        },  # fmt: skip
+        "optim": {"lr": 2e-3, "warmup_steps": 5, "schedule": "linear"},
+        "zero": {"stage": 2},
+        "checkpoint": {"every_steps": 1000},
+        "eval": {"every_steps": 1000, "max_batches": 4},
+        "metrics": {"tensorboard": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@dataclass
+class PretrainRun:
+    """What a `run_pretrain` call left: exit code, combined output, run dir and metrics.jsonl records."""
+
+    returncode: int
+    output: str
+    run_dir: Path
+    metrics: list[dict]
+
+    def step_losses(self) -> dict[int, float]:
+        """{step: loss} of the training records."""
+        return {r["step"]: r["loss"] for r in self.metrics if "loss" in r}
+
+    def evals(self) -> list[dict]:
+        """The evaluation records, in order."""
+        return [r for r in self.metrics if "eval_loss" in r]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_pretrain(
+    config: Path, overrides=(), *, ranks: int = 2, timeout: float = 300, env: dict | None = None
+) -> PretrainRun:
+    """Run `python -m pretrain --config config overrides...` on `ranks` local CPU processes."""
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "pretrain"]
+    else:
+        cmd = [
+            str(BIN / "torchrun"),
+            f"--nproc-per-node={ranks}",
+            f"--master-port={_free_port()}",
+            "-m",
+            "pretrain",
+        ]
+    cmd += ["--config", str(config), *overrides]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    run_dir = Path(yaml.safe_load(Path(config).read_text())["run_dir"])
+    for item in overrides:
+        if item.startswith("run_dir="):
+            run_dir = Path(item.split("=", 1)[1])
+    metrics_path = run_dir / "metrics.jsonl"
+    records = (
+        [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    )
+    return PretrainRun(result.returncode, result.stdout + result.stderr, run_dir, records)
