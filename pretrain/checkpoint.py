@@ -9,6 +9,8 @@ is never loaded. DeepSpeed's own `latest` file is never written.
 
 from __future__ import annotations
 
+import argparse
+import glob
 import logging
 import os
 import re
@@ -50,6 +52,23 @@ def _tags_newest_first(ckpt_dir: str) -> list[str]:
         return []
     tags = [n for n in os.listdir(ckpt_dir) if TAG_RE.match(n) and os.path.isdir(os.path.join(ckpt_dir, n))]
     return sorted(tags, key=lambda t: int(TAG_RE.match(t).group(1)), reverse=True)
+
+
+def convert_to_universal(tag_dir: str, out_dir: str) -> None:
+    """Write DeepSpeed's universal (world-size independent) form of ZeRO checkpoint `tag_dir` to `out_dir`."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    args = argparse.Namespace(
+        input_folder=tag_dir,
+        output_folder=out_dir,
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # our engines carry no Megatron-style universal info; defaults suffice
+    )
+    ds_to_universal.main(args)
 
 
 def find_newest_valid(ckpt_dir: str) -> tuple[str, dict] | None:
@@ -228,8 +247,8 @@ class CheckpointManager:
 
         Every rank calls this. Loads DeepSpeed's module, optimizer and LR scheduler states and this
         rank's RNG states. The trainer state gains 'checkpoint' (the tag dir) and 'saved_world_size'.
-        A checkpoint from another world size needs an elastic load (pretrain/elastic: not supported
-        for ZeRO stages >= 1 here): raises CheckpointError saying so. Raises CheckpointError for an
+        A checkpoint from another world size is loaded through DeepSpeed's universal checkpoint format
+        (ZeRO partitions re-cut; not bitwise, dropout RNG not restored). Raises CheckpointError for an
         invalid explicit path or a failing DeepSpeed load.
         """
         found = self.resolve(spec)
@@ -245,18 +264,7 @@ class CheckpointManager:
                 self.config_hash,
             )
         log.info("resuming from %s (step %s, saved by %d ranks)", tag_dir, record["step"], saved_world)
-        ckpt_dir, tag = os.path.split(tag_dir)
-        try:
-            load_path, _ = engine.load_checkpoint(
-                ckpt_dir, tag, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
-        except (RuntimeError, ValueError, AssertionError, KeyError, OSError) as e:
-            raise CheckpointError(
-                f"DeepSpeed could not load {tag_dir} (saved by {saved_world} ranks, now "
-                f"{self.world_size}): {e}"
-            ) from e
-        if load_path is None:
-            raise CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
+        self._load_engine(engine, tag_dir, saved_world)
         state = load_state(tag_dir, TRAINER_STATE_JSON.removesuffix(".json"))
         rng_dir = os.path.join(tag_dir, "rng")
         if saved_world == self.world_size:
@@ -269,6 +277,40 @@ class CheckpointManager:
         state["saved_world_size"] = saved_world
         self.last_saved_step = int(record["step"])
         return state
+
+    def _load_engine(self, engine, tag_dir: str, saved_world: int) -> None:
+        """engine.load_checkpoint, through a universal checkpoint when ZeRO partitions must be re-cut."""
+        partitioned = bool(glob.glob(os.path.join(tag_dir, "*optim_states.pt")))
+        elastic = partitioned and saved_world != self.world_size
+        load_dir, tag = os.path.split(tag_dir)
+        if elastic:
+            # DeepSpeed refuses ZeRO optimizer partitions of another world size; its universal format
+            # holds each parameter's fp32 weights and optimizer moments whole, so any world size can load
+            load_dir = os.path.join(self.ckpt_dir, ".universal")
+            if self.rank == 0:
+                convert_to_universal(tag_dir, os.path.join(load_dir, tag))
+            self._barrier()
+            log.warning(
+                "elastic resume: %d -> %d ranks via a universal checkpoint", saved_world, self.world_size
+            )
+        engine._config.load_universal_checkpoint = elastic  # DeepSpeed reads this flag only from its config
+        try:
+            load_path, _ = engine.load_checkpoint(
+                load_dir, tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        except (RuntimeError, ValueError, AssertionError, KeyError, OSError) as e:
+            raise CheckpointError(
+                f"DeepSpeed could not load {tag_dir} (saved by {saved_world} ranks, now "
+                f"{self.world_size}): {e}"
+            ) from e
+        finally:
+            engine._config.load_universal_checkpoint = False
+            if elastic:
+                self._barrier()
+                if self.rank == 0:
+                    shutil.rmtree(load_dir, ignore_errors=True)
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
 
     @staticmethod
     def _is_complete(tag_dir: str) -> bool:

@@ -36,28 +36,33 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = No
 class TinyNet(torch.nn.Module):
     """Two linear layers with dropout (so the RNG state matters for exact resume)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.3) -> None:
         super().__init__()
         self.a = torch.nn.Linear(8, 16)
-        self.drop = torch.nn.Dropout(0.3)
+        self.drop = torch.nn.Dropout(dropout)
         self.b = torch.nn.Linear(16, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(self.drop(torch.relu(self.a(x))))
 
 
-def make_engine(stage: int = 0, seed: int = 0, dtype: str = "fp32", world_size: int = 1):
-    """A DeepSpeed engine over TinyNet with torch AdamW and a LambdaLR schedule."""
+GLOBAL_BATCH = 8
+
+
+def make_engine(
+    stage: int = 0, seed: int = 0, dtype: str = "fp32", world_size: int = 1, dropout: float = 0.3
+):
+    """A DeepSpeed engine over TinyNet with torch AdamW and a LambdaLR schedule, global batch 8."""
     import deepspeed
 
     torch.manual_seed(seed)
-    model = TinyNet()
+    model = TinyNet(dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     config = {
-        "train_micro_batch_size_per_gpu": 4,
+        "train_micro_batch_size_per_gpu": GLOBAL_BATCH // world_size,
         "gradient_accumulation_steps": 1,
-        "train_batch_size": 4 * world_size,
+        "train_batch_size": GLOBAL_BATCH,
         "zero_optimization": {"stage": stage},
         "bf16": {"enabled": dtype == "bf16"},
         "steps_per_print": 10**9,
@@ -66,14 +71,17 @@ def make_engine(stage: int = 0, seed: int = 0, dtype: str = "fp32", world_size: 
     return engine
 
 
-def train_steps(engine, first_step: int, n: int, rank: int = 0) -> list[float]:
-    """Run n optimizer steps on data that is a pure function of (step, rank); returns the losses."""
+def train_steps(engine, first_step: int, n: int, rank: int = 0, world_size: int = 1) -> list[float]:
+    """Run n optimizer steps on global batches that are a pure function of the step (this rank takes its
+    contiguous slice); returns this rank's losses."""
     losses = []
     dtype = next(engine.module.parameters()).dtype
+    per_rank = GLOBAL_BATCH // world_size
     for step in range(first_step, first_step + n):
-        g = torch.Generator().manual_seed(1000 * step + rank)
-        x = torch.randn(4, 8, generator=g).to(dtype)
-        y = torch.randn(4, 1, generator=g).to(dtype)
+        g = torch.Generator().manual_seed(1000 * step)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        x = torch.randn(GLOBAL_BATCH, 8, generator=g)[mine].to(dtype)
+        y = torch.randn(GLOBAL_BATCH, 1, generator=g)[mine].to(dtype)
         loss = torch.nn.functional.mse_loss(engine(x).float(), y.float())
         engine.backward(loss)
         engine.step()
