@@ -1,0 +1,128 @@
+"""Bad input through the real entry point: one clear line naming the culprit, exit 1, no training step."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pretrain.__main__ import main
+
+SHARDS_FREE_CONFIG = {
+    "run_dir": "RUN",
+    "data": {"path": "/nonexistent/shards"},
+    "model": {"preset": "tiny"},
+    "train": {"max_steps": 2, "micro_batch_size": 4, "resume": "none"},
+    "metrics": {"tensorboard": False},
+}
+
+
+def _write(tmp_path: Path, cfg: dict) -> str:
+    cfg = {**cfg, "run_dir": str(tmp_path / "run")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["train.micro_batchsize=4"],
+            "unknown key train.micro_batchsize; did you mean train.micro_batch_size",
+        ),
+        (["precision=fp16"], "precision=fp16 needs a GPU"),
+        (["train.global_batch_size=12"], "train.global_batch_size=12 but train.micro_batch_size (4)"),
+        (["deepspeed.train_batch_size=64"], "deepspeed.train_batch_size=64 contradicts the value 4"),
+    ],
+)
+def test_config_errors_exit_1_with_one_line_before_training(
+    tmp_path, capsys, monkeypatch, overrides, message
+):
+    if overrides == ["precision=fp16"]:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("fp16 is allowed on a GPU")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    code = main(["--config", _write(tmp_path, SHARDS_FREE_CONFIG), *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("mlm-train: error:") and message in err[-1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file_is_named(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 1
+    assert f"config file not found: {tmp_path / 'nope.yaml'}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ errors that need real shards (subprocess)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Real shards built by the `mlm-data` CLI (seq_len 64, WordPiece vocabulary of 2000)."""
+    pytest.importorskip("data_pipeline.cli", reason="the mlm-data CLI is not built yet")
+    from data_pipeline.sample_corpus import write_sample_corpus
+    from tests.integration.conftest import SHARDS_SEQ_LEN, _build, _mlm_data
+
+    root = tmp_path_factory.mktemp("main-shards")
+    write_sample_corpus(str(root / "corpus"), max_bytes=200_000)
+    _mlm_data("tokenizer", "--input", str(root / "corpus"), "--kind", "wordpiece", "--vocab-size", "2000",
+              "--out", str(root / "tokenizer"))  # fmt: skip
+    assert SHARDS_SEQ_LEN == 64
+    return _build(root / "corpus", root / "tokenizer", root / "shards", "full-sentences")
+
+
+def _run_cli(tmp_path: Path, shards_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cfg = {**SHARDS_FREE_CONFIG, "data": {"path": str(shards_dir)}}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "pretrain", "--config", _write(tmp_path, cfg), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _assert_refused(result: subprocess.CompletedProcess, tmp_path: Path, *fragments: str) -> None:
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlm-train: error:"), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in last, last
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no training step happened
+
+
+def test_missing_shards_dir_is_named(tmp_path):
+    _assert_refused(_run_cli(tmp_path, tmp_path / "no-shards"), tmp_path, str(tmp_path / "no-shards"))
+
+
+def test_shard_with_wrong_size_is_named(shards, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(shards, broken)
+    shard = sorted(broken.glob("train-*.arrow"))[0]
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 100)
+    _assert_refused(_run_cli(tmp_path, broken), tmp_path, shard.name)
+
+
+def test_seq_len_beyond_the_shards_is_refused(shards, tmp_path):
+    _assert_refused(_run_cli(tmp_path, shards, "data.seq_len=128"), tmp_path, "data.seq_len=128", str(shards))
+
+
+def test_init_from_a_model_with_another_vocabulary_is_refused(shards, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    other = tmp_path / "other-bert"
+    config = BertConfig(vocab_size=3000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(other)
+    result = _run_cli(tmp_path, shards, f"model.init_from={other}")
+    _assert_refused(result, tmp_path, "vocabulary mismatch", str(other), "3000", "2000")
