@@ -1,0 +1,145 @@
+"""`Manifest`: the `manifest.json` of a shards directory (written last, atomically) and `verify_shards`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from data_pipeline.errors import DataError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+MODES = ("full-sentences", "nsp", "sop")
+
+
+@dataclass
+class Manifest:
+    """Everything a reader needs to trust a shards directory (see docs/architecture.md, Contract 1)."""
+
+    seq_len: int
+    mode: str
+    id_dtype: str
+    tokenizer: dict
+    splits: dict
+    sources: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def rows(self) -> int:
+        """Sequences over all splits."""
+        return sum(s["rows"] for s in self.splits.values())
+
+    @property
+    def tokens(self) -> int:
+        """Non-pad tokens (specials included) over all splits."""
+        return sum(s["tokens"] for s in self.splits.values())
+
+    def save(self, shards_dir: str) -> None:
+        """Write `shards_dir/manifest.json` atomically (temp file, fsync, rename)."""
+        path = os.path.join(shards_dir, MANIFEST_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, shards_dir: str) -> Manifest:
+        """Read `shards_dir/manifest.json`.
+
+        Raises DataError naming the file when it is missing (an incomplete or foreign directory),
+        not JSON, of another format version, or lacks keys.
+        """
+        path = os.path.join(shards_dir, MANIFEST_NAME)
+        if not os.path.isfile(path):
+            raise DataError(
+                f"{path} not found: {shards_dir} is not a finished shards directory "
+                "(run `mlm-data build`, or rerun it to finish an interrupted build)"
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("format_version") != FORMAT_VERSION:
+                raise DataError(
+                    f"{path}: format_version {data.get('format_version')!r}, need {FORMAT_VERSION}"
+                )
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"{path}: not a valid manifest ({exc}); rebuild the shards") from exc
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shards(shards_dir: str) -> list[str]:
+    """Check every shard against the manifest: size, sha256, Arrow validity, schema, id range, lengths.
+
+    Returns one problem string per bad shard (naming the file), [] when all is well.
+    Raises DataError when the manifest itself is missing or unreadable.
+    """
+    from data_pipeline.shards import batch_to_numpy, read_shard_batches, shard_schema
+
+    manifest = Manifest.load(shards_dir)
+    schema = shard_schema(manifest.seq_len, manifest.id_dtype, manifest.mode in ("nsp", "sop"))
+    vocab_size = int(manifest.tokenizer["vocab_size"])
+    problems = []
+    for split in manifest.splits.values():
+        for shard in split["shards"]:
+            path = os.path.join(shards_dir, shard["file"])
+            problem = _check_shard(path, shard, schema, vocab_size, manifest.seq_len)
+            if problem is None:
+                try:
+                    batches = read_shard_batches(path)
+                    problem = _check_rows(
+                        batches, batch_to_numpy, schema, shard, vocab_size, manifest.seq_len
+                    )
+                except DataError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                problems.append(f"{path}: {problem}" if not problem.startswith(path) else problem)
+    return problems
+
+
+def _check_shard(path: str, shard: dict, schema, vocab_size: int, seq_len: int) -> str | None:
+    if not os.path.isfile(path):
+        return "missing"
+    size = os.path.getsize(path)
+    if size != shard["bytes"]:
+        return f"size {size} bytes, manifest says {shard['bytes']} (truncated or replaced)"
+    digest = file_sha256(path)
+    if digest != shard["sha256"]:
+        return f"sha256 {digest[:12]}... differs from the manifest's {shard['sha256'][:12]}... (corrupted)"
+    return None
+
+
+def _check_rows(batches, batch_to_numpy, schema, shard: dict, vocab_size: int, seq_len: int) -> str | None:
+    rows = tokens = 0
+    for batch in batches:
+        if not batch.schema.equals(schema):
+            return f"schema {batch.schema} differs from the expected {schema}"
+        batch.validate(full=True)
+        cols = batch_to_numpy(batch)
+        if cols["input_ids"].size and int(cols["input_ids"].max()) >= vocab_size:
+            return f"token id {int(cols['input_ids'].max())} >= vocab_size {vocab_size}"
+        length = cols["length"]
+        if ((length < 1) | (length > seq_len)).any():
+            return f"row length outside 1..{seq_len}"
+        rows += batch.num_rows
+        tokens += int(np.asarray(length, dtype=np.int64).sum())
+    if rows != shard["rows"] or tokens != shard["tokens"]:
+        return f"{rows} rows / {tokens} tokens, manifest says {shard['rows']} / {shard['tokens']}"
+    return None

@@ -1,0 +1,172 @@
+"""THE Arrow schema of a shard, `ShardWriter` (temp name, then rename) and `ShardReader` (memory-mapped).
+
+A shard is an Arrow IPC *stream* file (what `datasets.Dataset.from_file` reads) of fixed-length rows:
+`input_ids`, `word_start`, `length` and, for nsp/sop builds, `segment_b_start` and `pair_label`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from data_pipeline.errors import DataError
+from data_pipeline.manifest import Manifest
+
+SPLITS = ("train", "validation")
+PAIR_COLUMNS = ("segment_b_start", "pair_label")
+
+
+def id_dtype_for(vocab_size: int) -> str:
+    """'uint16' when every id fits in 16 bits (vocab_size <= 65536), else 'uint32'."""
+    return "uint16" if vocab_size <= 65536 else "uint32"
+
+
+def shard_schema(seq_len: int, id_dtype: str, with_pairs: bool) -> pa.Schema:
+    """The one schema of every shard: fixed-size-list token columns of `seq_len`, pair columns optional."""
+    fields = [
+        pa.field("input_ids", pa.list_(pa.from_numpy_dtype(np.dtype(id_dtype)), seq_len), nullable=False),
+        pa.field("word_start", pa.list_(pa.uint8(), seq_len), nullable=False),
+        pa.field("length", pa.int32(), nullable=False),
+    ]
+    if with_pairs:
+        fields.append(pa.field("segment_b_start", pa.int32(), nullable=False))
+        fields.append(pa.field("pair_label", pa.int8(), nullable=False))
+    return pa.schema(fields)
+
+
+def rows_to_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBatch:
+    """Turn 2-D `input_ids`/`word_start` and 1-D other columns (numpy) into a record batch of `schema`."""
+    arrays = []
+    for field in schema:
+        values = rows[field.name]
+        if pa.types.is_fixed_size_list(field.type):
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=field.type.value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
+        else:
+            arrays.append(pa.array(np.ascontiguousarray(values), type=field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+class ShardWriter:
+    """Writes one shard to `<path>.tmp` and renames it to `path` on `close()` (never a partial shard).
+
+    `write(rows)` appends a dict of numpy columns; `close()` returns (rows, tokens) written.
+    """
+
+    def __init__(self, path: str, schema: pa.Schema) -> None:
+        """Open `path + '.tmp'` for writing shards of `schema`."""
+        self.path = path
+        self.schema = schema
+        self.rows = 0
+        self.tokens = 0
+        self._tmp = path + ".tmp"
+        self._sink = pa.OSFile(self._tmp, "wb")
+        self._writer = pa.ipc.new_stream(self._sink, schema)
+
+    def write(self, rows: dict[str, np.ndarray]) -> None:
+        """Append rows (a dict of column arrays with equal first dimension)."""
+        if len(rows["length"]) == 0:
+            return
+        self._writer.write_batch(rows_to_batch(rows, self.schema))
+        self.rows += len(rows["length"])
+        self.tokens += int(np.asarray(rows["length"], dtype=np.int64).sum())
+
+    def close(self) -> tuple[int, int]:
+        """Finish the stream, fsync, rename into place; return (rows, tokens)."""
+        self._writer.close()
+        self._sink.close()
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp, self.path)
+        return self.rows, self.tokens
+
+    def abort(self) -> None:
+        """Drop the temporary file (after an error)."""
+        try:
+            self._writer.close()
+            self._sink.close()
+        finally:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+
+
+def read_shard_batches(path: str) -> list[pa.RecordBatch]:
+    """Memory-map one shard and return its record batches (zero-copy). Raises DataError naming the file."""
+    try:
+        source = pa.memory_map(path, "r")
+        return list(pa.ipc.open_stream(source))
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"{path}: not a readable Arrow IPC stream ({exc}); run `mlm-data verify`") from exc
+
+
+def batch_to_numpy(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    """Columns of a record batch as numpy views: token columns 2-D (rows, seq_len), others 1-D."""
+    out = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_fixed_size_list(column.type):
+            flat = column.flatten().to_numpy(zero_copy_only=True)
+            out[name] = flat.reshape(len(column), column.type.list_size)
+        else:
+            out[name] = column.to_numpy(zero_copy_only=True)
+    return out
+
+
+class ShardReader:
+    """Rows of one split of a shards directory by global index, as numpy views of memory-mapped shards.
+
+    `len(reader)`, `reader.seq_len`, `reader.manifest`, `reader.has_pairs`; `reader[i]` returns a dict of
+    views (input_ids, word_start, length[, segment_b_start, pair_label]); `reader.take(indices)` stacks rows.
+
+    Raises DataError naming the file on a missing manifest, a missing shard or a size mismatch.
+    """
+
+    def __init__(self, shards_dir: str, split: str = "train") -> None:
+        """Load `shards_dir/manifest.json`, check every shard of `split` exists with its listed size, mmap."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+        self.manifest = Manifest.load(shards_dir)
+        self.split = split
+        self.seq_len = self.manifest.seq_len
+        self.has_pairs = self.manifest.mode in ("nsp", "sop")
+        self._blocks: list[dict[str, np.ndarray]] = []
+        starts = []
+        total = 0
+        for shard in self.manifest.splits[split]["shards"]:
+            path = os.path.join(shards_dir, shard["file"])
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: shard listed in the manifest is missing; rebuild or restore it")
+            size = os.path.getsize(path)
+            if size != shard["bytes"]:
+                raise DataError(
+                    f"{path}: size {size} bytes differs from the manifest's {shard['bytes']}; "
+                    "the shard is truncated or replaced, run `mlm-data verify`"
+                )
+            for batch in read_shard_batches(path):
+                starts.append(total)
+                self._blocks.append(batch_to_numpy(batch))
+                total += batch.num_rows
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._len = total
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        """Row `index` (negative counts from the end) as numpy views; IndexError when out of range."""
+        index = int(index)
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(f"row {index} out of range for {self._len} {self.split} rows")
+        block = int(np.searchsorted(self._starts, index, side="right")) - 1
+        local = index - int(self._starts[block])
+        return {name: column[local] for name, column in self._blocks[block].items()}
+
+    def take(self, indices) -> dict[str, np.ndarray]:
+        """Rows at a sequence of global indices stacked into arrays (a copy), in the given order."""
+        rows = [self[i] for i in indices]
+        if not rows:
+            raise IndexError("take() needs at least one index")
+        return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
