@@ -1,0 +1,180 @@
+"""`mlm-data {sample-corpus,tokenizer,build,verify,inspect,merge}`: bad input -> one stderr line, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from data_pipeline.errors import DataError
+
+log = logging.getLogger("mlm-data")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlm-data", description="Offline data pipeline for MLM pretraining."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-corpus", help="write a real-text corpus from the Python standard library")
+    p.add_argument("out_dir")
+    p.add_argument("--max-bytes", type=int, default=None, help="size cap (default about 12 MB)")
+
+    p = sub.add_parser("tokenizer", help="train a WordPiece or SentencePiece tokenizer")
+    p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    p.add_argument(
+        "--kind", choices=["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"], required=True
+    )
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    _add_source_flags(p)
+
+    p = sub.add_parser("build", help="tokenize and pack a corpus into Arrow shards + manifest.json")
+    p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    p.add_argument("--tokenizer", required=True, help="our tokenizer dir or any Hugging Face tokenizer dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--mode", choices=["full-sentences", "nsp", "sop"], default="full-sentences")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--validation-fraction", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0, help="split hash and NSP/SOP choices")
+    p.add_argument("--rows-per-shard", type=int, default=100_000)
+    p.add_argument("--normalization", default="NFC", help="NFC, NFKC, NFD, NFKD or none")
+    p.add_argument("--max-doc-chars", type=int, default=100_000, help="longer documents are split")
+    p.add_argument("--num-partitions", type=int, default=1)
+    p.add_argument("--partition-index", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
+    _add_source_flags(p)
+
+    p = sub.add_parser("verify", help="check every shard against the manifest; exit 1 naming bad shards")
+    p.add_argument("dir")
+
+    p = sub.add_parser("inspect", help="counts and decoded samples of a shards dir")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--samples", type=int, default=2)
+
+    p = sub.add_parser("merge", help="join partition builds into one manifest (shards hard-linked)")
+    p.add_argument("parts", nargs="+")
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
+    p.add_argument("--one-per-line", action="store_true", help=".txt: one document per line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 bad input / bad shards)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except DataError as exc:
+        print(f"mlm-data {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _sample_corpus(args) -> int:
+    from data_pipeline.sample_corpus import write_sample_corpus
+
+    result = write_sample_corpus(args.out_dir, max_bytes=args.max_bytes)
+    print(f"wrote {len(result['files'])} files, {result['documents']} documents, {result['bytes']} bytes")
+    return 0
+
+
+def _tokenizer(args) -> int:
+    from data_pipeline.tokenizer_training import train_tokenizer
+
+    report = train_tokenizer(
+        args.input, args.kind, args.vocab_size, args.out, lowercase=args.lowercase,
+        overwrite=args.overwrite, text_field=args.text_field, one_per_line=args.one_per_line,
+    )  # fmt: skip
+    print(f"tokenizer saved to {args.out}; {json.dumps(report.to_dict()['counts'])}")
+    return 0
+
+
+def _build(args) -> int:
+    from data_pipeline.build import BuildConfig, run_build
+    from data_pipeline.clean import CleanConfig
+
+    if args.workers < 1:
+        raise DataError(f"--workers must be >= 1, got {args.workers}")
+    if args.rows_per_shard < 1:
+        raise DataError(f"--rows-per-shard must be >= 1, got {args.rows_per_shard}")
+    normalization = None if args.normalization.lower() == "none" else args.normalization.upper()
+    try:
+        clean = CleanConfig(normalization=normalization, max_doc_chars=args.max_doc_chars)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    cfg = BuildConfig(
+        inputs=args.input, tokenizer=args.tokenizer, out=args.out, seq_len=args.seq_len, mode=args.mode,
+        workers=args.workers, validation_fraction=args.validation_fraction, seed=args.seed,
+        rows_per_shard=args.rows_per_shard, text_field=args.text_field, one_per_line=args.one_per_line,
+        clean=clean, num_partitions=args.num_partitions, partition_index=args.partition_index,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    s = run_build(cfg)
+    if s.get("up_to_date"):
+        print(f"{args.out} already holds this build (manifest.json present); nothing to do")
+        return 0
+    dropped = {k: v for k, v in s["counts"].items() if k not in ("documents", "files") and v}
+    print(
+        f"documents {s['documents']}, tokens {s['tokens']}, sequences {s['sequences']}, "
+        f"fill ratio {s['fill_ratio']:.4f}, dropped/repaired {json.dumps(dropped)}, "
+        f"{s['seconds']:.1f} s, {s['tokens_per_second']:,.0f} tokens/s"
+    )
+    return 0
+
+
+def _verify(args) -> int:
+    from data_pipeline.manifest import verify_shards
+
+    problems = verify_shards(args.dir)
+    for problem in problems:
+        print(f"BAD {problem}", file=sys.stderr)
+    if problems:
+        print(f"mlm-data verify: {len(problems)} bad shard(s) in {args.dir}", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: all shards match the manifest")
+    return 0
+
+
+def _inspect(args) -> int:
+    from data_pipeline.inspect_shards import decoded_samples, summary
+
+    info = summary(args.dir)
+    if args.json:
+        print(json.dumps(info, sort_keys=True))
+        return 0
+    print(f"{args.dir}: mode {info['mode']}, seq_len {info['seq_len']}, vocab {info['vocab_size']}")
+    print(f"sequences {info['sequences']}, tokens {info['tokens']}, fill ratio {info['fill_ratio']:.4f}")
+    for name, split in info["splits"].items():
+        print(f"  {name}: {split['sequences']} sequences, {split['tokens']} tokens, {split['shards']} shards")
+    print("samples ('|' marks a word start):")
+    for line in decoded_samples(args.dir, args.samples):
+        print("  " + line)
+    return 0
+
+
+def _merge(args) -> int:
+    from data_pipeline.inspect_shards import merge_parts
+
+    m = merge_parts(args.parts, args.out)
+    print(f"merged {len(args.parts)} parts into {args.out}: {m.rows} sequences, {m.tokens} tokens")
+    return 0
+
+
+_COMMANDS = {
+    "sample-corpus": _sample_corpus,
+    "tokenizer": _tokenizer,
+    "build": _build,
+    "verify": _verify,
+    "inspect": _inspect,
+    "merge": _merge,
+}
