@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 IDENTITY_NAME = "build.json"
 ENCODE_BATCH_CHARS = 1 << 20  # texts per encode_batch call: large enough for the tokenizer's threads
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n\s*")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class BuildConfig:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Cut after '.', '!' or '?' (plus closing quotes/brackets) followed by whitespace, and at newlines."""
+    """Cut after '.', '!' or '?' (plus closing quotes/brackets) followed by whitespace, and at blank lines."""
     out, start = [], 0
     for match in _SENTENCE_END.finditer(text):
         piece = text[start : match.end()].strip()

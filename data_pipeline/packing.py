@@ -179,10 +179,10 @@ def _truncate_pair(a: Sentence, b: Sentence, max_tokens: int) -> tuple[Sentence,
     over = la + lb - max_tokens
     if over <= 0:
         return a, b
-    cut_a = min(over, max(0, la - lb))
-    rest = over - cut_a
+    cut_a, cut_b = min(over, max(0, la - lb)), min(over, max(0, lb - la))
+    rest = over - cut_a - cut_b  # both now equally long: trim them alternately
     cut_a += (rest + 1) // 2
-    cut_b = rest // 2
+    cut_b += rest // 2
     return (a[0][: la - cut_a], a[1][: la - cut_a]), (b[0][: lb - cut_b], b[1][: lb - cut_b])
 
 
