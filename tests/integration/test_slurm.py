@@ -1,0 +1,101 @@
+"""mlm-launch against a real local SLURM (two emulated nodes): allocations, the self-requeueing job script.
+
+The requeue-chain test runs the real job script, srun, `mlm-launch slurm-node` and signal forwarding with a
+stand-in trainer that keeps the trainer's process contract (SIGUSR1/SIGTERM -> save -> exit 75, resume
+from its own checkpoint), so the scheduler side is checked apart from the trainer's numerics.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
+
+STAND_IN_TRAINER = """
+import os, signal, socket, sys, time
+run, rank = sys.argv[sys.argv.index("--run") + 1], int(os.environ["RANK"])
+stop = []
+for sig in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(sig, lambda *_: stop.append(1))
+if rank == 0:  # the master's rendezvous port, which the other node's launcher waits for
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", int(os.environ["MASTER_PORT"])))
+    srv.listen()
+ckpt = os.path.join(run, f"ckpt{rank}")
+step = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
+while step < int(os.environ.get("STAND_IN_STEPS", "60")):
+    time.sleep(0.5)
+    step += 1
+    with open(os.path.join(run, f"steps{rank}"), "a") as f:
+        f.write(f"{step} {os.environ['WORLD_SIZE']} {sys.argv[-1]}\\n")
+    with open(ckpt + ".tmp", "w") as f:
+        f.write(str(step))
+    os.replace(ckpt + ".tmp", ckpt)
+    if stop:
+        sys.exit(75)
+"""
+
+
+def _launch(cwd, *argv: str, steps: int = 60) -> str:
+    env = {**os.environ, "STAND_IN_STEPS": str(steps)}  # sbatch passes the environment on to the job
+    out = subprocess.run(
+        [sys.executable, "-m", "launcher", *argv], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_hostfile_inside_a_real_allocation(tmp_path):
+    out = subprocess.run(
+        ["salloc", "--nodes=2", "--time=2", sys.executable, "-m", "launcher", "hostfile", "--slots", "2"]
+        + ["--out", str(tmp_path / "hostfile")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "hostfile").read_text() == "node1 slots=2\nnode2 slots=2\n"
+
+
+def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
+    (tmp_path / "pretrain").mkdir()  # found first from the job's working directory
+    (tmp_path / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "cfg.yaml").write_text(
+        f"run_dir: {run}\ntrain: {{micro_batch_size: 2, global_batch_size: 4}}\n"
+    )
+    argv = ["--nodes", "2", "--cpu", "--time", "1", "--signal-seconds", "50", "--job-name", "chain"]
+    job = _launch(tmp_path, "slurm", *argv, "--", "--config", "cfg.yaml", "--run", str(run))
+    fields = wait_for_job(job, timeout_s=240)
+    log = "".join(p.read_text() for p in (run / "slurm").glob("chain-*.out"))
+    assert fields["JobState"] == "COMPLETED", log
+    assert int(fields["Restarts"]) >= 1, log  # the 1-minute limit cannot fit 30 s of steps plus startup
+    assert "checkpoint saved before the time limit (exit 75): requeueing" in log
+    for rank in (0, 1):
+        lines = (run / f"steps{rank}").read_text().split()
+        steps = [int(s) for s in lines[0::3]]
+        assert steps == list(range(1, 61)), "each step ran exactly once across the requeued jobs"
+        assert set(lines[1::3]) == {"2"} and set(lines[2::3]) == {"train.resume=auto"}
+
+
+def test_scancel_is_not_undone_by_a_requeue(tmp_path):
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "cfg.yaml").write_text(f"run_dir: {run}\n")
+    argv = ["--nodes", "2", "--cpu", "--time", "10", "--", "--config", "cfg.yaml", "--run", str(run)]
+    job = _launch(tmp_path, "slurm", *argv, steps=10_000)
+    wait_for_job(job, 60, until=lambda f: (run / "steps1").exists())
+    subprocess.run(["scancel", job], check=True)
+    fields = wait_for_job(job, 90)
+    assert fields["JobState"] == "CANCELLED" and fields["Restarts"] == "0"
+    log = "".join(p.read_text() for p in (run / "slurm").glob("*.out"))
+    assert "not requeued by this script" in log  # the ranks got the signal, saved, and the chain stopped
