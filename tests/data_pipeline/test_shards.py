@@ -1,0 +1,94 @@
+"""ShardWriter/ShardReader round trip, zero-copy views, datasets compatibility, errors naming the file."""
+
+import os
+
+import datasets
+import numpy as np
+import pytest
+
+from data_pipeline.errors import DataError
+from data_pipeline.manifest import Manifest, file_sha256, verify_shards
+from data_pipeline.shards import ShardReader, ShardWriter, shard_schema
+
+SEQ_LEN = 16
+
+
+def _rows(n: int, start: int) -> dict[str, np.ndarray]:
+    ids = (np.arange(n * SEQ_LEN, dtype=np.uint16).reshape(n, SEQ_LEN) + start) % 500
+    return {
+        "input_ids": ids,
+        "word_start": (ids % 2).astype(np.uint8),
+        "length": np.full(n, SEQ_LEN, np.int32),
+        "segment_b_start": np.full(n, 5, np.int32),
+        "pair_label": (np.arange(n) % 2).astype(np.int8),
+    }
+
+
+@pytest.fixture
+def shards_dir(tmp_path) -> tuple[str, dict[str, np.ndarray]]:
+    """Two train shards (the first written in two batches) and a manifest, plus the rows written."""
+    schema = shard_schema(SEQ_LEN, "uint16", with_pairs=True)
+    parts = [_rows(7, 0), _rows(5, 1000), _rows(4, 2000)]
+    shards = []
+    for name, pieces in (("train-00000.arrow", parts[:2]), ("train-00001.arrow", parts[2:])):
+        writer = ShardWriter(str(tmp_path / name), schema)
+        for piece in pieces:
+            writer.write(piece)
+        rows, tokens = writer.close()
+        path = str(tmp_path / name)
+        shards.append({"file": name, "rows": rows, "tokens": tokens, "bytes": os.path.getsize(path),
+                       "sha256": file_sha256(path)})  # fmt: skip
+    Manifest(
+        seq_len=SEQ_LEN, mode="nsp", id_dtype="uint16",
+        tokenizer={"dir": "tokenizer", "hash": "x", "vocab_size": 500, "special_ids": {}},
+        splits={"train": {"rows": 16, "tokens": 16 * SEQ_LEN, "shards": shards},
+                "validation": {"rows": 0, "tokens": 0, "shards": []}},
+    ).save(str(tmp_path))  # fmt: skip
+    expected = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return str(tmp_path), expected
+
+
+def test_reader_returns_every_row_by_global_index_as_views(shards_dir):
+    path, expected = shards_dir
+    reader = ShardReader(path, "train")
+    assert len(reader) == 16 and reader.seq_len == SEQ_LEN and reader.has_pairs
+    for i in (0, 6, 7, 11, 12, 15, -1):
+        row = reader[i]
+        for key, column in expected.items():
+            np.testing.assert_array_equal(row[key], column[i])
+    assert not reader[3]["input_ids"].flags.owndata  # a view into the memory-mapped file
+    batch = reader.take([15, 0, 8])
+    np.testing.assert_array_equal(batch["input_ids"], expected["input_ids"][[15, 0, 8]])
+    assert len(ShardReader(path, "validation")) == 0
+    with pytest.raises(IndexError):
+        reader[16]
+
+
+def test_shards_load_with_datasets_from_file(shards_dir):
+    path, expected = shards_dir
+    ds = datasets.Dataset.from_file(os.path.join(path, "train-00001.arrow"))
+    assert ds.num_rows == 4
+    assert ds[2]["input_ids"] == expected["input_ids"][14].tolist()
+
+
+def test_reader_names_a_missing_or_truncated_shard_and_a_missing_manifest(shards_dir, tmp_path_factory):
+    path, _ = shards_dir
+    shard = os.path.join(path, "train-00001.arrow")
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) - 10)
+    with pytest.raises(DataError, match="train-00001.arrow: size"):
+        ShardReader(path)
+    assert any("train-00001.arrow" in p and "size" in p for p in verify_shards(path))
+    os.remove(shard)
+    with pytest.raises(DataError, match="train-00001.arrow: shard listed in the manifest is missing"):
+        ShardReader(path)
+    empty = str(tmp_path_factory.mktemp("empty"))
+    with pytest.raises(DataError, match="manifest.json not found"):
+        ShardReader(empty)
+
+
+def test_an_aborted_writer_leaves_no_file(tmp_path):
+    writer = ShardWriter(str(tmp_path / "train-00000.arrow"), shard_schema(SEQ_LEN, "uint16", False))
+    writer.write({k: v for k, v in _rows(3, 0).items() if k in ("input_ids", "word_start", "length")})
+    writer.abort()
+    assert os.listdir(tmp_path) == []
