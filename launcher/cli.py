@@ -39,6 +39,7 @@ def _add_slurm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--container-image", help="run tasks in this image (pyxis/enroot `srun --container-image`)"
     )
+    p.add_argument("--container-mounts", help="SRC:DST[,...] for the container (data, run dir, code)")
     p.add_argument("--sbatch-option", action="append", default=[], help="extra `#SBATCH` option, repeatable")
     p.add_argument("--dry-run", action="store_true", help="print the job script(s) instead of submitting")
 
@@ -104,6 +105,7 @@ def _slurm_options(args: argparse.Namespace) -> SlurmOptions:
         qos=args.qos,
         constraint=args.constraint,
         container_image=args.container_image,
+        container_mounts=args.container_mounts,
         extra_sbatch=args.sbatch_option,
     )
 

@@ -27,6 +27,7 @@ class SlurmOptions:
     qos: str | None = None
     constraint: str | None = None
     container_image: str | None = None
+    container_mounts: str | None = None
     extra_sbatch: list[str] = field(default_factory=list)
 
     def sbatch_lines(self) -> list[str]:
@@ -37,8 +38,15 @@ class SlurmOptions:
         return lines + [f"#SBATCH {opt}" for opt in self.extra_sbatch]
 
     def srun_args(self) -> list[str]:
-        """srun flags: the container image for pyxis/enroot clusters."""
-        return [f"--container-image={self.container_image}"] if self.container_image else []
+        """srun flags: the container image and mounts for pyxis/enroot clusters."""
+        if not self.container_image:
+            return []
+        mounts = [f"--container-mounts={self.container_mounts}"] if self.container_mounts else []
+        return [
+            f"--container-image={self.container_image}",
+            *mounts,
+            "--container-workdir=" + str(Path.cwd()),
+        ]
 
 
 def render(template: str, values: dict[str, str]) -> str:
