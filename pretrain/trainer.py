@@ -153,7 +153,11 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
                 "loader": loader.state_dict(), "nonfinite": monitor.state_dict()}  # fmt: skip
 
     started = time.monotonic()
-    exit_code, last_eval_step = 0, 0 if step == 0 else None
+    # A checkpoint at max_steps or at an eval step was saved after that step's evaluation.
+    evaluated = (
+        step == 0 or step >= t.max_steps or bool(cfg.eval.every_steps and step % cfg.eval.every_steps == 0)
+    )
+    exit_code, last_eval_step = 0, step if evaluated else None
     stage0_fp32 = cfg.zero.stage == 0 and cfg.precision == "fp32"
     with loader, PreemptionHandler() as preemption:
         while step < t.max_steps and (t.max_tokens is None or tokens < t.max_tokens):
