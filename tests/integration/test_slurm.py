@@ -5,13 +5,16 @@ stand-in trainer that keeps the trainer's process contract (SIGUSR1/SIGTERM -> s
 from its own checkpoint), so the scheduler side is checked apart from the trainer's numerics.
 """
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import write_config
 from tests.slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
@@ -99,3 +102,52 @@ def test_scancel_is_not_undone_by_a_requeue(tmp_path):
     assert fields["JobState"] == "CANCELLED" and fields["Restarts"] == "0"
     log = "".join(p.read_text() for p in (run / "slurm").glob("*.out"))
     assert "not requeued by this script" in log  # the ranks got the signal, saved, and the chain stopped
+
+
+def _train_job(tmp_path, shards, name: str) -> tuple[str, Path]:
+    """Submit a 2-node CPU training job (1 rank per node, tiny BERT, 12 steps); return (job id, run dir)."""
+    (tmp_path / name).mkdir()
+    config = write_config(
+        tmp_path / name, shards, train={"max_steps": 12, "log_every_steps": 1}, checkpoint={"every_steps": 4}
+    )
+    argv = [
+        "slurm",
+        "--nodes",
+        "2",
+        "--cpu",
+        "--time",
+        "15",
+        "--job-name",
+        name,
+        "--",
+        "--config",
+        str(config),
+    ]
+    return _launch(tmp_path, *argv), tmp_path / name / "run"
+
+
+def _step_losses(run_dir: Path) -> dict[int, float]:
+    """{step: loss} from metrics.jsonl; a step trained again after a requeue keeps its last record."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_training_job_completes_and_a_requeued_one_resumes_to_the_same_losses(tiny_shards, tmp_path):
+    plain, plain_run = _train_job(tmp_path, tiny_shards, "plain")
+    requeued, requeued_run = _train_job(tmp_path, tiny_shards, "requeued")
+
+    def reached_step_5(_fields) -> bool:
+        metrics = requeued_run / "metrics.jsonl"
+        return metrics.exists() and max(_step_losses(requeued_run), default=0) >= 5
+
+    wait_for_job(requeued, 300, until=reached_step_5)
+    subprocess.run(["scontrol", "requeue", requeued], check=True)  # what preemption with requeue does
+    fields = {job: wait_for_job(job, 400) for job in (plain, requeued)}
+    logs = {job: "".join(p.read_text() for p in (run / "slurm").glob("*.out")) for job, run in
+            ((plain, plain_run), (requeued, requeued_run))}  # fmt: skip
+    assert fields[plain]["JobState"] == "COMPLETED", logs[plain][-3000:]
+    assert fields[requeued]["JobState"] == "COMPLETED", logs[requeued][-3000:]
+    assert int(fields[requeued]["Restarts"]) == 1 and "(restart 1)" in logs[requeued]
+    reference = _step_losses(plain_run)
+    assert sorted(reference) == list(range(1, 13))
+    assert _step_losses(requeued_run) == reference
