@@ -1,9 +1,10 @@
 """Orchestrate a build: sources -> clean -> tokenize (workers) -> pack -> shards -> manifest.
 
 Work unit = one input file (index in the sorted file list). A worker reads, cleans, splits and tokenizes
-its file and writes `OUT/.work/unit-NNNNNN.npz` atomically; a rerun after a crash skips units whose file
-exists. The parent then packs the units in index order into shards (cheap, deterministic) and writes
-manifest.json last. Output bytes therefore do not depend on the worker count or on interruptions.
+its file and writes one `OUT/.work/unit-NNNNNN-CCCCCC.npz` per 8 MiB of raw text (atomically), then a
+`unit-NNNNNN.done` marker; a rerun after a crash skips finished files and finished chunks. The parent
+then packs the chunks in order into shards (cheap, deterministic) and writes manifest.json last. Output
+bytes therefore depend neither on the worker count nor on interruptions.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 IDENTITY_NAME = "build.json"
 ENCODE_BATCH_CHARS = 1 << 20  # texts per encode_batch call: large enough for the tokenizer's threads
+BATCH_ROWS = 4096  # rows per Arrow record batch inside a shard
+CHUNK_CHARS = 8 << 20  # raw text per result file: bounds a worker's memory whatever the file size
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n\s*")
 
 
@@ -86,27 +89,59 @@ def _init(tokenizer: LoadedTokenizer, cfg: BuildConfig, root: str, work: str, id
     _STATE.update(tokenizer=tokenizer, cfg=cfg, root=root, work=work, id_dtype=id_dtype)
 
 
-def unit_path(work: str, index: int) -> str:
-    """The result file of work unit `index`."""
-    return os.path.join(work, f"unit-{index:06d}.npz")
+def chunk_path(work: str, index: int, chunk: int) -> str:
+    """The result file of chunk `chunk` of work unit (input file) `index`."""
+    return os.path.join(work, f"unit-{index:06d}-{chunk:06d}.npz")
+
+
+def done_path(work: str, index: int) -> str:
+    """The marker written once every chunk of unit `index` is on disk; it holds the chunk count."""
+    return os.path.join(work, f"unit-{index:06d}.done")
 
 
 def _process_unit(unit: tuple[int, SourceFile]) -> dict:
+    """Read, clean, split and tokenize one input file, writing a result file per CHUNK_CHARS of raw text.
+
+    Chunks already on disk (from an interrupted run) are read past without tokenizing them again.
+    """
     index, source = unit
-    cfg, tok = _STATE["cfg"], _STATE["tokenizer"]
-    report = CleanReport()
+    cfg, work = _STATE["cfg"], _STATE["work"]
+    report = CleanReport()  # reset after each chunk: every chunk file carries its own counts
     cleaner = Cleaner(cfg.clean, report)
     rel = os.path.relpath(source.path, _STATE["root"])
     docs: dict[str, list[str]] = {s: [] for s in SPLITS}
+    chunk, chars, totals = 0, 0, {"documents": 0, "tokens": 0}
+    skip = os.path.exists(chunk_path(work, index, chunk))
     for doc in iter_documents(source, report, text_field=cfg.text_field, one_per_line=cfg.one_per_line):
-        split = "validation" if is_validation(rel, doc.index, cfg.validation_fraction, cfg.seed) else "train"
-        docs[split].extend(cleaner.clean(doc))
+        chars += len(doc.text)
+        if not skip:
+            split = (
+                "validation" if is_validation(rel, doc.index, cfg.validation_fraction, cfg.seed) else "train"
+            )
+            docs[split].extend(cleaner.clean(doc))
+        if chars >= CHUNK_CHARS:
+            if not skip:
+                _write_chunk(index, chunk, docs, report, totals)
+            chunk, chars = chunk + 1, 0
+            docs = {s: [] for s in SPLITS}
+            report.counts.clear()
+            report.examples.clear()
+            skip = os.path.exists(chunk_path(work, index, chunk))
+    if not skip:
+        _write_chunk(index, chunk, docs, report, totals)
+    _atomic_write(done_path(work, index), str(chunk + 1).encode())
+    return {"index": index, "bytes": source.size, **totals}
+
+
+def _write_chunk(
+    index: int, chunk: int, docs: dict[str, list[str]], report: CleanReport, totals: dict
+) -> None:
+    cfg, tok = _STATE["cfg"], _STATE["tokenizer"]
     arrays: dict[str, np.ndarray] = {}
-    tokens = 0
     for s, split in enumerate(SPLITS):
         if cfg.mode == "full-sentences":
             encoded = _encode(tok, docs[split])
-            tokens += sum(len(e[0]) for e in encoded)
+            totals["tokens"] += sum(len(e[0]) for e in encoded)
             ids, ws = packing.join_documents(encoded, tok.special_ids.sep)
             arrays[f"{split}/ids"], arrays[f"{split}/ws"] = ids.astype(_STATE["id_dtype"]), ws
         else:
@@ -116,26 +151,29 @@ def _process_unit(unit: tuple[int, SourceFile]) -> dict:
             for doc in sentences:
                 grouped.append(flat[at : at + len(doc)])
                 at += len(doc)
-            tokens += sum(len(e[0]) for e in flat)
-            rng = np.random.default_rng([cfg.seed, index, s])
+            totals["tokens"] += sum(len(e[0]) for e in flat)
+            rng = np.random.default_rng([cfg.seed, index, chunk, s])
             rows = packing.pack_pairs(
                 grouped, mode=cfg.mode, seq_len=cfg.seq_len, special_ids=tok.special_ids,
                 id_dtype=_STATE["id_dtype"], rng=rng,
             )  # fmt: skip
             arrays.update({f"{split}/{k}": v for k, v in rows.items()})
+    totals["documents"] += report.counts.get("documents", 0)
     arrays["report"] = np.frombuffer(json.dumps(report.to_dict()).encode(), np.uint8)
-    path = unit_path(_STATE["work"], index)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    with open(tmp, "rb+") as f:
+    path = chunk_path(_STATE["work"], index, chunk)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return {
-        "index": index,
-        "bytes": source.size,
-        "documents": report.counts.get("documents", 0),
-        "tokens": tokens,
-    }
+    os.replace(path + ".tmp", path)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
 
 
 def _encode(tok: LoadedTokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -184,7 +222,7 @@ def run_build(cfg: BuildConfig) -> dict:
     if work is None:
         log.info("%s already holds this build; nothing to do", cfg.out)
         return {"up_to_date": True, **Manifest.load(cfg.out).counts}
-    todo = [u for u in units if not os.path.exists(unit_path(work, u[0]))]
+    todo = [u for u in units if not os.path.exists(done_path(work, u[0]))]
     if len(todo) < len(units):
         log.info("resuming: %d of %d work units already done", len(units) - len(todo), len(units))
     progress = _Progress(sum(f.size for _, f in todo))
@@ -297,26 +335,29 @@ class _Progress:
 
 
 class _ShardSink:
-    """Writes one split's rows into shards of at most `rows_per_shard` rows, named split-NNNNN.arrow."""
+    """Writes one split's rows into shards of at most `rows_per_shard` rows, named split-NNNNN.arrow.
+
+    Rows are re-cut into record batches of BATCH_ROWS whatever sizes they arrive in, so the bytes of a
+    shard depend only on its rows.
+    """
 
     def __init__(self, out: str, split: str, schema, rows_per_shard: int) -> None:
         self.out, self.split, self.schema, self.limit = out, split, schema, rows_per_shard
         self.shards: list[dict] = []
         self.writer: ShardWriter | None = None
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_rows = 0
 
     def write(self, rows: dict[str, np.ndarray]) -> None:
-        n, at = len(rows["length"]), 0
-        while at < n:
-            if self.writer is None:
-                name = f"{self.split}-{len(self.shards):05d}.arrow"
-                self.writer = ShardWriter(os.path.join(self.out, name), self.schema)
-            take = min(n - at, self.limit - self.writer.rows)
-            self.writer.write({k: v[at : at + take] for k, v in rows.items()})
-            at += take
-            if self.writer.rows >= self.limit:
-                self._close()
+        if len(rows["length"]):
+            self.pending.append(rows)
+            self.pending_rows += len(rows["length"])
+        while self.pending_rows >= self._next_batch():
+            self._write_batch(self._next_batch())
 
     def finish(self) -> dict:
+        while self.pending_rows:
+            self._write_batch(min(self.pending_rows, self._next_batch()))
         if self.writer is not None:
             self._close()
         return {
@@ -324,6 +365,20 @@ class _ShardSink:
             "tokens": sum(s["tokens"] for s in self.shards),
             "shards": self.shards,
         }
+
+    def _next_batch(self) -> int:
+        return min(BATCH_ROWS, self.limit - (self.writer.rows if self.writer is not None else 0))
+
+    def _write_batch(self, k: int) -> None:
+        rows = {key: np.concatenate([p[key] for p in self.pending]) for key in self.pending[0]}
+        self.pending = [{key: v[k:] for key, v in rows.items()}]
+        self.pending_rows -= k
+        if self.writer is None:
+            name = f"{self.split}-{len(self.shards):05d}.arrow"
+            self.writer = ShardWriter(os.path.join(self.out, name), self.schema)
+        self.writer.write({key: v[:k] for key, v in rows.items()})
+        if self.writer.rows >= self.limit:
+            self._close()
 
     def _close(self) -> None:
         path = self.writer.path
@@ -344,13 +399,16 @@ def _pack(cfg: BuildConfig, tok: LoadedTokenizer, units, work: str, id_dtype: st
         sink = _ShardSink(cfg.out, split, schema, cfg.rows_per_shard)
         packer = packing.FullSentencePacker(cfg.seq_len, tok.special_ids.cls, tok.special_ids.pad, id_dtype)
         for index, _ in units:
-            with np.load(unit_path(work, index)) as data:
-                if split == SPLITS[0]:
-                    report.merge(CleanReport.from_dict(json.loads(data["report"].tobytes())))
-                if pairs:
-                    sink.write({k: data[f"{split}/{k}"] for k in schema.names})
-                else:
-                    sink.write(packer.feed(data[f"{split}/ids"].astype(np.uint32), data[f"{split}/ws"]))
+            with open(done_path(work, index)) as f:
+                chunks = int(f.read())
+            for chunk in range(chunks):
+                with np.load(chunk_path(work, index, chunk)) as data:
+                    if split == SPLITS[0]:
+                        report.merge(CleanReport.from_dict(json.loads(data["report"].tobytes())))
+                    if pairs:
+                        sink.write({k: data[f"{split}/{k}"] for k in schema.names})
+                    else:
+                        sink.write(packer.feed(data[f"{split}/ids"].astype(np.uint32), data[f"{split}/ws"]))
         if not pairs:
             sink.write(packer.finish())
         splits[split] = sink.finish()

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from data_pipeline import build
 from data_pipeline.build import BuildConfig, run_build, split_sentences
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
 from data_pipeline.inspect_shards import merge_parts, summary
@@ -52,6 +53,15 @@ def test_two_workers_write_the_same_bytes_as_one(split_corpus, wordpiece_tokeniz
     one, two = _files(full_build), _files(tmp_path / "two")
     assert len([n for n in one if n.startswith("train-")]) > 1  # several shards, cut mid-build
     assert one == two
+
+
+def test_chunked_files_pack_to_the_same_bytes(
+    split_corpus, wordpiece_tokenizer_dir, full_build, tmp_path, monkeypatch
+):
+    """Large files are tokenized in several bounded chunks; full-sentences rows do not change."""
+    monkeypatch.setattr(build, "CHUNK_CHARS", 20_000)
+    _build(split_corpus, wordpiece_tokenizer_dir, tmp_path / "chunked", workers=1)
+    assert _files(tmp_path / "chunked") == _files(full_build)
 
 
 @pytest.mark.parametrize("mode", ["nsp", "sop"])

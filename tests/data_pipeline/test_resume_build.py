@@ -48,13 +48,13 @@ def test_resume_after_kill_9_is_byte_identical(many_file_corpus, wordpiece_token
     work = out / ".work"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if work.is_dir() and len(list(work.glob("unit-*.npz"))) >= 3:
+        if work.is_dir() and len(list(work.glob("unit-*.done"))) >= 3:
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the build finished before it could be killed; enlarge the corpus"
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers, mid-build
     proc.wait()
-    done = len(list(work.glob("unit-*.npz")))
+    done = len(list(work.glob("unit-*.done")))
     assert 3 <= done < FILES
     assert not (out / "manifest.json").exists()
 
