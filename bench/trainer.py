@@ -25,6 +25,9 @@ import time
 
 import yaml
 
+# Run as a script, bench/ is sys.path[0] and bench/data_pipeline.py would shadow the package.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
 MODEL = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024}
 BATCH = 32
 
@@ -119,9 +122,9 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=5, help="steps excluded from the timing (warm-up)")
     args = parser.parse_args()
     ours = run_ours(args.shards, args.steps, args.skip)
+    print(f"mlm-pretrain (python -m pretrain): {ours:,.0f} tokens/s", flush=True)
     hf = run_hf(args.shards, args.steps, args.skip)
     print(f"HF Trainer + BertForMaskedLM: {hf:,.0f} tokens/s")
-    print(f"mlm-pretrain (python -m pretrain): {ours:,.0f} tokens/s")
     print(f"ratio ours / HF: {ours / hf:.2f}x")
 
 
