@@ -24,6 +24,11 @@ import sys
 import tempfile
 import time
 
+# This file is named like the package it measures: drop bench/ from the import path so that
+# `import data_pipeline` finds the package, not this script.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
 SEQ_LEN = 128
 
 
@@ -33,6 +38,7 @@ def run_hf_recipe(files: list[str], tokenizer_dir: str, work: str) -> tuple[int,
     import datasets
     from transformers import AutoTokenizer
 
+    datasets.disable_progress_bars()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     start = time.perf_counter()
     raw = datasets.load_dataset("text", data_files={"train": files}, cache_dir=os.path.join(work, "hf-cache"))
