@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from datetime import timedelta
 
 
 @dataclass(frozen=True)
@@ -68,12 +67,14 @@ def init_distributed(timeout_minutes: float = 30.0) -> DistInfo:
     import deepspeed
     import torch
 
+    from pretrain.health import collective_timeout
+
     backend = "nccl" if on_gpu else "gloo"
     if on_gpu:
         torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(
         dist_backend=backend,
-        timeout=timedelta(minutes=timeout_minutes),
+        timeout=collective_timeout(timeout_minutes),
         verbose=False,
         auto_mpi_discovery=False,
     )
