@@ -36,16 +36,22 @@ def shard_schema(seq_len: int, id_dtype: str, with_pairs: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _primitive(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    # Zero-copy from the numpy buffer; pa.array() would import pandas on first use (about a second).
+    values = np.ascontiguousarray(values, dtype=arrow_type.to_pandas_dtype()).reshape(-1)
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+
+
 def rows_to_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBatch:
     """Turn 2-D `input_ids`/`word_start` and 1-D other columns (numpy) into a record batch of `schema`."""
     arrays = []
     for field in schema:
         values = rows[field.name]
         if pa.types.is_fixed_size_list(field.type):
-            flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=field.type.value_type)
+            flat = _primitive(values, field.type.value_type)
             arrays.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
         else:
-            arrays.append(pa.array(np.ascontiguousarray(values), type=field.type))
+            arrays.append(_primitive(values, field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
