@@ -289,8 +289,13 @@ def _previous_identity(out: str, id_path: str) -> dict | None:
     path = id_path if os.path.exists(id_path) else os.path.join(out, MANIFEST_NAME)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        data = json.load(f)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable: treated as foreign files, replaced only with --overwrite
+    if not isinstance(data, dict):
+        return None
     return data.get("build", {}).get("identity") if path.endswith(MANIFEST_NAME) else data
 
 
