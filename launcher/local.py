@@ -92,21 +92,23 @@ def deepspeed_command(spec: NodeSpec, train_args: list[str], hostfile: str | Non
     return cmd + ["--module", "pretrain", *train_args]
 
 
-def wait_for_master(addr: str, port: int, timeout_s: float) -> None:
+def wait_for_master(addr: str, port: int, timeout_s: float, stopped=lambda: False) -> None:
     """Poll a TCP connection to the master's rendezvous port until it answers.
 
-    Raises LaunchError after `timeout_s` seconds, naming the address: the trainer itself would block
-    in init_process_group for its 30-minute default instead.
+    Returns early when `stopped()` turns true (a stop signal arrived). Raises LaunchError after
+    `timeout_s` seconds, naming the address: the trainer would block in init_process_group instead.
     """
     deadline = time.monotonic() + timeout_s
     last_error: OSError | None = None
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopped():
         try:
             with socket.create_connection((addr, port), timeout=min(5.0, timeout_s)):
                 return
         except OSError as err:
             last_error = err
             time.sleep(0.5)
+    if stopped():
+        return
     raise LaunchError(
         f"master {addr}:{port} not reachable after {timeout_s:g} s ({last_error}); start node rank 0 first, "
         f"check --master-addr/--master-port and the firewall, or raise --rdzv-timeout"
@@ -116,8 +118,8 @@ def wait_for_master(addr: str, port: int, timeout_s: float) -> None:
 def combine_exit_codes(codes: list[int]) -> int:
     """One exit code for the node: the first real failure, else 75 if any rank was preempted, else 0."""
     failures = [c for c in codes if c not in (0, EXIT_PREEMPTED)]
-    if failures:
-        return failures[0] if failures[0] > 0 else 1
+    if failures:  # killed by signal N -> 128 + N, as a shell reports it
+        return failures[0] if failures[0] > 0 else 128 - failures[0]
     return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else 0
 
 
@@ -127,22 +129,30 @@ def run_node(spec: NodeSpec, train_args: list[str], echo=print, module: str = "p
     A rank that fails makes the others stop (SIGTERM) so that a crashed job does not hang in a
     collective. Raises LaunchError when a non-zero node rank cannot reach the master.
     """
-    if spec.node_rank > 0:
-        wait_for_master(spec.master_addr, spec.master_port, spec.rdzv_timeout_s)
     procs: list[subprocess.Popen] = []
-    for local_rank in range(spec.nproc):
-        env = rank_env(spec, local_rank)
-        cmd = trainer_command(train_args, module)
-        echo(" ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(cmd))
-        procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
+    stop_requested: list[int] = []
 
     def forward(signum, _frame):
+        stop_requested.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
+    # Handlers first: a stop signal during the wait for the master must not kill this process.
     previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
+        if spec.node_rank > 0:
+            wait_for_master(
+                spec.master_addr, spec.master_port, spec.rdzv_timeout_s, lambda: bool(stop_requested)
+            )
+        if stop_requested:  # stopped before any rank started: nothing to save, the checkpoint is current
+            echo(f"stop signal {stop_requested[0]} before the ranks started; exiting {EXIT_PREEMPTED}")
+            return EXIT_PREEMPTED
+        for local_rank in range(spec.nproc):
+            env = rank_env(spec, local_rank)
+            cmd = trainer_command(train_args, module)
+            echo(" ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(cmd))
+            procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
         codes: dict[int, int] = {}
         while len(codes) < len(procs):
             for i, p in enumerate(procs):

@@ -83,7 +83,7 @@ def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
     log = "".join(p.read_text() for p in (run / "slurm").glob("chain-*.out"))
     assert fields["JobState"] == "COMPLETED", log
     assert int(fields["Restarts"]) >= 1, log  # the 1-minute limit cannot fit 30 s of steps plus startup
-    assert "checkpoint saved before the time limit (exit 75): requeueing" in log
+    assert "stopped before the time limit (exit 75): requeueing" in log
     for rank in (0, 1):
         lines = (run / f"steps{rank}").read_text().split()
         steps = [int(s) for s in lines[0::3]]

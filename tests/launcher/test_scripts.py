@@ -111,7 +111,7 @@ def test_exit_codes_combine_failure_over_preemption_over_success():
     assert combine_exit_codes([0, 0]) == 0
     assert combine_exit_codes([75, 0]) == 75
     assert combine_exit_codes([75, 1]) == 1
-    assert combine_exit_codes([-9, 0]) == 1  # killed by a signal
+    assert combine_exit_codes([-10, 0]) == 138  # killed by SIGUSR1, reported as a shell would
 
 
 def test_hostfile_from_a_list_and_outside_an_allocation(tmp_path, monkeypatch, capsys):
