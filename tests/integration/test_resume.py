@@ -1,0 +1,209 @@
+"""Exact resume through the real trainer (2 CPU ranks, ZeRO-2): kills, partial saves, signals.
+
+A resumed run must log per-step losses bit-identical to the uninterrupted run and consume the same
+samples (the per-step cumulative token counts, which depend on which rows were read, must match too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.integration.conftest import BIN, run_pretrain, write_config
+from tests.pretrain.ckpt_helpers import free_port
+
+pytestmark = pytest.mark.integration
+
+MAX_STEPS = 8
+SETTINGS = {
+    "train": {"max_steps": MAX_STEPS, "grad_accum_steps": 1},
+    "checkpoint": {"every_steps": 2, "keep_last": 10},
+    "eval": {"every_steps": 1000, "max_batches": 2},
+}
+
+
+def trace(run_dir: Path) -> dict[int, tuple[float, int]]:
+    """{step: (loss, cumulative tokens)} from metrics.jsonl."""
+    import json
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss"], r["tokens"]) for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
+    """(config path, trace) of one uninterrupted run; its run dir keeps checkpoints 2, 4, 6, 8."""
+    root = tmp_path_factory.mktemp("baseline")
+    config = write_config(root, tiny_shards, **SETTINGS)
+    run = run_pretrain(config, ranks=2)
+    assert run.returncode == 0, run.output[-3000:]
+    return config, trace(run.run_dir)
+
+
+def fresh_config(tmp_path: Path, tiny_shards: Path, **updates) -> Path:
+    settings = {k: {**v, **updates.get(k, {})} for k, v in SETTINGS.items()}
+    return write_config(tmp_path, tiny_shards, **settings)
+
+
+def start(config: Path, overrides=(), ranks: int = 2) -> subprocess.Popen:
+    """Start the trainer (torchrun with `ranks` workers) in its own process group, so a kill reaches
+    every rank; its output goes to output.log beside the config (a pipe could fill up and stall it)."""
+    cmd = [
+        str(BIN / "torchrun"),
+        f"--nproc-per-node={ranks}",
+        f"--master-port={free_port()}",
+        "-m",
+        "pretrain",
+    ]
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "pretrain"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = open(config.parent / "output.log", "w")  # noqa: SIM115 - the child keeps it; closed on exit
+    proc = subprocess.Popen(
+        [*cmd, "--config", str(config), *overrides], env=env, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    log.close()
+    proc.log_path = config.parent / "output.log"
+    return proc
+
+
+def output_of(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text()
+
+
+def wait_until(proc: subprocess.Popen, condition, timeout: float = 240, poll: float = 0.001) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended ({proc.returncode}) first:\n{output_of(proc)[-3000:]}")
+        if time.monotonic() > deadline:
+            kill_all(proc)
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(poll)
+
+
+def reached_step(run_dir: Path, step: int):
+    path = run_dir / "metrics.jsonl"
+
+    def check() -> bool:
+        try:
+            return any(
+                f'"step": {step},' in line and '"loss"' in line for line in path.read_text().splitlines()
+            )
+        except FileNotFoundError:
+            return False
+
+    return check
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every worker at once (workers may sit in their own process groups)."""
+    family = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    psutil.wait_procs([p for p in map(_process, family) if p is not None], timeout=30)
+
+
+def _process(pid: int):
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_two_uninterrupted_runs_are_identical(baseline, tiny_shards, tmp_path):
+    _, expected = baseline
+    run = run_pretrain(fresh_config(tmp_path, tiny_shards), ranks=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert trace(run.run_dir) == expected and sorted(expected) == list(range(1, MAX_STEPS + 1))
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(baseline, tiny_shards, tmp_path):
+    _, expected = baseline
+    config = fresh_config(tmp_path, tiny_shards)
+    kill_step = random.Random().randint(3, MAX_STEPS - 1)
+    print(f"killing at step {kill_step}")
+    proc = start(config)
+    wait_until(proc, reached_step(tmp_path / "run", kill_step), poll=0.01)
+    kill_all(proc)
+    run = run_pretrain(config, ranks=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "resuming from" in run.output
+    assert trace(run.run_dir) == expected  # losses bit for bit, and the same rows (token counts)
+
+
+def test_sigkill_during_a_save_never_loads_the_partial_checkpoint(baseline, tiny_shards, tmp_path):
+    _, expected = baseline
+    config = fresh_config(tmp_path, tiny_shards, checkpoint={"every_steps": 1})
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+
+    def saving() -> bool:  # a tag dir that exists but is not committed yet
+        try:
+            names = os.listdir(ckpt_dir)
+        except FileNotFoundError:
+            return False
+        return any(n.startswith("step-") and not (ckpt_dir / n / "COMPLETE.json").exists() for n in names)
+
+    proc = start(config)
+    wait_until(proc, saving, poll=0.0002)
+    kill_all(proc)
+    partial = [
+        n
+        for n in os.listdir(ckpt_dir)
+        if n.startswith("step-") and not (ckpt_dir / n / "COMPLETE.json").exists()
+    ]
+    assert partial, "the kill was meant to land mid-save"
+    run = run_pretrain(config, ranks=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert f"skipping checkpoint {partial[0]}" in run.output
+    assert trace(run.run_dir) == expected
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_to_one_rank_saves_once_exits_75_and_resumes_identically(baseline, tiny_shards, tmp_path, sig):
+    _, expected = baseline
+    config = fresh_config(tmp_path, tiny_shards, checkpoint={"every_steps": 1000})
+    proc = start(config)
+    wait_until(proc, reached_step(tmp_path / "run", 3), poll=0.01)
+    workers = [
+        p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain" in " ".join(p.cmdline())
+    ]
+    assert len(workers) == 2
+    os.kill(workers[-1].pid, sig)  # one rank only: the others learn it through the all-reduce
+    proc.wait(timeout=120)
+    output = output_of(proc)
+    worker_codes = [line for line in output.splitlines() if "exitcode" in line]
+    assert proc.returncode != 0 and (proc.returncode == 75 or any("75" in line for line in worker_codes)), (
+        output[-3000:]
+    )
+    tags = sorted(n for n in os.listdir(tmp_path / "run" / "checkpoints") if n.startswith("step-"))
+    assert len(tags) == 1, tags  # exactly one save: the preemption one
+    stopped_at = int(tags[0].split("-")[1])
+    assert stopped_at >= 3 and (tmp_path / "run" / "checkpoints" / tags[0] / "COMPLETE.json").exists()
+
+    run = run_pretrain(config, ranks=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert f"step-{stopped_at:08d}" in run.output
+    assert trace(run.run_dir) == expected
+
+
+def test_single_process_preemption_exits_75(tiny_shards, tmp_path):
+    config = fresh_config(tmp_path, tiny_shards, checkpoint={"every_steps": 1000})
+    proc = start(config, ranks=1)
+    wait_until(proc, reached_step(tmp_path / "run", 2), poll=0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75, output_of(proc)[-3000:]
+    shutil.rmtree(tmp_path / "run")
