@@ -223,6 +223,7 @@ def run_build(cfg: BuildConfig) -> dict:
         log.info("%s already holds this build; nothing to do", cfg.out)
         return {"up_to_date": True, **Manifest.load(cfg.out).counts}
     todo = [u for u in units if not os.path.exists(done_path(work, u[0]))]
+    todo.sort(key=lambda u: -u[1].size)  # largest first keeps workers busy to the end; order is free
     if len(todo) < len(units):
         log.info("resuming: %d of %d work units already done", len(units) - len(todo), len(units))
     progress = _Progress(sum(f.size for _, f in todo))
