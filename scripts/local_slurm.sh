@@ -66,6 +66,9 @@ NodeName=node[1-2] NodeHostname=$HOST Port=17001-17002 CPUs=2 RealMemory=10000 S
 PartitionName=debug Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP
 CONFEOF
 )
+if [ -f "$CONF" ] && ! grep -q '^ClusterName=local$' "$CONF"; then
+  die "$CONF belongs to another cluster (ClusterName is not 'local'); not overwriting it"
+fi
 if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$WANT" ]; then
   printf '%s\n' "$WANT" >"$CONF"
   scontrol shutdown >/dev/null 2>&1 && sleep 2 || true
