@@ -8,6 +8,7 @@ import pytest
 from data_pipeline import build
 from data_pipeline.build import BuildConfig, run_build, split_sentences
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
+from data_pipeline.errors import DataError
 from data_pipeline.inspect_shards import merge_parts, summary
 from data_pipeline.manifest import Manifest, verify_shards
 from data_pipeline.shards import ShardReader
@@ -143,3 +144,12 @@ def test_sentence_segmentation():
     assert split_sentences(text) == [
         "It works.", "Really?", "Yes!", "Same \"sentence.\"", "Next one", "New paragraph (e.g.", "this)",
     ]  # fmt: skip
+
+
+def test_merge_refuses_parts_of_different_builds(mixed_format_dir, wordpiece_tokenizer_dir, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run_build(BuildConfig(inputs=[mixed_format_dir], tokenizer=wordpiece_tokenizer_dir, out=a, seq_len=32))
+    run_build(BuildConfig(inputs=[mixed_format_dir], tokenizer=wordpiece_tokenizer_dir, out=b, seq_len=64))
+    with pytest.raises(DataError, match=f"{b}: seq_len 64 differs from {a}'s 32"):
+        merge_parts([a, b], str(tmp_path / "merged"))
+    assert not (tmp_path / "merged" / "manifest.json").exists()
