@@ -207,3 +207,18 @@ def test_single_process_preemption_exits_75(tiny_shards, tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 75, output_of(proc)[-3000:]
     shutil.rmtree(tmp_path / "run")
+
+
+@pytest.mark.parametrize(("stage", "precision"), [(0, "bf16"), (1, "fp32"), (3, "bf16")])
+def test_resume_matrix_zero_stage_and_precision(tiny_shards, tmp_path, stage, precision):
+    """The other ZeRO stages and bf16 (ZeRO-2 fp32 is covered above): resume from step 4 replays 5-8."""
+    config = fresh_config(tmp_path, tiny_shards, checkpoint={"every_steps": 4})
+    overrides = [f"zero.stage={stage}", f"precision={precision}"]
+    first = run_pretrain(config, overrides, ranks=2)
+    assert first.returncode == 0, first.output[-3000:]
+    expected = trace(first.run_dir)
+    shutil.rmtree(first.run_dir / "checkpoints" / f"step-{MAX_STEPS:08d}")
+    again = run_pretrain(config, overrides, ranks=2)
+    assert again.returncode == 0, again.output[-3000:]
+    assert f"resuming from {first.run_dir / 'checkpoints' / 'step-00000004'}" in again.output
+    assert trace(again.run_dir) == expected
