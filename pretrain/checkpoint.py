@@ -152,6 +152,7 @@ class CheckpointManager:
         existing_complete = self._barrier_bool(self.rank == 0 and self._is_complete(tag_dir))
         if existing_complete:
             log.info("checkpoint %s already complete; not rewritten", tag_dir)
+            self.last_saved_step = step
             return tag_dir
         if self.rank == 0 and os.path.exists(tag_dir):
             log.warning("removing the incomplete checkpoint %s left by an interrupted save", tag_dir)
