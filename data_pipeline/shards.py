@@ -171,8 +171,22 @@ class ShardReader:
         return {name: column[local] for name, column in self._blocks[block].items()}
 
     def take(self, indices) -> dict[str, np.ndarray]:
-        """Rows at a sequence of global indices stacked into arrays (a copy), in the given order."""
-        rows = [self[i] for i in indices]
-        if not rows:
+        """Rows at a sequence of global indices stacked into arrays (a copy), in the given order.
+
+        Raises IndexError when the sequence is empty or an index is out of range.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
             raise IndexError("take() needs at least one index")
-        return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+        idx = np.where(idx < 0, idx + self._len, idx)
+        if idx.min() < 0 or idx.max() >= self._len:
+            raise IndexError(f"indices out of range for {self._len} {self.split} rows")
+        blocks = np.searchsorted(self._starts, idx, side="right") - 1
+        first = self._blocks[int(blocks[0])]
+        out = {name: np.empty((len(idx), *col.shape[1:]), col.dtype) for name, col in first.items()}
+        for block in np.unique(blocks):  # one fancy-index gather per memory-mapped record batch
+            where = blocks == block
+            local = idx[where] - self._starts[block]
+            for name, column in self._blocks[int(block)].items():
+                out[name][where] = column[local]
+        return out
