@@ -59,6 +59,11 @@ def test_reader_returns_every_row_by_global_index_as_views(shards_dir):
     assert not reader[3]["input_ids"].flags.owndata  # a view into the memory-mapped file
     batch = reader.take([15, 0, 8])
     np.testing.assert_array_equal(batch["input_ids"], expected["input_ids"][[15, 0, 8]])
+    np.testing.assert_array_equal(
+        reader.take(np.array([-1, 7]))["pair_label"], expected["pair_label"][[15, 7]]
+    )
+    with pytest.raises(IndexError):
+        reader.take([3, 16])
     assert len(ShardReader(path, "validation")) == 0
     with pytest.raises(IndexError):
         reader[16]
