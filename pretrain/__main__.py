@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]), on_gpu=on_gpu)  # refuse bad combos before init
-        info = init_distributed()
+        info = init_distributed(cfg.health.collective_timeout_minutes)
         from pretrain.trainer import train
 
         return train(cfg, info, on_gpu=on_gpu)

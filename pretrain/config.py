@@ -276,6 +276,40 @@ class MetricsConfig:
 
 
 @dataclass
+class HealthConfig:
+    """What the run does about non-finite losses and hung or dead peers."""
+
+    max_nonfinite_skips: int = 3
+    """Consecutive optimizer steps with a NaN/Inf loss to skip (no update) before stopping with exit 1."""
+    collective_timeout_minutes: float = 30.0
+    """A collective that waits longer than this (a hung or dead rank) ends the job instead of hanging."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_nonfinite_skips >= 0, "health.max_nonfinite_skips must be >= 0")
+        _check(self.collective_timeout_minutes > 0, "health.collective_timeout_minutes must be > 0")
+
+
+@dataclass
+class DebugConfig:
+    """Diagnostics for proving and testing the trainer's guarantees; off in normal runs."""
+
+    log_sample_indices: bool = False
+    """Add `epoch` and `samples` (the global sample indices of the step, in rank order) to each step
+    record of metrics.jsonl, to prove a resumed run repeats and skips nothing."""
+    nonfinite_loss_steps: list = field(default_factory=list)
+    """Optimizer steps (1-based) whose loss is made NaN on rank nonfinite_loss_rank (fault injection)."""
+    nonfinite_loss_rank: int = 0
+    """The rank that injects the NaN losses of nonfinite_loss_steps."""
+
+    def __post_init__(self) -> None:
+        _check(
+            all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.nonfinite_loss_steps),
+            f"debug.nonfinite_loss_steps must be a list of steps >= 1, got {self.nonfinite_loss_steps!r}",
+        )
+        _check(self.nonfinite_loss_rank >= 0, "debug.nonfinite_loss_rank must be >= 0")
+
+
+@dataclass
 class Config:
     """A whole training run."""
 
@@ -292,6 +326,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     deepspeed: dict = field(default_factory=dict)
     """Extra raw DeepSpeed config keys merged into the generated config; contradictions are refused."""
 
@@ -455,7 +491,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if tp in (bool, str, dict) and isinstance(value, tp):
+    if tp in (bool, str, dict, list) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r} ({type(value).__name__})")
 

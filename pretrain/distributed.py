@@ -53,7 +53,7 @@ def prepare_environment() -> bool:
     return on_gpu and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
 
 
-def init_distributed(timeout_minutes: float = 30.0) -> DistInfo:
+def init_distributed(timeout_minutes: float) -> DistInfo:
     """Create the process group (nccl on CUDA, gloo on CPU) and return this process's DistInfo.
 
     Takes the collective timeout in minutes (a hung peer ends the job instead of hanging forever).

@@ -96,6 +96,24 @@ def _local_grad_norm(model: torch.nn.Module) -> float:
     return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
+def _drop_gradients(model: torch.nn.Module) -> None:
+    """Make the coming optimizer step a no-op: torch optimizers leave a parameter without a gradient
+    untouched (no update, no weight decay, no moment change). ZeRO-0 fp32 only; the ZeRO and bf16
+    optimizers drop a step with a non-finite gradient norm themselves."""
+    for p in model.parameters():
+        p.grad = None
+
+
+def gather_sample_indices(rank_indices: np.ndarray) -> list[int]:
+    """The step's global sample indices of every rank, in rank order (a collective; debug only)."""
+    local = torch.from_numpy(np.ascontiguousarray(rank_indices, dtype=np.int64))
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return local.tolist()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).tolist()
+
+
 def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     """Train `cfg` on this rank; returns the exit code (0 done, EXIT_PREEMPTED after a signal-save).
 
@@ -131,7 +149,9 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     checkpoints = CheckpointManager(
         cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg)
     )
-    monitor = NonFiniteMonitor(0, rank=rank, world_size=world)
+    monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank, world_size=world)
+    debug = cfg.debug
+    nan_steps = set(debug.nonfinite_loss_steps) if rank == debug.nonfinite_loss_rank else set()
 
     state = checkpoints.resume(engine, t.resume) or {}
     step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
@@ -175,19 +195,24 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
             computed_norm = None
             for i, b in enumerate(batches):
                 out = engine(**b)
-                loss = out.mlm_loss_sum * (world / max(g_masked, 1.0))
+                mlm_loss_sum = out.mlm_loss_sum
+                if i == 0 and step + 1 in nan_steps:  # fault injection (debug.nonfinite_loss_steps)
+                    mlm_loss_sum = mlm_loss_sum * float("nan")
+                loss = mlm_loss_sum * (world / max(g_masked, 1.0))
                 if g_pairs:
                     loss = loss + out.pair_loss_sum * (world / g_pairs)
                 engine.backward(loss, scale_wrt_gas=False)
-                if (
-                    stage0_fp32 and i == len(batches) - 1
-                ):  # DeepSpeed reports no norm here; gradients are whole
+                if stage0_fp32 and i == len(batches) - 1:  # DeepSpeed reports no norm here; grads are whole
                     computed_norm = _local_grad_norm(engine.module)
+                    if not np.isfinite(computed_norm):  # every rank holds the same averaged gradients
+                        _drop_gradients(engine.module)
                 engine.step()
-                stats = [out.mlm_loss_sum.item(), out.pair_loss_sum.item(), out.mlm_correct.item()]
+                stats = [mlm_loss_sum.item(), out.pair_loss_sum.item(), out.mlm_correct.item()]
                 sums += torch.tensor(stats, dtype=torch.float64)
             step += 1
             tokens += int(step_tokens)
+            # Collective: names the bad rank(s); a bad step's update was already dropped (see
+            # _drop_gradients); raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
             monitor.check(float(sums[0] + sums[1]), step)
             mlm_sum, pair_sum, correct = all_reduce_sum(sums.tolist())
             mlm_loss = mlm_sum / max(g_masked, 1.0)
@@ -198,8 +223,12 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
                 "mlm_accuracy": correct / max(g_masked, 1.0), "lr": lr,
                 "grad_norm": _grad_norm(engine, computed_norm), "tokens_per_s": step_tokens / elapsed,
                 "samples_per_s": global_batch / elapsed, "tokens": tokens,
-                "skipped_steps": int(engine.skipped_steps), **memory_stats(device),
+                "skipped_steps": int(engine.skipped_steps), "nonfinite_skipped": monitor.total_skipped,
+                **memory_stats(device),
             }  # fmt: skip
+            if debug.log_sample_indices:
+                record["epoch"] = data.epoch
+                record["samples"] = gather_sample_indices(data.rank_indices)
             if g_pairs:
                 record["pair_loss"] = pair_loss
             if cfg.precision == "fp16":

@@ -1,7 +1,8 @@
 """Exact resume through the real trainer (2 CPU ranks, ZeRO-2): kills, partial saves, signals.
 
 A resumed run must log per-step losses bit-identical to the uninterrupted run and consume the same
-samples (the per-step cumulative token counts, which depend on which rows were read, must match too).
+samples: every run logs each step's global sample indices (debug.log_sample_indices), and the traces
+compared below hold them, so a repeated or skipped sample fails the comparison.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ SETTINGS = {
     "train": {"max_steps": MAX_STEPS, "grad_accum_steps": 1},
     "checkpoint": {"every_steps": 2, "keep_last": 10},
     "eval": {"every_steps": 1000, "max_batches": 2},
+    "debug": {"log_sample_indices": True},
 }
 
 
-def trace(run_dir: Path) -> dict[int, tuple[float, int]]:
-    """{step: (loss, cumulative tokens)} from metrics.jsonl."""
+def trace(run_dir: Path) -> dict[int, tuple[float, int, tuple[int, ...]]]:
+    """{step: (loss, cumulative tokens, global sample indices)} from metrics.jsonl."""
     import json
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: (r["loss"], r["tokens"]) for r in records if "loss" in r}
+    return {r["step"]: (r["loss"], r["tokens"], tuple(r["samples"])) for r in records if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,10 @@ def baseline(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
     config = write_config(root, tiny_shards, **SETTINGS)
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 0, run.output[-3000:]
-    return config, trace(run.run_dir)
+    expected = trace(run.run_dir)
+    samples = [i for step in sorted(expected) for i in expected[step][2]]
+    assert len(samples) == MAX_STEPS * 16 == len(set(samples))  # 8 per rank and step; one epoch, no repeats
+    return config, expected
 
 
 def fresh_config(tmp_path: Path, tiny_shards: Path, **updates) -> Path:

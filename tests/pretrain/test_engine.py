@@ -101,7 +101,7 @@ def test_engine_on_cpu_follows_the_schedule_and_steps_once_per_accumulation(monk
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
-    info = init_distributed()
+    info = init_distributed(timeout_minutes=1.0)
     cfg = make_cfg(optim={"lr": 1e-3, "warmup_steps": 2}, train={"grad_accum_steps": 2, "max_steps": 4})
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab_size=60, pad_id=0, pair_head=False)
