@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.health import NonFiniteLossError
 
     bad_input: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, ValueError, FileNotFoundError)
+    info = None
     try:
         cfg = load_config(args.config, args.overrides)
         deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]), on_gpu=on_gpu)  # refuse bad combos before init
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         import torch.distributed as dist
 
-        if dist.is_initialized():
+        if info is not None and dist.is_initialized():  # only the group this call created
             dist.destroy_process_group()
 
 

@@ -83,6 +83,40 @@ class NonFiniteMonitor:
         self.total_skipped = int(state["total_skipped"])
 
 
+class Stage0StepGuard:
+    """Gives a plain torch optimizer (ZeRO-0 fp32, where DeepSpeed uses it as is) the overflow behaviour
+    of DeepSpeed's ZeRO and bf16 optimizers: a step whose gradient norm is not finite updates nothing.
+
+    Takes the engine's optimizer. Call `check(model)` after the last backward of an optimizer step and
+    before `engine.step()`; it returns the global gradient norm. When the norm is NaN/Inf, a step
+    pre-hook removes the gradients just before the update (torch optimizers leave a parameter without
+    a gradient untouched: no update, no weight decay, no moment change), and the `overflow` attribute
+    DeepSpeed reads after the step makes it count `skipped_steps` and hold the LR schedule, as it does
+    for its own optimizers. Clipping runs before the hook, so it still sees the gradients.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        """Attach to `optimizer` (a torch.optim.Optimizer)."""
+        self.optimizer = optimizer
+        optimizer.overflow = False
+        optimizer.register_step_pre_hook(self._drop_gradients_if_overflow)
+
+    def check(self, model: torch.nn.Module) -> float:
+        """The global norm of `model`'s gradients (every rank holds the whole, averaged gradients under
+        ZeRO-0, so all ranks agree); marks the coming step as skipped when it is not finite."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        self.optimizer.overflow = not math.isfinite(norm)
+        return norm
+
+    @staticmethod
+    def _drop_gradients_if_overflow(optimizer, args, kwargs) -> None:
+        if optimizer.overflow:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+
+
 def collective_timeout(minutes: float) -> datetime.timedelta:
     """The process-group timeout for `minutes` (> 0), for `deepspeed.init_distributed(timeout=...)`.
 

@@ -27,7 +27,7 @@ from pretrain.config import Config, config_hash, save_config
 from pretrain.data import GlobalBatchSampler, TrainLoader, ValidationLoader, resolve_seq_len
 from pretrain.distributed import DistInfo
 from pretrain.engine import initialize_engine
-from pretrain.health import NonFiniteMonitor
+from pretrain.health import NonFiniteMonitor, Stage0StepGuard
 from pretrain.masking import MaskingCollator
 from pretrain.metrics import MetricsLogger, memory_stats, mfu
 from pretrain.model import build_model
@@ -88,20 +88,6 @@ def evaluate(engine, loader: ValidationLoader, device: str) -> dict:
 def _grad_norm(engine, computed: float | None) -> float | None:
     norm = engine.get_global_grad_norm()
     return computed if norm is None else float(norm)
-
-
-def _local_grad_norm(model: torch.nn.Module) -> float:
-    """Global gradient norm when every rank holds the full, already averaged gradients (ZeRO stage 0)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-
-
-def _drop_gradients(model: torch.nn.Module) -> None:
-    """Make the coming optimizer step a no-op: torch optimizers leave a parameter without a gradient
-    untouched (no update, no weight decay, no moment change). ZeRO-0 fp32 only; the ZeRO and bf16
-    optimizers drop a step with a non-finite gradient norm themselves."""
-    for p in model.parameters():
-        p.grad = None
 
 
 def gather_sample_indices(rank_indices: np.ndarray) -> list[int]:
@@ -178,7 +164,9 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
         step == 0 or step >= t.max_steps or bool(cfg.eval.every_steps and step % cfg.eval.every_steps == 0)
     )
     exit_code, last_eval_step = 0, step if evaluated else None
+    # ZeRO-0 fp32 is DeepSpeed's one path without a norm or an overflow check: we supply both.
     stage0_fp32 = cfg.zero.stage == 0 and cfg.precision == "fp32"
+    stage0_guard = Stage0StepGuard(engine.optimizer) if stage0_fp32 else None
     with loader, PreemptionHandler() as preemption:
         while step < t.max_steps and (t.max_tokens is None or tokens < t.max_tokens):
             step_start = time.perf_counter()
@@ -202,17 +190,15 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
                 if g_pairs:
                     loss = loss + out.pair_loss_sum * (world / g_pairs)
                 engine.backward(loss, scale_wrt_gas=False)
-                if stage0_fp32 and i == len(batches) - 1:  # DeepSpeed reports no norm here; grads are whole
-                    computed_norm = _local_grad_norm(engine.module)
-                    if not np.isfinite(computed_norm):  # every rank holds the same averaged gradients
-                        _drop_gradients(engine.module)
+                if stage0_guard is not None and i == len(batches) - 1:  # before the boundary's update
+                    computed_norm = stage0_guard.check(engine.module)
                 engine.step()
                 stats = [mlm_loss_sum.item(), out.pair_loss_sum.item(), out.mlm_correct.item()]
                 sums += torch.tensor(stats, dtype=torch.float64)
             step += 1
             tokens += int(step_tokens)
             # Collective: names the bad rank(s); a bad step's update was already dropped (see
-            # _drop_gradients); raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
+            # Stage0StepGuard); raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
             monitor.check(float(sums[0] + sums[1]), step)
             mlm_sum, pair_sum, correct = all_reduce_sum(sums.tolist())
             mlm_loss = mlm_sum / max(g_masked, 1.0)
