@@ -21,11 +21,11 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = No
     import deepspeed
     import torch.distributed as dist
 
+    os.environ["LOCAL_RANK"] = str(rank)  # DeepSpeed's engine insists on it (tests/conftest.py resets env)
     if dist.is_initialized():
         return
     # The rendezvous goes in init_method, not in MASTER_PORT & co.: this process keeps the group (and
     # its port) for the rest of the session, and trainer subprocesses started later inherit os.environ.
-    os.environ["LOCAL_RANK"] = str(rank)  # DeepSpeed's engine insists on it
     deepspeed.init_distributed(
         dist_backend="gloo", auto_mpi_discovery=False, init_method=f"tcp://127.0.0.1:{port or free_port()}",
         rank=rank, world_size=world_size,
