@@ -8,9 +8,10 @@ Fixtures and helpers (use them from any tests/integration module):
 - `tiny_nsp_shards` (session): the same corpus and tokenizer packed as NSP pairs.
 - `write_config(tmp_path, shards, **sections)`: a small CPU training YAML (tiny BERT, fp32, ZeRO-2)
   whose sections are updated with `sections`; returns its path.
-- `run_pretrain(config, overrides=(), ranks=2, timeout=300, env=None)`: runs `python -m pretrain`
-  under torchrun with `ranks` local processes (plain python when ranks == 1) and returns a
-  `PretrainRun` (returncode, output, run_dir, metrics: the parsed metrics.jsonl records).
+- `run_pretrain(config, overrides=(), ranks=2, timeout=300, env=None, launcher="torchrun")`: runs
+  `python -m pretrain` under torchrun (or `deepspeed --module`) with `ranks` local processes (plain
+  python when ranks == 1) and returns a `PretrainRun` (returncode, output, run_dir, metrics: the parsed
+  metrics.jsonl records).
 """
 
 from __future__ import annotations
@@ -131,11 +132,25 @@ def _free_port() -> int:
 
 
 def run_pretrain(
-    config: Path, overrides=(), *, ranks: int = 2, timeout: float = 300, env: dict | None = None
+    config: Path,
+    overrides=(),
+    *,
+    ranks: int = 2,
+    timeout: float = 300,
+    env: dict | None = None,
+    launcher: str = "torchrun",
 ) -> PretrainRun:
     """Run `python -m pretrain --config config overrides...` on `ranks` local CPU processes."""
     if ranks == 1:
         cmd = [sys.executable, "-m", "pretrain"]
+    elif launcher == "deepspeed":
+        cmd = [
+            str(BIN / "deepspeed"),
+            f"--num_gpus={ranks}",
+            f"--master_port={_free_port()}",
+            "--module",
+            "pretrain",
+        ]
     else:
         cmd = [
             str(BIN / "torchrun"),

@@ -1,4 +1,5 @@
-"""A real 2-rank DeepSpeed ZeRO-2 run on CPU over shards built by `mlm-data`: the loss must fall."""
+"""Real 2-rank DeepSpeed ZeRO-2 runs on CPU over shards built by `mlm-data`: the loss must fall, and the
+deepspeed launcher trains exactly what torchrun trains."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def test_nsp_shards_train_the_pair_head_on_one_process(tiny_nsp_shards, tmp_path
     steps = [r for r in run.metrics if "loss" in r]
     assert all(0.0 < r["pair_loss"] < r["loss"] for r in steps)
     assert 0.0 <= run.evals()[-1]["eval_pair_accuracy"] <= 1.0
+
+
+def test_the_deepspeed_launcher_trains_the_same_losses_as_torchrun(tiny_shards, tmp_path):
+    settings = {"train": {"max_steps": 4, "grad_accum_steps": 1}, "eval": {"every_steps": None}}
+    runs = {}
+    for launcher in ("deepspeed", "torchrun"):
+        (tmp_path / launcher).mkdir()
+        config = write_config(tmp_path / launcher, tiny_shards, **settings)
+        runs[launcher] = run_pretrain(config, ranks=2, launcher=launcher)
+        assert runs[launcher].returncode == 0, runs[launcher].output[-3000:]
+    assert sorted(runs["deepspeed"].step_losses()) == [1, 2, 3, 4]
+    assert runs["deepspeed"].step_losses() == runs["torchrun"].step_losses()  # bit for bit
