@@ -11,7 +11,7 @@ INSTALL_REQUIRES = [
     "datasets>=4,<6",
     "pyarrow>=17",
     "sentencepiece>=0.2",
-    "tokenizers>=0.21",
+    "tokenizers>=0.23",  # encode_batch_fast; transformers 5 needs >= 0.23.1 anyway
     "safetensors>=0.4",
     "tensorboard>=2.17",
     "pyyaml>=6",

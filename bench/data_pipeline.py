@@ -112,7 +112,7 @@ def run_mlm_data(corpus: str, tokenizer_dir: str, out: str, workers: int) -> tup
 
 
 def startup_seconds(tokenizer_dir: str) -> float:
-    """Seconds a fresh interpreter needs to import the pipeline and load the tokenizer (transformers)."""
+    """Seconds a fresh interpreter needs to import the pipeline and load the tokenizer."""
     code = f"from data_pipeline.tokenizer import load_tokenizer; load_tokenizer({tokenizer_dir!r})"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -145,7 +145,7 @@ def main() -> None:
     print(f"(c)/(a) = {c / a:.2f} (target >= 3)   (c)/(b) = {c / b:.2f} (target >= 0.8)")
     warm = c_tokens / max(c_s - startup, 1e-9)
     print(
-        f"(c) without its {startup:.1f} s start-up (interpreter + transformers import + tokenizer load): "
+        f"(c) without its {startup:.1f} s start-up (interpreter, imports, tokenizer load): "
         f"{warm / 1e6:.3f} M tokens/s, {warm / b:.2f} x (b)"
     )
     print(f"peak RSS of (c): {peak / 2**20:.0f} MiB (target <= 1536 MiB)")

@@ -82,7 +82,10 @@ class LoadedTokenizer:
         answer from a per-id lookup table (same flags as `word_ids`, vectorised); any other tokenizer
         (e.g. byte-level BPE) uses the encodings' `word_ids`.
         """
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        if self._word_start_table is not None:  # no offsets needed: the faster call (same ids)
+            encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
+        else:
+            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
         total = int(lengths.sum())
         ids = np.fromiter(
@@ -136,21 +139,11 @@ def load_tokenizer(path: str) -> LoadedTokenizer:
         raise DataError(
             f"{path} is not a tokenizer directory: no tokenizer.json, vocab.txt, vocab.json or *.model"
         )
-    from transformers import AutoTokenizer
-
-    try:
-        hf_tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError...)
-        raise DataError(
-            f"{path}: transformers cannot load this tokenizer ({type(exc).__name__}: {exc})"
-        ) from exc
-    if not getattr(hf_tokenizer, "is_fast", False):
-        raise DataError(f"{path}: no fast (Rust) tokenizer available for {type(hf_tokenizer).__name__}")
-    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())  # our own copy to reconfigure
+    backend, tokens = _load_generic_fast(path, files) or _load_with_transformers(path)
     ids = {}
     for role in ("pad", "unk", "cls", "sep", "mask"):
-        token = getattr(hf_tokenizer, f"{role}_token", None)
-        token_id = backend.token_to_id(str(token)) if token is not None else None
+        token = tokens.get(role)
+        token_id = backend.token_to_id(token) if token is not None else None
         if token_id is None:
             what = (
                 f"{role} token"
@@ -165,6 +158,55 @@ def load_tokenizer(path: str) -> LoadedTokenizer:
     if "tokenizer_config.json" in files and _needs_model_config(path):
         files.append("config.json")
     return LoadedTokenizer(path, backend, SpecialIds(**ids), files)
+
+
+def _load_generic_fast(path: str, files: list[str]) -> tuple[Tokenizer, dict[str, str]] | None:
+    """(backend, special tokens by role) for a dir of the generic `PreTrainedTokenizerFast` class (what
+    `mlm-data tokenizer` writes), read without importing transformers (about 2 s of start-up).
+
+    transformers uses such a tokenizer.json as it is, so this gives the same tokenizer; a dir of any
+    other class, or whose specials are not all in tokenizer.json's vocabulary, returns None and goes
+    through transformers.
+    """
+    if not {"tokenizer.json", "tokenizer_config.json"} <= set(files):
+        return None
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as fh:
+            config = json.load(fh)
+        if config.get("tokenizer_class") != "PreTrainedTokenizerFast":
+            return None
+        backend = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    except Exception:  # unreadable here: let transformers try, and report its error
+        return None
+    tokens = {}
+    for role in ("pad", "unk", "cls", "sep", "mask"):
+        token = config.get(f"{role}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        if not isinstance(token, str) or backend.token_to_id(token) is None:
+            return None
+        tokens[role] = token
+    return backend, tokens
+
+
+def _load_with_transformers(path: str) -> tuple[Tokenizer, dict[str, str]]:
+    """(backend, special tokens by role) of any HF tokenizer dir, through `AutoTokenizer`."""
+    from transformers import AutoTokenizer
+
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError...)
+        raise DataError(
+            f"{path}: transformers cannot load this tokenizer ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise DataError(f"{path}: no fast (Rust) tokenizer available for {type(hf_tokenizer).__name__}")
+    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())  # our own copy to reconfigure
+    tokens = {}
+    for role in ("pad", "unk", "cls", "sep", "mask"):
+        token = getattr(hf_tokenizer, f"{role}_token", None)
+        if token is not None:
+            tokens[role] = str(token)
+    return backend, tokens
 
 
 def _needs_model_config(path: str) -> bool:

@@ -3,6 +3,8 @@
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,6 +69,20 @@ def test_trained_tokenizer_reloads_in_transformers_with_same_ids(
     assert with_specials[0] == 2 and with_specials[-1] == 3
     unk_rate = sum(int((ids == 1).sum()) for ids, _ in encoded) / sum(len(ids) for ids, _ in encoded)
     assert unk_rate < 0.01  # trained on this text: almost nothing is unknown
+
+
+def test_our_dirs_load_without_transformers_start_up(wordpiece_tokenizer_dir, unigram_tokenizer_dir):
+    """`mlm-data build` loads our dirs straight from tokenizer.json (the test above shows it is the
+    tokenizer transformers would give); importing transformers would cost every build ~2 s."""
+    code = (
+        "import sys; from data_pipeline.tokenizer import load_tokenizer; "
+        "[load_tokenizer(d) for d in sys.argv[1:]]; print('transformers' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, wordpiece_tokenizer_dir, unigram_tokenizer_dir],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("kind", ["sentencepiece-unigram", "sentencepiece-bpe"])
