@@ -32,11 +32,27 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-bench-data: $(STAMP)
-	$(BIN)/python bench/data_pipeline.py
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_DIR ?= .bench
 
-bench-trainer: $(STAMP)
-	$(BIN)/python bench/trainer.py
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+# Inputs both benchmarks share: the sample corpus, a 30k WordPiece and 128-token shards (built once).
+$(BENCH_DIR)/.inputs: $(STAMP)
+	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	$(BIN)/mlm-data sample-corpus $(BENCH_DIR)/corpus
+	$(BIN)/mlm-data tokenizer --input $(BENCH_DIR)/corpus --kind wordpiece --vocab-size 30000 --out $(BENCH_DIR)/tok
+	$(BIN)/mlm-data build --input $(BENCH_DIR)/corpus --tokenizer $(BENCH_DIR)/tok --out $(BENCH_DIR)/shards \
+		--seq-len 128 --mode full-sentences --workers 2
+	touch $@
+
+bench-data: $(BENCH_STAMP) $(BENCH_DIR)/.inputs
+	$(BIN)/python bench/data_pipeline.py --corpus $(BENCH_DIR)/corpus --tokenizer $(BENCH_DIR)/tok
+
+bench-trainer: $(BENCH_STAMP) $(BENCH_DIR)/.inputs
+	$(BIN)/python bench/trainer.py --shards $(BENCH_DIR)/shards --steps 20 --skip 4
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(BENCH_DIR) *.egg-info .pytest_cache .ruff_cache

@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
 # ruff is pinned to a minor series: new releases add lint rules and format Markdown code blocks,
 # which would fail `make lint` on a clean machine without any change of ours.
 TEST_REQUIRES = ["pytest>=8", "ruff>=0.17,<0.18"]
+# The peers the benchmarks in bench/ run against: the HF Trainer needs accelerate.
+BENCH_REQUIRES = ["accelerate>=1.1"]
 
 with open("README.md", encoding="utf-8") as readme_file:
     README = readme_file.read()
@@ -40,7 +42,7 @@ setup(
     packages=find_packages(include=["data_pipeline*", "pretrain*", "launcher*"]),
     package_data={"launcher": ["templates/*"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
     entry_points={
         "console_scripts": [
             "mlm-data=data_pipeline.cli:main",
