@@ -12,6 +12,8 @@ Fixtures and helpers (use them from any tests/integration module):
   `python -m pretrain` under torchrun (or `deepspeed --module`) with `ranks` local processes (plain
   python when ranks == 1) and returns a `PretrainRun` (returncode, output, run_dir, metrics: the parsed
   metrics.jsonl records).
+- `step_trace(run_dir)`: {step: (loss, cumulative tokens, global sample indices)} of a run that set
+  `debug.log_sample_indices`, the fingerprint that resume tests compare.
 """
 
 from __future__ import annotations
@@ -123,6 +125,12 @@ class PretrainRun:
     def evals(self) -> list[dict]:
         """The evaluation records, in order."""
         return [r for r in self.metrics if "eval_loss" in r]
+
+
+def step_trace(run_dir: Path) -> dict[int, tuple[float, int, tuple[int, ...]]]:
+    """{step: (loss, cumulative tokens, global sample indices)} from run_dir/metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss"], r["tokens"], tuple(r["samples"])) for r in records if "loss" in r}
 
 
 def _free_port() -> int:

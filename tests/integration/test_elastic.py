@@ -4,22 +4,13 @@ step) and the loss drifts only by floating-point reduction order (reported, not 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from tests.integration.conftest import run_pretrain, write_config
+from tests.integration.conftest import run_pretrain, step_trace, write_config
 
 pytestmark = pytest.mark.integration
 
 GLOBAL_BATCH = 16
-
-
-def trace(run_dir: Path) -> dict[int, tuple[float, int, list[int]]]:
-    """{step: (loss, cumulative tokens, global sample indices)} from metrics.jsonl."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: (r["loss"], r["tokens"], r["samples"]) for r in records if "loss" in r}
 
 
 def settings_for(ranks: int) -> dict:
@@ -39,14 +30,14 @@ def test_checkpoint_resumes_on_another_world_size(tiny_shards, tmp_path, before,
     (tmp_path / "after").mkdir()
     first = run_pretrain(write_config(tmp_path / "before", tiny_shards, **settings_for(before)), ranks=before)
     assert first.returncode == 0, first.output[-3000:]
-    expected = trace(first.run_dir)
+    expected = step_trace(first.run_dir)
 
     config = write_config(tmp_path / "after", tiny_shards, **settings_for(after))
     resume_from = first.run_dir / "checkpoints" / "step-00000004"
     second = run_pretrain(config, [f"train.resume={resume_from}"], ranks=after)
     assert second.returncode == 0, second.output[-3000:]
     assert f"elastic resume: {before} -> {after} ranks" in second.output
-    got = trace(second.run_dir)
+    got = step_trace(second.run_dir)
     assert sorted(got) == [5, 6, 7, 8]
     assert all(got[s][1:] == expected[s][1:] for s in got)  # the same rows, in the same steps
     drift = max(abs(got[s][0] - expected[s][0]) / abs(expected[s][0]) for s in got)

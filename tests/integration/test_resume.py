@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.conftest import BIN, run_pretrain, write_config
+from tests.integration.conftest import BIN, run_pretrain, step_trace, write_config
 from tests.pretrain.ckpt_helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,14 +34,6 @@ SETTINGS = {
 }
 
 
-def trace(run_dir: Path) -> dict[int, tuple[float, int, tuple[int, ...]]]:
-    """{step: (loss, cumulative tokens, global sample indices)} from metrics.jsonl."""
-    import json
-
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: (r["loss"], r["tokens"], tuple(r["samples"])) for r in records if "loss" in r}
-
-
 @pytest.fixture(scope="module")
 def baseline(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
     """(config path, trace) of one uninterrupted run; its run dir keeps checkpoints 2, 4, 6, 8."""
@@ -49,7 +41,7 @@ def baseline(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
     config = write_config(root, tiny_shards, **SETTINGS)
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 0, run.output[-3000:]
-    expected = trace(run.run_dir)
+    expected = step_trace(run.run_dir)
     samples = [i for step in sorted(expected) for i in expected[step][2]]
     assert len(samples) == MAX_STEPS * 16 == len(set(samples))  # 8 per rank and step; one epoch, no repeats
     return config, expected
@@ -133,7 +125,7 @@ def test_two_uninterrupted_runs_are_identical(baseline, tiny_shards, tmp_path):
     _, expected = baseline
     run = run_pretrain(fresh_config(tmp_path, tiny_shards), ranks=2)
     assert run.returncode == 0, run.output[-3000:]
-    assert trace(run.run_dir) == expected and sorted(expected) == list(range(1, MAX_STEPS + 1))
+    assert step_trace(run.run_dir) == expected and sorted(expected) == list(range(1, MAX_STEPS + 1))
 
 
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(baseline, tiny_shards, tmp_path):
@@ -147,7 +139,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(baseline, tiny_sh
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 0, run.output[-3000:]
     assert "resuming from" in run.output
-    assert trace(run.run_dir) == expected  # losses bit for bit, and the same rows (token counts)
+    assert step_trace(run.run_dir) == expected  # losses bit for bit, and the same rows (token counts)
 
 
 def test_sigkill_during_a_save_never_loads_the_partial_checkpoint(baseline, tiny_shards, tmp_path):
@@ -174,7 +166,7 @@ def test_sigkill_during_a_save_never_loads_the_partial_checkpoint(baseline, tiny
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 0, run.output[-3000:]
     assert f"skipping checkpoint {partial[0]}" in run.output
-    assert trace(run.run_dir) == expected
+    assert step_trace(run.run_dir) == expected
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
@@ -202,7 +194,7 @@ def test_signal_to_one_rank_saves_once_exits_75_and_resumes_identically(baseline
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 0, run.output[-3000:]
     assert f"step-{stopped_at:08d}" in run.output
-    assert trace(run.run_dir) == expected
+    assert step_trace(run.run_dir) == expected
 
 
 def test_single_process_preemption_exits_75(tiny_shards, tmp_path):
@@ -221,9 +213,9 @@ def test_resume_matrix_zero_stage_and_precision(tiny_shards, tmp_path, stage, pr
     overrides = [f"zero.stage={stage}", f"precision={precision}"]
     first = run_pretrain(config, overrides, ranks=2)
     assert first.returncode == 0, first.output[-3000:]
-    expected = trace(first.run_dir)
+    expected = step_trace(first.run_dir)
     shutil.rmtree(first.run_dir / "checkpoints" / f"step-{MAX_STEPS:08d}")
     again = run_pretrain(config, overrides, ranks=2)
     assert again.returncode == 0, again.output[-3000:]
     assert f"resuming from {first.run_dir / 'checkpoints' / 'step-00000004'}" in again.output
-    assert trace(again.run_dir) == expected
+    assert step_trace(again.run_dir) == expected
