@@ -14,6 +14,8 @@ from data_pipeline.errors import DataError
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 MODES = ("full-sentences", "nsp", "sop")
+# Settings that say which slice of a partitioned build a directory holds, not what the data is made of.
+PARTITION_FIELDS = ("num_partitions", "partition_index")
 
 
 @dataclass
@@ -39,6 +41,19 @@ class Manifest:
     def tokens(self) -> int:
         """Non-pad tokens (specials included) over all splits."""
         return sum(s["tokens"] for s in self.splits.values())
+
+    def data_identity(self) -> str:
+        """Hex sha256 of what the data is made of: the build settings (without the partition fields),
+        the tokenizer fingerprint and the source files. Every partition of one build, and their merge,
+        share it; any other corpus, tokenizer or packing setting gives another. Raises DataError when
+        the manifest records no build identity (a manifest not written by `mlm-data build`/`merge`).
+        """
+        identity = self.build.get("identity") if isinstance(self.build, dict) else None
+        if not isinstance(identity, dict) or not isinstance(identity.get("settings"), dict):
+            raise DataError("the manifest has no build.identity; rebuild the shards with `mlm-data build`")
+        settings = {k: v for k, v in identity["settings"].items() if k not in PARTITION_FIELDS}
+        canonical = json.dumps({**identity, "settings": settings}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def save(self, shards_dir: str) -> None:
         """Write `shards_dir/manifest.json` atomically (temp file, fsync, rename)."""

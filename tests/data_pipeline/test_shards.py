@@ -97,3 +97,17 @@ def test_an_aborted_writer_leaves_no_file(tmp_path):
     writer.write({k: v for k, v in _rows(3, 0).items() if k in ("input_ids", "word_start", "length")})
     writer.abort()
     assert os.listdir(tmp_path) == []
+
+
+def test_data_identity_ignores_partition_fields_only():
+    from data_pipeline.manifest import Manifest
+
+    def manifest(**settings):
+        identity = {"settings": {"seq_len": 64, **settings}, "tokenizer": "t", "files": [["a.txt", 3]]}
+        return Manifest(seq_len=64, mode="full-sentences", id_dtype="uint16", tokenizer={}, splits={},
+                        build={"identity": identity})  # fmt: skip
+
+    part0 = manifest(num_partitions=2, partition_index=0)
+    part1 = manifest(num_partitions=2, partition_index=1)
+    assert part0.data_identity() == part1.data_identity() == manifest().data_identity()
+    assert manifest(seq_len=128).data_identity() != part0.data_identity()
