@@ -78,7 +78,7 @@ def test_data_scripts_array_and_merge(tmp_path):
     assert '--num-partitions 3 --partition-index "$SLURM_ARRAY_TASK_ID"' in build
     assert "--input 'corpus/*.txt'" in build
     parts = [str(tmp_path / "shards.parts" / f"part-{i:05d}") for i in range(3)]
-    assert f"merge {' '.join(parts)} --out {out}" in merge
+    assert f"out={out}\n" in merge and f'merge {" ".join(parts)} --out "$out"' in merge
     with pytest.raises(LaunchError, match="--partitions"):
         render_data_scripts(SlurmOptions(), 0, out, [])
     with pytest.raises(LaunchError, match="not after `--`"):
