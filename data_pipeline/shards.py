@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 
 from data_pipeline.errors import DataError
-from data_pipeline.manifest import Manifest
+from data_pipeline.manifest import Manifest, file_sha256
 from data_pipeline.manifest_schema import SPLITS
 
 PAIR_COLUMNS = ("segment_b_start", "pair_label")
+BATCH_ROWS = 4096  # rows per Arrow record batch inside a shard
 
 
 def id_dtype_for(vocab_size: int) -> str:
@@ -96,6 +97,66 @@ class ShardWriter:
         finally:
             if os.path.exists(self._tmp):
                 os.remove(self._tmp)
+
+
+class ShardSink:
+    """Writes one split's rows into shards of at most `rows_per_shard` rows, named split-NNNNN.arrow.
+
+    Rows are re-cut into record batches of BATCH_ROWS whatever sizes they arrive in, so the bytes of a
+    shard depend only on its rows.
+    """
+
+    def __init__(self, out: str, split: str, schema: pa.Schema, rows_per_shard: int) -> None:
+        """Shards of `schema` named `out/split-NNNNN.arrow`, each at most `rows_per_shard` rows."""
+        self.out, self.split, self.schema, self.limit = out, split, schema, rows_per_shard
+        self.shards: list[dict] = []
+        self.writer: ShardWriter | None = None
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_rows = 0
+
+    def write(self, rows: dict[str, np.ndarray]) -> None:
+        """Queue rows (dict of column arrays); full record batches and full shards are written at once."""
+        if len(rows["length"]):
+            self.pending.append(rows)
+            self.pending_rows += len(rows["length"])
+        while self.pending_rows >= self._next_batch():
+            self._write_batch(self._next_batch())
+
+    def finish(self) -> dict:
+        """Write what is queued and close the last shard; return the split's manifest entry
+        ({"rows", "tokens", "shards": [{"file", "rows", "tokens", "bytes", "sha256"}]})."""
+        while self.pending_rows:
+            self._write_batch(min(self.pending_rows, self._next_batch()))
+        if self.writer is not None:
+            self._close()
+        return {
+            "rows": sum(s["rows"] for s in self.shards),
+            "tokens": sum(s["tokens"] for s in self.shards),
+            "shards": self.shards,
+        }
+
+    def _next_batch(self) -> int:
+        return min(BATCH_ROWS, self.limit - (self.writer.rows if self.writer is not None else 0))
+
+    def _write_batch(self, k: int) -> None:
+        rows = {key: np.concatenate([p[key] for p in self.pending]) for key in self.pending[0]}
+        self.pending = [{key: v[k:] for key, v in rows.items()}]
+        self.pending_rows -= k
+        if self.writer is None:
+            name = f"{self.split}-{len(self.shards):05d}.arrow"
+            self.writer = ShardWriter(os.path.join(self.out, name), self.schema)
+        self.writer.write({key: v[:k] for key, v in rows.items()})
+        if self.writer.rows >= self.limit:
+            self._close()
+
+    def _close(self) -> None:
+        path = self.writer.path
+        rows, tokens = self.writer.close()
+        self.shards.append(
+            {"file": os.path.basename(path), "rows": rows, "tokens": tokens,
+             "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+        )  # fmt: skip
+        self.writer = None
 
 
 def read_shard_batches(path: str) -> list[pa.RecordBatch]:
