@@ -178,7 +178,7 @@ def _verify(args) -> int:
     for problem in problems:
         print(f"BAD {problem}", file=sys.stderr)
     if problems:
-        print(f"mlm-data verify: {len(problems)} bad shard(s) in {args.dir}", file=sys.stderr)
+        print(f"mlm-data verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
     print(f"{args.dir}: all shards match the manifest")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -101,7 +102,8 @@ def file_sha256(path: str) -> str:
 
 
 def verify_shards(shards_dir: str) -> list[str]:
-    """Check every shard against the manifest: size, sha256, Arrow validity, schema, id range, lengths.
+    """Check every shard against the manifest (size, sha256, Arrow validity, schema, id range, lengths)
+    and that the manifest covers its whole build (`coverage_problem`).
 
     Returns one problem string per bad shard (naming the file), [] when all is well.
     Raises DataError when the manifest itself is missing or unreadable.
@@ -126,7 +128,33 @@ def verify_shards(shards_dir: str) -> list[str]:
                     problem = str(exc)
             if problem is not None:
                 problems.append(f"{path}: {problem}" if not problem.startswith(path) else problem)
+    coverage = coverage_problem(manifest)
+    if coverage is not None:
+        problems.append(f"{os.path.join(shards_dir, MANIFEST_NAME)}: {coverage}")
     return problems
+
+
+def coverage_problem(manifest: Manifest) -> str | None:
+    """Why the manifest's `sources` are not all the input files of its build (or of its partition),
+    each once, or None. Catches a merge of only some partitions, or of one partition twice, from
+    the count of files alone (the build identity lists every input file of the build)."""
+    identity = manifest.build.get("identity") if isinstance(manifest.build, dict) else None
+    if not isinstance(identity, dict) or not isinstance(identity.get("files"), list):
+        return None  # not written by `mlm-data build`: nothing to compare against
+    paths = [s.get("path") for s in manifest.sources]
+    repeated = sorted((p for p, n in Counter(paths).items() if n > 1), key=str)
+    if repeated:
+        return f"lists the input {repeated[0]} more than once (a partition merged twice?); merge again"
+    total = len(identity["files"])
+    partition = manifest.build.get("partition")
+    expected = total if partition is None else len(range(partition["index"], total, partition["count"]))
+    if len(paths) != expected:
+        what = "its build" if partition is None else f"partition {partition['index']} of {partition['count']}"
+        return (
+            f"holds {len(paths)} of the {expected} input files of {what} (a merge missing partitions?); "
+            "merge all partitions again"
+        )
+    return None
 
 
 def _check_shard(path: str, shard: dict, schema, vocab_size: int, seq_len: int) -> str | None:
