@@ -249,11 +249,22 @@ def sbatch_path() -> str:
 
 
 def submit(script: str, extra_args: list[str] | None = None) -> str:
-    """Submit a job script with `sbatch --parsable`; return the job id. LaunchError if sbatch refuses it."""
+    """Submit a job script with `sbatch --parsable`; return the job id.
+
+    Creates the script's `--output` directory first. LaunchError if it cannot be created or sbatch
+    refuses the job.
+    """
     sbatch = sbatch_path()
     for argument in sbatch_arguments(script):  # sbatch does not create the log dir: the job would vanish
         if argument.startswith("--output="):
-            Path(argument.split("=", 1)[1].replace("%%", "%")).parent.mkdir(parents=True, exist_ok=True)
+            log_dir = Path(argument.split("=", 1)[1].replace("%%", "%")).parent
+            try:
+                log_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise LaunchError(
+                    f"cannot create the job's log directory {log_dir}: {err.strerror}; run_dir (or --out) "
+                    "must be on a writable filesystem all nodes share"
+                ) from err
     out = subprocess.run(
         [sbatch, "--parsable", *(extra_args or [])],
         input=script,

@@ -174,3 +174,13 @@ def test_plain_values_stay_unquoted(write_config):
     script = render_train_script(SlurmOptions(partition="gpu", time="5:00"), 1, 1, True,
                                  ["--config", str(write_config())])  # fmt: skip
     assert "#SBATCH --partition=gpu\n" in script and f"{sys.executable} -m launcher" in script
+
+
+def test_a_log_dir_that_cannot_be_created_is_one_line(write_config, tmp_path, stubs, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    cfg = write_config()
+    run_dir = tmp_path / "file" / "run"  # under a regular file: mkdir fails even for root
+    assert main(["slurm", "--nodes", "1", "--cpu", "--", "--config", str(cfg), f"run_dir={run_dir}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the job's log directory" in err
+    assert calls(stubs, "sbatch") == []  # nothing submitted
