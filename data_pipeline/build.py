@@ -274,10 +274,12 @@ def _prepare_out(cfg: BuildConfig, identity: dict, units) -> str | None:
         if cfg.overwrite:
             _clear(out)
         elif previous != identity or changed is not None:
-            what = "files that are not from this build"
-            if previous is not None:
-                what = f"a build of other inputs ({changed})" if changed else "a different build"
-                what += _identity_change(previous, identity)
+            if changed is not None:
+                what = f"a build of other inputs ({changed})"
+            elif previous is not None:
+                what = "a different build" + _identity_change(previous, identity)
+            else:
+                what = "files that are not from this build"
             raise DataError(
                 f"output dir {out} holds {what}; choose another --out or pass --overwrite to replace it"
             )

@@ -75,7 +75,10 @@ def test_a_finished_build_of_an_input_edited_in_place_is_not_up_to_date(
     _edit_same_size(edited)
     assert main([*args, "--seq-len", "32"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and f"{edited} changed since it was built (its sha256 differs)" in err
+    assert err == (
+        f"mlm-data build: error: output dir {out} holds a build of other inputs ({edited} changed since it "
+        "was built (its sha256 differs)); choose another --out or pass --overwrite to replace it"
+    )
     assert "--overwrite" in err and _files(out) == before  # refused, untouched
 
     assert main([*args, "--seq-len", "32", "--overwrite"]) == 0
