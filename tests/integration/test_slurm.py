@@ -71,6 +71,9 @@ def test_hostfile_inside_a_real_allocation(tmp_path):
 
 def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
     (tmp_path / "pretrain").mkdir()  # found first from the job's working directory
+    # a regular package (not a namespace portion), so it wins over the installed `pretrain` whatever
+    # else is on sys.path (PYTHONPATH, an editable install's path entry)
+    (tmp_path / "pretrain" / "__init__.py").write_text("")
     (tmp_path / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
     run = tmp_path / "run"
     run.mkdir()
@@ -93,6 +96,7 @@ def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
 
 def test_scancel_is_not_undone_by_a_requeue(tmp_path):
     (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "__init__.py").write_text("")
     (tmp_path / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
     run = tmp_path / "run"
     run.mkdir()
