@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def weights_are_finite(engine) -> bool:
     """True when every weight this rank holds is finite: the module's parameters (under ZeRO-3 this
     rank's partitions) and the optimizer's fp32 master copies (ZeRO partitions or ZeRO-0 16-bit groups).
-    One host sync; a few percent of a save's time."""
+    One host sync per device."""
     tensors = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
     for attr in (
         "single_partition_of_fp32_groups",  # ZeRO 1-2
@@ -29,11 +29,11 @@ def weights_are_finite(engine) -> bool:
     ):
         for group in getattr(engine.optimizer, attr, None) or []:
             tensors.extend(group if isinstance(group, (list, tuple)) else [group])
-    bad = torch.zeros((), dtype=torch.bool)
+    flags: dict[torch.device, list[torch.Tensor]] = {}  # one fetch per device, not one per tensor
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() and t.is_floating_point():
-            bad = bad | ~torch.isfinite(t).all().to(bad.device)
-    return not bool(bad)
+            flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(group).all()) for group in flags.values())
 
 
 def master_param_groups(engine) -> list[list[str]] | None:
