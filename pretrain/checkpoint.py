@@ -345,24 +345,27 @@ class CheckpointManager:
             )
         engine._config.load_universal_checkpoint = elastic  # DeepSpeed reads this flag only from its config
         base_lrs = fresh_base_lrs(engine)
+        error = None
         try:
             with deepspeed_loads_weights_only():
                 load_path, _ = engine.load_checkpoint(
                     load_dir, tag, load_optimizer_states=True, load_lr_scheduler_states=True
                 )
+            if load_path is None:
+                error = CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
         except (RuntimeError, ValueError, AssertionError, KeyError, OSError) as e:
-            raise CheckpointError(
+            error = CheckpointError(
                 f"could not load {tag_dir} (saved by {saved_world} ranks, now {self.world_size}): "
                 + " ".join(str(e).split())
-            ) from e
+            )
+            error.__cause__ = e
         finally:
             engine._config.load_universal_checkpoint = False
-            if elastic:
-                self._barrier()
-                if self.rank == 0:
-                    shutil.rmtree(load_dir, ignore_errors=True)
-        if load_path is None:
-            raise CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
+        failed = self._barrier_bool(error is not None)  # a rank that cannot load stops them all
+        if elastic and self.rank == 0:
+            shutil.rmtree(load_dir, ignore_errors=True)
+        if failed:
+            raise error or CheckpointError(f"could not load {tag_dir}: another rank failed (see its log)")
         apply_lr_schedule(engine, base_lrs)
 
     @staticmethod
