@@ -31,6 +31,7 @@ from pretrain.health import NonFiniteMonitor, Stage0StepGuard
 from pretrain.masking import MaskingCollator
 from pretrain.metrics import MetricsLogger, memory_stats, mfu
 from pretrain.model import build_model
+from pretrain.run_identity import describe_run
 from pretrain.signals import EXIT_PREEMPTED, PreemptionHandler
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,9 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     loader = TrainLoader(train_reader, sampler, collator, cfg.data.prefetch_batches)
     val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
-        cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg)
-    )
+        cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
+        run=describe_run(cfg, model, train_reader.manifest, seq_len=seq_len),
+    )  # fmt: skip
     monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank, world_size=world)
     debug = cfg.debug
     nan_steps = set(debug.nonfinite_loss_steps) if rank == debug.nonfinite_loss_rank else set()
