@@ -41,16 +41,17 @@ class SideResult:
     extra: dict = field(default_factory=dict)
 
 
-def child_env(device: str, gpu: int = 0) -> dict[str, str]:
+def child_env(device: str) -> dict[str, str]:
     """The environment for a benchmarked process on `device` ("cuda" or "cpu").
 
     This checkout first on PYTHONPATH (so the code measured is the code here), launcher variables removed
-    (each side is a world of one), exactly one visible GPU on CUDA (the HF Trainer would otherwise wrap
-    the model in DataParallel over every GPU) and none on CPU.
+    (each side is a world of one), exactly one visible GPU on CUDA (the first of CUDA_VISIBLE_DEVICES, or
+    GPU 0; the HF Trainer would otherwise wrap the model in DataParallel over every GPU) and none on CPU.
     """
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    env["CUDA_VISIBLE_DEVICES"] = str(gpu) if device == "cuda" else ""
+    first_gpu = (env.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+    env["CUDA_VISIBLE_DEVICES"] = first_gpu if device == "cuda" else ""
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
