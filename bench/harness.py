@@ -1,20 +1,24 @@
 """Run `python -m pretrain` and the Hugging Face recipe as processes on the same shards; read their figures.
 
 Both sides are child processes of the benchmark with this checkout first on PYTHONPATH and no launcher
-variables in their environment. Ours is the real trainer CLI on a YAML config written here (optionally
-`base:` a shipped recipe), measured from its metrics.jsonl; the peer is `python -m bench.hf_mlm`, which
-writes one JSON result. The model the peer builds is the one our config describes (the same
-`transformers.BertConfig`, written to a file), so shape, vocabulary and dropout cannot drift apart.
+variables in their environment. Ours is the real trainer CLI, `python -m pretrain --config FILE
+section.key=value...` (a shipped recipe plus the bench's overrides, or a YAML written here), measured
+from its metrics.jsonl; each log starts with the command line that ran. The peer is
+`python -m bench.hf_mlm`, which writes one JSON result. The model the peer builds is the one our config
+describes (the same `transformers.BertConfig`, written to a file), so shape, vocabulary and dropout
+cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import yaml
@@ -56,18 +60,31 @@ def child_env(device: str) -> dict[str, str]:
     return env
 
 
-def write_config(path: str, sections: dict, base: str | None = None) -> str:
-    """Write a trainer YAML with `sections` (nested dicts) over the recipe file `base`; returns `path`."""
-    raw = dict(sections)
-    if base is not None:
-        raw = {"base": os.path.abspath(base), **raw}
+def write_config(path: str, sections: dict) -> str:
+    """Write a trainer YAML holding `sections` (nested dicts); returns `path`."""
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(raw, f, sort_keys=False)
+        yaml.safe_dump(sections, f, sort_keys=False)
     return path
 
 
-def load_model(config_path: str):
-    """(Config, model, seq_len) exactly as `python -m pretrain` would build them from `config_path`.
+def dotted_overrides(sections: dict, prefix: str = "") -> list[str]:
+    """`section.key=value` command-line overrides for nested `sections`.
+
+    A value is written as JSON (which the trainer's YAML parser reads back) unless it is a string YAML
+    already reads as itself (paths, names), which stays bare so the command line reads like a user's.
+    """
+    out = []
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            out += dotted_overrides(value, f"{prefix}{key}.")
+            continue
+        bare = isinstance(value, str) and value and yaml.safe_load(value) == value
+        out.append(f"{prefix}{key}={value if bare else json.dumps(value)}")
+    return out
+
+
+def load_model(config_path: str, overrides: Sequence[str] = ()):
+    """(Config, model, seq_len) exactly as `python -m pretrain --config config_path overrides` builds them.
 
     The model lives on the meta device (shapes only: parameter counts, FLOPs and its BertConfig, no
     weights). Raises pretrain.config.ConfigError / data_pipeline.errors.DataError for bad input.
@@ -79,7 +96,7 @@ def load_model(config_path: str):
     from pretrain.data import resolve_seq_len
     from pretrain.model import build_model
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, overrides)
     reader = ShardReader(cfg.data.path, split="train")
     tokenizer = reader.manifest.tokenizer
     with torch.device("meta"):
@@ -96,6 +113,8 @@ def load_model(config_path: str):
 
 def _run_logged(cmd: list[str], env: dict, log_path: str, what: str, timeout: float | None) -> None:
     with open(log_path, "w", encoding="utf-8") as log:
+        log.write(shlex.join(cmd) + "\n")
+        log.flush()
         try:
             proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
             code: int | str = proc.returncode
@@ -115,8 +134,9 @@ def timed_window(records: list[dict], skip: int) -> tuple[dict, dict]:
     return steps[skip], steps[max(steps)]
 
 
-def run_ours(config_path: str, *, skip: int, device: str, log_path: str, timeout: float | None = None):
-    """Run `python -m pretrain --config config_path` and return its SideResult.
+def run_ours(config_path: str, overrides: Sequence[str] = (), *, skip: int, device: str, log_path: str,
+             timeout: float | None = None) -> SideResult:  # fmt: skip
+    """Run `python -m pretrain --config config_path overrides...` and return its SideResult.
 
     Throughput is (cumulative tokens at the last step - at step `skip`) / (wall time between those two
     metrics.jsonl records): everything a user's run spends between steps counts, warm-up does not. The
@@ -126,9 +146,9 @@ def run_ours(config_path: str, *, skip: int, device: str, log_path: str, timeout
     """
     import pretrain.config
 
-    cfg = pretrain.config.load_config(config_path)
+    cfg = pretrain.config.load_config(config_path, overrides)
     env = child_env(device)
-    cmd = [sys.executable, "-m", "pretrain", "--config", config_path]
+    cmd = [sys.executable, "-m", "pretrain", "--config", config_path, *overrides]
     _run_logged(cmd, env, log_path, "python -m pretrain", timeout)
     with open(os.path.join(cfg.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]

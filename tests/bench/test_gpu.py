@@ -1,4 +1,5 @@
-"""bench/gpu.py's MFU denominator: the peak is looked up from what torch.cuda.get_device_name() returns."""
+"""bench/gpu.py: the MFU denominator (peak looked up from torch.cuda.get_device_name()) and the overrides
+that make each case out of the recipe."""
 
 from __future__ import annotations
 
@@ -22,3 +23,24 @@ from bench.gpu import peak_tflops_for
 )
 def test_peak_from_the_device_name(name, peak):
     assert peak_tflops_for(name) == peak
+
+
+def test_overrides_reach_the_trainer_config_as_the_values_the_bench_meant(tmp_path):
+    from bench.harness import dotted_overrides
+    from pretrain.config import load_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run_dir: runs/x\ndata: {path: shards}\ntrain: {global_batch_size: 256}\n")
+    sections = {
+        "run_dir": str(tmp_path / "run dir"), "precision": "bf16", "data": {"path": "on", "seq_len": None},
+        "train": {"global_batch_size": None, "max_steps": 7}, "metrics": {"peak_tflops_per_device": 989.4},
+    }  # fmt: skip
+    cfg = load_config(str(recipe), dotted_overrides(sections))
+    assert (cfg.run_dir, cfg.precision, cfg.data.path, cfg.data.seq_len) == (
+        str(tmp_path / "run dir"),
+        "bf16",
+        "on",
+        None,
+    )
+    assert (cfg.train.global_batch_size, cfg.train.max_steps) == (None, 7)
+    assert cfg.metrics.peak_tflops_per_device == 989.4
