@@ -4,6 +4,7 @@ both sides really train (our CLI and the HF Trainer, as processes), the ratio is
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,9 @@ def test_smoke_mode_trains_both_sides_and_prints_the_ratio(tiny_shards, tmp_path
     cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--precisions", "fp32,fp16",
            "--shards", str(tiny_shards), "--work", str(tmp_path),
            "--json", str(tmp_path / "results.json")]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # One thread per process, as the other integration tests run: the 2-core CI box is shared.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     text = out.stdout
 
