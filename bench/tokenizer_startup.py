@@ -1,0 +1,99 @@
+"""Benchmark: the fixed start-up cost of loading a tokenizer dir in a fresh process.
+
+For each dir, in fresh interpreters (best of --repeats): seconds from the first import to a loaded
+tokenizer, for `data_pipeline.tokenizer.load_tokenizer` and for `transformers.AutoTokenizer`, plus
+whether the load imported transformers. With --corpus, it first makes two 30k-vocabulary WordPiece
+dirs from the corpus: ours (`mlm-data tokenizer`, generic class) and a pretrained-style one (the same
+vocabulary saved by transformers' BertTokenizer, uncased, with saved truncation and padding, as real
+BERT checkpoints are).
+
+    mlm-data sample-corpus /tmp/bench/corpus
+    python bench/tokenizer_startup.py --corpus /tmp/bench/corpus --work /tmp/bench/startup
+    python bench/tokenizer_startup.py --tokenizer DIR [DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+# bench/data_pipeline.py is named like the package: keep bench/ off the import path.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+OURS = (
+    "import sys, time; t = time.perf_counter(); from data_pipeline.tokenizer import load_tokenizer; "
+    "load_tokenizer(sys.argv[1]); print(time.perf_counter() - t, 'transformers' in sys.modules)"
+)
+AUTO = (
+    "import sys, time; t = time.perf_counter(); from transformers import AutoTokenizer; "
+    "AutoTokenizer.from_pretrained(sys.argv[1]); print(time.perf_counter() - t, True)"
+)
+
+
+def make_dirs(corpus: str, work: str) -> list[str]:
+    """[ours, bert-style]: a 30k WordPiece dir trained on `corpus`, and its vocabulary as BertTokenizer."""
+    from tokenizers import Tokenizer
+    from transformers import BertTokenizer
+
+    from data_pipeline.tokenizer import train_tokenizer
+
+    ours, bert = os.path.join(work, "ours-wordpiece-30k"), os.path.join(work, "bert-style-30k")
+    if not os.path.isdir(ours):
+        train_tokenizer([corpus], "wordpiece", 30_000, ours, lowercase=True)
+    if not os.path.isdir(bert):
+        vocab = Tokenizer.from_file(os.path.join(ours, "tokenizer.json")).get_vocab()
+        tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
+        tokenizer.backend_tokenizer.enable_truncation(max_length=512)
+        tokenizer.backend_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        tokenizer.save_pretrained(bert)
+    return [ours, bert]
+
+
+def time_load(code: str, path: str, repeats: int) -> tuple[float, bool]:
+    """(best seconds, transformers imported) over `repeats` fresh interpreters."""
+    best, imported = float("inf"), False
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True)
+        seconds, flag = out.stdout.split()
+        best, imported = min(best, float(seconds)), flag == "True"
+    return best, imported
+
+
+def main() -> None:
+    """Parse arguments, time each dir, print one JSON line per dir."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokenizer", nargs="*", default=[], help="tokenizer dirs to time")
+    parser.add_argument("--corpus", help="make an ours and a BERT-style 30k dir from this corpus first")
+    parser.add_argument("--work", default="/tmp/bench/startup", help="where --corpus dirs are made")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    dirs = list(args.tokenizer)
+    if args.corpus:
+        os.makedirs(args.work, exist_ok=True)
+        dirs += make_dirs(args.corpus, args.work)
+    for path in dirs:
+        ours, imported = time_load(OURS, path, args.repeats)
+        auto, _ = time_load(AUTO, path, args.repeats)
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as fh:
+            cls = json.load(fh).get("tokenizer_class")
+        print(
+            json.dumps(
+                {
+                    "dir": os.path.basename(os.path.normpath(path)),
+                    "tokenizer_class": cls,
+                    "load_tokenizer_s": round(ours, 3),
+                    "imports_transformers": imported,
+                    "autotokenizer_s": round(auto, 3),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
