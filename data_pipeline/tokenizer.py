@@ -62,7 +62,8 @@ class LoadedTokenizer:
     """A fast tokenizer ready for the pipeline: truncation, padding and special-token matching disabled.
 
     Attributes: path (the directory), backend (`tokenizers.Tokenizer`), special_ids (`SpecialIds`),
-    vocab_size (including added tokens), fingerprint (sha256 over the tokenizer files).
+    vocab_size (including added tokens), fingerprint (sha256 over the tokenizer files), word_marker_id
+    (the id of a bare Metaspace '▁' token, for SentencePiece-style tokenizers; else None).
     """
 
     def __init__(self, path: str, backend: Tokenizer, special_ids: SpecialIds, files: list[str]) -> None:
@@ -73,7 +74,10 @@ class LoadedTokenizer:
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.files = files
         self.fingerprint = _fingerprint(path, files)
-        self._word_start_table = _word_start_table(backend)
+        spec = json.loads(backend.to_str())
+        self._word_start_table = _word_start_table(backend, spec)
+        marker = _metaspace_marker(spec)
+        self.word_marker_id = backend.token_to_id(marker) if marker is not None else None
 
     def encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text: (token ids as uint32 without special tokens, word_start uint8 flags).
@@ -83,10 +87,28 @@ class LoadedTokenizer:
         answer from a per-id lookup table (same flags as `word_ids`, vectorised); any other tokenizer
         (e.g. byte-level BPE) uses the encodings' `word_ids`.
         """
+        if not texts:
+            return []
         if self._word_start_table is not None:  # no offsets needed: the faster call (same ids)
             encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
         else:
             encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        ids, starts, ends = self._ids_and_starts(encodings)
+        return list(zip(np.split(ids, ends[:-1]), np.split(starts, ends[:-1]), strict=True))
+
+    def encode_batch_with_offsets(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per text: (ids, word_start) as `encode_batch`, plus each token's start offset in the text
+        (int64, in characters), from the slower encode call that tracks offsets."""
+        if not texts:
+            return []
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        ids, starts, ends = self._ids_and_starts(encodings)
+        offsets = np.fromiter((o[0] for e in encodings for o in e.offsets), dtype=np.int64, count=len(ids))
+        parts = (np.split(a, ends[:-1]) for a in (ids, starts, offsets))
+        return list(zip(*parts, strict=True))
+
+    def _ids_and_starts(self, encodings: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All encodings' ids and word starts, concatenated, and the end index of each encoding."""
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
         total = int(lengths.sum())
         ids = np.fromiter(
@@ -98,7 +120,7 @@ class LoadedTokenizer:
             starts = _word_starts_from_word_ids(encodings, total)
         ends = np.cumsum(lengths)
         starts[(ends - lengths)[lengths > 0]] = 1  # the first token of every text starts a word
-        return list(zip(np.split(ids, ends[:-1]), np.split(starts, ends[:-1]), strict=True))
+        return ids, starts, ends
 
     def __getstate__(self) -> dict:
         # tokenizers' own pickling drops encode_special_tokens: send JSON and configure again on arrival.
@@ -227,25 +249,20 @@ def _infer_missing_specials(backend: Tokenizer, tokens: dict[str, str]) -> None:
             backend.add_tokens([found])
 
 
-def _word_start_table(backend: Tokenizer) -> np.ndarray | None:
+def _word_start_table(backend: Tokenizer, spec: dict) -> np.ndarray | None:
     """uint8 flag per id (1: the token starts a word), for tokenizers that mark pieces in the token itself.
 
     WordPiece marks continuations ('##ing'); a Metaspace pre-tokenizer (SentencePiece style) marks word
     starts ('▁the'). For other tokenizers there is no such rule: None (use word_ids).
     """
-    spec = json.loads(backend.to_str())
     model = spec.get("model") or {}
-    pre_tokenizer = spec.get("pre_tokenizer") or {}
-    metaspace = [
-        p for p in pre_tokenizer.get("pretokenizers", [pre_tokenizer]) if p.get("type") == "Metaspace"
-    ]
+    marker = _metaspace_marker(spec)
     if model.get("type") == "WordPiece":
         prefix = model.get("continuing_subword_prefix") or "##"
 
         def starts_word(token: str) -> bool:
             return not token.startswith(prefix)
-    elif metaspace:
-        marker = metaspace[0].get("replacement", "▁")
+    elif marker is not None:
 
         def starts_word(token: str) -> bool:
             return token.startswith(marker)
@@ -256,6 +273,15 @@ def _word_start_table(backend: Tokenizer) -> np.ndarray | None:
     for token, token_id in vocab.items():
         table[token_id] = starts_word(token)
     return table
+
+
+def _metaspace_marker(spec: dict) -> str | None:
+    """The word-start marker ('▁') of a Metaspace pre-tokenizer in a tokenizer.json spec, or None."""
+    pre_tokenizer = spec.get("pre_tokenizer") or {}
+    for step in pre_tokenizer.get("pretokenizers", [pre_tokenizer]):
+        if step.get("type") == "Metaspace":
+            return step.get("replacement", "▁")
+    return None
 
 
 def _word_starts_from_word_ids(encodings: list, total: int) -> np.ndarray:
