@@ -4,9 +4,9 @@ For each dir, in fresh interpreters (best of --repeats): seconds from the first 
 tokenizer (wall), and the CPU seconds of the whole process (user + system, less noisy on a shared
 machine), for `data_pipeline.tokenizer.load_tokenizer` and for `transformers.AutoTokenizer`, plus
 whether the load imported transformers; and the CPU seconds of a bare interpreter. With --corpus, it
-first makes two 30k-vocabulary WordPiece dirs from the corpus: ours (`mlm-data tokenizer`, generic
-class) and a pretrained-style one (the same vocabulary saved by transformers' BertTokenizer, uncased,
-with saved truncation and padding, as real BERT checkpoints are).
+first makes tokenizer dirs from the corpus as real checkpoints ship them (see make_dirs): ours (30k
+WordPiece, generic class), BERT-style (the same vocabulary saved by BertTokenizer, uncased, with saved
+truncation and padding), RoBERTa-style (30k byte-level BPE), XLM-R and ALBERT style (8k SentencePiece).
 
     mlm-data sample-corpus /tmp/bench/corpus
     python bench/tokenizer_startup.py --corpus /tmp/bench/corpus --work /tmp/bench/startup
@@ -37,22 +37,77 @@ AUTO = (
 
 
 def make_dirs(corpus: str, work: str) -> list[str]:
-    """[ours, bert-style]: a 30k WordPiece dir trained on `corpus`, and its vocabulary as BertTokenizer."""
-    from tokenizers import Tokenizer
-    from transformers import BertTokenizer
+    """Tokenizer dirs made from `corpus` (kept in `work` for the next run), each as real checkpoints ship
+    them: ours (30k WordPiece, `mlm-data tokenizer`), the same vocabulary saved by BertTokenizer (uncased,
+    saved truncation and padding), a 30k byte-level BPE saved by RobertaTokenizer, and 8k SentencePiece
+    unigram models converted by XLMRobertaTokenizer and AlbertTokenizer."""
+    import io
+
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AlbertTokenizer, BertTokenizer, RobertaTokenizer, XLMRobertaTokenizer
 
     from data_pipeline.tokenizer import train_tokenizer
 
-    ours, bert = os.path.join(work, "ours-wordpiece-30k"), os.path.join(work, "bert-style-30k")
-    if not os.path.isdir(ours):
-        train_tokenizer([corpus], "wordpiece", 30_000, ours, lowercase=True)
-    if not os.path.isdir(bert):
-        vocab = Tokenizer.from_file(os.path.join(ours, "tokenizer.json")).get_vocab()
+    paths = {
+        name: os.path.join(work, name)
+        for name in (
+            "ours-wordpiece-30k",
+            "bert-style-30k",
+            "roberta-style-30k",
+            "xlmr-style-8k",
+            "albert-style-8k",
+        )
+    }
+    files = sorted(os.path.join(corpus, f) for f in os.listdir(corpus))
+
+    def lines():
+        for file in files:
+            with open(file, encoding="utf-8") as fh:
+                yield from (line for line in fh if line.strip())
+
+    if not os.path.isdir(paths["ours-wordpiece-30k"]):
+        train_tokenizer([corpus], "wordpiece", 30_000, paths["ours-wordpiece-30k"], lowercase=True)
+    if not os.path.isdir(paths["bert-style-30k"]):
+        vocab = Tokenizer.from_file(os.path.join(paths["ours-wordpiece-30k"], "tokenizer.json")).get_vocab()
         tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
         tokenizer.backend_tokenizer.enable_truncation(max_length=512)
         tokenizer.backend_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        tokenizer.save_pretrained(bert)
-    return [ours, bert]
+        tokenizer.save_pretrained(paths["bert-style-30k"])
+    if not os.path.isdir(paths["roberta-style-30k"]):
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=30_000,
+            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        backend.train_from_iterator(lines(), trainer)
+        model = json.loads(backend.to_str())["model"]
+        merges = [tuple(m) for m in model["merges"]]
+        RobertaTokenizer(vocab=model["vocab"], merges=merges).save_pretrained(paths["roberta-style-30k"])
+    for name, cls, file, options in (
+        ("xlmr-style-8k", XLMRobertaTokenizer, "sentencepiece.bpe.model", {}),
+        (
+            "albert-style-8k",
+            AlbertTokenizer,
+            "spiece.model",
+            dict(pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"]),
+        ),
+    ):
+        if os.path.isdir(paths[name]):
+            continue
+        source = os.path.join(work, f"{name}-spm")
+        os.makedirs(source, exist_ok=True)
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(), model_writer=model, vocab_size=8000, minloglevel=2,
+            input_sentence_size=200_000, shuffle_input_sentence=True, **options,
+        )  # fmt: skip
+        with open(os.path.join(source, file), "wb") as fh:
+            fh.write(model.getvalue())
+        cls.from_pretrained(source).save_pretrained(paths[name])
+    return list(paths.values())
 
 
 def _child_cpu() -> float:
