@@ -38,7 +38,9 @@ BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 RECIPE_CLASSES = {
     "generic": TokenizersBackend,
     "bert": BertTokenizer,
+    "bert-v4-config": BertTokenizer,
     "roberta": RobertaTokenizer,
+    "roberta-special-map": RobertaTokenizer,
     "xlm-roberta": XLMRobertaTokenizer,
     "albert": AlbertTokenizer,
 }
@@ -46,6 +48,7 @@ RECIPE_CLASSES = {
 # (accents, case, fullwidth forms, quotes ALBERT rewrites, literal special-token strings).
 EDGE_TEXTS = [
     "Héllo Wörld: CAFÉ, naïve Ærøskøbing, ÉCOLE façade, Straße.",
+    "See zyxwvut, the documentation, <extra> and <legacy> here, or x [MASK] y and x <mask> y.",
     "中文[MASK]测试。手册页的章节 [CLS] and <mask> and </s> <s> [SEP]",
     "x [MASK] y",
     "The Quick  brown\tfox\n\njumps over ``quoted'' text — dash… end",
@@ -125,6 +128,47 @@ def pretrained_dirs(training_lines, tmp_path_factory):
     RobertaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]]).save_pretrained(
         dirs["roberta"]
     )
+    # Configs as transformers 4 wrote them: added_tokens_decoder in tokenizer_config.json (a [MASK] that
+    # strips the space before it, an added word outside the vocabulary); a special_tokens_map.json with
+    # AddedToken dicts and additional tokens, and a legacy added_tokens.json.
+    dirs["bert-v4-config"] = str(root / "bert-v4-config")
+    shutil.copytree(dirs["bert-uncased"], dirs["bert-v4-config"])
+    size = Tokenizer.from_file(os.path.join(dirs["bert-uncased"], "tokenizer.json")).get_vocab_size()
+    flags = {
+        "__type": "AddedToken",
+        "single_word": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+    decoder = {str(i): {**flags, "content": t, "lstrip": t == "[MASK]"} for i, t in enumerate(BERT_SPECIALS)}
+    decoder[str(size)] = {
+        **flags,
+        "content": "zyxwvut",
+        "lstrip": False,
+        "normalized": True,
+        "special": False,
+    }
+    _edit_config(
+        dirs["bert-v4-config"],
+        added_tokens_decoder=decoder,
+        mask_token={**flags, "content": "[MASK]", "lstrip": True},
+    )
+    dirs["roberta-special-map"] = str(root / "roberta-special-map")
+    shutil.copytree(dirs["roberta"], dirs["roberta-special-map"])
+    special_map = {
+        "mask_token": {
+            "content": "<mask>",
+            "lstrip": True,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+        },
+        "additional_special_tokens": ["<extra>"],
+    }
+    (root / "roberta-special-map" / "special_tokens_map.json").write_text(json.dumps(special_map))
+    size = Tokenizer.from_file(os.path.join(dirs["roberta"], "tokenizer.json")).get_vocab_size()
+    (root / "roberta-special-map" / "added_tokens.json").write_text(json.dumps({"<legacy>": size}))
     # SentencePiece models converted by transformers (precompiled NFKC charsmap in the normaliser).
     for name, cls, file, options in (
         ("xlm-roberta", XLMRobertaTokenizer, "sentencepiece.bpe.model", {}),
@@ -168,7 +212,9 @@ PRETRAINED_CLASSES = {
     "bert-cased": BertTokenizer,
     "bert-cased-config-silent": BertTokenizer,
     "bert-model-type": BertTokenizer,
+    "bert-v4-config": BertTokenizer,
     "roberta": RobertaTokenizer,
+    "roberta-special-map": RobertaTokenizer,
     "xlm-roberta": XLMRobertaTokenizer,
     "albert": AlbertTokenizer,
 }
@@ -199,6 +245,31 @@ def test_pretrained_dir_loads_without_transformers_as_autotokenizer_does(
     assert [ids.tolist() for ids, _ in ours.encode_batch(compare_texts)] == expected
     with_specials = [e.ids for e in ours.backend.encode_batch(compare_texts)]
     assert with_specials == auto(compare_texts, split_special_tokens=True)["input_ids"]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"])
+def test_our_dirs_load_as_autotokenizer_does(
+    kind, wordpiece_tokenizer_dir, unigram_tokenizer_dir, bpe_tokenizer_dir, compare_texts
+):
+    path = {"wordpiece": wordpiece_tokenizer_dir, "sentencepiece-unigram": unigram_tokenizer_dir}.get(
+        kind, bpe_tokenizer_dir
+    )
+    ours, auto = load_tokenizer(path), AutoTokenizer.from_pretrained(path)
+    assert _backend_spec(ours.backend) == _backend_spec(auto.backend_tokenizer)
+    expected = auto(compare_texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert [ids.tolist() for ids, _ in ours.encode_batch(compare_texts)] == expected
+
+
+def test_older_config_files_are_honoured(pretrained_dirs):
+    """What the comparison above covers for the v4-style dirs really is in them."""
+    bert = load_tokenizer(pretrained_dirs["bert-v4-config"])
+    added = {str(t): t for t in bert.backend.get_added_tokens_decoder().values()}
+    assert added["[MASK]"].lstrip and not added["zyxwvut"].special
+    assert bert.backend.token_to_id("zyxwvut") == bert.vocab_size - 1  # a new id after the vocabulary
+    roberta = load_tokenizer(pretrained_dirs["roberta-special-map"])
+    added = {str(t): t for t in roberta.backend.get_added_tokens_decoder().values()}
+    assert added["<extra>"].special and "<legacy>" in added
+    assert not added["<mask>"].lstrip  # tokenizer.json's own flags win over special_tokens_map.json's
 
 
 def test_silent_bert_config_lowercases_unlike_its_tokenizer_json(pretrained_dirs):
