@@ -218,17 +218,31 @@ class WordStartEncoder:
         """The segmenter this encoder uses (`segmenter_identity`), or None."""
         return segmenter_identity() if self.segment else None
 
-    def encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per text: (uint32 ids, uint8 word_start), as `LoadedTokenizer.encode_batch`."""
-        scripts = [unspaced_script(text) for text in texts]
-        chinese = [i for i, script in enumerate(scripts) if script == "chinese" and self.segment]
+    def document_scripts(self, documents: list[str]) -> list[str | None]:
+        """`unspaced_script` of each document, counted into `counts` (segmented or unsegmented)."""
+        scripts = [unspaced_script(doc) for doc in documents]
         for script in scripts:
-            if script is not None and not (script == "chinese" and self.segment):
-                key = f"unsegmented_{script}_documents"
-                self.counts[key] = self.counts.get(key, 0) + 1
+            if script is None:
+                continue
+            key = "segmented_documents" if self._segments(script) else f"unsegmented_{script}_documents"
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return scripts
+
+    def encode_batch(
+        self, texts: list[str], scripts: list[str | None] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: (uint32 ids, uint8 word_start), as `LoadedTokenizer.encode_batch`.
+
+        texts: whole documents (their scripts are detected and counted), or pieces of documents such as
+        the sentences of NSP/SOP with `scripts` given: the script of each piece's document (from
+        `document_scripts`, which counts the documents once), so that a sentence of a Chinese document is
+        segmented even when it is mostly Latin.
+        """
+        if scripts is None:
+            scripts = self.document_scripts(texts)
+        chinese = [i for i, script in enumerate(scripts) if self._segments(script)]
         if not chinese:
             return self.tokenizer.encode_batch(texts)
-        self.counts["segmented_documents"] = self.counts.get("segmented_documents", 0) + len(chinese)
         out: list = [None] * len(texts)
         chosen = set(chinese)
         others = [i for i in range(len(texts)) if i not in chosen]
@@ -239,6 +253,9 @@ class WordStartEncoder:
         for i, (ids, starts, offsets) in zip(chinese, with_offsets, strict=True):
             out[i] = (ids, segmented_word_starts(texts[i], ids, starts, offsets, marker))
         return out
+
+    def _segments(self, script: str | None) -> bool:
+        return script == "chinese" and self.segment
 
 
 def unsegmented_warning(counts: Mapping[str, int]) -> str | None:

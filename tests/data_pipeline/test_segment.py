@@ -100,6 +100,34 @@ def test_encoder_is_a_drop_in_with_the_same_ids(kind, zh_tokenizers, sample_docu
     assert encoder.identity == segmenter_identity()
 
 
+def test_sentences_of_a_chinese_document_are_segmented_with_its_script(zh_tokenizers):
+    """NSP/SOP encode sentences: the document's script decides, and documents are counted once."""
+    tokenizer = zh_tokenizers["wordpiece"]
+    encoder = WordStartEncoder(tokenizer)
+    documents = ZH_DOCS[3:6]
+    scripts = encoder.document_scripts(documents)
+    sentences = [split_sentences(doc) for doc in documents]
+    flat = [s for doc in sentences for s in doc]
+    piece_scripts = [script for script, doc in zip(scripts, sentences, strict=True) for _ in doc]
+    encoded = encoder.encode_batch(flat, scripts=piece_scripts)
+    assert encoder.counts == {"segmented_documents": 3}
+    latin_heavy = [
+        i for i, s in enumerate(flat) if unspaced_script(s) is None and re.search(r"[\u4e00-\u9fff]{2}", s)
+    ]
+    assert len(latin_heavy) > 5  # sentences that alone would not count as Chinese ("等效于 apropos printf.")
+    detected_alone = WordStartEncoder(tokenizer).encode_batch([flat[i] for i in latin_heavy])
+    assert any(
+        encoded[i][1].tolist() != alone[1].tolist()
+        for i, alone in zip(latin_heavy, detected_alone, strict=True)
+    )
+    for i in latin_heavy:
+        ids, starts = encoded[i]
+        assert (
+            starts.tolist()
+            == WordStartEncoder(tokenizer).encode_batch([flat[i]], scripts=["chinese"])[0][1].tolist()
+        )
+
+
 def test_wordpiece_words_are_the_segmenters_words(zh_tokenizers):
     """WordPiece makes every character a token; grouped by word_start they are jieba's words again."""
     tokenizer = zh_tokenizers["wordpiece"]
