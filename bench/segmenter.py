@@ -6,7 +6,11 @@ On real Chinese prose (tests/data_pipeline/fixtures/zh_manpages.txt, repeated --
       whether both put the same word boundaries inside runs of Han characters;
   (b) with a WordPiece and a SentencePiece (unigram) tokenizer trained on the fixture: the share of tokens
       flagged word_start by the tokenizer alone and with `segment.WordStartEncoder`, and the encoder's
-      throughput against `encode_batch` (one tokenizer thread).
+      throughput against `encode_batch` (one tokenizer thread);
+  (c) with those word starts, the share of tokens per row that pretrain's MaskingCollator masks with
+      whole-word and with span masking (masking.probability 0.15), on the fixture's documents packed as
+      full-sentences rows of 128 tokens ([CLS] + 127), over 20 epochs: mean, standard deviation, and the
+      shares of rows with nothing masked and with more than half masked.
 
     pip install -e '.[zh,bench]'        # rjieba, jieba
     python bench/segmenter.py
@@ -87,7 +91,44 @@ def compare_segmenters(paragraphs: list[str]) -> None:
     print(json.dumps({"han_boundaries": total, "same_in_both": agree}))
 
 
-def word_starts(documents: list[str], work: str) -> None:
+def masked_shares(tokenizer, encoded: list, label: str) -> None:
+    """(c): masked share per row for whole-word and span masking over `encoded` documents."""
+    import numpy as np
+
+    from data_pipeline.packing import join_documents
+    from pretrain.config import MaskingConfig
+    from pretrain.masking import MaskingCollator
+
+    seq = 128
+    ids, starts = join_documents(encoded, tokenizer.special_ids.sep)
+    n = len(ids) // (seq - 1)
+    rows = {
+        "input_ids": np.full((n, seq), tokenizer.special_ids.cls, np.int64),
+        "word_start": np.ones((n, seq), np.uint8),
+        "length": np.full(n, seq),
+    }
+    rows["input_ids"][:, 1:] = ids[: n * (seq - 1)].reshape(n, seq - 1)
+    rows["word_start"][:, 1:] = starts[: n * (seq - 1)].reshape(n, seq - 1)
+    specials = list(tokenizer.special_ids.to_dict().values())
+    candidates = (~np.isin(rows["input_ids"], specials)).sum(axis=1)
+    for mode in ("whole_word", "span"):
+        config = MaskingConfig(probability=0.15, whole_word=True, span=mode == "span")
+        collator = MaskingCollator(
+            config, special_ids=tokenizer.special_ids, vocab_size=tokenizer.vocab_size, seed=0
+        )
+        shares = []
+        for epoch in range(20):
+            positions = collator.collate(rows, np.arange(n), epoch)["masked_positions"].numpy()
+            shares.append(np.bincount(positions // seq, minlength=n) / candidates)
+        shares = np.concatenate(shares)
+        row = {"rows": label, "masking": mode, "n_rows": n, "mean": round(float(shares.mean()), 3)}
+        row["sd"] = round(float(shares.std()), 3)
+        row["rows_none_masked"] = round(float((shares == 0).mean()), 3)
+        row["rows_over_half_masked"] = round(float((shares > 0.5).mean()), 3)
+        print(json.dumps(row))
+
+
+def word_starts(documents: list[str], work: str, repeat: int) -> None:
     import numpy as np
 
     from data_pipeline.segment import WordStartEncoder
@@ -115,6 +156,9 @@ def word_starts(documents: list[str], work: str) -> None:
         row["encode_batch_chars_per_s"] = round(chars / plain_s)
         row["word_start_encoder_chars_per_s"] = round(chars / segmented_s)
         print(json.dumps(row))
+        fixture_docs = documents[: len(documents) // repeat]
+        masked_shares(tokenizer, tokenizer.encode_batch(fixture_docs), f"{kind}, tokenizer word starts")
+        masked_shares(tokenizer, encoder.encode_batch(fixture_docs), f"{kind}, segmented word starts")
 
 
 def main() -> None:
@@ -129,7 +173,7 @@ def main() -> None:
     documents = text.split("\n\n")
     compare_segmenters([p for p in text.split("\n") if p] * args.repeat)
     with tempfile.TemporaryDirectory() as work:
-        word_starts(documents * args.repeat, work)
+        word_starts(documents * args.repeat, work, args.repeat)
 
 
 if __name__ == "__main__":
