@@ -21,11 +21,15 @@ INSTALL_REQUIRES = [
     "psutil>=5.9",
 ]
 
+# Chinese word segmentation for whole-word masking (data_pipeline/segment.py): jieba's dictionary and
+# HMM in Rust. Without it a build of Chinese text warns and takes word starts from the tokenizer.
+ZH_REQUIRES = ["rjieba>=0.2.2,<0.3"]
 # ruff is pinned to a minor series: new releases add lint rules and format Markdown code blocks,
 # which would fail `make lint` on a clean machine without any change of ours.
-TEST_REQUIRES = ["pytest>=8", "ruff>=0.17,<0.18"]
-# The peers the benchmarks in bench/ run against: the HF Trainer needs accelerate.
-BENCH_REQUIRES = ["accelerate>=1.1"]
+TEST_REQUIRES = ["pytest>=8", "ruff>=0.17,<0.18", *ZH_REQUIRES]
+# The peers the benchmarks in bench/ run against: the HF Trainer needs accelerate; bench/segmenter.py
+# compares rjieba with jieba.
+BENCH_REQUIRES = ["accelerate>=1.1", "jieba>=0.42,<0.43"]
 
 with open("README.md", encoding="utf-8") as readme_file:
     README = readme_file.read()
@@ -42,7 +46,7 @@ setup(
     packages=find_packages(include=["data_pipeline*", "pretrain*", "launcher*"]),
     package_data={"launcher": ["templates/*"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
+    extras_require={"zh": ZH_REQUIRES, "test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
     entry_points={
         "console_scripts": [
             "mlm-data=data_pipeline.cli:main",

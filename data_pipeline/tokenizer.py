@@ -19,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from data_pipeline.errors import DataError
+from data_pipeline.tokenizer_dir import ROLES, load_without_transformers
 from data_pipeline.tokenizer_training import KINDS, SENTENCEPIECE_MODEL_FILE, SPECIAL_TOKENS, train_tokenizer
 
 __all__ = ["KINDS", "SPECIAL_TOKENS", "LoadedTokenizer", "SpecialIds", "load_tokenizer", "train_tokenizer"]
@@ -61,7 +62,8 @@ class LoadedTokenizer:
     """A fast tokenizer ready for the pipeline: truncation, padding and special-token matching disabled.
 
     Attributes: path (the directory), backend (`tokenizers.Tokenizer`), special_ids (`SpecialIds`),
-    vocab_size (including added tokens), fingerprint (sha256 over the tokenizer files).
+    vocab_size (including added tokens), fingerprint (sha256 over the tokenizer files), word_marker_id
+    (the id of a bare Metaspace '▁' token, for SentencePiece-style tokenizers; else None).
     """
 
     def __init__(self, path: str, backend: Tokenizer, special_ids: SpecialIds, files: list[str]) -> None:
@@ -72,7 +74,10 @@ class LoadedTokenizer:
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.files = files
         self.fingerprint = _fingerprint(path, files)
-        self._word_start_table = _word_start_table(backend)
+        spec = json.loads(backend.to_str())
+        self._word_start_table = _word_start_table(backend, spec)
+        marker = _metaspace_marker(spec)
+        self.word_marker_id = backend.token_to_id(marker) if marker is not None else None
 
     def encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text: (token ids as uint32 without special tokens, word_start uint8 flags).
@@ -82,10 +87,28 @@ class LoadedTokenizer:
         answer from a per-id lookup table (same flags as `word_ids`, vectorised); any other tokenizer
         (e.g. byte-level BPE) uses the encodings' `word_ids`.
         """
+        if not texts:
+            return []
         if self._word_start_table is not None:  # no offsets needed: the faster call (same ids)
             encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
         else:
             encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        ids, starts, ends = self._ids_and_starts(encodings)
+        return list(zip(np.split(ids, ends[:-1]), np.split(starts, ends[:-1]), strict=True))
+
+    def encode_batch_with_offsets(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per text: (ids, word_start) as `encode_batch`, plus each token's start offset in the text
+        (int64, in characters), from the slower encode call that tracks offsets."""
+        if not texts:
+            return []
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        ids, starts, ends = self._ids_and_starts(encodings)
+        offsets = np.fromiter((o[0] for e in encodings for o in e.offsets), dtype=np.int64, count=len(ids))
+        parts = (np.split(a, ends[:-1]) for a in (ids, starts, offsets))
+        return list(zip(*parts, strict=True))
+
+    def _ids_and_starts(self, encodings: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All encodings' ids and word starts, concatenated, and the end index of each encoding."""
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
         total = int(lengths.sum())
         ids = np.fromiter(
@@ -97,7 +120,7 @@ class LoadedTokenizer:
             starts = _word_starts_from_word_ids(encodings, total)
         ends = np.cumsum(lengths)
         starts[(ends - lengths)[lengths > 0]] = 1  # the first token of every text starts a word
-        return list(zip(np.split(ids, ends[:-1]), np.split(starts, ends[:-1]), strict=True))
+        return ids, starts, ends
 
     def __getstate__(self) -> dict:
         # tokenizers' own pickling drops encode_special_tokens: send JSON and configure again on arrival.
@@ -125,6 +148,11 @@ def _configure(backend: Tokenizer) -> Tokenizer:
 def load_tokenizer(path: str) -> LoadedTokenizer:
     """Load our tokenizer dir or any Hugging Face tokenizer dir (tokenizer.json or vocab files + config).
 
+    A dir with a tokenizer.json of a class `tokenizer_dir` replicates (generic, BERT, RoBERTa, XLM-R,
+    ALBERT) loads without importing transformers, with the ids and specials `AutoTokenizer` gives; any
+    other dir goes through `AutoTokenizer`. Roles the dir leaves undefined are taken from added tokens
+    with the conventional names ([PAD] [UNK] [CLS] [SEP] [MASK] or <pad> <unk> <s> </s> <mask>).
+
     Raises:
         DataError: `path` is not a directory or holds no tokenizer files; transformers cannot load it;
             it has no fast tokenizer; it lacks a pad/unk/cls/sep/mask token (named in the message).
@@ -139,9 +167,10 @@ def load_tokenizer(path: str) -> LoadedTokenizer:
         raise DataError(
             f"{path} is not a tokenizer directory: no tokenizer.json, vocab.txt, vocab.json or *.model"
         )
-    backend, tokens = _load_generic_fast(path, files) or _load_with_transformers(path)
+    backend, tokens = load_without_transformers(path) or _load_with_transformers(path)
+    _infer_missing_specials(backend, tokens)
     ids = {}
-    for role in ("pad", "unk", "cls", "sep", "mask"):
+    for role in ROLES:
         token = tokens.get(role)
         token_id = backend.token_to_id(token) if token is not None else None
         if token_id is None:
@@ -155,37 +184,9 @@ def load_tokenizer(path: str) -> LoadedTokenizer:
                 "equivalents (set them in tokenizer_config.json)"
             )
         ids[role] = token_id
-    if "tokenizer_config.json" in files and _needs_model_config(path):
+    if _needs_model_config(path, files):
         files.append("config.json")
     return LoadedTokenizer(path, backend, SpecialIds(**ids), files)
-
-
-def _load_generic_fast(path: str, files: list[str]) -> tuple[Tokenizer, dict[str, str]] | None:
-    """(backend, special tokens by role) for a dir of the generic `PreTrainedTokenizerFast` class (what
-    `mlm-data tokenizer` writes), read without importing transformers (about 2 s of start-up).
-
-    transformers uses such a tokenizer.json as it is, so this gives the same tokenizer; a dir of any
-    other class, or whose specials are not all in tokenizer.json's vocabulary, returns None and goes
-    through transformers.
-    """
-    if not {"tokenizer.json", "tokenizer_config.json"} <= set(files):
-        return None
-    try:
-        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as fh:
-            config = json.load(fh)
-        if config.get("tokenizer_class") != "PreTrainedTokenizerFast":
-            return None
-        backend = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
-    except Exception:  # unreadable here: let transformers try, and report its error
-        return None
-    tokens = {}
-    for role in ("pad", "unk", "cls", "sep", "mask"):
-        token = config.get(f"{role}_token")
-        token = token.get("content") if isinstance(token, dict) else token
-        if not isinstance(token, str) or backend.token_to_id(token) is None:
-            return None
-        tokens[role] = token
-    return backend, tokens
 
 
 def _load_with_transformers(path: str) -> tuple[Tokenizer, dict[str, str]]:
@@ -209,32 +210,59 @@ def _load_with_transformers(path: str) -> tuple[Tokenizer, dict[str, str]]:
     return backend, tokens
 
 
-def _needs_model_config(path: str) -> bool:
-    """Old HF dirs name no tokenizer_class; AutoTokenizer then reads model_type from config.json."""
+def _needs_model_config(path: str, files: list[str]) -> bool:
+    """Old HF dirs name no tokenizer_class; AutoTokenizer then picks the class from config.json's model_type
+    (a BERT class rebuilds the normaliser), so a copy of the tokenizer must carry config.json too."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return False
+    if "tokenizer_config.json" not in files:
+        return True
     with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as fh:
-        declares_class = "tokenizer_class" in json.load(fh)
-    return not declares_class and os.path.isfile(os.path.join(path, "config.json"))
+        config = json.load(fh)
+    return not (isinstance(config, dict) and "tokenizer_class" in config)
 
 
-def _word_start_table(backend: Tokenizer) -> np.ndarray | None:
+# Conventional spellings of each special token (BERT's, then RoBERTa's), for a tokenizer.json that defines
+# its added tokens but no roles (no tokenizer_config.json): AutoTokenizer leaves those roles empty.
+_CONVENTIONAL_SPECIALS = {
+    "pad": ("[PAD]", "<pad>"),
+    "unk": ("[UNK]", "<unk>"),
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
+}
+
+
+def _infer_missing_specials(backend: Tokenizer, tokens: dict[str, str]) -> None:
+    """Fill roles the directory leaves undefined from the backend's added tokens with a conventional
+    name, and mark those tokens special (so that a literal "[MASK]" in a document stays text)."""
+    added = {str(t): t for t in backend.get_added_tokens_decoder().values()}
+    for role, spellings in _CONVENTIONAL_SPECIALS.items():
+        if role in tokens:
+            continue
+        found = next((added[s] for s in spellings if s in added), None)
+        if found is None:
+            continue
+        tokens[role] = str(found)
+        if not found.special:
+            found.special = True
+            backend.add_tokens([found])
+
+
+def _word_start_table(backend: Tokenizer, spec: dict) -> np.ndarray | None:
     """uint8 flag per id (1: the token starts a word), for tokenizers that mark pieces in the token itself.
 
     WordPiece marks continuations ('##ing'); a Metaspace pre-tokenizer (SentencePiece style) marks word
     starts ('▁the'). For other tokenizers there is no such rule: None (use word_ids).
     """
-    spec = json.loads(backend.to_str())
     model = spec.get("model") or {}
-    pre_tokenizer = spec.get("pre_tokenizer") or {}
-    metaspace = [
-        p for p in pre_tokenizer.get("pretokenizers", [pre_tokenizer]) if p.get("type") == "Metaspace"
-    ]
+    marker = _metaspace_marker(spec)
     if model.get("type") == "WordPiece":
         prefix = model.get("continuing_subword_prefix") or "##"
 
         def starts_word(token: str) -> bool:
             return not token.startswith(prefix)
-    elif metaspace:
-        marker = metaspace[0].get("replacement", "▁")
+    elif marker is not None:
 
         def starts_word(token: str) -> bool:
             return token.startswith(marker)
@@ -245,6 +273,15 @@ def _word_start_table(backend: Tokenizer) -> np.ndarray | None:
     for token, token_id in vocab.items():
         table[token_id] = starts_word(token)
     return table
+
+
+def _metaspace_marker(spec: dict) -> str | None:
+    """The word-start marker ('▁') of a Metaspace pre-tokenizer in a tokenizer.json spec, or None."""
+    pre_tokenizer = spec.get("pre_tokenizer") or {}
+    for step in pre_tokenizer.get("pretokenizers", [pre_tokenizer]):
+        if step.get("type") == "Metaspace":
+            return step.get("replacement", "▁")
+    return None
 
 
 def _word_starts_from_word_ids(encodings: list, total: int) -> np.ndarray:

@@ -3,7 +3,10 @@
 The directory (tokenizer.json + tokenizer_config.json) loads with `transformers.AutoTokenizer` and with
 `data_pipeline.tokenizer.load_tokenizer`; its specials are [PAD] [UNK] [CLS] [SEP] [MASK] = ids 0..4.
 SentencePiece models are trained with the sentencepiece library and converted to the equivalent
-`tokenizers` pipeline, so every kind encodes through the same fast path.
+`tokenizers` pipeline, so every kind encodes through the same fast path. Their Metaspace marks a word
+start only where the text has one (the start and after whitespace, not after an added token) and
+[MASK] absorbs the space before it, so text with [MASK] in it (fill-mask) tokenizes as masked
+pretraining rows look: "x [MASK] y" -> ▁x [MASK] ▁y, "中文[MASK]测试" -> ▁中文 [MASK] 测试.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from tqdm import tqdm
 
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport, split_text
@@ -51,11 +64,17 @@ def train_tokenizer(
     clean_config: CleanConfig | None = None,
     seed: int = 0,
     extensions: dict[str, str] | None = None,
+    byte_fallback: bool = False,
+    character_coverage: float = 0.9995,
 ) -> CleanReport:
     """Train a tokenizer on `inputs` (files/dirs/globs) and save it as an HF tokenizer dir at `out_dir`.
 
     kind: 'wordpiece' (HF tokenizers, BERT normaliser and pre-tokenizer), 'sentencepiece-unigram' or
-    'sentencepiece-bpe' (sentencepiece library; NFKC + whitespace-collapsing normaliser). The text is
+    'sentencepiece-bpe' (sentencepiece library; NFKC + whitespace-collapsing normaliser). SentencePiece
+    only: `byte_fallback` adds the 256 byte pieces, so a character outside the vocabulary becomes its
+    UTF-8 bytes instead of [UNK] (rare CJK characters, emoji); `character_coverage` is the share of the
+    training characters the alphabet must cover (the rest become [UNK], or bytes): SentencePiece's default
+    0.9995 suits CJK's large alphabets, 1.0 small alphabets. The text is
     streamed through `sources` and `clean`; when the input looks larger than `max_training_chars`
     (estimated from file sizes) documents are sampled evenly over the whole input (deterministically,
     from `seed`), so every file contributes, and reading stops once the budget is reached. The
@@ -64,11 +83,18 @@ def train_tokenizer(
     Returns the `CleanReport` of the text read (training_documents, training_chars, what was dropped).
 
     Raises:
-        DataError: unknown kind; vocab_size too small/large for the text; non-empty out_dir without
-            overwrite=True; no text in the inputs; any bad input file (see `sources`).
+        DataError: unknown kind; vocab_size too small/large for the text; byte_fallback or
+            character_coverage given for wordpiece, or a coverage outside [0.98, 1]; non-empty out_dir
+            without overwrite=True; no text in the inputs; any bad input file (see `sources`).
     """
     if kind not in KINDS:
         raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "wordpiece" and (byte_fallback or character_coverage != 0.9995):
+        raise DataError("byte fallback and character coverage are SentencePiece options (not for wordpiece)")
+    if not 0.98 <= character_coverage <= 1.0:
+        raise DataError(
+            f"character coverage {character_coverage} must be in [0.98, 1] (SentencePiece's range)"
+        )
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise DataError(f"vocab_size {vocab_size} is too small")
     _check_out_dir(out_dir, overwrite)
@@ -85,7 +111,10 @@ def train_tokenizer(
     if kind == "wordpiece":
         backend = _train_wordpiece(texts, vocab_size, lowercase)
     else:
-        backend, model_proto = _train_sentencepiece(texts, kind.split("-", 1)[1], vocab_size, lowercase)
+        options = {"byte_fallback": byte_fallback, "character_coverage": character_coverage}
+        backend, model_proto = _train_sentencepiece(
+            texts, kind.split("-", 1)[1], vocab_size, lowercase, options
+        )
         extra_files[SENTENCEPIECE_MODEL_FILE] = model_proto
     logger.info("tokenizer trained: vocab %d, input %s", backend.get_vocab_size(), report.to_dict()["counts"])
     _save_atomically(backend, out_dir, overwrite, extra_files)
@@ -165,14 +194,18 @@ def _train_wordpiece(texts: Iterator[str], vocab_size: int, lowercase: bool) -> 
 
 def _spm_normalizer(lowercase: bool) -> normalizers.Normalizer:
     # Whitespace runs (newlines included) become one space: pieces never span words, as in SentencePiece.
-    steps = [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    # Only trailing whitespace is stripped: the normaliser runs on each piece of text between added tokens,
+    # and the space that starts " y" in "x [MASK] y" is the word start of y (a leading space of the whole
+    # text becomes the ▁ Metaspace would prepend anyway, so documents encode as with a full strip).
+    steps = [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(left=False)]
     return normalizers.Sequence(steps + ([normalizers.Lowercase()] if lowercase else []))
 
 
 def _train_sentencepiece(
-    texts: Iterator[str], model_type: str, vocab_size: int, lowercase: bool
+    texts: Iterator[str], model_type: str, vocab_size: int, lowercase: bool, options: dict
 ) -> tuple[Tokenizer, bytes]:
-    """Train with the sentencepiece library; return the equivalent `tokenizers` pipeline and the model."""
+    """Train with the sentencepiece library (`options`: byte_fallback, character_coverage); return the
+    equivalent `tokenizers` pipeline and the model."""
     import sentencepiece as spm
 
     normalizer = _spm_normalizer(lowercase)
@@ -209,6 +242,7 @@ def _train_sentencepiece(
             unk_piece="[UNK]",
             control_symbols=list(SPECIAL_TOKENS[2:]),
             minloglevel=2,
+            **options,
         )
     except RuntimeError as exc:
         raise DataError(
@@ -217,41 +251,53 @@ def _train_sentencepiece(
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
     pieces = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
     assert [p for p, _ in pieces[: len(SPECIAL_TOKENS)]] == list(SPECIAL_TOKENS)
+    # Byte pieces (<0xE4>) stand for bytes of unknown characters, never for their own text.
+    unmatched = {i for i in range(len(pieces)) if i < len(SPECIAL_TOKENS) or processor.is_byte(i)}
+    byte_fallback = bool(options.get("byte_fallback"))
     if model_type == "unigram":
-        # Specials get a score no real segmentation loses to, so text never turns into them.
-        vocab = [
-            (piece, -1e9 if i < len(SPECIAL_TOKENS) else score) for i, (piece, score) in enumerate(pieces)
-        ]
-        backend = Tokenizer(models.Unigram(vocab, unk_id=1, byte_fallback=False))
+        # Specials and bytes get a score no real segmentation loses to, so text never turns into them.
+        vocab = [(piece, -1e9 if i in unmatched else score) for i, (piece, score) in enumerate(pieces)]
+        backend = Tokenizer(models.Unigram(vocab, unk_id=1, byte_fallback=byte_fallback))
     else:
         vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
-        backend = Tokenizer(models.BPE(vocab, _bpe_merges(vocab), unk_token="[UNK]", fuse_unk=True))
+        merges = _bpe_merges(vocab, unmatched)
+        backend = Tokenizer(
+            models.BPE(vocab, merges, unk_token="[UNK]", fuse_unk=True, byte_fallback=byte_fallback)
+        )
     backend.normalizer = normalizer
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    _finish_pipeline(backend)
+    # prepend_scheme="first": a ▁ is prepended to the text, not to every piece after an added token
+    # ("always" turned "中文[MASK]测试" into ... [MASK] ▁测试, a word start the text does not have).
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    metaspace = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), metaspace]) if byte_fallback else metaspace
+    _finish_pipeline(backend, mask_lstrip=True)
     return backend, model.getvalue()
 
 
-def _bpe_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
+def _bpe_merges(vocab: dict[str, int], unmatched: set[int]) -> list[tuple[str, str]]:
     """Merges for a SentencePiece BPE vocabulary: every split of a piece into two known pieces, in id order
-    of the merged piece (SentencePiece numbers BPE pieces in merge order)."""
+    of the merged piece (SentencePiece numbers BPE pieces in merge order); `unmatched` ids (specials,
+    byte pieces) take no part."""
+    usable = {piece for piece, piece_id in vocab.items() if piece_id not in unmatched}
     merges = []
     for piece, piece_id in vocab.items():
-        if piece_id < len(SPECIAL_TOKENS):
+        if piece not in usable:
             continue
-        splits = [
-            (piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab
-        ]
+        splits = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if {piece[:i], piece[i:]} <= usable]
         merges.extend((piece_id, vocab[left], vocab[right], left, right) for left, right in splits)
     merges.sort()
     return [(left, right) for *_, left, right in merges]
 
 
-def _finish_pipeline(backend: Tokenizer) -> None:
+def _finish_pipeline(backend: Tokenizer, mask_lstrip: bool = False) -> None:
+    """Register the specials as added tokens (`mask_lstrip`: [MASK] takes the whitespace before it, as
+    RoBERTa's <mask> does, so the next piece's ▁ is the only word-start mark around it) and the
+    [CLS] A [SEP] B [SEP] template."""
     ids = {token: backend.token_to_id(token) for token in SPECIAL_TOKENS}
     assert list(ids.values()) == list(range(len(SPECIAL_TOKENS))), ids
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    specials = [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS[:-1]]
+    specials.append(AddedToken("[MASK]", special=True, normalized=False, lstrip=mask_lstrip))
+    backend.add_special_tokens(specials)
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",

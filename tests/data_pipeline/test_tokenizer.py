@@ -103,9 +103,12 @@ def test_converted_sentencepiece_segments_like_the_sentencepiece_library(
     path = sentencepiece_dirs[kind]
     library = spm.SentencePieceProcessor(model_file=os.path.join(path, "sentencepiece.model"))
     ours = load_tokenizer(path)
-    lines = [line for doc in sample_documents[:40] for line in doc.split("\n")]
-    normalized = [n for n in map(ours.backend.normalizer.normalize_str, lines) if n]
-    ours_ids = [ids.tolist() for ids, _ in ours.encode_batch(normalized)]
+    # Raw lines in (leading indentation included), against the library on the text as it was trained:
+    # normalised and stripped.
+    lines = [line for doc in sample_documents[:40] for line in doc.split("\n") if line.strip()]
+    normalized = [ours.backend.normalizer.normalize_str(line).strip() for line in lines]
+    assert sum(line != line.lstrip() for line in lines) > 100
+    ours_ids = [ids.tolist() for ids, _ in ours.encode_batch(lines)]
     same = sum(a == library.encode(n) for a, n in zip(ours_ids, normalized, strict=True))
     assert same >= 0.99 * len(normalized) and len(normalized) > 500
 
