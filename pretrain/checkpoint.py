@@ -17,9 +17,6 @@ import re
 import shutil
 import time
 
-import torch
-import torch.distributed as dist
-
 from pretrain.checkpoint_record import (
     COMPLETE_FILE,
     TRAINER_STATE_JSON,
@@ -33,6 +30,7 @@ from pretrain.checkpoint_record import (
     write_complete_record,
     write_file_atomic,
 )
+from pretrain.collectives import Collectives
 
 __all__ = ["CheckpointError", "CheckpointManager", "find_newest_valid", "tag_for_step"]
 
@@ -101,12 +99,23 @@ class CheckpointManager:
     """Saves and resumes checkpoints under `run_dir/checkpoints` (see the module docstring).
 
     Takes the run dir, the `checkpoint` config section (every_steps, every_minutes, keep_last,
-    keep_every), this process's rank and world size and the config hash recorded with each checkpoint.
-    All ranks construct one and call `save`/`resume` together.
+    keep_every), this process's rank and world size, the config hash recorded with each checkpoint and
+    the run's `Collectives` (None: CPU tensors, which gloo groups and the GPU group's cpu:gloo backend
+    carry). All ranks construct one and call `save`/`resume` together.
     """
 
-    def __init__(self, run_dir: str, ckpt_cfg, *, rank: int, world_size: int, config_hash: str) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        ckpt_cfg,
+        *,
+        rank: int,
+        world_size: int,
+        config_hash: str,
+        collectives: Collectives | None = None,
+    ) -> None:
         """Remember the settings; nothing is written until the first save."""
+        self.collectives = collectives or Collectives("cpu")
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
         self.cfg = ckpt_cfg
         self.rank = rank
@@ -131,11 +140,7 @@ class CheckpointManager:
 
     def agree(self, decision: bool) -> bool:
         """The OR of `decision` over all ranks (a collective: every rank must call it)."""
-        if not (dist.is_available() and dist.is_initialized()) or self.world_size == 1:
-            return decision
-        flag = torch.tensor([1 if decision else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return decision if self.world_size == 1 else self.collectives.any(decision)
 
     def save(self, engine, trainer_state: dict, step: int) -> str:
         """Write the checkpoint of `step` from every rank and commit it; returns the tag directory.
@@ -322,8 +327,8 @@ class CheckpointManager:
             return False
 
     def _barrier(self) -> None:
-        if dist.is_available() and dist.is_initialized() and self.world_size > 1:
-            dist.barrier()
+        if self.world_size > 1:
+            self.collectives.barrier()
 
     def _barrier_bool(self, flag: bool) -> bool:
         """A barrier that also returns the OR of `flag` over all ranks."""
