@@ -329,24 +329,27 @@ class DebugConfig:
     """Add `epoch` and `samples` (the global sample indices of the step, in rank order) to each step
     record of metrics.jsonl, to prove a resumed run repeats and skips nothing."""
     nonfinite_loss_steps: list = field(default_factory=list)
-    """Optimizer steps (1-based) whose loss is made NaN on rank nonfinite_loss_rank (fault injection)."""
+    """Optimizer steps (1-based) whose loss is made NaN on rank fault_rank (fault injection)."""
     nonfinite_grad_steps: list = field(default_factory=list)
-    """Optimizer steps (1-based) whose gradients are made non-finite on rank nonfinite_loss_rank while the
-    logged loss stays finite: an fp16 overflow (fault injection)."""
-    nonfinite_loss_rank: int = 0
-    """The rank that injects the faults of nonfinite_loss_steps and nonfinite_grad_steps."""
+    """Optimizer steps (1-based) whose gradients are made non-finite on rank fault_rank while the logged
+    loss stays finite: an fp16 overflow (fault injection)."""
+    data_error_steps: list = field(default_factory=list)
+    """Optimizer steps (1-based) whose data the loader thread of rank fault_rank fails to read (fault
+    injection)."""
+    fault_rank: int = 0
+    """The rank that injects the faults of nonfinite_loss_steps, nonfinite_grad_steps, data_error_steps."""
     log_collectives: bool = False
     """Add `collectives` (how many the trainer sent through pretrain/collectives.py since the previous
     record) to each step record of metrics.jsonl."""
 
     def __post_init__(self) -> None:
-        for name in ("nonfinite_loss_steps", "nonfinite_grad_steps"):
+        for name in ("nonfinite_loss_steps", "nonfinite_grad_steps", "data_error_steps"):
             steps = getattr(self, name)
             _check(
                 all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps),
                 f"debug.{name} must be a list of steps >= 1, got {steps!r}",
             )
-        _check(self.nonfinite_loss_rank >= 0, "debug.nonfinite_loss_rank must be >= 0")
+        _check(self.fault_rank >= 0, "debug.fault_rank must be >= 0")
 
 
 @dataclass

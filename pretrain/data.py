@@ -174,8 +174,10 @@ class TrainLoader:
     """Reads and masks the sampler's micro-batches in a background thread, `prefetch_batches` steps ahead.
 
     Takes a `data_pipeline.shards.ShardReader`, a GlobalBatchSampler, a MaskingCollator, the number of
-    steps to prepare ahead and whether to put the tensors in pinned memory (`pin_memory`: only where CUDA
-    is present, so the trainer's `.to(device, non_blocking=True)` copies overlap with compute). Iterating
+    steps to prepare ahead and optionally the CUDA device to pin the tensors for (`pin_device`, e.g.
+    'cuda:3': only where CUDA is present, so the trainer's `.to(device, non_blocking=True)` copies overlap
+    with compute; the thread selects that device first, as torch's DataLoader does, so pinning creates
+    no context on GPU 0). Iterating
     yields LoaderSteps; `state_dict()` describes what the trainer has taken (not what was prefetched).
     Errors in the thread are re-raised in the consumer. Call `close()` (or use `with`) to stop the thread.
     """
@@ -186,13 +188,13 @@ class TrainLoader:
         sampler: GlobalBatchSampler,
         collator,
         prefetch_batches: int = 2,
-        pin_memory: bool = False,
+        pin_device: str | torch.device | None = None,
     ) -> None:
         """Set up; the thread starts on the first `next()`."""
         self.reader = reader
         self.sampler = sampler
         self.collator = collator
-        self.pin_memory = pin_memory
+        self.pin_device = None if pin_device is None else torch.device(pin_device)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch_batches))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -230,12 +232,14 @@ class TrainLoader:
 
     def _produce(self) -> None:
         try:
+            if self.pin_device is not None:
+                torch.cuda.set_device(self.pin_device)
             for s in self.sampler:
                 batches = [
                     self.collator.collate(self.reader.take(idx), idx, s.epoch) for idx in s.micro_batches
                 ]
                 counts = step_counts(batches)
-                if self.pin_memory:
+                if self.pin_device is not None:
                     batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
                     counts = counts.pin_memory()
                 step = LoaderStep(

@@ -30,10 +30,11 @@ import torch
 
 from pretrain.checkpoint import CheckpointManager
 from pretrain.collectives import Collectives, StepAgreement, to_host
-from pretrain.config import Config, DebugConfig, config_hash, save_config
+from pretrain.config import Config, config_hash, save_config
 from pretrain.data import GlobalBatchSampler, LoaderStep, TrainLoader, ValidationLoader, resolve_seq_len
 from pretrain.distributed import DistInfo, set_determinism
 from pretrain.engine import initialize_engine, loss_scale
+from pretrain.faults import Faults
 from pretrain.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedError, Stage0StepGuard
 from pretrain.masking import MaskingCollator
 from pretrain.metrics import MetricsLogger, memory_stats, mfu
@@ -85,22 +86,6 @@ def evaluate(engine, loader: ValidationLoader, comm: Collectives) -> dict:
     if pairs:
         record["eval_pair_accuracy"] = pair_correct / pairs
     return record
-
-
-@dataclass
-class Faults:
-    """The fault injection of debug.* that applies to this rank: 1-based steps with a NaN loss and steps
-    with non-finite gradients behind a finite loss (an fp16 overflow)."""
-
-    nan_loss: frozenset[int]
-    nonfinite_grad: frozenset[int]
-
-    @classmethod
-    def for_rank(cls, debug: DebugConfig, rank: int) -> Faults:
-        """The faults `debug` injects on `rank` (none unless rank == debug.nonfinite_loss_rank)."""
-        if rank != debug.nonfinite_loss_rank:
-            return cls(frozenset(), frozenset())
-        return cls(frozenset(debug.nonfinite_loss_steps), frozenset(debug.nonfinite_grad_steps))
 
 
 @dataclass
@@ -214,7 +199,6 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
         len(train_reader), global_batch_size=global_batch, micro_batch_size=t.micro_batch_size,
         seed=t.seed, rank=rank, world_size=world,
     )  # fmt: skip
-    loader = TrainLoader(train_reader, sampler, collator, cfg.data.prefetch_batches, pin_memory=on_gpu)
     val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
         cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
@@ -226,6 +210,9 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
 
     state = checkpoints.resume(engine, t.resume) or {}
     step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
+    reader = faults.reader(train_reader, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
+    pin = info.device if on_gpu else None  # pin_memory() raises without CUDA
+    loader = TrainLoader(reader, sampler, collator, cfg.data.prefetch_batches, pin_device=pin)
     if state:
         loader.load_state_dict(state["loader"])
         monitor.load_state_dict(state["nonfinite"])
@@ -284,7 +271,6 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
             # The one host sync of the step: sums and wishes of every rank, agreed in one all-reduce.
             agreed = agreement.agree(result.sums, wishes, fetch=torch.cat(fetch))
             step_tokens, g_masked, g_pairs = agreed.fetched[:3]
-            _stop_if_a_rank_failed(data_error, agreed.ranks("error"), step)
             # Names the bad rank(s); a bad step's update was already dropped (DeepSpeed, Stage0StepGuard);
             # raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
             monitor.update(agreed.ranks("nonfinite"), step)
@@ -322,6 +308,7 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
             if debug.log_collectives:  # since the previous record: includes that step's eval and save
                 record["collectives"], issued = comm.issued - issued, comm.issued
             metrics.log_step(record)
+            _stop_if_a_rank_failed(data_error, agreed.ranks("error"), step)  # this step trained fine
 
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
                 metrics.log_eval({"step": step, **evaluate(engine, val_loader, comm)})

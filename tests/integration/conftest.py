@@ -164,15 +164,16 @@ def run_pretrain_configs(
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env(env))
     output = result.stdout + result.stderr
     runs = []
-    for config in configs:
-        start = output.find(f"multi_run: start {config}\n")
+    starts = [output.find(f"multi_run: start {config}\n") for config in configs] + [len(output)]
+    for i, config in enumerate(configs):
         exit_marker = f"multi_run: exit {config} "
-        end = output.find(exit_marker, start)
-        if start < 0 or end < 0:
+        end = output.find(exit_marker, starts[i])
+        if starts[i] < 0 or end < 0:
             raise AssertionError(f"{config} did not run to its end:\n{output[-4000:]}")
         code = int(output[end + len(exit_marker) :].split("\n", 1)[0])
         run_dir = Path(yaml.safe_load(Path(config).read_text())["run_dir"])
-        runs.append(PretrainRun(code, output[start:end], run_dir, _metrics_of(run_dir)))
+        # up to the next config's start: the other ranks' last lines may follow rank 0's exit marker
+        runs.append(PretrainRun(code, output[starts[i] : starts[i + 1]], run_dir, _metrics_of(run_dir)))
     return runs
 
 

@@ -4,7 +4,9 @@ dynamic loss scaling (the CPU fp16 test device, MLM_TEST_CPU_FP16=1; pretrain/di
 One torchrun launch trains every stage twice (tests/integration/multi_run.py): a run with overflows
 injected as non-finite gradients behind a finite loss (debug.nonfinite_grad_steps) and one NaN loss, and
 a run that overflows until the loss scale sits at its floor. The same launch counts the collectives each
-step sends through pretrain/collectives.py. A SIGKILL + resume then replays the ZeRO-2 run bit for bit.
+step sends through pretrain/collectives.py, and ends with an fp32 run whose loader fails on one rank (the
+agreed end-of-step error flag; it rides along here to save a launch). A SIGKILL + resume then replays the
+ZeRO-2 run bit for bit.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def training_config(root: Path, shards: Path, stage: int) -> Path:
         fp16={"initial_scale_power": 8}, eval={"every_steps": 1000, "max_batches": 2},
         checkpoint={"every_steps": SAVE_EVERY, "keep_last": 10},
         debug={"nonfinite_grad_steps": list(OVERFLOW_STEPS), "nonfinite_loss_steps": [NAN_STEP],
-               "nonfinite_loss_rank": 1, "log_collectives": True},
+               "fault_rank": 1, "log_collectives": True},
     )  # fmt: skip
 
 
@@ -61,12 +63,21 @@ def floor_config(root: Path, shards: Path, stage: int) -> Path:
     )  # fmt: skip
 
 
+def data_error_config(root: Path, shards: Path) -> Path:
+    (root / "data-error").mkdir(parents=True)
+    return write_config(
+        root / "data-error", shards, train={"max_steps": 6, "grad_accum_steps": 1},
+        eval={"every_steps": 1000, "max_batches": 1}, debug={"data_error_steps": [3], "fault_rank": 1},
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def fp16_runs(tiny_shards, tmp_path_factory) -> dict:
-    """{("train" | "floor", stage): PretrainRun} of one 2-rank launch over all eight configs."""
+    """{("train" | "floor", stage) or "data_error": PretrainRun} of one 2-rank launch over nine configs."""
     root = tmp_path_factory.mktemp("fp16")
     configs = {("train", s): training_config(root, tiny_shards, s) for s in STAGES}
     configs |= {("floor", s): floor_config(root, tiny_shards, s) for s in STAGES}
+    configs["data_error"] = data_error_config(root, tiny_shards)  # last: its failing rank may exit first
     runs = run_pretrain_configs(list(configs.values()), ranks=2, env=CPU_FP16, timeout=900)
     return dict(zip(configs, runs, strict=True)) | {"configs": configs}
 
@@ -125,6 +136,19 @@ def test_the_loss_scale_floor_stops_the_run_keeping_the_last_good_checkpoint(fp1
     saved = [s for s in range(2, stop, 2)]
     assert (checkpoints / "latest").read_text().strip() == f"step-{saved[-1]:08d}"
     assert sorted(p.name for p in checkpoints.glob("step-*")) == [f"step-{s:08d}" for s in saved]
+
+
+def test_a_loader_error_on_one_rank_stops_every_rank_after_the_same_step(fp16_runs):
+    run = fp16_runs["data_error"]
+    assert run.returncode == 1, run.output[-3000:]
+    failed = "mlm-train: error: injected fault (debug.data_error_steps): could not read the data of step 3"
+    stopped = (
+        "mlm-train: stopped: rank(s) [1] could not read the data of step 3; every rank stops (the error is "
+        "in that rank's log)"
+    )
+    lines = run.output.splitlines()
+    assert failed in lines and stopped in lines  # rank 1's own error; rank 0 learns it from the agreement
+    assert max(steps_of(run)) == 2  # both trained steps 1 and 2, neither started step 3
 
 
 def trace(run_dir: Path) -> dict[int, tuple]:
