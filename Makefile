@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: venv demo test test-fast lint format bench-data bench-trainer clean
+.PHONY: venv demo test test-fast lint format bench-data bench-trainer bench-gpu clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench-data: $(BENCH_STAMP) $(BENCH_DIR)/.inputs
 
 bench-trainer: $(BENCH_STAMP) $(BENCH_DIR)/.inputs
 	$(BIN)/python bench/trainer.py --shards $(BENCH_DIR)/shards --steps 20 --skip 4
+
+# One GPU: BERT-base seq 128 and BERT-large seq 512, bf16 and fp16, against the HF Trainer (bench/gpu.py).
+# Needs a CUDA build of torch in the venv; on a machine with its own PyTorch run the script directly.
+bench-gpu: $(BENCH_STAMP) $(BENCH_DIR)/.inputs
+	$(BIN)/python bench/gpu.py --corpus $(BENCH_DIR)/corpus --tokenizer $(BENCH_DIR)/tok --work $(BENCH_DIR)/gpu
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(BENCH_DIR) *.egg-info .pytest_cache .ruff_cache

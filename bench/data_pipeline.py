@@ -26,10 +26,10 @@ import sys
 import tempfile
 import time
 
-# This file is named like the package it measures: drop bench/ from the import path so that
-# `import data_pipeline` finds the package, not this script.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
+# This file is named like the package it measures: run as `python bench/data_pipeline.py`, put the
+# checkout's root first on the import path instead of bench/, so `import data_pipeline` finds the package.
+if __package__ in (None, ""):
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SEQ_LEN = 128
 

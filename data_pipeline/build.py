@@ -1,10 +1,12 @@
 """Orchestrate a build: sources -> clean -> tokenize (workers) -> pack -> shards -> manifest.
 
-Work unit = one input file (index in the sorted file list). A worker reads, cleans, splits and tokenizes
-its file and writes one `OUT/.work/unit-NNNNNN-CCCCCC.npz` per 8 MiB of raw text (atomically), then a
-`unit-NNNNNN.done` marker; a rerun after a crash skips finished files and finished chunks. The parent
-then packs the chunks in order into shards (cheap, deterministic) and writes manifest.json last. Output
-bytes therefore depend neither on the worker count nor on interruptions.
+Work unit = one input file (index in the sorted file list). A worker hashes, reads, cleans, splits and
+tokenizes its file and writes one `OUT/.work/unit-NNNNNN-CCCCCC.npz` per 8 MiB of raw text (atomically),
+then a `unit-NNNNNN.done` marker holding the input's size, mtime_ns and sha256 (`work_units`); a rerun
+after a crash skips finished files and finished chunks of unchanged inputs. The parent then checks every
+input still has the sha256 it was read with, packs the chunks in order into shards (cheap,
+deterministic) and writes manifest.json last. Output bytes therefore depend neither on the worker count
+nor on interruptions, and a changed input is never taken for the same build.
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from data_pipeline import packing, parallel
+from data_pipeline import packing, parallel, work_units
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
 from data_pipeline.errors import DataError
-from data_pipeline.manifest import MANIFEST_NAME, Manifest, file_sha256
-from data_pipeline.shards import SPLITS, ShardWriter, id_dtype_for, shard_schema
-from data_pipeline.sources import SourceFile, expand_inputs, iter_documents
+from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION, InputSet, SourceFile, expand_input_set
+from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.shards import SPLITS, ShardSink, id_dtype_for, shard_schema
+from data_pipeline.sources import iter_documents
 from data_pipeline.tokenizer import LoadedTokenizer, load_tokenizer
+from data_pipeline.work_units import chunk_path
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 IDENTITY_NAME = "build.json"
 ENCODE_BATCH_CHARS = 1 << 20  # texts per encode_batch call: large enough for the tokenizer's threads
-BATCH_ROWS = 4096  # rows per Arrow record batch inside a shard
 CHUNK_CHARS = 8 << 20  # raw text per result file: bounds a worker's memory whatever the file size
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n\s*")
 
@@ -58,6 +61,9 @@ class BuildConfig:
     num_partitions: int = 1
     partition_index: int = 0
     overwrite: bool = False
+    extensions: dict[str, str] = field(default_factory=dict)  # --ext: more extensions -> format
+    max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION  # of input bytes, unknown extensions
+    accept_skipped: bool = False
 
 
 def split_sentences(text: str) -> list[str]:
@@ -89,23 +95,15 @@ def _init(tokenizer: LoadedTokenizer, cfg: BuildConfig, root: str, work: str, id
     _STATE.update(tokenizer=tokenizer, cfg=cfg, root=root, work=work, id_dtype=id_dtype)
 
 
-def chunk_path(work: str, index: int, chunk: int) -> str:
-    """The result file of chunk `chunk` of work unit (input file) `index`."""
-    return os.path.join(work, f"unit-{index:06d}-{chunk:06d}.npz")
-
-
-def done_path(work: str, index: int) -> str:
-    """The marker written once every chunk of unit `index` is on disk; it holds the chunk count."""
-    return os.path.join(work, f"unit-{index:06d}.done")
-
-
 def _process_unit(unit: tuple[int, SourceFile]) -> dict:
     """Read, clean, split and tokenize one input file, writing a result file per CHUNK_CHARS of raw text.
 
-    Chunks already on disk (from an interrupted run) are read past without tokenizing them again.
+    Chunks already on disk (from an interrupted run over the same contents) are read past without
+    tokenizing them again.
     """
     index, source = unit
     cfg, work = _STATE["cfg"], _STATE["work"]
+    record = work_units.begin_unit(work, index, source)
     report = CleanReport()  # reset after each chunk: every chunk file carries its own counts
     cleaner = Cleaner(cfg.clean, report)
     rel = os.path.relpath(source.path, _STATE["root"])
@@ -129,7 +127,7 @@ def _process_unit(unit: tuple[int, SourceFile]) -> dict:
             skip = os.path.exists(chunk_path(work, index, chunk))
     if not skip:
         _write_chunk(index, chunk, docs, report, totals)
-    _atomic_write(done_path(work, index), str(chunk + 1).encode())
+    work_units.finish_unit(work, index, source, chunk + 1, record)
     return {"index": index, "bytes": source.size, **totals}
 
 
@@ -168,14 +166,6 @@ def _write_chunk(
     os.replace(path + ".tmp", path)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-
 def _encode(tok: LoadedTokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     out, batch, chars = [], [], 0
     for text in texts:
@@ -206,9 +196,10 @@ def run_build(cfg: BuildConfig) -> dict:
     if not 0 <= cfg.partition_index < cfg.num_partitions:
         raise DataError(f"--partition-index {cfg.partition_index} not in 0..{cfg.num_partitions - 1}")
     tok = load_tokenizer(cfg.tokenizer)
-    files = sorted(expand_inputs(cfg.inputs), key=lambda f: f.path)
-    if not files:
-        raise DataError(f"no input files found in {' '.join(cfg.inputs)}")
+    inputs = expand_input_set(cfg.inputs, cfg.extensions)
+    if not cfg.accept_skipped:
+        inputs.check_skipped(cfg.max_skipped_fraction)
+    files = sorted(inputs.files, key=lambda f: f.path)
     root = os.path.commonpath([os.path.dirname(os.path.abspath(f.path)) for f in files])
     units = [(i, f) for i, f in enumerate(files) if i % cfg.num_partitions == cfg.partition_index]
     if not units:
@@ -218,11 +209,11 @@ def run_build(cfg: BuildConfig) -> dict:
         )
     id_dtype = id_dtype_for(tok.vocab_size)
     identity = _identity(cfg, tok, files, root)
-    work = _prepare_out(cfg, identity)
+    work = _prepare_out(cfg, identity, units)
     if work is None:
         log.info("%s already holds this build; nothing to do", cfg.out)
         return {"up_to_date": True, **Manifest.load(cfg.out).counts}
-    todo = [u for u in units if not os.path.exists(done_path(work, u[0]))]
+    todo = work_units.units_to_do(work, units)
     todo.sort(key=lambda u: -u[1].size)  # largest first keeps workers busy to the end; order is free
     if len(todo) < len(units):
         log.info("resuming: %d of %d work units already done", len(units) - len(todo), len(units))
@@ -236,7 +227,8 @@ def run_build(cfg: BuildConfig) -> dict:
     ):
         progress.update(result)
     progress.close()
-    manifest = _pack(cfg, tok, units, work, id_dtype, files)
+    markers = work_units.check_unchanged(work, units, cfg.workers)
+    manifest = _pack(cfg, tok, units, work, id_dtype, markers, inputs)
     if manifest.rows == 0:
         raise DataError(
             f"empty corpus: no text left in {' '.join(cfg.inputs)} after cleaning "
@@ -251,8 +243,12 @@ def run_build(cfg: BuildConfig) -> dict:
 
 def _identity(cfg: BuildConfig, tok: LoadedTokenizer, files: list[SourceFile], root: str) -> dict:
     settings = asdict(cfg)
-    for key in ("inputs", "tokenizer", "out", "workers", "overwrite"):
+    # Not what the data is made of: where it goes, how fast, and how strict the skip check is.
+    for key in ("inputs", "tokenizer", "out", "workers", "overwrite", "max_skipped_fraction"):
         settings.pop(key)
+    settings.pop("accept_skipped")
+    if not settings["extensions"]:
+        settings.pop("extensions")  # builds without --ext keep the identity they had before it existed
     return {
         "settings": settings,
         "tokenizer": tok.fingerprint,
@@ -260,30 +256,56 @@ def _identity(cfg: BuildConfig, tok: LoadedTokenizer, files: list[SourceFile], r
     }
 
 
-def _prepare_out(cfg: BuildConfig, identity: dict) -> str | None:
-    """Create/validate the output dir; return the work dir, or None when the same build is complete."""
+def _prepare_out(cfg: BuildConfig, identity: dict, units) -> str | None:
+    """Create/validate the output dir; return the work dir, or None when the same build is complete
+    (same identity, and every input of `units` has the contents it was built from)."""
     out, work = cfg.out, os.path.join(cfg.out, WORK_DIR)
     id_path = os.path.join(work, IDENTITY_NAME)
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out):
         previous = _previous_identity(out, id_path)
-        if previous == identity and not cfg.overwrite:
-            if os.path.exists(os.path.join(out, MANIFEST_NAME)):
+        finished = os.path.exists(os.path.join(out, MANIFEST_NAME))
+        changed = None
+        if previous == identity and finished and not cfg.overwrite:
+            changed = work_units.changed_input(Manifest.load(out).sources, units)
+            if changed is None:
                 return None
-        elif not cfg.overwrite:
-            what = "a different build" if previous is not None else "files that are not from this build"
+        if cfg.overwrite:
+            _clear(out)
+        elif previous != identity or changed is not None:
+            if changed is not None:
+                what = f"a build of other inputs ({changed})"
+            elif previous is not None:
+                what = "a different build" + _identity_change(previous, identity)
+            else:
+                what = "files that are not from this build"
             raise DataError(
                 f"output dir {out} holds {what}; choose another --out or pass --overwrite to replace it"
             )
-        else:
-            _clear(out)
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(id_path):
         with open(id_path + ".tmp", "w") as f:
             json.dump(identity, f, sort_keys=True)
         os.replace(id_path + ".tmp", id_path)
     return work
+
+
+def _identity_change(previous: dict, identity: dict) -> str:
+    """' (what differs)' between two build identities, for the refusal line; '' when nothing shows."""
+    old_settings, new_settings = previous.get("settings") or {}, identity["settings"]
+    for key in sorted(set(old_settings) | set(new_settings)):
+        if old_settings.get(key) != new_settings.get(key):
+            return f" (its {key} is {old_settings.get(key)!r}, now {new_settings.get(key)!r})"
+    if previous.get("tokenizer") != identity["tokenizer"]:
+        return " (made with another tokenizer)"
+    old_files = {path: size for path, size in previous.get("files") or []}
+    for path, size in identity["files"]:
+        if path not in old_files:
+            return f" (without the input {path})"
+        if old_files[path] != size:
+            return f" (its input {path} had {old_files[path]} bytes, now {size})"
+    return " (with other input files)"
 
 
 def _previous_identity(out: str, id_path: str) -> dict | None:
@@ -340,74 +362,18 @@ class _Progress:
             self.bar.close()
 
 
-class _ShardSink:
-    """Writes one split's rows into shards of at most `rows_per_shard` rows, named split-NNNNN.arrow.
-
-    Rows are re-cut into record batches of BATCH_ROWS whatever sizes they arrive in, so the bytes of a
-    shard depend only on its rows.
-    """
-
-    def __init__(self, out: str, split: str, schema, rows_per_shard: int) -> None:
-        self.out, self.split, self.schema, self.limit = out, split, schema, rows_per_shard
-        self.shards: list[dict] = []
-        self.writer: ShardWriter | None = None
-        self.pending: list[dict[str, np.ndarray]] = []
-        self.pending_rows = 0
-
-    def write(self, rows: dict[str, np.ndarray]) -> None:
-        if len(rows["length"]):
-            self.pending.append(rows)
-            self.pending_rows += len(rows["length"])
-        while self.pending_rows >= self._next_batch():
-            self._write_batch(self._next_batch())
-
-    def finish(self) -> dict:
-        while self.pending_rows:
-            self._write_batch(min(self.pending_rows, self._next_batch()))
-        if self.writer is not None:
-            self._close()
-        return {
-            "rows": sum(s["rows"] for s in self.shards),
-            "tokens": sum(s["tokens"] for s in self.shards),
-            "shards": self.shards,
-        }
-
-    def _next_batch(self) -> int:
-        return min(BATCH_ROWS, self.limit - (self.writer.rows if self.writer is not None else 0))
-
-    def _write_batch(self, k: int) -> None:
-        rows = {key: np.concatenate([p[key] for p in self.pending]) for key in self.pending[0]}
-        self.pending = [{key: v[k:] for key, v in rows.items()}]
-        self.pending_rows -= k
-        if self.writer is None:
-            name = f"{self.split}-{len(self.shards):05d}.arrow"
-            self.writer = ShardWriter(os.path.join(self.out, name), self.schema)
-        self.writer.write({key: v[:k] for key, v in rows.items()})
-        if self.writer.rows >= self.limit:
-            self._close()
-
-    def _close(self) -> None:
-        path = self.writer.path
-        rows, tokens = self.writer.close()
-        self.shards.append(
-            {"file": os.path.basename(path), "rows": rows, "tokens": tokens,
-             "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-        )  # fmt: skip
-        self.writer = None
-
-
-def _pack(cfg: BuildConfig, tok: LoadedTokenizer, units, work: str, id_dtype: str, files) -> Manifest:
+def _pack(
+    cfg: BuildConfig, tok: LoadedTokenizer, units, work: str, id_dtype: str, markers, inputs: InputSet
+) -> Manifest:
     pairs = cfg.mode != "full-sentences"
     schema = shard_schema(cfg.seq_len, id_dtype, pairs)
     report = CleanReport()
     splits = {}
     for split in SPLITS:
-        sink = _ShardSink(cfg.out, split, schema, cfg.rows_per_shard)
+        sink = ShardSink(cfg.out, split, schema, cfg.rows_per_shard)
         packer = packing.FullSentencePacker(cfg.seq_len, tok.special_ids.cls, tok.special_ids.pad, id_dtype)
-        for index, _ in units:
-            with open(done_path(work, index)) as f:
-                chunks = int(f.read())
-            for chunk in range(chunks):
+        for (index, _), marker in zip(units, markers, strict=True):
+            for chunk in range(marker["chunks"]):
                 with np.load(chunk_path(work, index, chunk)) as data:
                     if split == SPLITS[0]:
                         report.merge(CleanReport.from_dict(json.loads(data["report"].tobytes())))
@@ -429,10 +395,11 @@ def _pack(cfg: BuildConfig, tok: LoadedTokenizer, units, work: str, id_dtype: st
         tokenizer={"dir": "tokenizer", "hash": tok.fingerprint, "vocab_size": tok.vocab_size,
                    "special_ids": tok.special_ids.to_dict()},
         splits=splits,
-        sources=[{"path": f.path, "bytes": f.size} for i, f in units],
+        sources=[work_units.source_record(f, m) for (_, f), m in zip(units, markers, strict=True)],
         counts=report.to_dict()["counts"],
         build={"validation_fraction": cfg.validation_fraction, "seed": cfg.seed, "partition": partition,
-               "clean_examples": report.examples, "identity": identity},
+               "clean_examples": report.examples, "identity": identity,
+               "skipped": inputs.skipped_summary()},
     )  # fmt: skip
 
 
@@ -444,6 +411,7 @@ def _summary(manifest: Manifest, seconds: float) -> dict:
         "sequences": rows,
         "fill_ratio": tokens / max(1, rows * manifest.seq_len),
         "counts": manifest.counts,
+        "skipped": manifest.build["skipped"],
         "seconds": seconds,
         "tokens_per_second": tokens / max(seconds, 1e-9),
     }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 
 from data_pipeline.errors import DataError
+from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION
 
 log = logging.getLogger("mlm-data")
 
@@ -48,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-partitions", type=int, default=1)
     p.add_argument("--partition-index", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
+    p.add_argument(
+        "--max-skipped-fraction", type=float, default=DEFAULT_MAX_SKIPPED_FRACTION,
+        help="fail when files with extensions we do not read exceed this share of the input bytes (0.1)",
+    )  # fmt: skip
+    p.add_argument("--accept-skipped", action="store_true", help="build even if many input files are skipped")
     _add_source_flags(p)
 
     p = sub.add_parser("verify", help="check every shard against the manifest; exit 1 naming bad shards")
@@ -67,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
     p.add_argument("--one-per-line", action="store_true", help=".txt: one document per line")
+    p.add_argument(
+        "--ext", action="append", default=[], metavar="EXT[=FORMAT]",
+        help="also read files ending in EXT (as txt, or FORMAT jsonl/parquet); '' = no extension; repeatable",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +89,27 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"mlm-data {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a read-only --out, a file size limit: one line, not a traceback
+        out = getattr(args, "out", None) or getattr(args, "out_dir", None)
+        print(f"mlm-data {args.command}: error: {os_error_line(exc, out)}", file=sys.stderr)
+        return 1
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def os_error_line(exc: OSError, out: str | None = None) -> str:
+    """One line for an OSError: the file (else the output dir `out`), the system's reason, what to do."""
+    where = f"{exc.filename}: " if exc.filename else f"writing {out}: " if out else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_SPACE:
+        hint = "the disk is full or a file size limit was hit: free space and rerun (finished work is kept)"
+    elif exc.errno in _NOT_WRITABLE:
+        hint = "that location cannot be written: choose a writable --out"
+    else:
+        hint = "nothing was marked complete; fix the cause and rerun"
+    return f"{where}{reason}; {hint}"
 
 
 def _sample_corpus(args) -> int:
@@ -89,11 +121,13 @@ def _sample_corpus(args) -> int:
 
 
 def _tokenizer(args) -> int:
+    from data_pipeline.input_files import parse_extensions
     from data_pipeline.tokenizer_training import train_tokenizer
 
     report = train_tokenizer(
         args.input, args.kind, args.vocab_size, args.out, lowercase=args.lowercase,
         overwrite=args.overwrite, text_field=args.text_field, one_per_line=args.one_per_line,
+        extensions=parse_extensions(args.ext),
     )  # fmt: skip
     print(f"tokenizer saved to {args.out}; {json.dumps(report.to_dict()['counts'])}")
     return 0
@@ -102,6 +136,7 @@ def _tokenizer(args) -> int:
 def _build(args) -> int:
     from data_pipeline.build import BuildConfig, run_build
     from data_pipeline.clean import CleanConfig
+    from data_pipeline.input_files import parse_extensions
 
     if args.workers < 1:
         raise DataError(f"--workers must be >= 1, got {args.workers}")
@@ -117,16 +152,20 @@ def _build(args) -> int:
         workers=args.workers, validation_fraction=args.validation_fraction, seed=args.seed,
         rows_per_shard=args.rows_per_shard, text_field=args.text_field, one_per_line=args.one_per_line,
         clean=clean, num_partitions=args.num_partitions, partition_index=args.partition_index,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, extensions=parse_extensions(args.ext),
+        max_skipped_fraction=args.max_skipped_fraction, accept_skipped=args.accept_skipped,
     )  # fmt: skip
     s = run_build(cfg)
     if s.get("up_to_date"):
         print(f"{args.out} already holds this build (manifest.json present); nothing to do")
         return 0
     dropped = {k: v for k, v in s["counts"].items() if k not in ("documents", "files") and v}
+    skipped = s["skipped"]
+    kinds = ", ".join(f"{k} x{v['files']}" for k, v in skipped["by_extension"].items())
     print(
         f"documents {s['documents']}, tokens {s['tokens']}, sequences {s['sequences']}, "
         f"fill ratio {s['fill_ratio']:.4f}, dropped/repaired {json.dumps(dropped)}, "
+        f"skipped {skipped['files']} files ({skipped['bytes']} bytes{': ' + kinds if kinds else ''}), "
         f"{s['seconds']:.1f} s, {s['tokens_per_second']:,.0f} tokens/s"
     )
     return 0
@@ -139,7 +178,7 @@ def _verify(args) -> int:
     for problem in problems:
         print(f"BAD {problem}", file=sys.stderr)
     if problems:
-        print(f"mlm-data verify: {len(problems)} bad shard(s) in {args.dir}", file=sys.stderr)
+        print(f"mlm-data verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
     print(f"{args.dir}: all shards match the manifest")
     return 0

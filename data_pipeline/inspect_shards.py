@@ -1,4 +1,4 @@
-"""Helpers behind `mlm-data inspect` and `mlm-data merge`."""
+"""Helpers behind `mlm-data inspect` and `mlm-data merge` (the K partitions of one build, each once)."""
 
 from __future__ import annotations
 
@@ -50,25 +50,21 @@ def decoded_samples(shards_dir: str, n: int, split: str = "train") -> list[str]:
 
 
 def merge_parts(part_dirs: list[str], out: str) -> Manifest:
-    """Join partition builds into `out`: shards hard-linked (copied across filesystems), one manifest.
+    """Join the K partition builds of one build into `out`: shards hard-linked (copied across
+    filesystems) in partition order, one manifest.
 
-    Raises DataError naming the part whose tokenizer, seq_len, mode or id dtype differs from the first
-    part's, a part that is unfinished, or an `out` that already holds a manifest.
+    Raises DataError naming the part whose tokenizer, seq_len, mode, id dtype or data identity
+    (`Manifest.data_identity`) differs from the first part's, a partition index given twice or missing
+    (every index 0..K-1 exactly once), a part that is unfinished, or an `out` that already holds a
+    manifest.
     """
     if not part_dirs:
         raise DataError("merge needs at least one partition directory")
     manifests = [Manifest.load(p) for p in part_dirs]
+    _check_one_build(part_dirs, manifests)
+    order = _partition_order(part_dirs, manifests)
+    part_dirs, manifests = [part_dirs[i] for i in order], [manifests[i] for i in order]
     first = manifests[0]
-    for path, m in zip(part_dirs, manifests, strict=True):
-        for key in ("seq_len", "mode", "id_dtype"):
-            mine, theirs = getattr(m, key), getattr(first, key)
-            if mine != theirs:
-                raise DataError(
-                    f"{path}: {key} {mine!r} differs from {part_dirs[0]}'s {theirs!r}; "
-                    "only partitions of one build can be merged"
-                )
-        if m.tokenizer["hash"] != first.tokenizer["hash"]:
-            raise DataError(f"{path}: built with a different tokenizer than {part_dirs[0]}; cannot merge")
     if os.path.exists(os.path.join(out, MANIFEST_NAME)):
         raise DataError(f"{out} already holds a manifest; choose an empty --out")
     os.makedirs(out, exist_ok=True)
@@ -100,10 +96,64 @@ def merge_parts(part_dirs: list[str], out: str) -> Manifest:
         splits=splits,
         sources=[s for m in manifests for s in m.sources],
         counts=counts,
-        build={**first.build, "partition": None, "merged_from": [os.path.abspath(p) for p in part_dirs]},
-    )
+        build={**first.build, "partition": None, "merged_from": [os.path.abspath(p) for p in part_dirs],
+               "merged_partitions": len(part_dirs)},
+    )  # fmt: skip
     merged.save(out)
     return merged
+
+
+def _check_one_build(part_dirs: list[str], manifests: list[Manifest]) -> None:
+    """Raise DataError naming the first part that is not from the same build as the first part."""
+    first = manifests[0]
+    for path, m in zip(part_dirs, manifests, strict=True):
+        for key in ("seq_len", "mode", "id_dtype"):
+            mine, theirs = getattr(m, key), getattr(first, key)
+            if mine != theirs:
+                raise DataError(
+                    f"{path}: {key} {mine!r} differs from {part_dirs[0]}'s {theirs!r}; "
+                    "only partitions of one build can be merged"
+                )
+        if m.tokenizer["hash"] != first.tokenizer["hash"]:
+            raise DataError(f"{path}: built with a different tokenizer than {part_dirs[0]}; cannot merge")
+        try:
+            same = m.data_identity() == first.data_identity()
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
+        if not same:
+            raise DataError(
+                f"{path}: built from other inputs or settings than {part_dirs[0]} (another data identity); "
+                "only partitions of one build can be merged"
+            )
+
+
+def _partition_order(part_dirs: list[str], manifests: list[Manifest]) -> list[int]:
+    """Positions of the parts sorted by partition index; DataError unless 0..K-1 each appear once."""
+    where: dict[int, str] = {}
+    count = None
+    for path, m in zip(part_dirs, manifests, strict=True):
+        partition = m.build.get("partition") or {"index": 0, "count": 1}
+        if count is not None and partition["count"] != count:
+            raise DataError(
+                f"{path}: partition {partition['index']} of {partition['count']}, but {part_dirs[0]} is one "
+                f"of {count}; only partitions of one build can be merged"
+            )
+        count = partition["count"]
+        if partition["index"] in where:
+            raise DataError(
+                f"partition {partition['index']} of {count} is given twice ({where[partition['index']]} and "
+                f"{path}); pass each partition directory once"
+            )
+        where[partition["index"]] = path
+    missing = [i for i in range(count) if i not in where]
+    if missing:
+        listed = ", ".join(map(str, missing))
+        raise DataError(
+            f"partition{'s' if len(missing) > 1 else ''} {listed} of {count} missing: merge needs all "
+            f"{count} partition directories (mlm-data build --num-partitions K --partition-index I, I < K)"
+        )
+    index_of = {path: index for index, path in where.items()}
+    return sorted(range(len(part_dirs)), key=lambda i: index_of[part_dirs[i]])
 
 
 def _link(src: str, dst: str) -> None:

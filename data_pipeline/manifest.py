@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from data_pipeline.errors import DataError
+from data_pipeline.manifest_schema import MODES, check_manifest_data  # noqa: F401 (MODES re-exported)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-MODES = ("full-sentences", "nsp", "sop")
 # Settings that say which slice of a partitioned build a directory holds, not what the data is made of.
 PARTITION_FIELDS = ("num_partitions", "partition_index")
 
@@ -68,10 +69,11 @@ class Manifest:
 
     @classmethod
     def load(cls, shards_dir: str) -> Manifest:
-        """Read `shards_dir/manifest.json`.
+        """Read and check `shards_dir/manifest.json` (see `manifest_schema.check_manifest_data`).
 
         Raises DataError naming the file when it is missing (an incomplete or foreign directory),
-        not JSON, of another format version, or lacks keys.
+        not JSON, of another format version, and naming the key when one is missing, unknown, of the
+        wrong type, or names a file outside `shards_dir`.
         """
         path = os.path.join(shards_dir, MANIFEST_NAME)
         if not os.path.isfile(path):
@@ -82,13 +84,12 @@ class Manifest:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            if data.get("format_version") != FORMAT_VERSION:
-                raise DataError(
-                    f"{path}: format_version {data.get('format_version')!r}, need {FORMAT_VERSION}"
-                )
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a valid manifest ({exc}); rebuild the shards") from exc
+        if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{path}: format_version {data.get('format_version')!r}, need {FORMAT_VERSION}")
+        check_manifest_data(data, path, shards_dir)
+        return cls(**data)
 
 
 def file_sha256(path: str) -> str:
@@ -101,7 +102,8 @@ def file_sha256(path: str) -> str:
 
 
 def verify_shards(shards_dir: str) -> list[str]:
-    """Check every shard against the manifest: size, sha256, Arrow validity, schema, id range, lengths.
+    """Check every shard against the manifest (size, sha256, Arrow validity, schema, id range, lengths)
+    and that the manifest covers its whole build (`coverage_problem`).
 
     Returns one problem string per bad shard (naming the file), [] when all is well.
     Raises DataError when the manifest itself is missing or unreadable.
@@ -126,7 +128,33 @@ def verify_shards(shards_dir: str) -> list[str]:
                     problem = str(exc)
             if problem is not None:
                 problems.append(f"{path}: {problem}" if not problem.startswith(path) else problem)
+    coverage = coverage_problem(manifest)
+    if coverage is not None:
+        problems.append(f"{os.path.join(shards_dir, MANIFEST_NAME)}: {coverage}")
     return problems
+
+
+def coverage_problem(manifest: Manifest) -> str | None:
+    """Why the manifest's `sources` are not all the input files of its build (or of its partition),
+    each once, or None. Catches a merge of only some partitions, or of one partition twice, from
+    the count of files alone (the build identity lists every input file of the build)."""
+    identity = manifest.build.get("identity") if isinstance(manifest.build, dict) else None
+    if not isinstance(identity, dict) or not isinstance(identity.get("files"), list):
+        return None  # not written by `mlm-data build`: nothing to compare against
+    paths = [s.get("path") for s in manifest.sources]
+    repeated = sorted((p for p, n in Counter(paths).items() if n > 1), key=str)
+    if repeated:
+        return f"lists the input {repeated[0]} more than once (a partition merged twice?); merge again"
+    total = len(identity["files"])
+    partition = manifest.build.get("partition")
+    expected = total if partition is None else len(range(partition["index"], total, partition["count"]))
+    if len(paths) != expected:
+        what = "its build" if partition is None else f"partition {partition['index']} of {partition['count']}"
+        return (
+            f"holds {len(paths)} of the {expected} input files of {what} (a merge missing partitions?); "
+            "merge all partitions again"
+        )
+    return None
 
 
 def _check_shard(path: str, shard: dict, schema, vocab_size: int, seq_len: int) -> str | None:
@@ -142,19 +170,19 @@ def _check_shard(path: str, shard: dict, schema, vocab_size: int, seq_len: int) 
 
 
 def _check_rows(batches, batch_to_numpy, schema, shard: dict, vocab_size: int, seq_len: int) -> str | None:
+    from data_pipeline.shards import row_problem
+
     rows = tokens = 0
     for batch in batches:
         if not batch.schema.equals(schema):
             return f"schema {batch.schema} differs from the expected {schema}"
         batch.validate(full=True)
         cols = batch_to_numpy(batch)
-        if cols["input_ids"].size and int(cols["input_ids"].max()) >= vocab_size:
-            return f"token id {int(cols['input_ids'].max())} >= vocab_size {vocab_size}"
-        length = cols["length"]
-        if ((length < 1) | (length > seq_len)).any():
-            return f"row length outside 1..{seq_len}"
+        bad = row_problem(cols, vocab_size, seq_len)
+        if bad is not None:
+            return f"row {rows + bad[0]}: {bad[1]}"
         rows += batch.num_rows
-        tokens += int(np.asarray(length, dtype=np.int64).sum())
+        tokens += int(np.asarray(cols["length"], dtype=np.int64).sum())
     if rows != shard["rows"] or tokens != shard["tokens"]:
         return f"{rows} rows / {tokens} tokens, manifest says {shard['rows']} / {shard['tokens']}"
     return None

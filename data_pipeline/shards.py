@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 
 from data_pipeline.errors import DataError
-from data_pipeline.manifest import Manifest
+from data_pipeline.manifest import Manifest, file_sha256
+from data_pipeline.manifest_schema import SPLITS
 
-SPLITS = ("train", "validation")
 PAIR_COLUMNS = ("segment_b_start", "pair_label")
+BATCH_ROWS = 4096  # rows per Arrow record batch inside a shard
 
 
 def id_dtype_for(vocab_size: int) -> str:
@@ -98,6 +99,66 @@ class ShardWriter:
                 os.remove(self._tmp)
 
 
+class ShardSink:
+    """Writes one split's rows into shards of at most `rows_per_shard` rows, named split-NNNNN.arrow.
+
+    Rows are re-cut into record batches of BATCH_ROWS whatever sizes they arrive in, so the bytes of a
+    shard depend only on its rows.
+    """
+
+    def __init__(self, out: str, split: str, schema: pa.Schema, rows_per_shard: int) -> None:
+        """Shards of `schema` named `out/split-NNNNN.arrow`, each at most `rows_per_shard` rows."""
+        self.out, self.split, self.schema, self.limit = out, split, schema, rows_per_shard
+        self.shards: list[dict] = []
+        self.writer: ShardWriter | None = None
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_rows = 0
+
+    def write(self, rows: dict[str, np.ndarray]) -> None:
+        """Queue rows (dict of column arrays); full record batches and full shards are written at once."""
+        if len(rows["length"]):
+            self.pending.append(rows)
+            self.pending_rows += len(rows["length"])
+        while self.pending_rows >= self._next_batch():
+            self._write_batch(self._next_batch())
+
+    def finish(self) -> dict:
+        """Write what is queued and close the last shard; return the split's manifest entry
+        ({"rows", "tokens", "shards": [{"file", "rows", "tokens", "bytes", "sha256"}]})."""
+        while self.pending_rows:
+            self._write_batch(min(self.pending_rows, self._next_batch()))
+        if self.writer is not None:
+            self._close()
+        return {
+            "rows": sum(s["rows"] for s in self.shards),
+            "tokens": sum(s["tokens"] for s in self.shards),
+            "shards": self.shards,
+        }
+
+    def _next_batch(self) -> int:
+        return min(BATCH_ROWS, self.limit - (self.writer.rows if self.writer is not None else 0))
+
+    def _write_batch(self, k: int) -> None:
+        rows = {key: np.concatenate([p[key] for p in self.pending]) for key in self.pending[0]}
+        self.pending = [{key: v[k:] for key, v in rows.items()}]
+        self.pending_rows -= k
+        if self.writer is None:
+            name = f"{self.split}-{len(self.shards):05d}.arrow"
+            self.writer = ShardWriter(os.path.join(self.out, name), self.schema)
+        self.writer.write({key: v[:k] for key, v in rows.items()})
+        if self.writer.rows >= self.limit:
+            self._close()
+
+    def _close(self) -> None:
+        path = self.writer.path
+        rows, tokens = self.writer.close()
+        self.shards.append(
+            {"file": os.path.basename(path), "rows": rows, "tokens": tokens,
+             "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+        )  # fmt: skip
+        self.writer = None
+
+
 def read_shard_batches(path: str) -> list[pa.RecordBatch]:
     """Memory-map one shard and return its record batches (zero-copy). Raises DataError naming the file."""
     try:
@@ -119,24 +180,53 @@ def batch_to_numpy(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
     return out
 
 
+def row_problem(cols: dict[str, np.ndarray], vocab_size: int, seq_len: int) -> tuple[int, str] | None:
+    """The first row of `cols` (as from `batch_to_numpy` or `ShardReader.take`) the trainer cannot use.
+
+    Checks token ids < vocab_size, length within 1..seq_len and pair_label in {0, 1} (a row whose
+    tokens are all unmaskable is still a row: masking is not the reader's business). Returns
+    (row index, problem) or None. Cheap: a few whole-array reductions, searched only on failure.
+    """
+    ids, length = cols["input_ids"], cols["length"]
+    if ids.size and int(ids.max()) >= vocab_size:
+        r = int(np.flatnonzero((ids >= vocab_size).any(axis=1))[0])
+        return r, f"token id {int(ids[r].max())} >= vocab_size {vocab_size}"
+    bad = (length < 1) | (length > seq_len)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        return r, f"length {int(length[r])} outside 1..{seq_len}"
+    if "pair_label" in cols and cols["pair_label"].size and int(np.abs(cols["pair_label"]).max()) > 1:
+        r = int(np.flatnonzero((cols["pair_label"] != 0) & (cols["pair_label"] != 1))[0])
+        return r, f"pair_label {int(cols['pair_label'][r])} is not 0 or 1"
+    return None
+
+
 class ShardReader:
     """Rows of one split of a shards directory by global index, as numpy views of memory-mapped shards.
 
     `len(reader)`, `reader.seq_len`, `reader.manifest`, `reader.has_pairs`; `reader[i]` returns a dict of
-    views (input_ids, word_start, length[, segment_b_start, pair_label]); `reader.take(indices)` stacks rows.
+    views (input_ids, word_start, length[, segment_b_start, pair_label]); `reader.take(indices)` stacks rows
+    and checks them (`row_problem`), so a damaged shard stops training with its name instead of an
+    IndexError (or a device-side assert) deep in the model.
 
-    Raises DataError naming the file on a missing manifest, a missing shard or a size mismatch.
+    Raises DataError naming the file on a missing or damaged manifest, a missing shard, a size mismatch
+    or a record batch whose schema (row width, id type, columns) is not the manifest's.
     """
 
     def __init__(self, shards_dir: str, split: str = "train") -> None:
-        """Load `shards_dir/manifest.json`, check every shard of `split` exists with its listed size, mmap."""
+        """Load `shards_dir/manifest.json`, check every shard of `split` exists with its listed size and
+        the manifest's schema, mmap it."""
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
         self.manifest = Manifest.load(shards_dir)
+        self.shards_dir = shards_dir
         self.split = split
         self.seq_len = self.manifest.seq_len
         self.has_pairs = self.manifest.mode in ("nsp", "sop")
+        self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
+        schema = shard_schema(self.seq_len, self.manifest.id_dtype, self.has_pairs)
         self._blocks: list[dict[str, np.ndarray]] = []
+        self._origin: list[tuple[str, int]] = []  # per block: shard path, the block's first row in it
         starts = []
         total = 0
         for shard in self.manifest.splits[split]["shards"]:
@@ -149,10 +239,18 @@ class ShardReader:
                     f"{path}: size {size} bytes differs from the manifest's {shard['bytes']}; "
                     "the shard is truncated or replaced, run `mlm-data verify`"
                 )
+            in_shard = 0
             for batch in read_shard_batches(path):
+                if not batch.schema.equals(schema):  # e.g. rows wider than the manifest's seq_len
+                    raise DataError(
+                        f"{path}: {_schema_mismatch(batch.schema, schema, self.seq_len)}; the manifest "
+                        "does not describe this shard: rebuild the shards"
+                    )
                 starts.append(total)
                 self._blocks.append(batch_to_numpy(batch))
+                self._origin.append((path, in_shard))
                 total += batch.num_rows
+                in_shard += batch.num_rows
         self._starts = np.asarray(starts, dtype=np.int64)
         self._len = total
 
@@ -173,7 +271,8 @@ class ShardReader:
     def take(self, indices) -> dict[str, np.ndarray]:
         """Rows at a sequence of global indices stacked into arrays (a copy), in the given order.
 
-        Raises IndexError when the sequence is empty or an index is out of range.
+        Raises IndexError when the sequence is empty or an index is out of range, and DataError naming
+        the shard file and row when a row fails `row_problem`.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
@@ -189,4 +288,24 @@ class ShardReader:
             local = idx[where] - self._starts[block]
             for name, column in self._blocks[int(block)].items():
                 out[name][where] = column[local]
+        bad = row_problem(out, self.vocab_size, self.seq_len)
+        if bad is not None:
+            self._raise_bad_row(int(idx[bad[0]]), int(blocks[bad[0]]), bad[1])
         return out
+
+    def _raise_bad_row(self, index: int, block: int, problem: str) -> None:
+        path, first = self._origin[block]
+        row = first + index - int(self._starts[block])
+        raise DataError(
+            f"{path}: row {row} ({self.split} sample {index}): {problem}; the shard is damaged or not "
+            f"from this build: run `mlm-data verify {self.shards_dir}` and rebuild"
+        )
+
+
+def _schema_mismatch(found: pa.Schema, expected: pa.Schema, seq_len: int) -> str:
+    ids = found.field("input_ids").type if "input_ids" in found.names else None
+    width = ids.list_size if ids is not None and pa.types.is_fixed_size_list(ids) else None
+    if width is not None and width != seq_len:
+        return f"rows are {width} tokens wide but the manifest's seq_len is {seq_len}"
+    line = lambda schema: "{" + ", ".join(f"{f.name}: {f.type}" for f in schema) + "}"  # noqa: E731
+    return f"schema {line(found)} is not the manifest's {line(expected)}"

@@ -1,25 +1,23 @@
-"""Input files -> documents: expand paths/dirs/globs, then stream `.txt` `.jsonl` `.parquet` files.
+"""Input files -> documents: stream `.txt` `.jsonl` `.parquet` files (paths expand in `input_files`).
 
-Compressed variants (`.gz` `.bz2` `.zst`) are decompressed as a stream; nothing reads a whole file into
-memory. Invalid UTF-8 is replaced with U+FFFD and counted in the `CleanReport` with the file and byte offset.
-Every bad input raises `DataError` naming the file (and the line or row where there is one).
+Compressed variants (`.gz` `.bz2` `.zst` `.xz`) are decompressed as a stream; nothing reads a whole file
+into memory. Invalid UTF-8 is replaced with U+FFFD and counted in the `CleanReport` with the file and byte
+offset; a file that is mostly U+FFFD or control characters is refused (`text_check`). Every bad input
+raises `DataError` naming the file (and the line or row where there is one).
 """
 
 from __future__ import annotations
 
 import bz2
 import codecs
-import glob
 import gzip
 import io
 import json
-import logging
-import os
+import lzma
 import re
 import threading
 import zlib
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -27,30 +25,16 @@ import zstandard
 
 from data_pipeline.clean import CleanReport
 from data_pipeline.errors import DataError
+from data_pipeline.input_files import SourceFile, expand_input_set, expand_inputs  # noqa: F401 (re-exported)
+from data_pipeline.text_check import SNIFF_BYTES, GarbageMeter, has_nul
 
-logger = logging.getLogger(__name__)
-
-FORMAT_SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
-COMPRESSION_SUFFIXES = {".gz": "gz", ".bz2": "bz2", ".zst": "zst"}
-KNOWN_EXTENSIONS = ".txt, .jsonl or .parquet (.txt/.jsonl optionally + .gz, .bz2 or .zst)"
 CHUNK_BYTES = 1 << 20
-BINARY_SNIFF_BYTES = 8192
 # A .txt paragraph with no blank line for this many characters is cut at a newline so memory stays
 # bounded; the cleaner splits documents far below this size anyway (CleanConfig.max_doc_chars).
 MAX_PENDING_CHARS = 8 << 20
 INVALID_UTF8_EXAMPLES_PER_CHUNK = 3
 
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One input file: `format` is 'txt' | 'jsonl' | 'parquet'; `compression` None | 'gz' | 'bz2' | 'zst'."""
-
-    path: str
-    format: str
-    compression: str | None
-    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,87 +44,6 @@ class Document:
     text: str
     source: str
     index: int
-
-
-def detect_format(path: str) -> tuple[str, str | None] | None:
-    """Return (format, compression) from a file name's suffixes, or None for an unknown extension."""
-    stem, ext = os.path.splitext(path.lower())
-    compression = COMPRESSION_SUFFIXES.get(ext)
-    if compression is not None:
-        stem, ext = os.path.splitext(stem)
-    fmt = FORMAT_SUFFIXES.get(ext)
-    if fmt is None or (fmt == "parquet" and compression is not None):
-        return None  # parquet compresses internally; an outer .gz around it is not something we read
-    return fmt, compression
-
-
-def expand_inputs(paths: Sequence[str]) -> list[SourceFile]:
-    """Expand files, directories (recursively) and globs into a deterministic list of `SourceFile`s.
-
-    Order: the arguments in the order given, each directory walk and glob sorted by path; duplicates
-    keep their first position. Files with unknown extensions found in a directory or by a glob are
-    skipped and counted in a log line; hidden files and directories (dot names) are skipped.
-
-    Raises:
-        DataError: no paths; a missing path; a glob matching nothing; an explicitly named file with an
-            unknown extension; an unreadable file; or no readable input file at all.
-    """
-    if not paths:
-        raise DataError("no input paths given: pass files, directories or globs of .txt/.jsonl/.parquet")
-    found: dict[str, SourceFile] = {}
-    skipped: Counter[str] = Counter()
-    for raw in paths:
-        if glob.has_magic(raw):
-            matches = sorted(glob.glob(raw, recursive=True))
-            if not matches:
-                raise DataError(f"input glob {raw!r} matched nothing (working directory: {os.getcwd()})")
-            for match in matches:
-                if os.path.isdir(match):
-                    _walk_directory(match, found, skipped)
-                else:
-                    _add_file(match, found, skipped, explicit=False)
-        elif os.path.isdir(raw):
-            _walk_directory(raw, found, skipped)
-        elif os.path.lexists(raw):
-            _add_file(raw, found, skipped, explicit=True)
-        else:
-            raise DataError(f"input path {raw!r} does not exist (working directory: {os.getcwd()})")
-    if skipped:
-        summary = ", ".join(f"{ext or '(no extension)'} x{n}" for ext, n in sorted(skipped.items()))
-        logger.warning("skipped %d files with unknown extensions: %s", sum(skipped.values()), summary)
-    if not found:
-        raise DataError(
-            f"no readable input files in {list(paths)}: expected {KNOWN_EXTENSIONS}"
-            + (f"; skipped {sum(skipped.values())} files with other extensions" if skipped else "")
-        )
-    return list(found.values())
-
-
-def _walk_directory(root: str, found: dict[str, SourceFile], skipped: Counter[str]) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                _add_file(os.path.join(dirpath, name), found, skipped, explicit=False)
-
-
-def _add_file(path: str, found: dict[str, SourceFile], skipped: Counter[str], *, explicit: bool) -> None:
-    path = os.path.normpath(path)
-    if path in found:
-        return
-    detected = detect_format(path)
-    if detected is None:
-        if explicit:
-            raise DataError(f"{path}: unknown input extension; expected {KNOWN_EXTENSIONS}")
-        skipped[os.path.splitext(path)[1].lower()] += 1
-        return
-    try:
-        size = os.stat(path).st_size
-    except OSError as exc:
-        raise DataError(f"{path}: cannot stat input file ({exc.strerror}); is it a broken link?") from exc
-    if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: input file is not readable (permission denied); fix its permissions")
-    found[path] = SourceFile(path=path, format=detected[0], compression=detected[1], size=size)
 
 
 def iter_documents(
@@ -177,6 +80,8 @@ def _open_binary(source: SourceFile) -> BinaryIO:
             return gzip.open(source.path, "rb")
         if source.compression == "bz2":
             return bz2.open(source.path, "rb")
+        if source.compression == "xz":
+            return lzma.open(source.path, "rb")
         if source.compression == "zst":
             return io.BufferedReader(_ZstdReader(source.path), CHUNK_BYTES)  # adds readline() for JSONL
         return open(source.path, "rb")  # noqa: SIM115 - returned to the caller
@@ -223,7 +128,7 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-_STREAM_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
+_STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
 
 
 def _stream_error(source: SourceFile, offset: int, exc: Exception) -> DataError:
@@ -232,9 +137,9 @@ def _stream_error(source: SourceFile, offset: int, exc: Exception) -> DataError:
 
 
 def _check_not_binary(source: SourceFile, head: bytes) -> None:
-    if b"\x00" in head[:BINARY_SNIFF_BYTES]:
+    if has_nul(head):
         raise DataError(
-            f"{source.path}: looks binary (NUL bytes in the first {BINARY_SNIFF_BYTES} bytes); "
+            f"{source.path}: looks binary (NUL bytes in the first {SNIFF_BYTES} bytes); "
             "inputs must be UTF-8 text (convert UTF-16 files to UTF-8)"
         )
 
@@ -290,6 +195,7 @@ def _iter_text_chunks(source: SourceFile, report: CleanReport) -> Iterator[str]:
     """Decoded text of a file in ~1 MiB pieces, never splitting a UTF-8 sequence."""
     offset = 0
     carry = b""
+    meter = GarbageMeter(source.path)
     with _open_binary(source) as fh:
         while True:
             try:
@@ -305,9 +211,12 @@ def _iter_text_chunks(source: SourceFile, report: CleanReport) -> Iterator[str]:
             cut = len(data) if final else _complete_utf8_prefix(data)
             carry = data[cut:]
             if cut:
-                yield _decode(data[:cut], offset, source.path, report)
+                text = _decode(data[:cut], offset, source.path, report)
+                meter.add(data[:cut], text)
+                yield text
             offset += cut
             if final:
+                meter.finish()
                 return
 
 
@@ -333,6 +242,7 @@ def _iter_txt(source: SourceFile, report: CleanReport, one_per_line: bool) -> It
 def _iter_jsonl(source: SourceFile, report: CleanReport, text_field: str) -> Iterator[Document]:
     offset = 0
     line_no = 0
+    meter = GarbageMeter(source.path)
     with _open_binary(source) as fh:
         while True:
             try:
@@ -340,6 +250,7 @@ def _iter_jsonl(source: SourceFile, report: CleanReport, text_field: str) -> Ite
             except _STREAM_ERRORS as exc:
                 raise _stream_error(source, offset, exc) from exc
             if not line:
+                meter.finish()
                 return
             if line_no == 0:
                 _check_not_binary(source, line)
@@ -347,6 +258,7 @@ def _iter_jsonl(source: SourceFile, report: CleanReport, text_field: str) -> Ite
                     line, offset = line[3:], 3
             line_no += 1
             text_line = _decode(line, offset, source.path, report)
+            meter.add(line, text_line)
             offset += len(line)
             if not text_line.strip():
                 continue
@@ -412,14 +324,19 @@ def _iter_parquet(source: SourceFile, report: CleanReport, text_field: str) -> I
             f"{source.path}: column {text_field!r} has type {column_type}, expected a string column"
         )
     index = 0
+    meter = GarbageMeter(source.path)  # typed string columns are text by construction; bytes are not
     try:
         for batch in parquet.iter_batches(batch_size=4096, columns=[text_field]):
             for value in batch.column(0).to_pylist():
                 if value is None:
                     report.add("null_text", example=f"{source.path}: row {index}")
-                else:
-                    text = _decode(value, 0, f"{source.path} row {index}", report) if is_binary else value
+                elif is_binary:
+                    text = _decode(value, 0, f"{source.path} row {index}", report)
+                    meter.add(value, text)
                     yield Document(text, source.path, index)
+                else:
+                    yield Document(value, source.path, index)
                 index += 1
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{source.path}: cannot read Parquet data near row {index} ({exc})") from exc
+    meter.finish()

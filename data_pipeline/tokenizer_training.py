@@ -50,6 +50,7 @@ def train_tokenizer(
     one_per_line: bool = False,
     clean_config: CleanConfig | None = None,
     seed: int = 0,
+    extensions: dict[str, str] | None = None,
 ) -> CleanReport:
     """Train a tokenizer on `inputs` (files/dirs/globs) and save it as an HF tokenizer dir at `out_dir`.
 
@@ -71,7 +72,7 @@ def train_tokenizer(
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise DataError(f"vocab_size {vocab_size} is too small")
     _check_out_dir(out_dir, overwrite)
-    sources = expand_inputs(inputs)
+    sources = expand_inputs(inputs, extensions)
     report = CleanReport()
     texts = _training_texts(
         sources, report, clean_config or CleanConfig(), max_training_chars, seed, text_field, one_per_line

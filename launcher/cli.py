@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_args(local)
     local.add_argument("--nnodes", type=int, default=1)
     local.add_argument("--node-rank", type=int, default=0)
-    local.add_argument("--master-addr", default="127.0.0.1")
+    local.add_argument(
+        "--master-addr",
+        help="node 0's address (default 127.0.0.1; with --launcher deepspeed left to DeepSpeed unless given)",
+    )
     local.add_argument("--master-port", type=int, default=29500)
     local.add_argument(
         "--launcher",
@@ -156,7 +159,7 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
         args.nproc,
         args.nnodes,
         args.node_rank,
-        args.master_addr,
+        args.master_addr or "127.0.0.1",
         args.master_port,
         args.rdzv_timeout,
         args.cpu,
@@ -168,7 +171,7 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
     cmd = (
         torchrun_command(spec, rest)
         if args.launcher == "torchrun"
-        else deepspeed_command(spec, rest, args.hostfile)
+        else deepspeed_command(spec, rest, args.hostfile, args.master_addr)
     )
     print(shlex.join(cmd), file=sys.stderr, flush=True)
     env = {**os.environ, **({"DS_ACCELERATOR": "cpu"} if args.cpu else {})}

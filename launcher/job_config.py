@@ -81,10 +81,12 @@ def find_config_arg(train_args: list[str]) -> tuple[Path, list[str]]:
 def read_job_config(train_args: list[str]) -> JobConfig:
     """Read run_dir and the batch keys from the trainer arguments (--config FILE plus overrides).
 
-    Raises LaunchError for a missing/unreadable config or a missing run_dir.
+    Raises LaunchError for a missing/unreadable config, a missing run_dir, or a batch key that is not a
+    positive integer (naming the key and whether the file or a `key=value` override set it).
     """
     path, overrides = find_config_arg(train_args)
     data = _load_yaml(path)
+    overridden = set()
     for item in overrides:
         if "=" in item and not item.startswith("-"):
             key, value = item.split("=", 1)
@@ -92,15 +94,37 @@ def read_job_config(train_args: list[str]) -> JobConfig:
             *parents, leaf = key.split(".")
             for part in parents:
                 node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
-            node[leaf] = yaml.safe_load(value)
+            node[leaf] = _override_value(value)
+            overridden.add(key)
     train = data.get("train") or {}
+    if not isinstance(train, dict):
+        raise LaunchError(f"{path}: train must be a mapping of keys, got {train!r}")
+
+    def positive_int(key: str, default: int | None) -> int | None:
+        value = train.get(key, default)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        where = "the command line override" if f"train.{key}" in overridden else str(path)
+        raise LaunchError(f"train.{key}={value!r} (from {where}) must be a positive integer")
+
     run_dir = data.get("run_dir")
     if not run_dir:
         raise LaunchError(f"{path}: run_dir is not set (set it in the YAML or pass run_dir=PATH)")
+    if isinstance(run_dir, (dict, list, bool)):
+        raise LaunchError(f"{path}: run_dir={run_dir!r} must be a directory path")
     return JobConfig(
         path=path,
         run_dir=str(run_dir),
-        micro_batch_size=int(train.get("micro_batch_size", 32)),
-        grad_accum_steps=int(train.get("grad_accum_steps", 1)),
-        global_batch_size=None if train.get("global_batch_size") is None else int(train["global_batch_size"]),
+        micro_batch_size=positive_int("micro_batch_size", 32),
+        grad_accum_steps=positive_int("grad_accum_steps", 1),
+        global_batch_size=positive_int("global_batch_size", None),
     )
+
+
+def _override_value(text: str):
+    """A `key=value` override's value as YAML reads it; text YAML cannot read is kept as a string (the
+    trainer reports it if the key matters; the launcher checks the few keys it reads itself)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

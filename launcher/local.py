@@ -77,18 +77,31 @@ def torchrun_command(spec: NodeSpec, train_args: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def deepspeed_command(spec: NodeSpec, train_args: list[str], hostfile: str | None = None) -> list[str]:
-    """The equivalent deepspeed launcher line; per-node (--no_ssh) when there is more than one node."""
+def deepspeed_command(
+    spec: NodeSpec, train_args: list[str], hostfile: str | None = None, master_addr: str | None = None
+) -> list[str]:
+    """The equivalent deepspeed launcher line; per-node (--no_ssh) when there is more than one node.
+
+    `master_addr` is node 0's address as the user gave it (`--master-addr`), None when not given; only a
+    given address becomes `--master_addr`. Left out, DeepSpeed finds the master itself: with a hostfile
+    it asks the first host over ssh (`hostname -I`), without one it uses 127.0.0.1. (Passing 127.0.0.1
+    with a hostfile would make every remote node dial itself.) Raises LaunchError for a per-node launch
+    (nnodes > 1, no ssh) without `master_addr`, which DeepSpeed cannot find without ssh.
+    """
     cmd = ["deepspeed"]
     if hostfile:
         cmd += ["--hostfile", hostfile]
     if spec.nnodes > 1:
+        if master_addr is None:
+            raise LaunchError(
+                f"--launcher deepspeed with --nnodes {spec.nnodes} starts each node without ssh, so "
+                f"DeepSpeed cannot find the master itself: give --master-addr (node 0's address) everywhere"
+            )
         cmd += ["--no_ssh", f"--node_rank={spec.node_rank}", f"--num_nodes={spec.nnodes}"]
-    cmd += [
-        f"--num_gpus={spec.nproc}",
-        f"--master_addr={spec.master_addr}",
-        f"--master_port={spec.master_port}",
-    ]
+    cmd.append(f"--num_gpus={spec.nproc}")
+    if master_addr is not None:
+        cmd.append(f"--master_addr={master_addr}")
+    cmd.append(f"--master_port={spec.master_port}")
     return cmd + ["--module", "pretrain", *train_args]
 
 

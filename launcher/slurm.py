@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,108 @@ from launcher.job_config import LaunchError, read_job_config
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+# Characters an `#SBATCH` argument or a shell word may hold unquoted (ASCII only, no quote, `#`, `\\`).
+_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+# sbatch splits a script into heterogeneous-job components wherever a #SBATCH line mentions these.
+_SBATCH_SPLITTERS = ("hetjob", "packjob")
+
+
+def check_line(value: str, what: str) -> str:
+    """Return `value` if it is one printable line; LaunchError naming `what` for any control character.
+
+    A newline in a value rendered into a job script would end the `#SBATCH` block (sbatch stops at the
+    first line that is not a comment), so the options after it would be silently ignored.
+    """
+    for ch in value:
+        if unicodedata.category(ch) == "Cc":
+            raise LaunchError(
+                f"{what} {value!r} contains the control character U+{ord(ch):04X}; values rendered into a "
+                "job script must be one printable line"
+            )
+    return value
+
+
+def sbatch_quote(value: str, what: str) -> str:
+    """`value` as one argument of an `#SBATCH` line, checked with `check_line`.
+
+    sbatch, not bash, reads these lines (src/sbatch/opt.c, `_get_argument`): quotes group characters,
+    a backslash escapes the next character even inside quotes, and an unquoted `#` starts a comment.
+    So a value that is not plain is wrapped in double quotes with `\\` and `"` escaped. Raises
+    LaunchError for a control character or a word that splits the script into heterogeneous jobs.
+    """
+    check_line(value, what)
+    if any(word in value.lower() for word in _SBATCH_SPLITTERS):
+        raise LaunchError(f"{what} {value!r} contains {'/'.join(_SBATCH_SPLITTERS)}, which sbatch reads as a "
+                          "heterogeneous-job separator; choose another value")  # fmt: skip
+    if _PLAIN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def shell_quote(value: str, what: str) -> str:
+    """`value` as one bash word (shlex.quote), checked with `check_line`."""
+    return shlex.quote(check_line(value, what))
+
+
+def shell_join(words: list[str], what: str) -> str:
+    """Words as one bash command line (shlex.join), each checked with `check_line`."""
+    return " ".join(shell_quote(word, what) for word in words)
+
+
+def sbatch_arguments(script: str) -> list[str]:
+    """The arguments sbatch takes from a script's `#SBATCH` lines, parsed the way sbatch parses them.
+
+    sbatch reads `#SBATCH` lines up to the first line that is neither blank nor a comment; in each it
+    splits arguments at unquoted whitespace, drops quotes, takes `\\x` as `x` and stops at an unquoted
+    `#`. Used to find the log directory to create, and by the tests to check the block stays whole.
+    """
+    arguments = []
+    for line in script.splitlines():
+        if not line.startswith("#SBATCH"):
+            if line.strip() and not line.lstrip().startswith("#"):
+                break
+            continue
+        arg, quote, escaped, started = [], None, False, False
+        for ch in line[len("#SBATCH") :] + " ":
+            if escaped:
+                arg.append(ch)
+                escaped = False
+            elif ch == "\\":
+                escaped = started = True
+            elif quote is not None:
+                if ch == quote:
+                    quote = None
+                else:
+                    arg.append(ch)
+            elif ch in "\"'":
+                quote, started = ch, True
+            elif ch == "#":
+                break
+            elif ch.isspace():
+                if started:
+                    arguments.append("".join(arg))
+                arg, started = [], False
+            else:
+                arg.append(ch)
+                started = True
+        if started and quote is None:
+            arguments.append("".join(arg))
+    return arguments
+
+
+def output_pattern(log_dir: Path, name: str) -> str:
+    """`--output` value: `log_dir/name` with `%` in the directory doubled (sbatch's pattern escape).
+
+    Raises LaunchError for a backslash, which would make sbatch ignore every pattern (`%j`, `%x`).
+    """
+    if "\\" in str(log_dir):
+        raise LaunchError(f"log directory {log_dir} holds a backslash, which sbatch's --output cannot hold")
+    return str(log_dir).replace("%", "%%") + "/" + name
+
+
 @dataclass(frozen=True)
 class SlurmOptions:
-    """Scheduler settings shared by training and preprocessing jobs."""
+    """Scheduler settings shared by training and preprocessing jobs (checked: one printable line each)."""
 
     partition: str | None = None
     time: str = "01:00:00"
@@ -30,12 +130,22 @@ class SlurmOptions:
     container_mounts: str | None = None
     extra_sbatch: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Raise LaunchError naming the flag whose value holds a control character."""
+        for name in ("partition", "time", "job_name", "account", "qos", "constraint", "container_image",
+                     "container_mounts"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                check_line(value, "--" + name.replace("_", "-"))
+        for option in self.extra_sbatch:
+            check_line(option, "--sbatch-option")
+
     def sbatch_lines(self) -> list[str]:
-        """`#SBATCH` lines for the optional settings."""
+        """`#SBATCH` lines for the optional settings, each value quoted for sbatch."""
         pairs = [("partition", self.partition), ("account", self.account), ("qos", self.qos)]
         pairs.append(("constraint", self.constraint))
-        lines = [f"#SBATCH --{key}={value}" for key, value in pairs if value]
-        return lines + [f"#SBATCH {opt}" for opt in self.extra_sbatch]
+        lines = [f"#SBATCH --{key}={sbatch_quote(value, '--' + key)}" for key, value in pairs if value]
+        return lines + [f"#SBATCH {sbatch_quote(opt, '--sbatch-option')}" for opt in self.extra_sbatch]
 
     def srun_args(self) -> list[str]:
         """srun flags: the container image and mounts for pyxis/enroot clusters."""
@@ -50,7 +160,8 @@ class SlurmOptions:
 
 
 def render(template: str, values: dict[str, str]) -> str:
-    """Fill `{{name}}` placeholders of launcher/templates/<template>; raise LaunchError on an unfilled one."""
+    """Fill `{{name}}` placeholders of launcher/templates/<template> with values the caller has already
+    quoted for where they land (`sbatch_quote`, `shell_quote`); raise LaunchError on an unfilled one."""
     text = (TEMPLATES / template).read_text(encoding="utf-8")
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
@@ -106,18 +217,20 @@ def render_train_script(
     node_cmd += ["--cpu"] if cpu else []
     node_cmd += ["--rdzv-timeout", str(rdzv_timeout_s), "--", *train_args, "train.resume=auto"]
     workdir = Path.cwd()
+    check_line(job.run_dir, f"{job.path}: run_dir")
+    output = output_pattern(log_dir_for(job.run_dir, workdir), "%x-%j.out")
     return render(
         "train.sbatch",
         {
-            "job_name": opts.job_name,
+            "job_name": sbatch_quote(opts.job_name, "--job-name"),
             "nodes": str(nodes),
-            "time": opts.time,
+            "time": sbatch_quote(opts.time, "--time"),
             "signal_seconds": str(signal_seconds),
-            "workdir": str(workdir),
-            "log_dir": str(log_dir_for(job.run_dir, workdir)),
+            "workdir": sbatch_quote(str(workdir), "the working directory"),
+            "output": sbatch_quote(output, "run_dir"),
             "sbatch_extra": "\n".join(sbatch),
-            "srun_extra": shlex.join(opts.srun_args()),
-            "node_command": shlex.join(node_cmd),
+            "srun_extra": shell_join(opts.srun_args(), "--container-image/--container-mounts"),
+            "node_command": shell_join(node_cmd, "a trainer argument"),
         },
     )
 
@@ -136,11 +249,22 @@ def sbatch_path() -> str:
 
 
 def submit(script: str, extra_args: list[str] | None = None) -> str:
-    """Submit a job script with `sbatch --parsable`; return the job id. LaunchError if sbatch refuses it."""
+    """Submit a job script with `sbatch --parsable`; return the job id.
+
+    Creates the script's `--output` directory first. LaunchError if it cannot be created or sbatch
+    refuses the job.
+    """
     sbatch = sbatch_path()
-    log_dirs = re.findall(r"^#SBATCH --output=(.+)/[^/]+$", script, flags=re.MULTILINE)
-    for directory in log_dirs:  # sbatch does not create it, and the job would fail without a trace
-        Path(directory).mkdir(parents=True, exist_ok=True)
+    for argument in sbatch_arguments(script):  # sbatch does not create the log dir: the job would vanish
+        if argument.startswith("--output="):
+            log_dir = Path(argument.split("=", 1)[1].replace("%%", "%")).parent
+            try:
+                log_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise LaunchError(
+                    f"cannot create the job's log directory {log_dir}: {err.strerror}; run_dir (or --out) "
+                    "must be on a writable filesystem all nodes share"
+                ) from err
     out = subprocess.run(
         [sbatch, "--parsable", *(extra_args or [])],
         input=script,

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import sys
 from pathlib import Path
 
 from launcher.job_config import LaunchError
-from launcher.slurm import SlurmOptions, render, submit
+from launcher.slurm import (
+    SlurmOptions,
+    output_pattern,
+    parse_time_seconds,
+    render,
+    sbatch_quote,
+    shell_join,
+    shell_quote,
+    submit,
+)
 
 
 def mlm_data_command(opts: SlurmOptions) -> str:
@@ -35,26 +43,36 @@ def render_data_scripts(
         raise LaunchError("pass --out and --partitions to mlm-launch slurm-data, not after `--`")
     out = Path(out).resolve()
     parts = partition_paths(out, partitions)
+    parse_time_seconds(opts.time)  # a bad limit fails here, not at sbatch
+    log_dir = parts[0].parent / "logs"
+    workdir = sbatch_quote(str(Path.cwd()), "the working directory")
     common = {
-        "job_name": opts.job_name,
-        "time": opts.time,
-        "workdir": str(Path.cwd()),
-        "log_dir": str(parts[0].parent / "logs"),
+        "time": sbatch_quote(opts.time, "--time"),
+        "workdir": workdir,
         "sbatch_extra": "\n".join(opts.sbatch_lines()),
         "partitions": str(partitions),
-        "mlm_data": mlm_data_command(opts),
+        "mlm_data": shell_quote(mlm_data_command(opts), "the mlm-data path"),
     }
     build = render(
         "data_build.sbatch",
         {
             **common,
+            "job_name": sbatch_quote(opts.job_name + "-build", "--job-name"),
+            "output": sbatch_quote(output_pattern(log_dir, "%x-%A_%a.out"), "--out"),
             "last_index": str(partitions - 1),
-            "parts_dir": str(parts[0].parent),
-            "build_args": shlex.join(build_args),
+            "parts_dir": shell_quote(str(parts[0].parent), "--out"),
+            "build_args": shell_join(build_args, "a build argument"),
         },
     )
     merge = render(
-        "data_merge.sbatch", {**common, "part_paths": shlex.join(map(str, parts)), "out": str(out)}
+        "data_merge.sbatch",
+        {
+            **common,
+            "job_name": sbatch_quote(opts.job_name + "-merge", "--job-name"),
+            "output": sbatch_quote(output_pattern(log_dir, "%x-%j.out"), "--out"),
+            "part_paths": shell_join([str(p) for p in parts], "--out"),
+            "out": shell_quote(str(out), "--out"),
+        },
     )
     return build, merge
 

@@ -9,16 +9,18 @@ is never loaded. DeepSpeed's own `latest` file is never written.
 
 from __future__ import annotations
 
-import argparse
-import glob
 import logging
 import os
 import re
 import shutil
 import time
 
+import yaml
+
 from pretrain.checkpoint_record import (
     COMPLETE_FILE,
+    CONFIG_FILE,
+    TOKENIZER_DIR,
     TRAINER_STATE_JSON,
     CheckpointError,
     capture_rng_state,
@@ -31,12 +33,17 @@ from pretrain.checkpoint_record import (
     write_file_atomic,
 )
 from pretrain.collectives import Collectives
+from pretrain.elastic import prepare_universal
+from pretrain.engine_state import apply_lr_schedule, fresh_base_lrs, master_param_groups, weights_are_finite
+from pretrain.run_identity import RunDescription, check_resume_identity, config_changes
+from pretrain.safe_load import deepspeed_loads_weights_only
 
 __all__ = ["CheckpointError", "CheckpointManager", "find_newest_valid", "tag_for_step"]
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step-(\d{8,})$")
 LATEST_FILE = "latest"
+UNIVERSAL_DIR = ".universal"  # elastic resume's temporary conversion (pretrain/elastic.py)
 
 
 def tag_for_step(step: int) -> str:
@@ -50,23 +57,6 @@ def _tags_newest_first(ckpt_dir: str) -> list[str]:
         return []
     tags = [n for n in os.listdir(ckpt_dir) if TAG_RE.match(n) and os.path.isdir(os.path.join(ckpt_dir, n))]
     return sorted(tags, key=lambda t: int(TAG_RE.match(t).group(1)), reverse=True)
-
-
-def convert_to_universal(tag_dir: str, out_dir: str) -> None:
-    """Write DeepSpeed's universal (world-size independent) form of ZeRO checkpoint `tag_dir` to `out_dir`."""
-    from deepspeed.checkpoint import ds_to_universal
-
-    shutil.rmtree(out_dir, ignore_errors=True)
-    args = argparse.Namespace(
-        input_folder=tag_dir,
-        output_folder=out_dir,
-        num_extract_workers=1,
-        num_merge_workers=1,
-        keep_temp_folder=False,
-        strict=True,
-        inject_missing_state=True,  # our engines carry no Megatron-style universal info; defaults suffice
-    )
-    ds_to_universal.main(args)
 
 
 def find_newest_valid(ckpt_dir: str) -> tuple[str, dict] | None:
@@ -100,8 +90,9 @@ class CheckpointManager:
 
     Takes the run dir, the `checkpoint` config section (every_steps, every_minutes, keep_last,
     keep_every), this process's rank and world size, the config hash recorded with each checkpoint and
-    the run's `Collectives` (None: CPU tensors, which gloo groups and the GPU group's cpu:gloo backend
-    carry). All ranks construct one and call `save`/`resume` together.
+    the `RunDescription` (identity, resolved config, tokenizer) each checkpoint records and each resume
+    checks, and the run's `Collectives` (None: CPU tensors, which gloo groups and the GPU group's
+    cpu:gloo backend carry). All ranks construct one and call `save`/`resume` together.
     """
 
     def __init__(
@@ -112,6 +103,7 @@ class CheckpointManager:
         rank: int,
         world_size: int,
         config_hash: str,
+        run: RunDescription | None = None,
         collectives: Collectives | None = None,
     ) -> None:
         """Remember the settings; nothing is written until the first save."""
@@ -121,6 +113,7 @@ class CheckpointManager:
         self.rank = rank
         self.world_size = world_size
         self.config_hash = config_hash
+        self.run = run or RunDescription()
         self._last_save_time = time.monotonic()
         self.last_saved_step: int | None = None
 
@@ -146,12 +139,23 @@ class CheckpointManager:
         """Write the checkpoint of `step` from every rank and commit it; returns the tag directory.
 
         Every rank calls this. `trainer_state` is a dict of JSON values and tensors/arrays (step,
-        consumed samples, sampler state, metrics, counters); this rank's RNG states are added here.
-        Raises CheckpointError (on every rank) when any rank fails to write (disk full, no permission):
-        the partial directory is removed, earlier checkpoints and `latest` stay as they were.
+        consumed samples, sampler state, metrics, counters); this rank's RNG states are added here;
+        rank 0 adds the resolved config and the tokenizer. Raises CheckpointError (on every rank) when
+        any rank holds non-finite weights (nothing is written) or fails to write (disk full, no
+        permission): the partial directory is removed, earlier checkpoints and `latest` stay as they were.
         """
         tag = tag_for_step(step)
         tag_dir = os.path.join(self.ckpt_dir, tag)
+        # Never a checkpoint of NaN/Inf weights: each rank checks what it holds (under ZeRO-3 its
+        # partition; the fp32 master copies too), and the ranks agree.
+        local_bad = not weights_are_finite(engine)
+        if self.agree(local_bad):
+            where = "on this rank" if local_bad else "on another rank (see its log)"
+            raise CheckpointError(
+                f"refusing to write checkpoint {tag_dir}: the weights hold NaN or Inf {where}; the previous "
+                f"checkpoint and {os.path.join(self.ckpt_dir, LATEST_FILE)} are unchanged. Lower optim.lr "
+                "or look for bad data before the step where the loss went non-finite"
+            )
         if self.rank == 0:
             os.makedirs(self.ckpt_dir, exist_ok=True)
         existing_complete = self._barrier_bool(self.rank == 0 and self._is_complete(tag_dir))
@@ -171,6 +175,7 @@ class CheckpointManager:
             save_state(capture_rng_state(), rng_dir, f"rank-{self.rank:05d}")
             if self.rank == 0:
                 save_state(trainer_state, tag_dir, TRAINER_STATE_JSON.removesuffix(".json"))
+                self._write_run_files(tag_dir)
         except (OSError, RuntimeError) as e:
             error = e
         if self._barrier_bool(error is not None):
@@ -185,8 +190,9 @@ class CheckpointManager:
         if self.rank == 0:
             try:
                 write_complete_record(
-                    tag_dir, step=step, world_size=self.world_size, config_hash=self.config_hash
-                )
+                    tag_dir, step=step, world_size=self.world_size, config_hash=self.config_hash,
+                    identity=self.run.identity, master_param_groups=master_param_groups(engine),
+                )  # fmt: skip
                 fsync_dir(tag_dir)
                 write_file_atomic(os.path.join(self.ckpt_dir, LATEST_FILE), tag + "\n")
             except OSError as e:
@@ -202,6 +208,23 @@ class CheckpointManager:
         self._barrier()
         log.info("saved checkpoint %s", tag_dir)
         return tag_dir
+
+    def _write_run_files(self, tag_dir: str) -> None:
+        """Rank 0: the resolved config and a copy of the tokenizer, so that the checkpoint says what it
+        was trained with and export ships the tokenizer the weights belong to (fsynced)."""
+        if self.run.config is not None:
+            write_file_atomic(
+                os.path.join(tag_dir, CONFIG_FILE), yaml.safe_dump(self.run.config, sort_keys=False)
+            )
+        if self.run.tokenizer_dir is not None:
+            dst_dir = os.path.join(tag_dir, TOKENIZER_DIR)
+            os.makedirs(dst_dir, exist_ok=True)
+            for name in self.run.tokenizer_files:
+                dst = os.path.join(dst_dir, name)
+                shutil.copyfile(os.path.join(self.run.tokenizer_dir, name), dst)
+                with open(dst, "rb+") as f:
+                    os.fsync(f.fileno())
+            fsync_dir(dst_dir)
 
     def prune(self) -> list[str]:
         """Delete complete checkpoints beyond keep_last unless their step is a multiple of keep_every.
@@ -251,26 +274,31 @@ class CheckpointManager:
     def resume(self, engine, spec: str) -> dict | None:
         """Load the checkpoint `spec` names into `engine` and return our trainer_state (None: fresh).
 
-        Every rank calls this. Loads DeepSpeed's module, optimizer and LR scheduler states and this
-        rank's RNG states. The trainer state gains 'checkpoint' (the tag dir) and 'saved_world_size'.
-        A checkpoint from another world size is loaded through DeepSpeed's universal checkpoint format
-        (ZeRO partitions re-cut; not bitwise, dropout RNG not restored). Raises CheckpointError for an
-        invalid explicit path or a failing DeepSpeed load.
+        Every rank calls this. First the checkpoint's recorded identity (model shape, tokenizer, data
+        build, seq_len, seed) must match this run's, except for the changes train.resume_allow_changed
+        accepts; other config changes are logged in one warning line. Then DeepSpeed's module,
+        optimizer and LR scheduler states (every file read weights-only) and this rank's RNG states are
+        loaded, and the learning rate is set from this run's schedule at the resumed step. The trainer
+        state gains 'checkpoint' (the tag dir) and 'saved_world_size'. A checkpoint from another world
+        size is loaded through DeepSpeed's universal checkpoint format (ZeRO partitions re-cut; not
+        bitwise, dropout RNG not restored). Raises CheckpointError for an invalid explicit path, an
+        identity mismatch (before anything is loaded) or a failing load.
         """
         found = self.resolve(spec)
         if found is None:
             return None
         tag_dir, record = found
         saved_world = int(record["world_size"])
-        if record.get("config_hash") != self.config_hash:
-            log.warning(
-                "resuming %s written under another config (hash %s, now %s)",
-                tag_dir,
-                record.get("config_hash"),
-                self.config_hash,
-            )
+        accepted = check_resume_identity(
+            tag_dir, record["identity"], self.run.identity, self.run.allow_changed
+        )
+        if accepted:
+            log.warning("resuming %s with changes you allowed: %s", tag_dir, "; ".join(accepted))
+        changed = self._config_changes(tag_dir, record)
+        if changed:
+            log.warning("resuming %s with changed settings: %s", tag_dir, "; ".join(changed))
         log.info("resuming from %s (step %s, saved by %d ranks)", tag_dir, record["step"], saved_world)
-        self._load_engine(engine, tag_dir, saved_world)
+        self._load_engine(engine, tag_dir, record)
         state = load_state(tag_dir, TRAINER_STATE_JSON.removesuffix(".json"))
         rng_dir = os.path.join(tag_dir, "rng")
         if saved_world == self.world_size:
@@ -284,39 +312,59 @@ class CheckpointManager:
         self.last_saved_step = int(record["step"])
         return state
 
-    def _load_engine(self, engine, tag_dir: str, saved_world: int) -> None:
-        """engine.load_checkpoint, through a universal checkpoint when ZeRO partitions must be re-cut."""
-        partitioned = bool(glob.glob(os.path.join(tag_dir, "*optim_states.pt")))
+    def _config_changes(self, tag_dir: str, record: dict) -> list[str]:
+        """The real config changes since the checkpoint (see run_identity.config_changes)."""
+        if self.run.config is None or CONFIG_FILE not in record["files"]:
+            return []
+        path = os.path.join(tag_dir, CONFIG_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as e:
+            raise CheckpointError(f"{path} is not readable YAML ({e}); the checkpoint is unusable") from e
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path} is not a config mapping; the checkpoint is unusable")
+        return config_changes(saved, self.run.config)
+
+    def _load_engine(self, engine, tag_dir: str, record: dict) -> None:
+        """engine.load_checkpoint (weights-only), through a universal checkpoint when ZeRO partitions must
+        be re-cut; then the LR of this run's schedule at the resumed step."""
+        saved_world = int(record["world_size"])
+        partitioned = any(rel.endswith("optim_states.pt") for rel in record["files"])
         elastic = partitioned and saved_world != self.world_size
         load_dir, tag = os.path.split(tag_dir)
         if elastic:
             # DeepSpeed refuses ZeRO optimizer partitions of another world size; its universal format
             # holds each parameter's fp32 weights and optimizer moments whole, so any world size can load
-            load_dir = os.path.join(self.ckpt_dir, ".universal")
-            if self.rank == 0:
-                convert_to_universal(tag_dir, os.path.join(load_dir, tag))
-            self._barrier()
+            load_dir = os.path.join(self.ckpt_dir, UNIVERSAL_DIR)
+            prepare_universal(tag_dir, load_dir, rank=self.rank, agree=self._barrier_bool)
             log.warning(
                 "elastic resume: %d -> %d ranks via a universal checkpoint", saved_world, self.world_size
             )
         engine._config.load_universal_checkpoint = elastic  # DeepSpeed reads this flag only from its config
+        base_lrs = fresh_base_lrs(engine)
+        error = None
         try:
-            load_path, _ = engine.load_checkpoint(
-                load_dir, tag, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
+            with deepspeed_loads_weights_only():
+                load_path, _ = engine.load_checkpoint(
+                    load_dir, tag, load_optimizer_states=True, load_lr_scheduler_states=True
+                )
+            if load_path is None:
+                error = CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
         except (RuntimeError, ValueError, AssertionError, KeyError, OSError) as e:
-            raise CheckpointError(
-                f"DeepSpeed could not load {tag_dir} (saved by {saved_world} ranks, now "
-                f"{self.world_size}): {e}"
-            ) from e
+            error = CheckpointError(
+                f"could not load {tag_dir} (saved by {saved_world} ranks, now {self.world_size}): "
+                + " ".join(str(e).split())
+            )
+            error.__cause__ = e
         finally:
             engine._config.load_universal_checkpoint = False
-            if elastic:
-                self._barrier()
-                if self.rank == 0:
-                    shutil.rmtree(load_dir, ignore_errors=True)
-        if load_path is None:
-            raise CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
+        failed = self._barrier_bool(error is not None)  # a rank that cannot load stops them all
+        if elastic and self.rank == 0:
+            shutil.rmtree(load_dir, ignore_errors=True)
+        if failed:
+            raise error or CheckpointError(f"could not load {tag_dir}: another rank failed (see its log)")
+        apply_lr_schedule(engine, base_lrs)
 
     @staticmethod
     def _is_complete(tag_dir: str) -> bool:

@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 COMPLETE_FILE = "COMPLETE.json"
 TRAINER_STATE_JSON = "trainer_state.json"
 TRAINER_STATE_TENSORS = "trainer_state.safetensors"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+CONFIG_FILE = "config.yaml"  # the resolved config of the run that wrote the checkpoint
+TOKENIZER_DIR = "tokenizer"  # a copy of the shards' tokenizer the weights were trained with
 _TENSOR_REF = "__tensor__"
 _NDARRAY_REF = "__ndarray__"
 _TUPLE = "__tuple__"
@@ -68,9 +70,19 @@ def sha256_file(path: str) -> str:
 
 
 def list_files(tag_dir: str) -> list[str]:
-    """Every file under `tag_dir` (relative, '/'-separated, sorted) except the completion record."""
+    """Every file under `tag_dir` (relative, '/'-separated, sorted) except the completion record.
+
+    Raises CheckpointError naming an entry that is a symlink or neither a file nor a directory: a
+    checkpoint holds regular files only, so nothing in it can point outside it.
+    """
     out = []
-    for root, _dirs, files in os.walk(tag_dir):
+    for root, dirs, files in os.walk(tag_dir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path) or not (os.path.isfile(path) or os.path.isdir(path)):
+                raise CheckpointError(
+                    f"{path} is a symlink or a special file; a checkpoint holds regular files only"
+                )
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), tag_dir).replace(os.sep, "/")
             if rel != COMPLETE_FILE:
@@ -78,55 +90,153 @@ def list_files(tag_dir: str) -> list[str]:
     return sorted(out)
 
 
-def write_complete_record(tag_dir: str, *, step: int, world_size: int, config_hash: str) -> dict:
-    """Checksum every file of `tag_dir` and write COMPLETE.json atomically; returns the record."""
-    files = {
+def file_entries(directory: str) -> dict[str, dict]:
+    """{relative path: {"bytes", "sha256"}} of every file under `directory` (see `list_files`)."""
+    return {
         rel: {
-            "bytes": os.path.getsize(os.path.join(tag_dir, rel)),
-            "sha256": sha256_file(os.path.join(tag_dir, rel)),
+            "bytes": os.path.getsize(os.path.join(directory, rel)),
+            "sha256": sha256_file(os.path.join(directory, rel)),
         }
-        for rel in list_files(tag_dir)
+        for rel in list_files(directory)
     }
+
+
+def write_complete_record(
+    tag_dir: str,
+    *,
+    step: int,
+    world_size: int,
+    config_hash: str,
+    identity: dict | None = None,
+    master_param_groups: list[list[str]] | None = None,
+) -> dict:
+    """Checksum every file of `tag_dir` and write COMPLETE.json atomically; returns the record.
+
+    `identity` (JSON values) says what the weights belong to (see pretrain/run_identity.py);
+    `master_param_groups` names the parameters of each optimizer group where DeepSpeed's files do not
+    (ZeRO-0 with 16-bit weights: the fp32 master copies are stored by group position only).
+    """
     record = {
         "version": RECORD_VERSION,
         "step": step,
         "world_size": world_size,
         "config_hash": config_hash,
-        "files": files,
+        "identity": identity or {},
+        "files": file_entries(tag_dir),
     }
+    if master_param_groups is not None:
+        record["master_param_groups"] = master_param_groups
     write_file_atomic(os.path.join(tag_dir, COMPLETE_FILE), json.dumps(record, indent=1, sort_keys=True))
     return record
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_record(record_path: str) -> dict:
+    """The record at `record_path`, every field type-checked; raises CheckpointError naming the field."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{record_path}: {what}; the checkpoint is unusable (delete it)")
+
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise bad(f"unreadable or not JSON ({e})") from e
+    if not isinstance(record, dict):
+        raise bad(f"the record is a {type(record).__name__}, not an object")
+    if record.get("version") != RECORD_VERSION:
+        raise bad(
+            f"record version {record.get('version')!r}, this mlm-pretrain reads version {RECORD_VERSION} "
+            "(older records do not say which model, tokenizer and data the weights belong to)"
+        )
+    for key, ok in (
+        ("step", lambda v: _is_int(v) and v >= 0),
+        ("world_size", lambda v: _is_int(v) and v >= 1),
+        ("config_hash", lambda v: isinstance(v, str)),
+        ("identity", lambda v: isinstance(v, dict)),
+        ("files", lambda v: isinstance(v, dict) and v),
+    ):
+        if key not in record or not ok(record[key]):
+            raise bad(
+                f"{key!r} is {record.get(key)!r}"
+                + (" (a checkpoint lists its files)" if key == "files" else "")
+            )
+    for rel, meta in record["files"].items():
+        parts = rel.split("/")
+        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+            raise bad(f"lists {rel!r}, which is not a plain path inside the checkpoint")
+        if not (
+            isinstance(meta, dict)
+            and _is_int(meta.get("bytes"))
+            and isinstance(meta.get("sha256"), str)
+            and len(meta["sha256"]) == 64
+        ):
+            raise bad(f"the entry of {rel!r} is {meta!r}, not {{'bytes': int, 'sha256': hex digest}}")
+    groups = record.get("master_param_groups")
+    if groups is not None and not (
+        isinstance(groups, list)
+        and all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups)
+    ):
+        raise bad("'master_param_groups' is not a list of lists of parameter names")
+    return record
+
+
+def required_files(world_size: int) -> list[str]:
+    """The files every checkpoint of `world_size` ranks holds besides DeepSpeed's (ours)."""
+    return [TRAINER_STATE_JSON] + [f"rng/rank-{r:05d}.json" for r in range(world_size)]
+
+
+def check_listed_files(directory: str, files: dict, source: str) -> None:
+    """`directory` must hold exactly `files` ({relative path: {"bytes", "sha256"}}), each with its size
+    and sha256 (`source` names the list in messages). Raises CheckpointError naming the first file at
+    fault: an unlisted one (planted, or left by something else), a missing, truncated or altered one.
+    """
+    on_disk = list_files(directory)
+    unlisted = [rel for rel in on_disk if rel not in files]
+    if unlisted:
+        raise CheckpointError(
+            f"{os.path.join(directory, unlisted[0])} is not listed in {source}: it was not written by the "
+            f"save that {source} records ({len(unlisted)} unlisted file(s)); refusing the whole directory. "
+            "Delete the file if you put it there, otherwise delete the checkpoint"
+        )
+    present = set(on_disk)
+    for rel, meta in sorted(files.items()):
+        path = os.path.join(directory, rel)
+        if rel not in present:
+            raise CheckpointError(f"{path} is listed in {source} but missing")
+        size = os.path.getsize(path)
+        if size != meta["bytes"]:
+            raise CheckpointError(f"{path} has {size} bytes, {source} recorded {meta['bytes']}: truncated")
+        if sha256_file(path) != meta["sha256"]:
+            raise CheckpointError(f"{path} fails its sha256 check in {source}: the file is corrupt")
 
 
 def validate_checkpoint(tag_dir: str) -> dict:
     """Check `tag_dir` against its COMPLETE.json; returns the record.
 
-    Raises CheckpointError naming the offending file: no/unreadable record (an interrupted save),
-    a listed file missing, of another size, or with another sha256.
+    A checkpoint is valid only if its directory holds exactly the files its record lists, each with the
+    recorded size and sha256, and the record lists our trainer state, every rank's RNG state and
+    DeepSpeed's model states. Raises CheckpointError naming the offending file or record field: no
+    record (an interrupted save), a malformed or empty record, an unlisted, missing, truncated or
+    altered file.
     """
     record_path = os.path.join(tag_dir, COMPLETE_FILE)
     if not os.path.isfile(record_path):
         raise CheckpointError(f"{tag_dir} has no {COMPLETE_FILE}: the save was interrupted; it is incomplete")
-    try:
-        with open(record_path, encoding="utf-8") as f:
-            record = json.load(f)
-        files, step, world_size = record["files"], int(record["step"]), int(record["world_size"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    record = _parse_record(record_path)
+    files = record["files"]
+    missing = [rel for rel in required_files(record["world_size"]) if rel not in files]
+    if not any(rel.endswith("model_states.pt") and "/" not in rel for rel in files):
+        missing.append("*model_states.pt")
+    if missing:
         raise CheckpointError(
-            f"{record_path} is unreadable or malformed ({e}); the checkpoint is unusable"
-        ) from e
-    for rel, meta in files.items():
-        path = os.path.join(tag_dir, rel)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{path} is listed in {COMPLETE_FILE} but missing")
-        size = os.path.getsize(path)
-        if size != meta["bytes"]:
-            raise CheckpointError(
-                f"{path} has {size} bytes, {COMPLETE_FILE} recorded {meta['bytes']}: truncated"
-            )
-        if sha256_file(path) != meta["sha256"]:
-            raise CheckpointError(f"{path} fails its sha256 check in {COMPLETE_FILE}: the file is corrupt")
-    del step, world_size  # parsed above only to validate their presence
+            f"{record_path} does not list {', '.join(missing)}: not a complete checkpoint of "
+            f"{record['world_size']} rank(s); the checkpoint is unusable (delete it)"
+        )
+    check_listed_files(tag_dir, files, COMPLETE_FILE)
     return record
 
 

@@ -38,6 +38,10 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+# What train.resume_allow_changed may name (each is a part of a checkpoint's identity: run_identity.py).
+RESUME_ALLOWABLE_CHANGES = ("model", "tokenizer", "data", "seq_len", "seed")
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -164,6 +168,10 @@ class TrainConfig:
     """Seeds model init, sample order and masks."""
     resume: str = "auto"
     """auto: continue from the newest complete checkpoint in run_dir if any; none: start fresh; or a path."""
+    resume_allow_changed: list = field(default_factory=list)
+    """What a resume may find changed since the checkpoint (refused otherwise, naming the change): any of
+    model (shape), tokenizer, data (build identity), seq_len, seed. E.g. `[data]` to continue on a new
+    build of the corpus on purpose."""
     max_tokens: int | None = None
     """Stop once this many (non-pad) training tokens have been consumed."""
     max_minutes: float | None = None
@@ -184,6 +192,11 @@ class TrainConfig:
         )
         _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
         _check(bool(self.resume), "train.resume must be 'auto', 'none' or a checkpoint path")
+        _check(
+            all(name in RESUME_ALLOWABLE_CHANGES for name in self.resume_allow_changed),
+            f"train.resume_allow_changed must list names from {', '.join(RESUME_ALLOWABLE_CHANGES)}, "
+            f"got {self.resume_allow_changed!r}",
+        )
         _check(self.max_tokens is None or self.max_tokens > 0, "train.max_tokens must be > 0")
         _check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes must be > 0")
 

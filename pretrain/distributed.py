@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -53,12 +54,28 @@ def cpu_fp16_test_device() -> bool:
     return os.environ.get(CPU_FP16_TEST_ENV) == "1" and not torch.cuda.is_available()
 
 
-def _report_fp16_on_the_cpu_accelerator() -> None:
+def enable_cpu_fp16_test_device() -> Callable[[], None]:
+    """Switch the CPU fp16 test device on in this process (TESTS ONLY; what MLM_TEST_CPU_FP16=1 does for
+    a trainer process): sets the variable and makes DeepSpeed's CPU accelerator report fp16 support.
+
+    Returns a function that undoes both. Import deepspeed only after DS_ACCELERATOR is chosen.
+    """
     # DeepSpeed refuses fp16 where the accelerator says it has none (engine._do_sanity_check); its CPU
     # accelerator asks oneDNN, which says no on most CPUs although every op fp16 training needs runs there.
     from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
 
+    previous_method, previous_env = CPU_Accelerator.is_fp16_supported, os.environ.get(CPU_FP16_TEST_ENV)
+    os.environ[CPU_FP16_TEST_ENV] = "1"
     CPU_Accelerator.is_fp16_supported = lambda self: True
+
+    def undo() -> None:
+        CPU_Accelerator.is_fp16_supported = previous_method
+        if previous_env is None:
+            os.environ.pop(CPU_FP16_TEST_ENV, None)
+        else:
+            os.environ[CPU_FP16_TEST_ENV] = previous_env
+
+    return undo
 
 
 def process_group_backend(on_gpu: bool) -> str:
@@ -100,7 +117,7 @@ def prepare_environment() -> bool:
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if cpu_fp16_test_device():
-            _report_fp16_on_the_cpu_accelerator()
+            enable_cpu_fp16_test_device()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

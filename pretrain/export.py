@@ -1,90 +1,91 @@
 """`mlm-train export RUN_DIR|CHECKPOINT_DIR OUT_DIR [--tag TAG]`: a checkpoint -> a Hugging Face model dir.
 
-Consolidates the DeepSpeed checkpoint (ZeRO stage 0-3, fp32 or bf16) to fp32 weights, loads them into
-BertForMaskedLM (or BertForPreTraining when an NSP/SOP head was trained), and writes OUT_DIR with
-`save_pretrained` (safetensors), the shards' tokenizer and a model card (README.md). OUT_DIR loads with
-`AutoModelForMaskedLM.from_pretrained` and `pipeline("fill-mask")`.
+Everything comes from the validated checkpoint itself: the fp32 master weights (ZeRO stage 0-3, fp32,
+bf16 or fp16; pretrain/consolidate.py, every file read weights-only), the model shape from its
+record, the resolved config and the tokenizer the weights were trained with (both copied into the
+checkpoint by the save). The weights are loaded into BertForMaskedLM (or BertForPreTraining when an
+NSP/SOP head was trained) and OUT_DIR is written with `save_pretrained` (safetensors), the tokenizer and
+a model card (README.md). OUT_DIR loads with `AutoModelForMaskedLM.from_pretrained` and
+`pipeline("fill-mask")`. Every failure is one line on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
+import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 
 import torch
 
-from pretrain.checkpoint import CheckpointError, find_newest_valid
-from pretrain.checkpoint_record import TRAINER_STATE_JSON, load_state, validate_checkpoint
+from pretrain.checkpoint import TAG_RE, CheckpointError, find_newest_valid
+from pretrain.checkpoint_record import (
+    COMPLETE_FILE,
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    TRAINER_STATE_JSON,
+    load_state,
+    validate_checkpoint,
+)
 from pretrain.config import ConfigError, load_config
+from pretrain.consolidate import fp32_weights
+from pretrain.metrics import read_records
 
 log = logging.getLogger(__name__)
 
 
-def resolve_checkpoint(path: str, tag: str | None) -> tuple[str, str]:
-    """(tag dir, run dir) for a run dir (newest valid checkpoint, or `tag`) or a checkpoint tag dir.
+def resolve_checkpoint(path: str, tag: str | None) -> tuple[str, str, dict]:
+    """(tag dir, run dir, record) for a run dir (newest valid checkpoint, or `tag`) or a checkpoint dir.
 
     Raises CheckpointError when nothing valid is there (naming the file at fault).
     """
     path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, "config.yaml")):  # a run dir
-        ckpt_dir = os.path.join(path, "checkpoints")
+    if os.path.isfile(os.path.join(path, COMPLETE_FILE)) or TAG_RE.match(os.path.basename(path)):
         if tag is not None:
-            tag_dir = os.path.join(ckpt_dir, tag)
-            validate_checkpoint(tag_dir)
-            return tag_dir, path
-        found = find_newest_valid(ckpt_dir)
-        if found is None:
-            raise CheckpointError(f"{ckpt_dir}: no complete, valid checkpoint to export")
-        return found[0], path
+            raise CheckpointError(f"--tag is for a run dir; {path} is a checkpoint dir")
+        return path, os.path.dirname(os.path.dirname(path)), validate_checkpoint(path)
+    if not os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isfile(
+        os.path.join(path, "config.yaml")
+    ):
+        raise CheckpointError(f"{path}: no {COMPLETE_FILE} and no checkpoints/; not a checkpoint or run dir")
+    ckpt_dir = os.path.join(path, "checkpoints")
     if tag is not None:
-        raise CheckpointError(f"--tag is for a run dir; {path} has no config.yaml")
-    validate_checkpoint(path)
-    return path, os.path.dirname(os.path.dirname(path))
-
-
-def consolidated_fp32_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
-    """The full model's fp32 weights from a DeepSpeed checkpoint dir of any ZeRO stage.
-
-    ZeRO 1-3 (and bf16) partitions are merged by DeepSpeed's zero_to_fp32 helpers (which unpickle:
-    trusted checkpoints only); without partitioned optimizer files the weights are read from the
-    model-states file with torch.load(weights_only=True).
-    """
-    if glob.glob(os.path.join(tag_dir, "*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        load_dir, tag = os.path.split(tag_dir)
-        state = get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag)
-    else:
-        model_file = os.path.join(tag_dir, "mp_rank_00_model_states.pt")
-        if not os.path.isfile(model_file):
-            raise CheckpointError(f"{model_file} missing: not a DeepSpeed checkpoint")
-        state = torch.load(model_file, map_location="cpu", weights_only=True)["module"]
-    return {k: v.float().contiguous() for k, v in state.items()}
+        if not TAG_RE.match(tag):
+            raise CheckpointError(f"--tag {tag!r} is not a checkpoint tag (step-XXXXXXXX)")
+        tag_dir = os.path.join(ckpt_dir, tag)
+        return tag_dir, path, validate_checkpoint(tag_dir)
+    found = find_newest_valid(ckpt_dir)
+    if found is None:
+        raise CheckpointError(f"{ckpt_dir}: no complete, valid checkpoint to export")
+    return found[0], path, found[1]
 
 
 def _last_eval(run_dir: str, step: int) -> dict | None:
-    """The last evaluation record of metrics.jsonl at or before `step` (None when there is none)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    found = None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if "eval_loss" in record and record.get("step", 0) <= step:
-                found = record
-    return found
+    """The last evaluation record of metrics.jsonl at or before `step` (None when there is none); a torn
+    last line (a killed run) is skipped."""
+    evals = [r for r in read_records(os.path.join(run_dir, "metrics.jsonl")) if "eval_loss" in r]
+    evals = [r for r in evals if r["step"] <= step]
+    return evals[-1] if evals else None
 
 
-def _model_card(cfg, class_name: str, state: dict, eval_record: dict | None, tag_dir: str) -> str:
+def _model_config(cfg_model, identity: dict):
+    """The run's model section with the shape the checkpoint records (init_from is not needed again)."""
+    try:
+        return dataclasses.replace(
+            cfg_model, preset=None, init_from=None, hidden_size=identity["model.hidden_size"],
+            num_layers=identity["model.num_layers"], num_heads=identity["model.num_heads"],
+            intermediate_size=identity["model.intermediate_size"],
+            max_position_embeddings=identity["model.max_position_embeddings"],
+        )  # fmt: skip
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"the checkpoint record's model shape is incomplete or invalid ({e})") from e
+
+
+def _model_card(cfg, m, class_name: str, state: dict, eval_record: dict | None, tag_dir: str) -> str:
     metrics = "\n".join(f"- {k}: {v}" for k, v in (eval_record or {}).items()) or "- (no evaluation recorded)"
-    m = cfg.model
     return f"""---
 library_name: transformers
 tags: [bert, fill-mask, mlm-pretrain]
@@ -112,9 +113,10 @@ fill = pipeline("fill-mask", model="path/to/this/dir")
 def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     """Export the checkpoint at `path` (run dir or tag dir) to `out_dir`; returns the HF class name.
 
-    Raises CheckpointError (invalid checkpoint), ConfigError (unreadable run config) or
-    FileExistsError (out_dir exists and is not empty). Writes into a temp dir renamed into place, so a
-    failed export leaves no half-written out_dir.
+    Raises CheckpointError (invalid checkpoint, a file that is not weights-only loadable, weights that
+    do not fit the recorded shape), ConfigError (the checkpoint's config) or FileExistsError (out_dir
+    exists and is not empty). Writes into a temp dir renamed into place, so a failed export leaves no
+    half-written out_dir; out_dir gets the permissions of a plain mkdir (the umask's).
     """
     import transformers
     from transformers import AutoTokenizer
@@ -123,22 +125,26 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
 
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output dir")
-    tag_dir, run_dir = resolve_checkpoint(path, tag)
-    config_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(config_path):
-        raise ConfigError(f"{config_path} missing: export needs the run's resolved config")
-    cfg = load_config(config_path)
-    weights = consolidated_fp32_state_dict(tag_dir)
-    tokenizer_dir = os.path.join(cfg.data.path, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    vocab_size = weights["bert.embeddings.word_embeddings.weight"].shape[0]
-    model = build_model(
-        cfg.model,
-        vocab_size=vocab_size,
-        pad_id=tokenizer.pad_token_id,
-        pair_head="cls.seq_relationship.weight" in weights,
+    tag_dir, run_dir, record = resolve_checkpoint(path, tag)
+    files, identity = record["files"], record["identity"]
+    if CONFIG_FILE not in files or not any(rel.startswith(f"{TOKENIZER_DIR}/") for rel in files):
+        raise CheckpointError(
+            f"{tag_dir} holds no {CONFIG_FILE} and {TOKENIZER_DIR}/ (not saved by the trainer); cannot export"
+        )
+    cfg = load_config(os.path.join(tag_dir, CONFIG_FILE))
+    weights = fp32_weights(tag_dir, record)
+    tokenizer = AutoTokenizer.from_pretrained(
+        os.path.join(tag_dir, TOKENIZER_DIR), local_files_only=True, trust_remote_code=False
     )
-    model.load_state_dict(weights, strict=True)
+    model_cfg = _model_config(cfg.model, identity)
+    model = build_model(
+        model_cfg, vocab_size=identity.get("model.vocab_size", len(tokenizer)),
+        pad_id=tokenizer.pad_token_id, pair_head=bool(identity.get("model.pair_head")),
+    )  # fmt: skip
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{tag_dir}: the weights do not fit the recorded model shape ({e})") from e
     class_name = model.export_class_name
     hf_model = getattr(transformers, class_name)(model.hf_config)
     hf_model.load_state_dict(model.state_dict(), strict=True)
@@ -146,11 +152,14 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     state = load_state(tag_dir, TRAINER_STATE_JSON.removesuffix(".json"))
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    tmp = os.path.join(parent, f".export-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(tmp)  # not mkdtemp: that is 0700, an export is for others to read (the umask decides)
     try:
         hf_model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        card = _model_card(cfg, class_name, state, _last_eval(run_dir, int(state.get("step", 0))), tag_dir)
+        card = _model_card(
+            cfg, model_cfg, class_name, state, _last_eval(run_dir, int(state.get("step", 0))), tag_dir
+        )
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
         if os.path.isdir(out_dir):
@@ -178,8 +187,9 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     try:
         class_name = export_checkpoint(args.source, args.out_dir, args.tag)
-    except (CheckpointError, ConfigError, FileExistsError, OSError, ValueError) as e:
-        print(f"mlm-train export: error: {e}", file=sys.stderr)
+    except (CheckpointError, ConfigError, FileExistsError, OSError, ValueError, RuntimeError) as e:
+        # DataError is a ValueError, CheckpointError a RuntimeError; a message is kept to one line
+        print(f"mlm-train export: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(f"wrote {class_name} to {args.out_dir}")
     return 0

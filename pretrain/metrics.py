@@ -142,6 +142,23 @@ class MetricsLogger:
             self._jsonl = None
 
 
+def _parse_line(line: str) -> dict | None:
+    """The record of one metrics.jsonl line; None for a line cut short by a killed process."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def read_records(path: str) -> list[dict]:
+    """The records of the metrics.jsonl at `path` ([] when there is none); torn lines are skipped."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [r for r in map(_parse_line, f) if r is not None]
+
+
 def _truncate_after(path: str, step: int) -> None:
     """Drop records with step > `step` (written after the checkpoint a resumed run starts from)."""
     if not os.path.exists(path):
@@ -150,11 +167,9 @@ def _truncate_after(path: str, step: int) -> None:
         lines = f.readlines()
     kept = []
     for line in lines:
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError):
-            continue  # a line cut short by a killed process
+        record = _parse_line(line)
+        if record is not None and record["step"] <= step:
+            kept.append(line)
     if len(kept) != len(lines):
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -39,6 +39,7 @@ from pretrain.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedErr
 from pretrain.masking import MaskingCollator
 from pretrain.metrics import MetricsLogger, memory_stats, mfu
 from pretrain.model import build_model
+from pretrain.run_identity import describe_run
 from pretrain.signals import EXIT_PREEMPTED, PreemptionHandler
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
         cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
-        collectives=comm,
+        run=describe_run(cfg, model, train_reader.manifest, seq_len=seq_len), collectives=comm,
     )  # fmt: skip
     monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank)
     debug = cfg.debug

@@ -1,6 +1,8 @@
 """Real builds over a multi-file corpus: worker-count independence, the token stream, verify, merge."""
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -118,18 +120,25 @@ def test_verify_names_a_flipped_byte_and_a_truncated_shard(split_corpus, wordpie
     assert "validation-00000.arrow" in problems[1] and "size" in problems[1]
 
 
-def test_merged_partitions_hold_the_same_documents_as_one_build(
-    split_corpus, wordpiece_tokenizer_dir, full_build, tmp_path
-):
-    parts = []
-    for i in range(2):
-        parts.append(str(tmp_path / f"part{i}"))
-        _build(split_corpus, wordpiece_tokenizer_dir, parts[-1], num_partitions=2, partition_index=i)
-        assert Manifest.load(parts[-1]).build["partition"] == {"index": i, "count": 2}
+@pytest.fixture(scope="session")
+def two_partitions(split_corpus, wordpiece_tokenizer_dir, tmp_path_factory) -> list[str]:
+    """The two partitions of one build of `split_corpus` (files 0, 2, 4 and 1, 3, 5)."""
+    root = tmp_path_factory.mktemp("partitions")
+    parts = [str(root / f"part{i}") for i in range(2)]
+    for i, part in enumerate(parts):
+        _build(split_corpus, wordpiece_tokenizer_dir, part, num_partitions=2, partition_index=i)
+    return parts
+
+
+def test_merged_partitions_hold_the_same_documents_as_one_build(two_partitions, full_build, tmp_path):
+    parts = two_partitions
+    for i, part in enumerate(parts):
+        assert Manifest.load(part).build["partition"] == {"index": i, "count": 2}
     merged = merge_parts(parts, str(tmp_path / "merged"))
     assert verify_shards(str(tmp_path / "merged")) == []
     single = Manifest.load(full_build)
     assert merged.counts["documents"] == single.counts["documents"]
+    assert merged.data_identity() == single.data_identity()  # one build, however it was cut
     sep = single.tokenizer["special_ids"]["sep"]
     for split in ("train", "validation"):
         docs = []
@@ -137,6 +146,46 @@ def test_merged_partitions_hold_the_same_documents_as_one_build(
             reader = ShardReader(d, split)
             docs.append(sorted(_split_docs(_stream(reader.take(range(len(reader)))), sep)))
         assert docs[0] == docs[1]
+    reversed_order = merge_parts(parts[::-1], str(tmp_path / "reversed"))  # parts are taken in index order
+    assert reversed_order.splits == merged.splits and reversed_order.sources == merged.sources
+
+
+def test_merge_refuses_a_repeated_or_missing_partition(two_partitions, tmp_path):
+    p0, p1 = two_partitions
+    with pytest.raises(DataError, match=rf"partition 0 of 2 is given twice \({p0} and {p0}\)"):
+        merge_parts([p0, p1, p0], str(tmp_path / "twice"))
+    with pytest.raises(DataError, match=r"partition 1 of 2 missing: merge needs all 2 partition directories"):
+        merge_parts([p0], str(tmp_path / "half"))
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "half").exists()
+
+
+def test_merge_refuses_a_partition_of_another_build(
+    two_partitions, split_corpus, wordpiece_tokenizer_dir, tmp_path
+):
+    other = str(tmp_path / "other-seed")
+    _build(split_corpus, wordpiece_tokenizer_dir, other, num_partitions=2, partition_index=1, seed=7)
+    with pytest.raises(DataError, match=rf"{other}: built from other inputs or settings than"):
+        merge_parts([two_partitions[0], other], str(tmp_path / "merged"))
+
+
+def test_verify_catches_a_manifest_claiming_an_incomplete_merge(two_partitions, tmp_path):
+    # What the old `merge p0` and `merge p0 p0` wrote: a partition's manifest relabelled as a whole build.
+    half = tmp_path / "half"
+    shutil.copytree(two_partitions[0], half)
+    manifest = json.loads((half / "manifest.json").read_text())
+    manifest["build"]["partition"] = None
+    (half / "manifest.json").write_text(json.dumps(manifest))
+    (problem,) = verify_shards(str(half))
+    assert (
+        problem
+        == f"{half / 'manifest.json'}: holds 3 of the 6 input files of its build (a merge missing "
+        + ("partitions?); merge all partitions again")
+    )
+    manifest["sources"] = manifest["sources"] * 2
+    (half / "manifest.json").write_text(json.dumps(manifest))
+    (problem,) = verify_shards(str(half))
+    assert "more than once (a partition merged twice?)" in problem
+    assert verify_shards(two_partitions[1]) == []  # a partition on its own is whole for what it claims
 
 
 def test_sentence_segmentation():

@@ -99,7 +99,7 @@ def test_output_dir_holding_a_different_build_is_refused_unless_overwrite(
     capsys.readouterr()
     assert main(["build", *common, "--seq-len", "64"]) == 1
     err = capsys.readouterr().err
-    assert str(out) in err and "different build" in err and "--overwrite" in err
+    assert str(out) in err and "different build (its seq_len is 32, now 64)" in err and "--overwrite" in err
     assert {n: (out / n).read_bytes() for n in os.listdir(out) if n != "tokenizer"} == before  # untouched
     assert main(["build", *common, "--seq-len", "64", "--overwrite"]) == 0
     assert json.loads((out / "manifest.json").read_text())["seq_len"] == 64

@@ -24,26 +24,32 @@ def _rows(n: int, start: int) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.fixture
-def shards_dir(tmp_path) -> tuple[str, dict[str, np.ndarray]]:
-    """Two train shards (the first written in two batches) and a manifest, plus the rows written."""
+def write_shards(out, shards: dict[str, list[dict]], manifest_seq_len: int = SEQ_LEN) -> None:
+    """Write train shards {name: [row batches]} (nsp schema, vocab 500) and a manifest that matches them."""
     schema = shard_schema(SEQ_LEN, "uint16", with_pairs=True)
-    parts = [_rows(7, 0), _rows(5, 1000), _rows(4, 2000)]
-    shards = []
-    for name, pieces in (("train-00000.arrow", parts[:2]), ("train-00001.arrow", parts[2:])):
-        writer = ShardWriter(str(tmp_path / name), schema)
+    listed = []
+    for name, pieces in shards.items():
+        writer = ShardWriter(str(out / name), schema)
         for piece in pieces:
             writer.write(piece)
         rows, tokens = writer.close()
-        path = str(tmp_path / name)
-        shards.append({"file": name, "rows": rows, "tokens": tokens, "bytes": os.path.getsize(path),
+        path = str(out / name)
+        listed.append({"file": name, "rows": rows, "tokens": tokens, "bytes": os.path.getsize(path),
                        "sha256": file_sha256(path)})  # fmt: skip
     Manifest(
-        seq_len=SEQ_LEN, mode="nsp", id_dtype="uint16",
+        seq_len=manifest_seq_len, mode="nsp", id_dtype="uint16",
         tokenizer={"dir": "tokenizer", "hash": "x", "vocab_size": 500, "special_ids": {}},
-        splits={"train": {"rows": 16, "tokens": 16 * SEQ_LEN, "shards": shards},
+        splits={"train": {"rows": sum(s["rows"] for s in listed), "tokens": sum(s["tokens"] for s in listed),
+                          "shards": listed},
                 "validation": {"rows": 0, "tokens": 0, "shards": []}},
-    ).save(str(tmp_path))  # fmt: skip
+    ).save(str(out))  # fmt: skip
+
+
+@pytest.fixture
+def shards_dir(tmp_path) -> tuple[str, dict[str, np.ndarray]]:
+    """Two train shards (the first written in two batches) and a manifest, plus the rows written."""
+    parts = [_rows(7, 0), _rows(5, 1000), _rows(4, 2000)]
+    write_shards(tmp_path, {"train-00000.arrow": parts[:2], "train-00001.arrow": parts[2:]})
     expected = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return str(tmp_path), expected
 
@@ -111,3 +117,47 @@ def test_data_identity_ignores_partition_fields_only():
     part1 = manifest(num_partitions=2, partition_index=1)
     assert part0.data_identity() == part1.data_identity() == manifest().data_identity()
     assert manifest(seq_len=128).data_identity() != part0.data_identity()
+
+
+def _damaged(rows: dict[str, np.ndarray], row: int, column: str, value) -> dict[str, np.ndarray]:
+    rows = {k: v.copy() for k, v in rows.items()}
+    rows[column][row] = value
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("input_ids", 600, "token id 600 >= vocab_size 500"),
+        ("length", 0, "length 0 outside 1..16"),  # a zeroed length column trained with loss 0.0
+        ("length", SEQ_LEN + 1, "length 17 outside 1..16"),
+        ("pair_label", 3, "pair_label 3 is not 0 or 1"),
+    ],
+)
+def test_take_names_the_shard_and_row_of_a_row_the_trainer_cannot_use(tmp_path, column, value, problem):
+    # Row 2 of the second record batch of the first shard: shard row 9, global sample 9.
+    second = _damaged(_rows(5, 1000), 2, column, value)
+    write_shards(tmp_path, {"train-00000.arrow": [_rows(7, 0), second], "train-00001.arrow": [_rows(4, 0)]})
+    reader = ShardReader(str(tmp_path))  # sizes match the manifest: only reading the rows shows it
+    reader.take([0, 8, 10, 15])  # batches without the bad row are fine
+    with pytest.raises(DataError) as err:
+        reader.take([13, 9, 1])
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'train-00000.arrow'}: row 9 (train sample 9): {problem}")
+    assert "mlm-data verify" in message
+    (found,) = verify_shards(str(tmp_path))
+    assert "train-00000.arrow" in found and f"row 9: {problem}" in found
+
+
+def test_rows_of_specials_only_and_length_one_are_legal(tmp_path):
+    rows = _rows(3, 0)
+    rows["length"][:] = [1, 2, SEQ_LEN]  # e.g. [CLS] alone: nothing to mask, still a valid row
+    write_shards(tmp_path, {"train-00000.arrow": [rows]})
+    assert ShardReader(str(tmp_path)).take([0, 1, 2])["length"].tolist() == [1, 2, SEQ_LEN]
+
+
+def test_rows_wider_than_the_manifest_seq_len_are_refused_when_opened(tmp_path):
+    write_shards(tmp_path, {"train-00000.arrow": [_rows(4, 0)]}, manifest_seq_len=8)
+    with pytest.raises(DataError, match=r"train-00000\.arrow: rows are 16 tokens wide but the manifest's "
+                       "seq_len is 8"):  # fmt: skip
+        ShardReader(str(tmp_path))

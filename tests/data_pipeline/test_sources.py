@@ -3,6 +3,7 @@
 import bz2
 import gzip
 import json
+import lzma
 import os
 
 import pyarrow as pa
@@ -13,7 +14,8 @@ import zstandard
 from data_pipeline import sources
 from data_pipeline.clean import CleanReport
 from data_pipeline.errors import DataError
-from data_pipeline.sources import SourceFile, expand_inputs, iter_documents
+from data_pipeline.input_files import parse_extensions
+from data_pipeline.sources import SourceFile, expand_input_set, expand_inputs, iter_documents
 
 DOCS = [
     "First document,\nwith two lines.",
@@ -24,6 +26,7 @@ COMPRESSORS = {
     "gz": gzip.compress,
     "bz2": bz2.compress,
     "zst": lambda data: zstandard.ZstdCompressor().compress(data),
+    "xz": lzma.compress,
 }
 
 
@@ -40,7 +43,7 @@ def read_all(path, **kwargs):
     return [d.text for d in iter_documents(source, report, **kwargs)], report
 
 
-@pytest.mark.parametrize("compression", [None, "gz", "bz2", "zst"])
+@pytest.mark.parametrize("compression", [None, "gz", "bz2", "zst", "xz"])
 def test_txt_documents_separated_by_blank_lines(tmp_path, compression):
     # Several blank lines, whitespace-only lines and CRLF line ends all separate documents.
     data = f"\n\n{DOCS[0]}\n\n\n{DOCS[1]}\r\n  \t\r\n{DOCS[2]}\n".encode()
@@ -50,14 +53,14 @@ def test_txt_documents_separated_by_blank_lines(tmp_path, compression):
     assert report.counts == {"files": 1}
 
 
-@pytest.mark.parametrize("compression", [None, "gz", "bz2", "zst"])
+@pytest.mark.parametrize("compression", [None, "gz", "bz2", "zst", "xz"])
 def test_txt_one_document_per_line(tmp_path, compression):
     path = write(tmp_path / "a.txt", b"one\ntwo words\n\nthree\n", compression)
     texts, _ = read_all(path, one_per_line=True)
     assert texts == ["one", "two words", "three"]
 
 
-@pytest.mark.parametrize("compression", [None, "gz", "bz2", "zst"])
+@pytest.mark.parametrize("compression", [None, "gz", "bz2", "zst", "xz"])
 def test_jsonl_reads_text_field_and_line_numbers(tmp_path, compression):
     lines = [json.dumps({"text": t, "id": i}) for i, t in enumerate(DOCS)]
     lines.insert(1, "")  # a blank line is skipped but still counts as a line
@@ -168,7 +171,11 @@ def test_expand_inputs_dirs_globs_and_skips(tmp_path, caplog):
         ("parquet", None),
         ("txt", "zst"),
     ]
-    assert "skipped 2 files with unknown extensions" in caplog.text
+    assert "skipped 3 input files: .csv x1, .md x1, hidden x1" in caplog.text
+    skipped = expand_input_set([str(root)]).skipped
+    assert [(os.path.relpath(s.path, root), s.reason) for s in skipped] == [
+        (".hidden", "hidden"), ("README.md", "extension"), ("sub/x.csv", "extension")
+    ]  # fmt: skip
     by_glob = expand_inputs([str(root / "**" / "*.txt*")])
     assert [os.path.basename(s.path) for s in by_glob] == ["b.txt", "d.txt.zst"]
     # Arguments keep their order; a file named twice appears once.
@@ -178,7 +185,9 @@ def test_expand_inputs_dirs_globs_and_skips(tmp_path, caplog):
 
 def test_source_file_records_size(tmp_path):
     path = write(tmp_path / "a.txt", b"12345")
-    assert expand_inputs([path]) == [SourceFile(path=path, format="txt", compression=None, size=5)]
+    mtime_ns = os.stat(path).st_mtime_ns
+    assert expand_inputs([path]) == [SourceFile(path=path, format="txt", compression=None, size=5,
+                                                mtime_ns=mtime_ns)]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -230,7 +239,7 @@ def test_source_that_cannot_be_opened_is_an_error(tmp_path):
         list(iter_documents(source, CleanReport()))
 
 
-@pytest.mark.parametrize("compression", ["gz", "bz2", "zst"])
+@pytest.mark.parametrize("compression", ["gz", "bz2", "zst", "xz"])
 def test_truncated_compressed_file_is_an_error(tmp_path, compression):
     path = write(tmp_path / "a.txt", os.urandom(1000).hex().encode(), compression)
     with open(path, "r+b") as fh:
@@ -261,3 +270,101 @@ def test_every_format_reads_back_the_same_documents(mixed_format_dir, sample_doc
     texts = [d.text for s in found for d in iter_documents(s, report)]
     assert texts == sample_documents[: len(texts)] and len(texts) == 60
     assert report.counts == {"files": 3}
+
+
+def test_symlinked_directories_are_followed_once(tmp_path):
+    root, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    (root / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    write(root / "a.txt", b"a")
+    write(root / "sub" / "b.txt", b"b")
+    write(elsewhere / "c.txt", b"c")
+    os.symlink(elsewhere, root / "linked")  # a symlinked subdirectory: read
+    os.symlink(root, root / "sub" / "loop")  # a loop back to the root: not walked again
+    os.symlink(root / "sub", root / "zz-again")  # the same directory under a second name: read once
+    os.symlink(root / "a.txt", root / "z-link.txt")  # the same file under a second name: read once
+    found = expand_input_set([str(root)])
+    assert sorted(os.path.relpath(f.path, root) for f in found.files) == [
+        "a.txt",
+        "linked/c.txt",
+        "sub/b.txt",
+    ]
+    assert found.skipped == []
+
+
+def test_skipped_files_are_counted_and_too_many_fail_the_check(tmp_path):
+    write(tmp_path / "kept.txt", b"x" * 100)
+    for name in ("wiki_00", "wiki_01"):
+        write(tmp_path / name, b"y" * 400)
+    write(tmp_path / "notes.text", b"z" * 50)
+    write(tmp_path / ".DS_Store", b"\0" * 5000)  # hidden: counted, never a reason to fail
+    inputs = expand_input_set([str(tmp_path)])
+    assert inputs.skipped_summary() == {
+        "files": 4, "bytes": 5850,
+        "by_extension": {"(no extension)": {"files": 2, "bytes": 800}, ".text": {"files": 1, "bytes": 50},
+                         "hidden": {"files": 1, "bytes": 5000}},
+        "examples": [str(tmp_path / n) for n in (".DS_Store", "notes.text", "wiki_00", "wiki_01")],
+    }  # fmt: skip
+    with pytest.raises(DataError) as err:
+        inputs.check_skipped(0.10)
+    message = str(err.value)
+    assert "3 input files (850 bytes, 89.5% of the 950 input bytes; the limit is 10%)" in message
+    assert "(no extension) x2, .text x1" in message and str(tmp_path / "wiki_00") in message
+    assert "--ext" in message and "--accept-skipped" in message
+    inputs.check_skipped(0.9)  # under a looser limit: fine
+    ext = expand_input_set([str(tmp_path)], parse_extensions(["", ".text"]))
+    assert sorted(os.path.basename(f.path) for f in ext.files) == [
+        "kept.txt",
+        "notes.text",
+        "wiki_00",
+        "wiki_01",
+    ]
+    assert [s.reason for s in ext.skipped] == ["hidden"]
+
+
+def test_ext_flag_values(tmp_path):
+    assert parse_extensions(["text", ".JSON=jsonl", "", "pq=parquet"]) == {
+        ".text": "txt", ".json": "jsonl", "": "txt", ".pq": "parquet"
+    }  # fmt: skip
+    with pytest.raises(DataError, match="unknown format 'csv'"):
+        parse_extensions([".tsv=csv"])
+    with pytest.raises(DataError, match=r"\.gz is already read"):
+        parse_extensions([".gz"])
+    path = write(tmp_path / "wiki_00", b"compressed, no format suffix", "xz")  # wiki_00.xz
+    (source,) = expand_inputs([path], parse_extensions([""]))
+    assert (source.format, source.compression) == ("txt", "xz")
+    assert [d.text for d in iter_documents(source, CleanReport())] == ["compressed, no format suffix"]
+
+
+def test_a_file_without_extension_named_explicitly_is_read_when_it_is_text(tmp_path):
+    text = write(tmp_path / "wiki_00", "<doc id=1>\nArticle text, ünïcödé.\n</doc>\n".encode())
+    assert read_all(text)[0] == ["<doc id=1>\nArticle text, ünïcödé.\n</doc>\n"]
+    binary = write(tmp_path / "blob", bytes(range(1, 256)) * 20)
+    with pytest.raises(DataError, match=r"blob: no extension and its first bytes are not UTF-8 text"):
+        expand_inputs([binary])
+    with pytest.raises(DataError, match=r"notes\.md: unknown input extension.*--ext \.md"):
+        expand_inputs([write(tmp_path / "notes.md", b"text")])
+
+
+def test_binary_without_nul_bytes_is_refused(tmp_path):
+    # No NUL in the first 8 KiB (what the old check looked at), but bytes no text file holds.
+    junk = bytes(b for b in os.urandom(50_000) if b) + b"\0"
+    path = write(tmp_path / "image.txt", junk)
+    with pytest.raises(DataError, match=r"image\.txt: \d+% of the first \d+ characters are invalid UTF-8 or "
+                       r"control characters \(the limit is 30%\)"):  # fmt: skip
+        read_all(path)
+    tail = write(tmp_path / "tail.txt", b"plain text. " * 1000 + bytes(range(1, 32)) * 2000)
+    with pytest.raises(
+        DataError, match=r"tail\.txt: "
+    ):  # garbage after a clean start: the share is cumulative
+        read_all(tail)
+    latin1 = write(tmp_path / "latin1.txt", "Caf\xe9 cr\xe8me, na\xefve. ".encode("latin-1") * 100)
+    texts, report = read_all(latin1)  # a few invalid bytes in text: read, repaired and counted
+    assert report.counts["invalid_utf8_replaced"] == 300 and "Caf\ufffd" in texts[0]
+
+
+def test_binary_parquet_column_of_junk_is_refused(tmp_path):
+    path = str(tmp_path / "blobs.parquet")
+    pq.write_table(pa.table({"text": pa.array([bytes(range(128, 256)) * 10] * 3, pa.binary())}), path)
+    with pytest.raises(DataError, match=r"blobs\.parquet: 100% of the first 3840 characters"):
+        read_all(path)

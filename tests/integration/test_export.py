@@ -1,15 +1,22 @@
-"""Export: a real DeepSpeed checkpoint of our model -> HF dir; AutoModelForMaskedLM and fill-mask work and
-the logits equal the trained model's. The run dir is built from the real components (tokenizer training,
-pretrain.model, pretrain.engine, CheckpointManager) in one process."""
+"""Export: a real DeepSpeed checkpoint of our model -> HF dir; AutoModelForMaskedLM and fill-mask work, the
+logits equal the trained model's, and the weights are the optimizer's fp32 master copies on every ZeRO stage.
+Bad checkpoints (planted or crafted pickles, an empty record) are refused in one line, nothing executes.
+The run dirs are built from the real components (the session's shards, pretrain.model, pretrain.engine,
+CheckpointManager) in one process."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pretrain.checkpoint import CheckpointManager
+from pretrain.checkpoint_record import write_complete_record
 from pretrain.config import config_from_dict, config_hash, save_config
 from pretrain.export import main as export_main
 from tests.pretrain.ckpt_helpers import init_process_group
@@ -17,39 +24,50 @@ from tests.pretrain.ckpt_helpers import init_process_group
 pytestmark = pytest.mark.integration
 
 
+class PlantedPayload:
+    """Unpickling this creates a marker file: proof that a load ran code from the checkpoint."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.fixture(scope="module")
-def tokenizer_data_dir(tmp_path_factory):
-    """A data dir whose tokenizer/ is a 300-piece WordPiece trained on stdlib text (no shards needed)."""
-    from data_pipeline.sample_corpus import write_sample_corpus
-    from data_pipeline.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("export-data")
-    write_sample_corpus(str(root / "corpus"), max_bytes=150_000)
-    train_tokenizer([str(root / "corpus")], "wordpiece", 300, str(root / "shards" / "tokenizer"))
-    return root / "shards"
+def shards(tiny_shards, tmp_path_factory):
+    """A private copy of the session's shards (a test below replaces its tokenizer)."""
+    return shutil.copytree(tiny_shards, tmp_path_factory.mktemp("export") / "shards")
 
 
-def _train_and_save(run_dir, data_dir, stage: int, pair_head: bool):
-    from transformers import AutoTokenizer
+def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precision: str = "fp32"):
+    """3 steps of a tiny BERT on `shards`, saved by CheckpointManager as the trainer saves it.
 
+    Returns (engine, tag dir)."""
+    from data_pipeline.manifest import Manifest
     from pretrain.engine import initialize_engine
     from pretrain.model import build_model
+    from pretrain.run_identity import describe_run
 
     init_process_group()
     cfg = config_from_dict({
-        "run_dir": str(run_dir), "data": {"path": str(data_dir)},
+        "run_dir": str(run_dir), "data": {"path": str(shards)}, "precision": precision,
         "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
                   "max_position_embeddings": 64, "dropout": 0.0, "attention_dropout": 0.0},
         "train": {"max_steps": 3, "micro_batch_size": 4}, "zero": {"stage": stage},
         "optim": {"lr": 1e-2}, "checkpoint": {"every_steps": 3},
+        "fp16": {"initial_scale_power": 4},  # fp16: a scale the summed loss does not overflow at once
     })  # fmt: skip
-    tok = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    manifest = Manifest.load(str(shards))
+    vocab = manifest.tokenizer["vocab_size"]
     torch.manual_seed(0)
-    model = build_model(cfg.model, vocab_size=len(tok), pad_id=tok.pad_token_id, pair_head=pair_head)
+    model = build_model(cfg.model, vocab_size=vocab, pad_id=manifest.tokenizer["special_ids"]["pad"],
+                        pair_head=pair_head)  # fmt: skip
+    run = describe_run(cfg, model, manifest, seq_len=16)
     engine = initialize_engine(cfg, model, 1, on_gpu=False)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
-        ids = torch.randint(5, len(tok), (4, 16), generator=g)
+        ids = torch.randint(5, vocab, (4, 16), generator=g)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                  "token_type_ids": torch.zeros_like(ids), "masked_positions": torch.arange(0, 64, 5),
                  "masked_labels": ids.flatten()[0:64:5]}  # fmt: skip
@@ -60,28 +78,39 @@ def _train_and_save(run_dir, data_dir, stage: int, pair_head: bool):
         engine.step()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, str(run_dir / "config.yaml"))
-    (run_dir / "metrics.jsonl").write_text(
-        json.dumps({"step": 3, "eval_loss": 5.5, "eval_accuracy": 0.1}) + "\n"
+    evaluation = json.dumps({"step": 3, "eval_loss": 5.5, "eval_accuracy": 0.1})
+    (run_dir / "metrics.jsonl").write_text(evaluation + '\n{"step": 4, "loss": 5.')  # torn by a kill
+    manager = CheckpointManager(
+        str(run_dir), cfg.checkpoint, rank=0, world_size=1, config_hash=config_hash(cfg), run=run
     )
-    CheckpointManager(str(run_dir), cfg.checkpoint, rank=0, world_size=1, config_hash=config_hash(cfg)).save(
-        engine, {"step": 3, "tokens": 192, "consumed_samples": 12}, 3
-    )
-    return engine, tok
+    tag_dir = manager.save(engine, {"step": 3, "tokens": 192, "consumed_samples": 12}, 3)
+    return engine, tag_dir
 
 
 @pytest.mark.parametrize(("stage", "pair_head"), [(2, False), (3, True)])
-def test_export_loads_in_transformers_and_logits_match(tmp_path, tokenizer_data_dir, stage, pair_head):
+def test_export_loads_in_transformers_and_logits_match(tmp_path, shards, stage, pair_head):
     import deepspeed
-    from transformers import AutoModelForMaskedLM, pipeline
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-    engine, tok = _train_and_save(tmp_path / "run", tokenizer_data_dir, stage, pair_head)
+    engine, tag_dir = train_and_save(tmp_path / "run", shards, stage, pair_head)
+    tokenizer_json = (shards / "tokenizer" / "tokenizer.json").read_bytes()
+    if pair_head:  # export takes the checkpoint's tokenizer, never the (since changed) shards' one
+        (shards / "tokenizer" / "tokenizer.json").write_text("{}")
     out_dir = tmp_path / "hf"
-    assert export_main([str(tmp_path / "run"), str(out_dir)]) == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert export_main([str(tmp_path / "run"), str(out_dir)]) == 0
+    finally:
+        os.umask(old_umask)
+        (shards / "tokenizer" / "tokenizer.json").write_bytes(tokenizer_json)
+    assert os.stat(out_dir).st_mode & 0o777 == 0o755  # a plain mkdir's permissions, not mkdtemp's 0700
     assert (out_dir / "model.safetensors").exists() and not list(out_dir.glob("*.bin"))
-    card = (out_dir / "README.md").read_text()
+    assert (out_dir / "tokenizer.json").read_bytes() == tokenizer_json
+    card = (out_dir / "README.md").read_text()  # metrics.jsonl ends in a torn line: skipped
     assert "Optimizer steps: 3; training tokens: 192" in card and "eval_loss: 5.5" in card
 
     hf = AutoModelForMaskedLM.from_pretrained(str(out_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(out_dir))
     ids = tok("def open(file, mode): return a file object", return_tensors="pt")
     module = engine.module.eval()
     with torch.no_grad(), deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=stage == 3):
@@ -99,11 +128,108 @@ def test_export_loads_in_transformers_and_logits_match(tmp_path, tokenizer_data_
         assert config["architectures"] == ["BertForPreTraining"]
 
 
-def test_export_refuses_bad_sources(tmp_path, capsys):
-    assert export_main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
-    assert "no COMPLETE.json" in capsys.readouterr().err
+def master_weights(engine) -> dict[str, torch.Tensor]:
+    """{parameter name: fp32 master copy} read from the live engine's optimizer (not from any file)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if engine.zero_optimization_stage() == 0:
+        opt = engine.optimizer
+        return {
+            engine.param_names[p]: master.detach().clone()
+            for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
+            for p, master in zip(lp_group, hp_group, strict=True)
+        }
+    return {
+        name: safe_get_full_fp32_param(p).detach().clone() for name, p in engine.module.named_parameters()
+    }
+
+
+@pytest.fixture
+def cpu_fp16_test_device():
+    """DeepSpeed's fp16 optimizers on CPU, in this process (pretrain/distributed.py), undone after."""
+    init_process_group()  # DS_ACCELERATOR=cpu before deepspeed is imported
+    from pretrain.distributed import enable_cpu_fp16_test_device
+
+    undo = enable_cpu_fp16_test_device()
+    yield
+    undo()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_export_of_16_bit_runs_is_the_fp32_master_copy(tmp_path, shards, stage, precision, request):
+    if precision == "fp16":
+        request.getfixturevalue("cpu_fp16_test_device")
+    engine, _ = train_and_save(tmp_path / "run", shards, stage, precision=precision)
+    assert engine.global_steps == 3 and engine.skipped_steps == 0  # the masters did move
+    masters = master_weights(engine)
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert set(masters) <= set(exported)
+    for name, master in masters.items():
+        assert exported[name].dtype == torch.float32 and torch.equal(exported[name], master), name
+    # the 16-bit weights are a rounding of the masters: an export of them would fail the check above
+    word = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(masters[word].to(torch.bfloat16 if precision == "bf16" else torch.float16).float(),
+                           masters[word])  # fmt: skip
+    decoder = exported.get("cls.predictions.decoder.weight", exported[word])  # tied: the same master
+    assert torch.equal(decoder, masters[word])
+
+
+@pytest.fixture(scope="module")
+def zero2_run(shards, tmp_path_factory):
+    """A valid ZeRO-2 run dir; tests corrupt copies of it."""
+    run_dir = tmp_path_factory.mktemp("zero2") / "run"
+    train_and_save(run_dir, shards, 2)
+    return run_dir
+
+
+def _export_fails(capsys, source, out_dir) -> str:
+    assert export_main([str(source), str(out_dir)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlm-train export: error:") and "\n" not in err, err
+    assert not out_dir.exists()
+    return err
+
+
+def test_export_refuses_planted_and_crafted_pickles_in_one_line(tmp_path, zero2_run, capsys, caplog):
+    run_dir = shutil.copytree(zero2_run, tmp_path / "run")
+    tag_dir = run_dir / "checkpoints" / "step-00000003"
+    marker = tmp_path / "PWNED"
+    # 1. an extra *_model_states.pt beside the listed ones (COMPLETE.json untouched)
+    planted = tag_dir / "zero_pp_rank_1_mp_rank_00_model_states.pt"
+    torch.save(PlantedPayload(str(marker)), planted)
+    assert "no complete, valid checkpoint" in _export_fails(capsys, run_dir, tmp_path / "out")
+    assert f"{planted} is not listed in COMPLETE.json" in caplog.text  # the scan says why it skipped it
+    err = _export_fails(capsys, tag_dir, tmp_path / "out")
+    assert f"{planted} is not listed in COMPLETE.json" in err
+    planted.unlink()
+    # 2. a listed DeepSpeed file replaced by a crafted pickle, the record rewritten to match
+    victim = tag_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": PlantedPayload(str(marker))}, victim)
+    record = json.loads((tag_dir / "COMPLETE.json").read_text())
+    write_complete_record(str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"],
+                          identity=record["identity"])  # fmt: skip
+    err = _export_fails(capsys, tag_dir, tmp_path / "out")
+    assert f"{victim} is not a plain tensor file" in err
+    # 3. a plain pickle (not a torch zip) in the model-states file
+    victim.unlink()
+    shutil.copy(zero2_run / "checkpoints" / "step-00000003" / victim.name, victim)
+    (tag_dir / "mp_rank_00_model_states.pt").write_bytes(pickle.dumps(PlantedPayload(str(marker))))
+    write_complete_record(str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"],
+                          identity=record["identity"])  # fmt: skip
+    err = _export_fails(capsys, tag_dir, tmp_path / "out")
+    assert "mp_rank_00_model_states.pt is not a plain tensor file" in err
+    assert not marker.exists()
+
+
+def test_export_refuses_bad_sources(tmp_path, zero2_run, capsys):
+    err = _export_fails(capsys, tmp_path / "missing", tmp_path / "out")
+    assert "not a checkpoint or run dir" in err
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("run_dir: x\n")
-    assert export_main([str(tmp_path / "run"), str(tmp_path / "out")]) == 1
-    assert "no complete, valid checkpoint" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert "no complete, valid checkpoint" in _export_fails(capsys, tmp_path / "run", tmp_path / "out")
+    tag_dir = shutil.copytree(zero2_run / "checkpoints" / "step-00000003", tmp_path / "step-00000003")
+    record = json.loads((tag_dir / "COMPLETE.json").read_text())
+    (tag_dir / "COMPLETE.json").write_text(json.dumps({**record, "files": {}}))
+    assert "'files' is {}" in _export_fails(capsys, tag_dir, tmp_path / "out")

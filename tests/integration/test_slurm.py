@@ -48,6 +48,17 @@ while step < int(os.environ.get("STAND_IN_STEPS", "60")):
 """
 
 
+def _stand_in_trainer(workdir) -> None:
+    """Put STAND_IN_TRAINER at WORKDIR/pretrain, found first by `python -m pretrain` run from WORKDIR.
+
+    A regular package (with __init__.py): a bare directory would be a namespace package, which loses to
+    the real `pretrain` wherever that is on sys.path (PYTHONPATH=checkout, as helpers run the tests).
+    """
+    (workdir / "pretrain").mkdir()
+    (workdir / "pretrain" / "__init__.py").write_text("")
+    (workdir / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
+
+
 def _launch(cwd, *argv: str, steps: int = 60) -> str:
     env = {**os.environ, "STAND_IN_STEPS": str(steps)}  # sbatch passes the environment on to the job
     out = subprocess.run(
@@ -70,8 +81,7 @@ def test_hostfile_inside_a_real_allocation(tmp_path):
 
 
 def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
-    (tmp_path / "pretrain").mkdir()  # found first from the job's working directory
-    (tmp_path / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
+    _stand_in_trainer(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
     (tmp_path / "cfg.yaml").write_text(
@@ -92,8 +102,7 @@ def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
 
 
 def test_scancel_is_not_undone_by_a_requeue(tmp_path):
-    (tmp_path / "pretrain").mkdir()
-    (tmp_path / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
+    _stand_in_trainer(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
     (tmp_path / "cfg.yaml").write_text(f"run_dir: {run}\n")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from launcher.cli import main
 from launcher.job_config import read_job_config
 
@@ -86,3 +88,31 @@ def test_unreachable_master_times_out_instead_of_hanging(write_config):
 def test_trainer_arguments_are_required(capsys):
     assert main(["local", "--cpu"]) == 1
     assert "--config FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.micro_batch_size=abc", "train.micro_batch_size='abc' (from the command line override)"),
+        ("train.grad_accum_steps=0", "train.grad_accum_steps=0 (from the command line override)"),
+        ("train.global_batch_size=1.5", "train.global_batch_size=1.5 (from the command line override)"),
+        ("train.micro_batch_size=[", "train.micro_batch_size='[' (from the command line override)"),
+        ("train.micro_batch_size=true", "train.micro_batch_size=True (from the command line override)"),
+        ("train=5", "train must be a mapping"),
+        ("run_dir=[a]", "run_dir=['a'] must be a directory path"),
+    ],
+)
+def test_override_values_that_do_not_parse_are_one_line_naming_the_key(
+    write_config, capsys, override, message
+):
+    for command in (["local", "--cpu"], ["slurm", "--nodes", "1", "--cpu", "--dry-run"]):
+        assert main([*command, "--", "--config", str(write_config()), override]) == 1
+        captured = capsys.readouterr()
+        assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+        assert captured.out == ""
+
+
+def test_a_bad_batch_key_in_the_file_names_the_file(write_config, capsys):
+    cfg = write_config(micro_batch_size="four")
+    assert main(["local", "--cpu", "--", "--config", str(cfg)]) == 1
+    assert f"train.micro_batch_size='four' (from {cfg}) must be a positive integer" in capsys.readouterr().err

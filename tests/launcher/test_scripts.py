@@ -1,5 +1,6 @@
 """Job scripts, command lines and hostfiles that the launcher produces."""
 
+import os
 import subprocess
 import sys
 
@@ -78,7 +79,7 @@ def test_data_scripts_array_and_merge(tmp_path):
     assert '--num-partitions 3 --partition-index "$SLURM_ARRAY_TASK_ID"' in build
     assert "--input 'corpus/*.txt'" in build
     parts = [str(tmp_path / "shards.parts" / f"part-{i:05d}") for i in range(3)]
-    assert f"merge {' '.join(parts)} --out {out}" in merge
+    assert f"out={out}\n" in merge and f'merge {" ".join(parts)} --out "$out"' in merge
     with pytest.raises(LaunchError, match="--partitions"):
         render_data_scripts(SlurmOptions(), 0, out, [])
     with pytest.raises(LaunchError, match="not after `--`"):
@@ -102,9 +103,41 @@ def test_torchrun_and_deepspeed_lines():
         and "--rdzv-conf=timeout=60" in tr
         and tr[-3:] == ["pretrain", "--config", "c.yaml"]
     )
-    ds = deepspeed_command(spec, ["--config", "c.yaml"], hostfile="hf")
+    ds = deepspeed_command(spec, ["--config", "c.yaml"], hostfile="hf", master_addr="n1")
     assert ds[:3] == ["deepspeed", "--hostfile", "hf"] and "--no_ssh" in ds and "--node_rank=1" in ds
-    assert ds[-4:] == ["--module", "pretrain", "--config", "c.yaml"]
+    assert "--master_addr=n1" in ds and ds[-4:] == ["--module", "pretrain", "--config", "c.yaml"]
+    with pytest.raises(LaunchError, match="give --master-addr"):  # no ssh: DeepSpeed cannot detect it
+        deepspeed_command(spec, ["--config", "c.yaml"], hostfile="hf")
+
+
+def _launch_deepspeed(tmp_path, cfg, *extra: str) -> list[str]:
+    """Run `mlm-launch local --launcher deepspeed --hostfile HF EXTRA -- --config CFG` as a process, with a
+    `deepspeed` on PATH that records the arguments it was exec'd with; returns them."""
+    bindir, record = tmp_path / "bin", tmp_path / "argv"
+    bindir.mkdir()
+    fake = bindir / "deepspeed"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {record}\n')
+    fake.chmod(0o755)
+    (tmp_path / "hf").write_text("node-a slots=2\nnode-b slots=2\n")
+    argv = [sys.executable, "-m", "launcher", "local", "--launcher", "deepspeed", "--nproc", "2"]
+    argv += ["--hostfile", str(tmp_path / "hf"), *extra, "--", "--config", str(cfg)]
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return record.read_text().splitlines()
+
+
+def test_deepspeed_hostfile_launch_leaves_master_detection_to_deepspeed(write_config, tmp_path):
+    cfg = write_config()
+    args = _launch_deepspeed(tmp_path, cfg)
+    assert args[:2] == ["--hostfile", str(tmp_path / "hf")] and "--num_gpus=2" in args
+    assert not [a for a in args if a.startswith("--master_addr")]  # DeepSpeed asks the first host
+    assert args[-3:] == ["pretrain", "--config", str(cfg)]
+
+
+def test_deepspeed_hostfile_launch_passes_a_given_master_addr(write_config, tmp_path):
+    args = _launch_deepspeed(tmp_path, write_config(), "--master-addr", "10.0.0.1")
+    assert "--master_addr=10.0.0.1" in args and "--master_port=29500" in args
 
 
 def test_exit_codes_combine_failure_over_preemption_over_success():

@@ -49,15 +49,21 @@ GLOBAL_BATCH = 8
 
 
 def make_engine(
-    stage: int = 0, seed: int = 0, dtype: str = "fp32", world_size: int = 1, dropout: float = 0.3
+    stage: int = 0,
+    seed: int = 0,
+    dtype: str = "fp32",
+    world_size: int = 1,
+    dropout: float = 0.3,
+    schedule=None,
 ):
-    """A DeepSpeed engine over TinyNet with torch AdamW and a LambdaLR schedule, global batch 8."""
+    """A DeepSpeed engine over TinyNet with torch AdamW (lr 1e-2) and a LambdaLR schedule (`schedule`,
+    a function of the step; default 1 / (1 + step)), global batch 8."""
     import deepspeed
 
     torch.manual_seed(seed)
     model = TinyNet(dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule or (lambda s: 1.0 / (1 + s)))
     config = {
         "train_micro_batch_size_per_gpu": GLOBAL_BATCH // world_size,
         "gradient_accumulation_steps": 1,

@@ -218,14 +218,26 @@ def _two_rank_run(rank: int, port: int, run_dir: str, stage: int, dtype: str, re
     mgr = CheckpointManager(run_dir, cfg(), rank=rank, world_size=2, config_hash="abc")
     mgr.save(engine, state_for(2), 2)
     results[rank] = train_steps(engine, 2, 3, rank, 2)
+    if rank == 1:  # a NaN in rank 1's fp32 master partition only: no rank may save step 5
+        for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+            for flat in getattr(engine.optimizer, attr, None) or []:
+                flat.data[0] = float("nan")
+    try:
+        mgr.save(engine, state_for(5), 5)
+        results[f"refused{rank}"] = None
+    except CheckpointError as e:
+        results[f"refused{rank}"] = str(e)
 
 
 @pytest.mark.parametrize(("stage", "dtype"), [(2, "fp32"), (3, "bf16")])
 def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path, stage, dtype):
-    """2 -> 1 ranks, same global batch: ZeRO partitions re-cut through a universal checkpoint."""
+    """2 -> 1 ranks, same global batch: ZeRO partitions re-cut through a universal checkpoint. Before that,
+    a NaN in one rank's partition stops both ranks from saving."""
     results = mp.Manager().dict()
     mp.spawn(_two_rank_run, args=(free_port(), str(tmp_path), stage, dtype, results), nprocs=2, join=True)
     uninterrupted = [(a + b) / 2 for a, b in zip(results[0], results[1], strict=True)]  # equal halves
+    assert "NaN or Inf on another rank" in results["refused0"] and "on this rank" in results["refused1"]
+    assert not (tmp_path / "checkpoints" / "step-00000005").exists()
 
     engine = make_engine(stage, seed=7, dtype=dtype, dropout=0.0)
     state = manager(tmp_path).resume(engine, "auto")

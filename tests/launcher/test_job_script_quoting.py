@@ -1,0 +1,186 @@
+"""Hostile values in SLURM job scripts: nothing they hold runs, every value arrives whole, and the #SBATCH
+block is never cut short. The rendered scripts are parsed by bash and run with srun, scontrol, sbatch and
+mlm-data shadowed on PATH by recording stubs; #SBATCH lines are read the way sbatch reads them."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher import slurm_data
+from launcher.cli import main
+from launcher.job_config import LaunchError
+from launcher.slurm import SlurmOptions, render_train_script, sbatch_arguments
+from launcher.slurm_data import render_data_scripts
+
+RECORD = f"""#!/bin/bash
+{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$STUB_LOG.$(basename "$0")"
+"""
+STUBS = {
+    "srun": RECORD,
+    "mlm-data": RECORD,
+    "scancel": RECORD,
+    "scontrol": RECORD + '[ "$1" = show ] && echo node1\nexit 0\n',
+    "sbatch": RECORD + "cat > \"$STUB_LOG.script\"\necho '4242;cluster'\n",
+}
+
+
+MARKER = "pwned"
+# Every kind of shell and sbatch metacharacter; each would create a file named MARKER if it ran.
+EVIL = f"a b $(touch {MARKER}) `touch {MARKER}` ;touch {MARKER}; 'q' \"d\" #c \\ %j end"
+
+
+def nothing_ran(*dirs: Path) -> bool:
+    return not any(list(d.rglob(MARKER + "*")) for d in dirs)
+
+
+@pytest.fixture
+def stubs(tmp_path, monkeypatch) -> Path:
+    """A bin dir of recording stubs first on PATH; returns the log prefix (one file per stub)."""
+    bin_dir = tmp_path / "stub bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "log"))
+    return tmp_path / "log"
+
+
+def calls(log: Path, stub: str) -> list[list[str]]:
+    path = Path(f"{log}.{stub}")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_script(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    assert subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True).returncode == 0
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    slurm_env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1", "SLURM_ARRAY_TASK_ID": "1", **env}
+    return subprocess.run(
+        ["bash", str(path)], cwd=tmp_path, env={**os.environ, **slurm_env}, capture_output=True, text=True
+    )
+
+
+def test_train_script_keeps_hostile_values_whole_and_runs_none(tmp_path, stubs, monkeypatch):
+    evil = EVIL
+    workdir = tmp_path / f"work {evil}"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"train": {"micro_batch_size": 4}}))
+    run_dir = str(tmp_path / f"run %x dir 'quoted' $(touch {MARKER})")
+    opts = SlurmOptions(job_name=evil, partition=evil, account=evil, qos=evil, constraint=evil,
+                        extra_sbatch=[f"--comment={evil}"], time="10:00")  # fmt: skip
+    train_args = ["--config", str(config), f"run_dir={run_dir}", f"optim.name={evil}"]
+    script = render_train_script(opts, 2, 1, True, train_args)
+
+    assert sbatch_arguments(script) == [
+        f"--job-name={evil}", "--nodes=2", "--ntasks-per-node=1", "--time=10:00", "--requeue",
+        "--open-mode=append", "--signal=B:USR1@60", f"--chdir={workdir}",
+        f"--output={run_dir.replace('%', '%%')}/slurm/%x-%j.out", f"--partition={evil}", f"--account={evil}",
+        f"--qos={evil}", f"--constraint={evil}", f"--comment={evil}",
+    ]  # fmt: skip
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert nothing_ran(tmp_path)
+    (srun,) = calls(stubs, "srun")
+    assert srun[-6:] == ["--", *train_args, "train.resume=auto"]
+
+
+def test_data_scripts_keep_hostile_paths_whole_and_run_none(tmp_path, stubs, monkeypatch):
+    evil = EVIL
+    out = tmp_path / f"out {evil}".replace("\\", "")  # --output cannot hold a backslash (tested below)
+    tool = tmp_path / f"tools {evil}" / "mlm-data"
+    tool.parent.mkdir()
+    tool.write_text(STUBS["mlm-data"])
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(slurm_data, "mlm_data_command", lambda opts: str(tool))
+    build_args = ["--input", f"corpus {evil}/*.txt", "--tokenizer", evil]
+    build, merge = render_data_scripts(SlurmOptions(job_name=evil, partition=evil), 3, out, build_args)
+
+    parts = [f"{out}.parts/part-{i:05d}" for i in range(3)]
+    logs = f"{out}.parts/logs".replace("%", "%%")
+    assert sbatch_arguments(build) == [
+        f"--job-name={evil}-build", "--array=0-2", "--ntasks=1", "--time=01:00:00", f"--chdir={Path.cwd()}",
+        f"--output={logs}/%x-%A_%a.out", f"--partition={evil}",
+    ]  # fmt: skip
+    assert sbatch_arguments(merge)[0] == f"--job-name={evil}-merge"
+    assert sbatch_arguments(merge)[-2:] == [f"--output={logs}/%x-%j.out", f"--partition={evil}"]
+    for script in (build, merge):
+        result = run_script(script, tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert nothing_ran(tmp_path, Path.cwd())
+    assert calls(stubs, "mlm-data") == [
+        ["build", *build_args, "--num-partitions", "3", "--partition-index", "1", "--out", parts[1]],
+        ["merge", *parts, "--out", str(out)],
+    ]
+
+
+def test_submit_creates_the_log_dir_sbatch_reads_from_the_quoted_output_line(write_config, tmp_path, stubs):
+    run_dir = tmp_path / "runs 100% 'mine'"
+    cfg = write_config()
+    argv = ["slurm", "--nodes", "1", "--cpu", "--job-name", "my job", "--", "--config", str(cfg)]
+    assert main([*argv, f"run_dir={run_dir}"]) == 0
+    assert (run_dir / "slurm").is_dir()  # % unescaped, quotes gone: the directory sbatch will write to
+    assert calls(stubs, "sbatch") == [["--parsable"]]
+    assert "--job-name=my job" in sbatch_arguments(Path(f"{stubs}.script").read_text())
+
+
+FLAGS = ["--job-name", "--partition", "--account", "--qos", "--constraint", "--sbatch-option", "--time"]
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "a\rb", "gpu\x1b[0m", "a\tb"])
+@pytest.mark.parametrize("flag", [*FLAGS, "run_dir"])
+def test_control_characters_are_refused_with_one_line(write_config, tmp_path, capsys, flag, bad):
+    value = bad if flag != "--time" else "10:00" + bad
+    ours = [flag, value] if flag != "run_dir" else []
+    theirs = [f"run_dir={tmp_path / value}"] if flag == "run_dir" else []
+    argv = ["slurm", "--nodes", "1", "--cpu", *ours, "--dry-run", "--", "--config", str(write_config())]
+    assert main([*argv, *theirs]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no script printed
+    assert captured.err.count("\n") == 1 and "control character" in captured.err
+    assert flag in captured.err
+
+
+@pytest.mark.parametrize("flag", ["--job-name", "--out", "--partition"])
+def test_slurm_data_refuses_a_newline(tmp_path, capsys, flag):
+    value = str(tmp_path / "x\ny") if flag == "--out" else "x\ny"
+    extra = [] if flag == "--out" else ["--out", str(tmp_path / "out")]
+    argv = ["slurm-data", "--partitions", "2", flag, value, *extra, "--dry-run", "--", "--input", "c"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "U+000A" in err
+
+
+def test_a_backslash_in_the_log_dir_is_refused(tmp_path):
+    with pytest.raises(LaunchError, match="holds a backslash"):
+        render_data_scripts(SlurmOptions(), 2, tmp_path / "a\\b", ["--input", "c"])
+
+
+def test_a_heterogeneous_job_separator_is_refused(write_config, capsys):
+    assert main(["slurm", "--nodes", "1", "--cpu", "--job-name", "my-hetjob", "--dry-run", "--",
+                 "--config", str(write_config())]) == 1  # fmt: skip
+    assert "heterogeneous-job separator" in capsys.readouterr().err
+
+
+def test_plain_values_stay_unquoted(write_config):
+    script = render_train_script(SlurmOptions(partition="gpu", time="5:00"), 1, 1, True,
+                                 ["--config", str(write_config())])  # fmt: skip
+    assert "#SBATCH --partition=gpu\n" in script and f"{sys.executable} -m launcher" in script
+
+
+def test_a_log_dir_that_cannot_be_created_is_one_line(write_config, tmp_path, stubs, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    cfg = write_config()
+    run_dir = tmp_path / "file" / "run"  # under a regular file: mkdir fails even for root
+    assert main(["slurm", "--nodes", "1", "--cpu", "--", "--config", str(cfg), f"run_dir={run_dir}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the job's log directory" in err
+    assert calls(stubs, "sbatch") == []  # nothing submitted
