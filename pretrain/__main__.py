@@ -26,6 +26,33 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _bad_input() -> tuple[type[BaseException], ...]:
+    """The errors that mean bad config or input (exit 1 with `mlm-train: error: ...`)."""
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.config import ConfigError
+
+    return (ConfigError, CheckpointError, ValueError, FileNotFoundError)  # DataError is a ValueError
+
+
+def run_training(cfg, info, *, on_gpu: bool) -> int:
+    """Train `cfg` on this rank (process group ready, see init_distributed); returns the exit code.
+
+    Bad input and runs stopped by the health checks (non-finite losses, the fp16 loss-scale floor, a
+    failed peer) become one line on stderr and exit code 1.
+    """
+    from pretrain.health import NonFiniteLossError, PeerFailedError
+    from pretrain.trainer import train
+
+    try:
+        return train(cfg, info, on_gpu=on_gpu)
+    except _bad_input() as exc:
+        print(f"mlm-train: error: {exc}", file=sys.stderr)
+        return 1
+    except (NonFiniteLossError, PeerFailedError) as exc:
+        print(f"mlm-train: stopped: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); returns the process exit code."""
     argv = strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
@@ -41,32 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     on_gpu = prepare_environment()  # before anything imports deepspeed
 
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.config import ConfigError, load_config
+    from pretrain.collectives import shutdown
+    from pretrain.config import load_config
     from pretrain.distributed import init_distributed
     from pretrain.engine import deepspeed_config
-    from pretrain.health import NonFiniteLossError
 
-    bad_input: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, ValueError, FileNotFoundError)
-    info = None
     try:
         cfg = load_config(args.config, args.overrides)
         deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]), on_gpu=on_gpu)  # refuse bad combos before init
         info = init_distributed(cfg.health.collective_timeout_minutes)
-        from pretrain.trainer import train
-
-        return train(cfg, info, on_gpu=on_gpu)
-    except bad_input as exc:  # DataError is a ValueError
+    except _bad_input() as exc:
         print(f"mlm-train: error: {exc}", file=sys.stderr)
         return 1
-    except NonFiniteLossError as exc:
-        print(f"mlm-train: stopped: {exc}", file=sys.stderr)
-        return 1
+    try:
+        return run_training(cfg, info, on_gpu=on_gpu)
     finally:
-        import torch.distributed as dist
-
-        if info is not None and dist.is_initialized():  # only the group this call created
-            dist.destroy_process_group()
+        shutdown()  # the group this call created
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ import re
 import shutil
 import time
 
-import torch
-import torch.distributed as dist
 import yaml
 
 from pretrain.checkpoint_record import (
@@ -34,6 +32,7 @@ from pretrain.checkpoint_record import (
     write_complete_record,
     write_file_atomic,
 )
+from pretrain.collectives import Collectives
 from pretrain.elastic import prepare_universal
 from pretrain.engine_state import apply_lr_schedule, fresh_base_lrs, master_param_groups, weights_are_finite
 from pretrain.run_identity import RunDescription, check_resume_identity, config_changes
@@ -92,7 +91,8 @@ class CheckpointManager:
     Takes the run dir, the `checkpoint` config section (every_steps, every_minutes, keep_last,
     keep_every), this process's rank and world size, the config hash recorded with each checkpoint and
     the `RunDescription` (identity, resolved config, tokenizer) each checkpoint records and each resume
-    checks. All ranks construct one and call `save`/`resume` together.
+    checks, and the run's `Collectives` (None: CPU tensors, which gloo groups and the GPU group's
+    cpu:gloo backend carry). All ranks construct one and call `save`/`resume` together.
     """
 
     def __init__(
@@ -104,8 +104,10 @@ class CheckpointManager:
         world_size: int,
         config_hash: str,
         run: RunDescription | None = None,
+        collectives: Collectives | None = None,
     ) -> None:
         """Remember the settings; nothing is written until the first save."""
+        self.collectives = collectives or Collectives("cpu")
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
         self.cfg = ckpt_cfg
         self.rank = rank
@@ -131,11 +133,7 @@ class CheckpointManager:
 
     def agree(self, decision: bool) -> bool:
         """The OR of `decision` over all ranks (a collective: every rank must call it)."""
-        if not (dist.is_available() and dist.is_initialized()) or self.world_size == 1:
-            return decision
-        flag = torch.tensor([1 if decision else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return decision if self.world_size == 1 else self.collectives.any(decision)
 
     def save(self, engine, trainer_state: dict, step: int) -> str:
         """Write the checkpoint of `step` from every rank and commit it; returns the tag directory.
@@ -377,8 +375,8 @@ class CheckpointManager:
             return False
 
     def _barrier(self) -> None:
-        if dist.is_available() and dist.is_initialized() and self.world_size > 1:
-            dist.barrier()
+        if self.world_size > 1:
+            self.collectives.barrier()
 
     def _barrier_bool(self, flag: bool) -> bool:
         """A barrier that also returns the OR of `flag` over all ranks."""

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -177,6 +178,10 @@ class TrainConfig:
     """Stop (with a checkpoint) after this many minutes of training."""
     log_every_steps: int = 10
     """Progress log line / TensorBoard interval in optimizer steps (metrics.jsonl gets every step)."""
+    deterministic: bool = False
+    """Deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, attention
+    kernels that honour it): bit-identical losses on GPU too, at some speed. CPU runs are bit-identical
+    without it."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum_steps", "log_every_steps"):
@@ -245,6 +250,33 @@ class ZeroConfig:
 
 
 @dataclass
+class Fp16Config:
+    """Dynamic loss scaling of precision=fp16 (DeepSpeed's; ignored at other precisions)."""
+
+    initial_scale_power: int = 16
+    """The loss scale starts at 2**initial_scale_power."""
+    loss_scale_window: int = 1000
+    """Optimizer steps without an overflow after which the scale doubles."""
+    hysteresis: int = 2
+    """Overflows absorbed before the scale halves (ZeRO 1-3; ZeRO-0's optimizer halves on every one)."""
+    min_loss_scale: int = 1
+    """The floor: a step that still overflows at this scale stops the run (exit 1, last checkpoint kept)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            0 <= self.initial_scale_power <= 63,
+            f"fp16.initial_scale_power must be in [0, 63], got {self.initial_scale_power}",
+        )
+        for name in ("loss_scale_window", "hysteresis", "min_loss_scale"):
+            _check(getattr(self, name) >= 1, f"fp16.{name} must be >= 1, got {getattr(self, name)}")
+        _check(
+            self.min_loss_scale <= 2**self.initial_scale_power,
+            f"fp16.min_loss_scale ({self.min_loss_scale}) must not exceed the initial scale "
+            f"2**fp16.initial_scale_power ({2**self.initial_scale_power})",
+        )
+
+
+@dataclass
 class CheckpointConfig:
     """When checkpoints are written and which are kept."""
 
@@ -310,16 +342,27 @@ class DebugConfig:
     """Add `epoch` and `samples` (the global sample indices of the step, in rank order) to each step
     record of metrics.jsonl, to prove a resumed run repeats and skips nothing."""
     nonfinite_loss_steps: list = field(default_factory=list)
-    """Optimizer steps (1-based) whose loss is made NaN on rank nonfinite_loss_rank (fault injection)."""
-    nonfinite_loss_rank: int = 0
-    """The rank that injects the NaN losses of nonfinite_loss_steps."""
+    """Optimizer steps (1-based) whose loss is made NaN on rank fault_rank (fault injection)."""
+    nonfinite_grad_steps: list = field(default_factory=list)
+    """Optimizer steps (1-based) whose gradients are made non-finite on rank fault_rank while the logged
+    loss stays finite: an fp16 overflow (fault injection)."""
+    data_error_steps: list = field(default_factory=list)
+    """Optimizer steps (1-based) whose data the loader thread of rank fault_rank fails to read (fault
+    injection)."""
+    fault_rank: int = 0
+    """The rank that injects the faults of nonfinite_loss_steps, nonfinite_grad_steps, data_error_steps."""
+    log_collectives: bool = False
+    """Add `collectives` (how many the trainer sent through pretrain/collectives.py since the previous
+    record) to each step record of metrics.jsonl."""
 
     def __post_init__(self) -> None:
-        _check(
-            all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.nonfinite_loss_steps),
-            f"debug.nonfinite_loss_steps must be a list of steps >= 1, got {self.nonfinite_loss_steps!r}",
-        )
-        _check(self.nonfinite_loss_rank >= 0, "debug.nonfinite_loss_rank must be >= 0")
+        for name in ("nonfinite_loss_steps", "nonfinite_grad_steps", "data_error_steps"):
+            steps = getattr(self, name)
+            _check(
+                all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps),
+                f"debug.{name} must be a list of steps >= 1, got {steps!r}",
+            )
+        _check(self.fault_rank >= 0, "debug.fault_rank must be >= 0")
 
 
 @dataclass
@@ -329,13 +372,14 @@ class Config:
     run_dir: str = ""
     """Directory for config.yaml, metrics.jsonl, tensorboard/ and checkpoints/. Required."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Training precision; fp16 (dynamic loss scaling) needs a GPU."""
+    """Training precision; fp16 (dynamic loss scaling, see the fp16 section) needs a GPU."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="base"))
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     zero: ZeroConfig = field(default_factory=ZeroConfig)
+    fp16: Fp16Config = field(default_factory=Fp16Config)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -474,6 +518,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+class _NonFiniteError(ConfigError):
+    """A float key got inf or nan: named as such, not as 'expected float or null'."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against type hint `tp` (int, float, bool, str, dict, Literal, tuple, Optional)."""
     origin = typing.get_origin(tp)
@@ -484,6 +532,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, key)
+            except _NonFiniteError:
+                raise
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
@@ -495,13 +545,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
         try:  # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it obviously is
-            return float(value)
-        except ValueError:
-            pass
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None:
+            if not math.isfinite(number):  # .inf, "inf", "nan", 1e400 (overflows to inf)
+                raise _NonFiniteError(f"{key}: expected a finite number, got {value!r}")
+            return number
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp in (bool, str, dict, list) and isinstance(value, tp):

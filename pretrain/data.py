@@ -52,12 +52,26 @@ class SamplerStep:
 
 @dataclass
 class LoaderStep:
-    """One optimizer step's data: the collated micro-batches of this rank plus their sample indices."""
+    """One optimizer step's data: the collated micro-batches of this rank plus their sample indices.
+
+    `counts` is this rank's [non-pad tokens, masked tokens, pairs] of the step (float64, counted from the
+    CPU batch so the device is never asked); `state_after` the sampler state after this step.
+    """
 
     epoch: int
     global_batch: np.ndarray
     rank_indices: np.ndarray
     micro_batches: list[dict[str, torch.Tensor]]
+    counts: torch.Tensor
+    state_after: dict
+
+
+def step_counts(micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """[non-pad tokens, masked tokens, pairs] of collated CPU micro-batches, as a float64 tensor."""
+    tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
+    masked = sum(b["masked_labels"].numel() for b in micro_batches)
+    pairs = sum(b["pair_labels"].numel() for b in micro_batches if "pair_labels" in b)
+    return torch.tensor([tokens, masked, pairs], dtype=torch.float64)
 
 
 class GlobalBatchSampler:
@@ -159,17 +173,28 @@ class GlobalBatchSampler:
 class TrainLoader:
     """Reads and masks the sampler's micro-batches in a background thread, `prefetch_batches` steps ahead.
 
-    Takes a `data_pipeline.shards.ShardReader`, a GlobalBatchSampler, a MaskingCollator and the number of
-    steps to prepare ahead. Iterating yields LoaderSteps; `state_dict()` describes what the trainer has
-    taken (not what was prefetched), so a checkpoint resumes right after the last step trained on.
+    Takes a `data_pipeline.shards.ShardReader`, a GlobalBatchSampler, a MaskingCollator, the number of
+    steps to prepare ahead and optionally the CUDA device to pin the tensors for (`pin_device`, e.g.
+    'cuda:3': only where CUDA is present, so the trainer's `.to(device, non_blocking=True)` copies overlap
+    with compute; the thread selects that device first, as torch's DataLoader does, so pinning creates
+    no context on GPU 0). Iterating
+    yields LoaderSteps; `state_dict()` describes what the trainer has taken (not what was prefetched).
     Errors in the thread are re-raised in the consumer. Call `close()` (or use `with`) to stop the thread.
     """
 
-    def __init__(self, reader, sampler: GlobalBatchSampler, collator, prefetch_batches: int = 2) -> None:
+    def __init__(
+        self,
+        reader,
+        sampler: GlobalBatchSampler,
+        collator,
+        prefetch_batches: int = 2,
+        pin_device: str | torch.device | None = None,
+    ) -> None:
         """Set up; the thread starts on the first `next()`."""
         self.reader = reader
         self.sampler = sampler
         self.collator = collator
+        self.pin_device = None if pin_device is None else torch.device(pin_device)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch_batches))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -207,11 +232,19 @@ class TrainLoader:
 
     def _produce(self) -> None:
         try:
+            if self.pin_device is not None:
+                torch.cuda.set_device(self.pin_device)
             for s in self.sampler:
                 batches = [
                     self.collator.collate(self.reader.take(idx), idx, s.epoch) for idx in s.micro_batches
                 ]
-                step = LoaderStep(s.epoch, s.global_batch, np.concatenate(s.micro_batches), batches)
+                counts = step_counts(batches)
+                if self.pin_device is not None:
+                    batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+                    counts = counts.pin_memory()
+                step = LoaderStep(
+                    s.epoch, s.global_batch, np.concatenate(s.micro_batches), batches, counts, s.state_after
+                )
                 if not self._put((step, s.state_after)):
                     return
         except BaseException as exc:  # hand any failure to the consumer instead of dying silently

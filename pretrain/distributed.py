@@ -2,12 +2,22 @@
 
 `prepare_environment()` must run before `deepspeed` is imported: DeepSpeed picks its accelerator at
 import time, and on a machine without CUDA it has to be told `DS_ACCELERATOR=cpu` (gloo backend).
+
+On GPU the process group is created with two backends, `cuda:nccl,cpu:gloo` (as torchtitan does): NCCL for
+CUDA tensors, gloo for any CPU tensor, so a CPU tensor in a collective cannot crash a run. Multi-node runs
+then need gloo to find the right network interface too: set `GLOO_SOCKET_IFNAME` (like
+`NCCL_SOCKET_IFNAME`) when the nodes have several.
+
+`MLM_TEST_CPU_FP16=1` is a TEST DEVICE, never a default and not for real training: on a machine without
+CUDA it makes DeepSpeed's CPU accelerator report fp16 support, so DeepSpeed's own fp16 optimizers and
+dynamic loss scaling (device-agnostic Python over torch ops) run on CPU in the tests.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -33,11 +43,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CPU_FP16_TEST_ENV = "MLM_TEST_CPU_FP16"
+"""Environment variable of the CPU fp16 test device (tests only; see the module docstring)."""
+
+
+def cpu_fp16_test_device() -> bool:
+    """True when the CPU fp16 test device is switched on (MLM_TEST_CPU_FP16=1) and there is no GPU."""
+    import torch
+
+    return os.environ.get(CPU_FP16_TEST_ENV) == "1" and not torch.cuda.is_available()
+
+
+def enable_cpu_fp16_test_device() -> Callable[[], None]:
+    """Switch the CPU fp16 test device on in this process (TESTS ONLY; what MLM_TEST_CPU_FP16=1 does for
+    a trainer process): sets the variable and makes DeepSpeed's CPU accelerator report fp16 support.
+
+    Returns a function that undoes both. Import deepspeed only after DS_ACCELERATOR is chosen.
+    """
+    # DeepSpeed refuses fp16 where the accelerator says it has none (engine._do_sanity_check); its CPU
+    # accelerator asks oneDNN, which says no on most CPUs although every op fp16 training needs runs there.
+    from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+    previous_method, previous_env = CPU_Accelerator.is_fp16_supported, os.environ.get(CPU_FP16_TEST_ENV)
+    os.environ[CPU_FP16_TEST_ENV] = "1"
+    CPU_Accelerator.is_fp16_supported = lambda self: True
+
+    def undo() -> None:
+        CPU_Accelerator.is_fp16_supported = previous_method
+        if previous_env is None:
+            os.environ.pop(CPU_FP16_TEST_ENV, None)
+        else:
+            os.environ[CPU_FP16_TEST_ENV] = previous_env
+
+    return undo
+
+
+def process_group_backend(on_gpu: bool) -> str:
+    """The torch.distributed backend string: 'cuda:nccl,cpu:gloo' on GPU, 'gloo' on CPU."""
+    return "cuda:nccl,cpu:gloo" if on_gpu else "gloo"
+
+
+def set_determinism(enabled: bool) -> None:
+    """With `enabled` (train.deterministic): deterministic torch kernels, cuBLAS and attention.
+
+    Sets CUBLAS_WORKSPACE_CONFIG (read when cuBLAS starts: call this before the first CUDA matmul),
+    turns on torch.use_deterministic_algorithms (an op without a deterministic kernel then raises,
+    naming itself), cuDNN's deterministic mode, and leaves SDPA the flash, memory-efficient and math
+    kernels, whose backward passes honour that mode (cuDNN attention is switched off). Does nothing when
+    not `enabled`.
+    """
+    if not enabled:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def prepare_environment() -> bool:
     """Set the environment DeepSpeed and torch.distributed read; returns True when CUDA is used.
 
-    Without CUDA, sets DS_ACCELERATOR=cpu (unless the user chose one). Without a launcher (no RANK /
-    WORLD_SIZE in the environment), fills in a world of one on 127.0.0.1 with a free port, so a plain
+    Without CUDA, sets DS_ACCELERATOR=cpu (unless the user chose one) and, with the CPU fp16 test
+    device switched on (MLM_TEST_CPU_FP16=1), lets DeepSpeed run fp16 there. Without a launcher (no RANK
+    / WORLD_SIZE in the environment), fills in a world of one on 127.0.0.1 with a free port, so a plain
     `python -m pretrain` works. Call it before importing deepspeed.
     """
     import torch
@@ -45,6 +116,8 @@ def prepare_environment() -> bool:
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if cpu_fp16_test_device():
+            enable_cpu_fp16_test_device()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -54,7 +127,7 @@ def prepare_environment() -> bool:
 
 
 def init_distributed(timeout_minutes: float) -> DistInfo:
-    """Create the process group (nccl on CUDA, gloo on CPU) and return this process's DistInfo.
+    """Create the process group (see `process_group_backend`) and return this process's DistInfo.
 
     Takes the collective timeout in minutes (a hung peer ends the job instead of hanging forever).
     Raises RuntimeError when the launcher's environment is inconsistent (e.g. RANK >= WORLD_SIZE).
@@ -69,7 +142,7 @@ def init_distributed(timeout_minutes: float) -> DistInfo:
 
     from pretrain.health import collective_timeout
 
-    backend = "nccl" if on_gpu else "gloo"
+    backend = process_group_backend(on_gpu)
     if on_gpu:
         torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(

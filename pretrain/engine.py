@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from pretrain.config import Config, ConfigError, OptimConfig, check_batch_arithmetic
+from pretrain.distributed import cpu_fp16_test_device
 
 # Large enough that DeepSpeed never prints its own per-step lines; our metrics logger does that.
 _STEPS_PER_PRINT = 1 << 30
@@ -22,13 +23,22 @@ _STEPS_PER_PRINT = 1 << 30
 def deepspeed_config(cfg: Config, world_size: int, *, on_gpu: bool) -> dict:
     """The DeepSpeed config dict for `cfg` on `world_size` ranks (user `deepspeed:` keys merged in).
 
-    Raises ConfigError on inconsistent batch arithmetic, fp16 or LAMB without a GPU, and a user key
-    that contradicts a generated one (naming the key and both values).
+    Raises ConfigError on inconsistent batch arithmetic, fp16 or LAMB without a GPU (fp16 is allowed on
+    the CPU fp16 test device, pretrain/distributed.py), LAMB under ZeRO >= 1, and a user key that
+    contradicts a generated one (naming the key and both values).
     """
     global_batch = check_batch_arithmetic(cfg, world_size)
-    if cfg.precision == "fp16" and not on_gpu:
+    if cfg.precision == "fp16" and not (on_gpu or cpu_fp16_test_device()):
         raise ConfigError(
             "precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16); use precision=bf16 or fp32"
+        )
+    if cfg.optim.name == "lamb" and cfg.zero.stage >= 1:
+        # DeepSpeed's own refusal of FusedLamb under ZeRO is what `zero_allow_untested_optimizer` switches
+        # off; we never set that key, and say why here instead of failing inside deepspeed.initialize.
+        raise ConfigError(
+            f"optim.name=lamb with zero.stage={cfg.zero.stage}: LAMB's per-layer trust ratio would be "
+            "computed on ZeRO's flattened partitions, not on layers; use zero.stage=0 with lamb, or "
+            "optim.name=adamw"
         )
     if cfg.optim.name == "lamb" and not on_gpu:
         raise ConfigError(
@@ -53,21 +63,23 @@ def deepspeed_config(cfg: Config, world_size: int, *, on_gpu: bool) -> dict:
         "wall_clock_breakdown": False,
     }
     if cfg.precision == "fp16":
-        # loss_scale 0 = dynamic: start at 2^16, halve on overflow (the step is skipped), grow after 1000.
+        # loss_scale 0 = dynamic: an overflowing step is skipped and the scale halves (after `hysteresis`
+        # overflows under ZeRO 1-3), it doubles after `loss_scale_window` clean steps; the floor stops the
+        # run (trainer.py).
+        f = cfg.fp16
         generated["fp16"].update(
             {
                 "loss_scale": 0,
-                "initial_scale_power": 16,
-                "loss_scale_window": 1000,
-                "hysteresis": 2,
-                "min_loss_scale": 1,
+                "initial_scale_power": f.initial_scale_power,
+                "loss_scale_window": f.loss_scale_window,
+                "hysteresis": f.hysteresis,
+                "min_loss_scale": f.min_loss_scale,
             }
         )
     optimizer = _deepspeed_optimizer_section(cfg, on_gpu)
     if optimizer is not None:
+        # DeepSpeed builds these (CPUAdam under offload: a ZeRO-tested optimizer; LAMB: ZeRO-0 only).
         generated["optimizer"] = optimizer
-        # DeepSpeed's own optimizers (CPUAdam under offload, FusedLamb) are created from this section.
-        generated["zero_allow_untested_optimizer"] = True
     return merge_user_keys(generated, cfg.deepspeed)
 
 
@@ -160,4 +172,15 @@ def initialize_engine(cfg: Config, model: torch.nn.Module, world_size: int, *, o
         lr_scheduler=_scheduler_factory(cfg.optim, cfg.train.max_steps),
         config=ds_config,
     )
+    scaler = getattr(engine.optimizer, "loss_scaler", None)  # ZeRO 1-3 under fp16
+    if cfg.precision == "fp16" and hasattr(scaler, "raise_error_at_min_scale"):
+        # At the floor DeepSpeed's ZeRO scaler raises a bare Exception mid-step (and ZeRO-0's optimizer
+        # skips forever); the trainer stops every stage there itself, with one clear line.
+        scaler.raise_error_at_min_scale = False
     return engine
+
+
+def loss_scale(engine) -> float:
+    """The fp16 loss scale the next backward uses (`loss_scale` on every stage's fp16 optimizer; ZeRO-0's
+    FP16_UnfusedOptimizer has no `cur_scale`)."""
+    return float(engine.optimizer.loss_scale)

@@ -1,4 +1,5 @@
-"""Run health: non-finite loss detection and skip policy, and the collective timeout that ends hung jobs."""
+"""Run health: non-finite loss detection and skip policy, the fp16 loss-scale floor, and the collective
+timeout that ends hung jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import math
 import os
 
 import torch
-import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -18,42 +18,48 @@ class NonFiniteLossError(RuntimeError):
     last good checkpoint."""
 
 
+class PeerFailedError(RuntimeError):
+    """Another rank failed (its error is in its log) and every rank stops with it (exit 1)."""
+
+
+class LossScaleFloorError(NonFiniteLossError):
+    """An fp16 step overflowed with the loss scale already at fp16.min_loss_scale: the run stops (exit 1)
+    and keeps the last good checkpoint."""
+
+
 class NonFiniteMonitor:
-    """Detects a NaN/Inf loss on any rank, names the rank(s) and applies the skip policy.
+    """Applies the skip policy to NaN/Inf losses and names the rank(s) that had them.
 
     Takes the number of consecutive bad steps to skip before giving up (`max_consecutive_skips`; 0 stops
-    at the first), this rank and the world size. `check(loss, step)` is a collective (every rank calls it
-    once per optimizer step, with the loss it is about to back-propagate): it returns True for a good
-    step, False for a step the trainer must skip (no backward, no optimizer update), and raises
-    NonFiniteLossError when the bad streak exceeds the policy. `state_dict()` (JSON ints) goes into the
-    trainer state so the counts survive a resume.
+    at the first) and this rank. Each rank states its wish with `is_bad(loss)` (a device tensor, no host
+    sync); the trainer agrees the wishes of all ranks at the end of the step (pretrain/collectives.py)
+    and hands the ranks that had a bad loss to `update`, which counts and raises. The bad step's update
+    itself is dropped by the optimizers (DeepSpeed's overflow check, Stage0StepGuard). An fp16 overflow
+    with a finite loss is DeepSpeed's loss scaling at work, not a bad loss. `state_dict()` (JSON ints)
+    goes into the trainer state so the counts survive a resume.
     """
 
-    def __init__(self, max_consecutive_skips: int, *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, max_consecutive_skips: int, *, rank: int = 0) -> None:
         """Start with zero bad steps."""
         if max_consecutive_skips < 0:
             raise ValueError(f"max_consecutive_skips must be >= 0, got {max_consecutive_skips}")
         self.max_consecutive_skips = max_consecutive_skips
         self.rank = rank
-        self.world_size = world_size
         self.consecutive = 0
         self.total_skipped = 0
 
-    def bad_ranks(self, loss: torch.Tensor | float) -> list[int]:
-        """The ranks whose `loss` is NaN or Inf (collective when distributed; [] when all are finite)."""
-        value = float(loss.detach().float().sum()) if isinstance(loss, torch.Tensor) else float(loss)
-        flags = torch.zeros(self.world_size, dtype=torch.int32)
-        flags[self.rank] = 0 if math.isfinite(value) else 1
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flags, op=dist.ReduceOp.SUM)
-        return [r for r in range(self.world_size) if flags[r]]
+    @staticmethod
+    def is_bad(loss: torch.Tensor) -> torch.Tensor:
+        """A 0-dim bool tensor on `loss`'s device: whether any element of `loss` is NaN or Inf."""
+        return ~torch.isfinite(loss.detach()).all()
 
-    def check(self, loss: torch.Tensor | float, step: int) -> bool:
-        """True: train on this step. False: skip it. Raises NonFiniteLossError past the policy."""
-        bad = self.bad_ranks(loss)
-        if not bad:
+    def update(self, bad_ranks: list[int], step: int) -> bool:
+        """Apply the policy to the agreed `bad_ranks` of `step`: True for a good step, False for a skipped
+        one. Raises NonFiniteLossError (on every rank alike) when the bad streak exceeds the policy."""
+        if not bad_ranks:
             self.consecutive = 0
             return True
+        bad = list(bad_ranks)
         self.consecutive += 1
         if self.consecutive > self.max_consecutive_skips:
             raise NonFiniteLossError(

@@ -1,17 +1,15 @@
 """Preemption: SIGTERM/SIGUSR1 set a local flag; all ranks agree on it at the same step, save once, exit 75.
 
 The handler only sets a flag (no I/O, no collectives), so a second signal arriving during the save
-cannot interrupt or corrupt it. `should_stop()` all-reduces the flag (MAX) so every rank stops after
-the same step even when only one rank was signalled.
+cannot interrupt or corrupt it. `requested` is this rank's wish; the trainer agrees it with the other
+ranks' at the end of each step (pretrain/collectives.py) and hands the result to `agreed`, so every rank
+stops after the same step even when only one rank was signalled.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-
-import torch
-import torch.distributed as dist
 
 EXIT_PREEMPTED = 75
 """Exit code of `python -m pretrain` after a signal-triggered save (EX_TEMPFAIL): the launcher requeues."""
@@ -62,17 +60,10 @@ class PreemptionHandler:
         """Whether this process received a signal (local view, no communication)."""
         return self.received is not None
 
-    def should_stop(self) -> bool:
-        """True on every rank once any rank received a signal (collective: all ranks call it each step).
-
-        One int32 all-reduce (MAX) per call when torch.distributed is initialised; local otherwise.
-        """
-        flag = 1 if self.received is not None else 0
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor([flag], dtype=torch.int32)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = int(t.item())
-        if flag and not self._announced:
+    def agreed(self, any_rank_requested: bool) -> bool:
+        """Act on the ranks' agreement: returns `any_rank_requested` (every rank then saves and exits
+        EXIT_PREEMPTED), logging once which signal it was."""
+        if any_rank_requested and not self._announced:
             self._announced = True
             name = (
                 signal.Signals(self.received).name
@@ -80,4 +71,4 @@ class PreemptionHandler:
                 else "a signal on another rank"
             )
             log.warning("received %s: saving a checkpoint and exiting with %d", name, EXIT_PREEMPTED)
-        return bool(flag)
+        return bool(any_rank_requested)

@@ -6,10 +6,16 @@ forward). DeepSpeed averages gradients over ranks, so each micro-batch back-prop
 `mlm_loss_sum * world / global_count` with DeepSpeed's own 1/grad_accum scaling turned off
 (`scale_wrt_gas=False`). The NSP/SOP loss is normalised the same way by the global pair count.
 
+Host syncs and collectives: the loader counts tokens on the CPU batch; losses, counts and accuracies are
+summed on the device; a step sends two collectives of its own (the counts before the first forward, and
+the end-of-step agreement that carries the sums and every rank's wishes, pretrain/collectives.py) and
+fetches from the device once, after the agreement. (DeepSpeed's fp16/bf16/ZeRO optimizers check for
+overflow on the host themselves, as does Stage0StepGuard for ZeRO-0 fp32.)
+
 Determinism: model init is seeded by train.seed, sample order and masks are pure functions of
 (seed, epoch, index) (pretrain/data.py, pretrain/masking.py), and dropout is reseeded at every step from
-(seed, step, rank), so the same config gives the same per-step losses bit for bit on CPU and a resumed
-run needs no RNG state to continue exactly.
+(seed, step, rank), so the same config gives the same per-step losses bit for bit on CPU (on GPU with
+train.deterministic) and a resumed run needs no RNG state to continue exactly.
 """
 
 from __future__ import annotations
@@ -17,17 +23,19 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from pretrain.checkpoint import CheckpointManager
+from pretrain.collectives import Collectives, StepAgreement, to_host
 from pretrain.config import Config, config_hash, save_config
-from pretrain.data import GlobalBatchSampler, TrainLoader, ValidationLoader, resolve_seq_len
-from pretrain.distributed import DistInfo
-from pretrain.engine import initialize_engine
-from pretrain.health import NonFiniteMonitor, Stage0StepGuard
+from pretrain.data import GlobalBatchSampler, LoaderStep, TrainLoader, ValidationLoader, resolve_seq_len
+from pretrain.distributed import DistInfo, set_determinism
+from pretrain.engine import initialize_engine, loss_scale
+from pretrain.faults import Faults
+from pretrain.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedError, Stage0StepGuard
 from pretrain.masking import MaskingCollator
 from pretrain.metrics import MetricsLogger, memory_stats, mfu
 from pretrain.model import build_model
@@ -40,14 +48,6 @@ log = logging.getLogger(__name__)
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed for dropout in optimizer step `step` on `rank`: a hash of (seed, step, rank)."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def all_reduce_sum(values: list[float | torch.Tensor]) -> list[float]:
-    """Sum a few numbers over all ranks in one float64 all-reduce (a no-op in a world of one)."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 def open_data(cfg: Config):
@@ -65,19 +65,22 @@ def open_data(cfg: Config):
     return train_reader, val_reader, int(vocab_size), dict(special_ids)
 
 
-def evaluate(engine, loader: ValidationLoader, device: str) -> dict:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """`batch` on `device`; asynchronous from pinned memory (TrainLoader pins where CUDA is present)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def evaluate(engine, loader: ValidationLoader, comm: Collectives) -> dict:
     """Validation MLM loss, perplexity, masked-token accuracy (and pair accuracy) over all ranks."""
     engine.eval()
-    sums = torch.zeros(5, dtype=torch.float64)
+    sums = torch.zeros(5, dtype=torch.float64, device=comm.device)
     with torch.no_grad():
         for batch in loader:
-            out = engine(**{k: v.to(device) for k, v in batch.items()})
-            sums += torch.tensor(
-                [float(out.mlm_loss_sum), float(out.mlm_correct), float(out.num_masked),
-                 float(out.pair_correct), float(out.num_pairs)], dtype=torch.float64,
-            )  # fmt: skip
+            out = engine(**to_device(batch, comm.device))
+            values = (out.mlm_loss_sum, out.mlm_correct, out.num_masked, out.pair_correct, out.num_pairs)
+            sums += torch.stack([v.to(torch.float64) for v in values])
     engine.train()
-    loss_sum, correct, masked, pair_correct, pairs = all_reduce_sum(sums.tolist())
+    loss_sum, correct, masked, pair_correct, pairs = to_host(comm.sum_(sums))
     loss = loss_sum / max(masked, 1.0)
     record = {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0))),
               "eval_accuracy": correct / max(masked, 1.0)}  # fmt: skip
@@ -86,28 +89,94 @@ def evaluate(engine, loader: ValidationLoader, device: str) -> dict:
     return record
 
 
-def _grad_norm(engine, computed: float | None) -> float | None:
+@dataclass
+class StepResult:
+    """One optimizer step as it stands before the end-of-step agreement (nothing fetched yet).
+
+    sums: float64 [MLM loss sum, pair loss sum, masked tokens predicted right] of this rank, on the
+    device; counts: float64 [tokens, masked tokens, pairs] over all ranks, on the device; bad_loss: 0-dim
+    bool, this rank's loss was NaN/Inf; grad_norm: DeepSpeed's (a device tensor or a float) or ours
+    (ZeRO-0 fp32), None when unknown; lr: the rate the update used; loss_scale: the fp16 scale the
+    backward used (None otherwise); skipped: the optimizer dropped the update (overflow or non-finite).
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    bad_loss: torch.Tensor
+    grad_norm: float | torch.Tensor | None
+    lr: float
+    loss_scale: float | None
+    skipped: bool
+
+
+def train_step(
+    engine, data: LoaderStep, comm: Collectives, *, step: int, faults: Faults, guard: Stage0StepGuard | None
+) -> StepResult:
+    """Forward and backward over this rank's micro-batches of optimizer step `step` (1-based) and the
+    update; sends one collective (the global counts) and fetches nothing from the device."""
+    batches = [to_device(b, comm.device) for b in data.micro_batches]
+    counts = comm.sum_(data.counts.to(comm.device, non_blocking=True))
+    mlm_factor = (comm.world_size / counts[1].clamp(min=1.0)).float()
+    pair_factor = (comm.world_size / counts[2].clamp(min=1.0)).float()
+    lr = float(engine.get_lr()[0])  # the rate this step's update uses
+    scale = loss_scale(engine) if engine.fp16_enabled() else None
+    skipped_before = engine.skipped_steps
+    sums = torch.zeros(3, dtype=torch.float64, device=comm.device)
+    computed_norm = None
+    for i, b in enumerate(batches):
+        out = engine(**b)
+        mlm_loss_sum = out.mlm_loss_sum
+        if i == 0 and step in faults.nan_loss:
+            mlm_loss_sum = mlm_loss_sum * float("nan")
+        loss = mlm_loss_sum * mlm_factor
+        if "pair_labels" in b:
+            loss = loss + out.pair_loss_sum * pair_factor
+        if i == 0 and step in faults.nonfinite_grad:
+            loss = loss * float("inf")  # non-finite gradients; the logged loss stays finite
+        engine.backward(loss, scale_wrt_gas=False)
+        if guard is not None and i == len(batches) - 1:  # before the boundary's update
+            computed_norm = guard.check(engine.module)
+        engine.step()
+        stats = (mlm_loss_sum.detach(), out.pair_loss_sum.detach(), out.mlm_correct)
+        sums += torch.stack([v.to(torch.float64) for v in stats])
     norm = engine.get_global_grad_norm()
-    return computed if norm is None else float(norm)
+    return StepResult(
+        sums, counts, NonFiniteMonitor.is_bad(sums[0] + sums[1]), computed_norm if norm is None else norm,
+        lr, scale, engine.skipped_steps > skipped_before,
+    )  # fmt: skip
 
 
-def gather_sample_indices(rank_indices: np.ndarray) -> list[int]:
-    """The step's global sample indices of every rank, in rank order (a collective; debug only)."""
-    local = torch.from_numpy(np.ascontiguousarray(rank_indices, dtype=np.int64))
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return local.tolist()
-    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, local)
-    return torch.cat(parts).tolist()
+def _next_data(loader: TrainLoader) -> tuple[LoaderStep | None, BaseException | None]:
+    """(the next step's data, None), or (None, the error the loader raised): a data error on one rank is
+    agreed with the others before anyone starts the step, so every rank stops together."""
+    try:
+        return next(loader), None
+    except Exception as exc:  # any failure to produce data stops the run, agreed by all ranks
+        return None, exc
+
+
+def _stop_if_a_rank_failed(error: BaseException | None, failed_ranks: list[int], step: int) -> None:
+    """Raise this rank's data error, or PeerFailedError naming the ranks that had one."""
+    if error is not None:
+        raise error
+    if failed_ranks:
+        raise PeerFailedError(
+            f"rank(s) {failed_ranks} could not read the data of step {step + 1}; every rank stops "
+            "(the error is in that rank's log)"
+        )
 
 
 def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     """Train `cfg` on this rank; returns the exit code (0 done, EXIT_PREEMPTED after a signal-save).
 
-    Raises ConfigError / DataError / CheckpointError for bad input (before the first step) and
-    NonFiniteLossError when losses stay NaN/Inf longer than the policy allows.
+    Raises ConfigError / DataError / CheckpointError for bad input (before the first step),
+    NonFiniteLossError when losses stay NaN/Inf longer than the policy allows, LossScaleFloorError when
+    an fp16 step overflows at fp16.min_loss_scale, PeerFailedError when another rank's data failed.
     """
-    rank, world, device = info.rank, info.world_size, info.device
+    set_determinism(cfg.train.deterministic)
+    rank, world = info.rank, info.world_size
+    comm = Collectives(info.device)
+    agreement = StepAgreement(comm)
     train_reader, val_reader, vocab_size, special_ids = open_data(cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(
@@ -120,7 +189,7 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
         max_positions=model.config.max_position_embeddings,
     )  # fmt: skip
     flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
-    engine = initialize_engine(cfg, model.to(device), world, on_gpu=on_gpu)
+    engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu)
 
     collator = MaskingCollator(
         cfg.masking, special_ids=special_ids, vocab_size=vocab_size, seed=cfg.train.seed, seq_len=seq_len
@@ -131,21 +200,24 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
         len(train_reader), global_batch_size=global_batch, micro_batch_size=t.micro_batch_size,
         seed=t.seed, rank=rank, world_size=world,
     )  # fmt: skip
-    loader = TrainLoader(train_reader, sampler, collator, cfg.data.prefetch_batches)
     val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
         cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
-        run=describe_run(cfg, model, train_reader.manifest, seq_len=seq_len),
+        run=describe_run(cfg, model, train_reader.manifest, seq_len=seq_len), collectives=comm,
     )  # fmt: skip
-    monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank, world_size=world)
+    monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank)
     debug = cfg.debug
-    nan_steps = set(debug.nonfinite_loss_steps) if rank == debug.nonfinite_loss_rank else set()
+    faults = Faults.for_rank(debug, rank)
 
     state = checkpoints.resume(engine, t.resume) or {}
     step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
+    reader = faults.reader(train_reader, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
+    pin = info.device if on_gpu else None  # pin_memory() raises without CUDA
+    loader = TrainLoader(reader, sampler, collator, cfg.data.prefetch_batches, pin_device=pin)
     if state:
         loader.load_state_dict(state["loader"])
         monitor.load_state_dict(state["nonfinite"])
+    loader_state = loader.state_dict()  # after the last step trained (the loader runs one step ahead)
     if info.is_main:
         os.makedirs(cfg.run_dir, exist_ok=True)
         save_config(cfg, os.path.join(cfg.run_dir, "config.yaml"))
@@ -154,11 +226,11 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
         tensorboard=cfg.metrics.tensorboard, start_step=step,
     )  # fmt: skip
     if step == 0:
-        metrics.log_eval({"step": 0, **evaluate(engine, val_loader, device)})
+        metrics.log_eval({"step": 0, **evaluate(engine, val_loader, comm)})
 
     def trainer_state() -> dict:
-        return {"step": step, "tokens": tokens, "consumed_samples": loader.state_dict()["consumed_samples"],
-                "loader": loader.state_dict(), "nonfinite": monitor.state_dict()}  # fmt: skip
+        return {"step": step, "tokens": tokens, "consumed_samples": loader_state["consumed_samples"],
+                "loader": loader_state, "nonfinite": monitor.state_dict()}  # fmt: skip
 
     started = time.monotonic()
     # A checkpoint at max_steps or at an eval step was saved after that step's evaluation.
@@ -167,85 +239,94 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     )
     exit_code, last_eval_step = 0, step if evaluated else None
     # ZeRO-0 fp32 is DeepSpeed's one path without a norm or an overflow check: we supply both.
-    stage0_fp32 = cfg.zero.stage == 0 and cfg.precision == "fp32"
-    stage0_guard = Stage0StepGuard(engine.optimizer) if stage0_fp32 else None
+    guard = Stage0StepGuard(engine.optimizer) if cfg.zero.stage == 0 and cfg.precision == "fp32" else None
+    issued = comm.issued
     with loader, PreemptionHandler() as preemption:
+        data, data_error = _next_data(loader) if step < t.max_steps else (None, None)
+        if step < t.max_steps:  # the first step's data, agreed like every later step's
+            first = agreement.agree(torch.zeros(0, device=comm.device), {"error": data_error is not None})
+            _stop_if_a_rank_failed(data_error, first.ranks("error"), step)
         while step < t.max_steps and (t.max_tokens is None or tokens < t.max_tokens):
             step_start = time.perf_counter()
             torch.manual_seed(step_seed(t.seed, step, rank))  # dropout: derivable, nothing to checkpoint
-            data = next(loader)
-            batches = [{k: v.to(device) for k, v in b.items()} for b in data.micro_batches]
-            local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-            local_masked = sum(b["masked_labels"].numel() for b in batches)
-            local_pairs = sum(b["pair_labels"].numel() for b in batches if "pair_labels" in b)
-            step_tokens, g_masked, g_pairs = all_reduce_sum([local_tokens, local_masked, local_pairs])
-
-            lr = float(engine.get_lr()[0])  # the rate this step's update uses
-            sums = torch.zeros(3, dtype=torch.float64)
-            computed_norm = None
-            for i, b in enumerate(batches):
-                out = engine(**b)
-                mlm_loss_sum = out.mlm_loss_sum
-                if i == 0 and step + 1 in nan_steps:  # fault injection (debug.nonfinite_loss_steps)
-                    mlm_loss_sum = mlm_loss_sum * float("nan")
-                loss = mlm_loss_sum * (world / max(g_masked, 1.0))
-                if g_pairs:
-                    loss = loss + out.pair_loss_sum * (world / g_pairs)
-                engine.backward(loss, scale_wrt_gas=False)
-                if stage0_guard is not None and i == len(batches) - 1:  # before the boundary's update
-                    computed_norm = stage0_guard.check(engine.module)
-                engine.step()
-                stats = [mlm_loss_sum.item(), out.pair_loss_sum.item(), out.mlm_correct.item()]
-                sums += torch.tensor(stats, dtype=torch.float64)
+            result = train_step(engine, data, comm, step=step + 1, faults=faults, guard=guard)
             step += 1
+            trained, loader_state = data, data.state_after
+            samples = comm.gather_indices(trained.rank_indices) if debug.log_sample_indices else None
+            data, data_error = _next_data(loader) if step < t.max_steps else (None, None)
+            norm = result.grad_norm
+            norm_on_device = isinstance(norm, torch.Tensor)
+            fetch = [result.counts]
+            if norm_on_device:
+                fetch.append(norm.detach().to(comm.device, torch.float64).reshape(1))
+            wishes = {
+                "nonfinite": result.bad_loss,
+                "preempt": preemption.requested,
+                "out_of_time": t.max_minutes is not None and time.monotonic() - started >= t.max_minutes * 60,
+                "save": checkpoints.should_save(step),
+                "scale_floor": result.skipped
+                and result.loss_scale is not None
+                and result.loss_scale <= cfg.fp16.min_loss_scale,
+                "error": data_error is not None,
+            }
+            # The one host sync of the step: sums and wishes of every rank, agreed in one all-reduce.
+            agreed = agreement.agree(result.sums, wishes, fetch=torch.cat(fetch))
+            step_tokens, g_masked, g_pairs = agreed.fetched[:3]
+            # Names the bad rank(s); a bad step's update was already dropped (DeepSpeed, Stage0StepGuard);
+            # raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
+            monitor.update(agreed.ranks("nonfinite"), step)
+            if agreed.any("scale_floor"):
+                raise LossScaleFloorError(
+                    f"fp16 step {step} overflowed with the loss scale at its floor "
+                    f"(fp16.min_loss_scale={cfg.fp16.min_loss_scale}); {engine.skipped_steps} step(s) "
+                    "skipped so far; stopping. The last good checkpoint is kept: lower optim.lr, raise "
+                    "optim.warmup_steps or use bf16 before resuming"
+                )
             tokens += int(step_tokens)
-            # Collective: names the bad rank(s); a bad step's update was already dropped (see
-            # Stage0StepGuard); raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
-            monitor.check(float(sums[0] + sums[1]), step)
-            mlm_sum, pair_sum, correct = all_reduce_sum(sums.tolist())
+            mlm_sum, pair_sum, correct = agreed.sums
             mlm_loss = mlm_sum / max(g_masked, 1.0)
             pair_loss = pair_sum / g_pairs if g_pairs else 0.0
             elapsed = time.perf_counter() - step_start
             record = {
                 "step": step, "loss": mlm_loss + pair_loss, "mlm_loss": mlm_loss,
-                "mlm_accuracy": correct / max(g_masked, 1.0), "lr": lr,
-                "grad_norm": _grad_norm(engine, computed_norm), "tokens_per_s": step_tokens / elapsed,
-                "samples_per_s": global_batch / elapsed, "tokens": tokens,
-                "skipped_steps": int(engine.skipped_steps), "nonfinite_skipped": monitor.total_skipped,
-                **memory_stats(device),
+                "mlm_accuracy": correct / max(g_masked, 1.0), "lr": result.lr,
+                "grad_norm": agreed.fetched[3] if norm_on_device else (None if norm is None else float(norm)),
+                "tokens_per_s": step_tokens / elapsed, "samples_per_s": global_batch / elapsed,
+                "tokens": tokens, "skipped_steps": int(engine.skipped_steps),
+                "nonfinite_skipped": monitor.total_skipped, **memory_stats(info.device),
             }  # fmt: skip
-            if debug.log_sample_indices:
-                record["epoch"] = data.epoch
-                record["samples"] = gather_sample_indices(data.rank_indices)
+            if samples is not None:
+                record["epoch"], record["samples"] = trained.epoch, samples
             if g_pairs:
                 record["pair_loss"] = pair_loss
-            if cfg.precision == "fp16":
-                record["loss_scale"] = float(engine.optimizer.cur_scale)
+            if result.loss_scale is not None:
+                record["loss_scale"] = result.loss_scale
             utilisation = mfu(
                 record["tokens_per_s"], flops_per_token, world, cfg.metrics.peak_tflops_per_device
             )
             if utilisation is not None:
                 record["mfu"] = utilisation
+            if debug.log_collectives:  # since the previous record: includes that step's eval and save
+                record["collectives"], issued = comm.issued - issued, comm.issued
             metrics.log_step(record)
+            _stop_if_a_rank_failed(data_error, agreed.ranks("error"), step)  # this step trained fine
 
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
-                metrics.log_eval({"step": step, **evaluate(engine, val_loader, device)})
+                metrics.log_eval({"step": step, **evaluate(engine, val_loader, comm)})
                 last_eval_step = step
-            out_of_time = t.max_minutes is not None and time.monotonic() - started >= t.max_minutes * 60
-            out_of_time = checkpoints.agree(out_of_time)  # ranks' clocks differ; stop together
-            if preemption.should_stop():
+            if preemption.agreed(agreed.any("preempt")):
                 checkpoints.save(engine, trainer_state(), step)
                 exit_code = EXIT_PREEMPTED
                 break
-            if checkpoints.agree(checkpoints.should_save(step)):
+            if agreed.any("save"):
                 checkpoints.save(engine, trainer_state(), step)
-            if out_of_time:
+            if agreed.any("out_of_time"):
                 log.info("train.max_minutes=%s reached at step %d; stopping", t.max_minutes, step)
                 break
 
         if exit_code == 0:
             if last_eval_step != step:
-                metrics.log_eval({"step": step, **evaluate(engine, val_loader, device)})
+                metrics.log_eval({"step": step, **evaluate(engine, val_loader, comm)})
             if checkpoints.last_saved_step != step:
                 checkpoints.save(engine, trainer_state(), step)
     metrics.close()

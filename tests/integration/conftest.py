@@ -12,8 +12,14 @@ Fixtures and helpers (use them from any tests/integration module):
   `python -m pretrain` under torchrun (or `deepspeed --module`) with `ranks` local processes (plain
   python when ranks == 1) and returns a `PretrainRun` (returncode, output, run_dir, metrics: the parsed
   metrics.jsonl records).
+- `run_pretrain_configs(configs, ranks=2, timeout=600, env=None)`: trains several configs one after
+  another on ONE set of torchrun ranks (tests/integration/multi_run.py; saves the start-up per config)
+  and returns a `PretrainRun` per config (its exit code and its part of the output).
 - `step_trace(run_dir)`: {step: (loss, cumulative tokens, global sample indices)} of a run that set
   `debug.log_sample_indices`, the fingerprint that resume tests compare.
+- `CPU_FP16`: the environment that switches on the CPU fp16 test device (pretrain/distributed.py) for
+  the trainer subprocesses: `run_pretrain(config, env=CPU_FP16)` trains `precision: fp16` on CPU, with
+  DeepSpeed's own fp16 optimizers and loss scaling (what an export test of an fp16 run needs too).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import yaml
 
 BIN = Path(sys.executable).parent
 SHARDS_SEQ_LEN = 64
+CPU_FP16 = {"MLM_TEST_CPU_FP16": "1"}
 
 
 def _mlm_data(*args: str) -> None:
@@ -139,6 +146,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _metrics_of(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _worker_env(env: dict | None) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+
+
+def run_pretrain_configs(
+    configs: list[Path], *, ranks: int = 2, timeout: float = 600, env: dict | None = None
+) -> list[PretrainRun]:
+    """Train `configs` one after another on one torchrun launch of `ranks` CPU processes."""
+    cmd = [str(BIN / "torchrun"), f"--nproc-per-node={ranks}", f"--master-port={_free_port()}",
+           "-m", "tests.integration.multi_run", *map(str, configs)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env(env))
+    output = result.stdout + result.stderr
+    runs = []
+    starts = [output.find(f"multi_run: start {config}\n") for config in configs] + [len(output)]
+    for i, config in enumerate(configs):
+        exit_marker = f"multi_run: exit {config} "
+        end = output.find(exit_marker, starts[i])
+        if starts[i] < 0 or end < 0:
+            raise AssertionError(f"{config} did not run to its end:\n{output[-4000:]}")
+        code = int(output[end + len(exit_marker) :].split("\n", 1)[0])
+        run_dir = Path(yaml.safe_load(Path(config).read_text())["run_dir"])
+        # up to the next config's start: the other ranks' last lines may follow rank 0's exit marker
+        runs.append(PretrainRun(code, output[starts[i] : starts[i + 1]], run_dir, _metrics_of(run_dir)))
+    return runs
+
+
 def run_pretrain(
     config: Path,
     overrides=(),
@@ -168,14 +206,9 @@ def run_pretrain(
             "pretrain",
         ]
     cmd += ["--config", str(config), *overrides]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env(env))
     run_dir = Path(yaml.safe_load(Path(config).read_text())["run_dir"])
     for item in overrides:
         if item.startswith("run_dir="):
             run_dir = Path(item.split("=", 1)[1])
-    metrics_path = run_dir / "metrics.jsonl"
-    records = (
-        [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    )
-    return PretrainRun(result.returncode, result.stdout + result.stderr, run_dir, records)
+    return PretrainRun(result.returncode, result.stdout + result.stderr, run_dir, _metrics_of(run_dir))

@@ -33,7 +33,7 @@ def test_a_nan_step_is_detected_named_and_skipped_without_an_update(tiny_shards,
         train={"max_steps": 5, "grad_accum_steps": 2},
         checkpoint={"every_steps": 1, "keep_last": 10},
         health={"max_nonfinite_skips": 1},
-        debug={"nonfinite_loss_steps": [3], "nonfinite_loss_rank": 1},
+        debug={"nonfinite_loss_steps": [3], "fault_rank": 1},
     )  # fmt: skip
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 0, run.output[-3000:]
@@ -53,7 +53,7 @@ def test_more_bad_steps_than_allowed_stop_the_run_keeping_the_last_good_checkpoi
         train={"max_steps": 8, "grad_accum_steps": 1},
         checkpoint={"every_steps": 2, "keep_last": 10},
         health={"max_nonfinite_skips": 1},
-        debug={"nonfinite_loss_steps": [5, 6], "nonfinite_loss_rank": 0},
+        debug={"nonfinite_loss_steps": [5, 6], "fault_rank": 0},
     )  # fmt: skip
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 1, run.output[-3000:]

@@ -52,7 +52,7 @@ def fresh_config(tmp_path: Path, tiny_shards: Path, **updates) -> Path:
     return write_config(tmp_path, tiny_shards, **settings)
 
 
-def start(config: Path, overrides=(), ranks: int = 2) -> subprocess.Popen:
+def start(config: Path, overrides=(), ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
     """Start the trainer (torchrun with `ranks` workers) in its own process group, so a kill reaches
     every rank; its output goes to output.log beside the config (a pipe could fill up and stall it)."""
     cmd = [
@@ -64,7 +64,7 @@ def start(config: Path, overrides=(), ranks: int = 2) -> subprocess.Popen:
     ]
     if ranks == 1:
         cmd = [sys.executable, "-m", "pretrain"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     log = open(config.parent / "output.log", "w")  # noqa: SIM115 - the child keeps it; closed on exit
     proc = subprocess.Popen(
         [*cmd, "--config", str(config), *overrides], env=env, start_new_session=True,

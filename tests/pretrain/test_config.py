@@ -78,6 +78,36 @@ def test_bad_keys_and_values_are_named(cfg_file, override, message):
     assert cfg_file in str(info.value) or "override" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=inf", "optim.lr"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.lr=1e400", "optim.lr"),
+        ("optim.lr=nan", "optim.lr"),
+        ("optim.eps=.inf", "optim.eps"),
+        ("optim.grad_clip=inf", "optim.grad_clip"),
+        ("optim.weight_decay=1e400", "optim.weight_decay"),
+        ("optim.betas=[0.9, .nan]", "optim.betas[1]"),
+        ("health.collective_timeout_minutes=inf", "health.collective_timeout_minutes"),
+        ("train.max_minutes=.inf", "train.max_minutes"),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_key(cfg_file, override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg_file, [override])
+    assert f"{key}: expected a finite number, got" in str(info.value)
+
+
+def test_fp16_loss_scaling_keys_are_typed_and_checked(cfg_file):
+    cfg = load_config(cfg_file, ["fp16.initial_scale_power=8", "fp16.hysteresis=1"])
+    assert (cfg.fp16.initial_scale_power, cfg.fp16.hysteresis, cfg.fp16.loss_scale_window) == (8, 1, 1000)
+    with pytest.raises(ConfigError, match="fp16.hysteresis must be >= 1"):
+        load_config(cfg_file, ["fp16.hysteresis=0"])
+    with pytest.raises(ConfigError, match=r"fp16.min_loss_scale \(512\) must not exceed .* \(256\)"):
+        load_config(cfg_file, ["fp16.initial_scale_power=8", "fp16.min_loss_scale=512"])
+
+
 def test_missing_file_and_required_keys(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(str(tmp_path / "nope.yaml"))

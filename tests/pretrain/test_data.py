@@ -98,6 +98,21 @@ def test_epochs_visit_every_sample_once_then_reshuffle():
     assert s.state_dict() == {"epoch": 1, "consumed_samples": 200, "samples_into_epoch": 100}
 
 
+def test_each_step_carries_its_cpu_counts_and_the_sampler_state_after_it():
+    with loader(prefetch=4) as it:
+        steps = take(it, 3)
+    for i, step in enumerate(steps):
+        b = step.micro_batches
+        assert step.counts.dtype == torch.float64 and step.counts.device.type == "cpu"
+        assert step.counts.tolist() == [
+            sum(float(m["attention_mask"].sum()) for m in b),
+            sum(m["masked_labels"].numel() for m in b),
+            0,
+        ]  # non-pad tokens (the rows are padded), masked tokens, no pairs in these rows
+        assert step.counts[0] < sum(m["attention_mask"].numel() for m in b)
+        assert step.state_after["consumed_samples"] == 8 * (i + 1)
+
+
 def test_drop_last_skips_the_partial_batch_and_keep_last_fills_it():
     dropped = sampler(n=100, global_batch=16, micro=8)
     steps = [dropped.next_step() for _ in range(7)]

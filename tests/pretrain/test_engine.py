@@ -31,25 +31,47 @@ def test_generated_config_carries_batch_precision_zero_and_clipping():
     assert "optimizer" not in ds  # torch AdamW is passed to deepspeed.initialize
 
 
-def test_fp16_gets_a_dynamic_loss_scale_on_gpu_and_a_clear_error_on_cpu():
-    cfg = make_cfg(precision="fp16")
-    assert deepspeed_config(cfg, 1, on_gpu=True)["fp16"]["loss_scale"] == 0
+def test_fp16_gets_the_typed_dynamic_loss_scale_on_gpu_and_a_clear_error_on_cpu(monkeypatch):
+    cfg = make_cfg(precision="fp16", fp16={"initial_scale_power": 12, "loss_scale_window": 50,
+                                           "hysteresis": 3, "min_loss_scale": 4})  # fmt: skip
+    assert deepspeed_config(cfg, 1, on_gpu=True)["fp16"] == {
+        "enabled": True, "loss_scale": 0, "initial_scale_power": 12, "loss_scale_window": 50,
+        "hysteresis": 3, "min_loss_scale": 4,
+    }  # fmt: skip
+    monkeypatch.delenv("MLM_TEST_CPU_FP16", raising=False)
     with pytest.raises(ConfigError, match="precision=fp16 needs a GPU.*bf16 or fp32"):
         deepspeed_config(cfg, 1, on_gpu=False)
+    with pytest.raises(ConfigError, match=r"deepspeed.fp16.hysteresis=2 contradicts the value 3"):
+        deepspeed_config(make_cfg(precision="fp16", fp16={"hysteresis": 3},
+                                  deepspeed={"fp16": {"hysteresis": 2}}), 1, on_gpu=True)  # fmt: skip
 
 
-def test_lamb_is_deepspeeds_on_gpu_and_refused_on_cpu():
-    cfg = make_cfg(optim={"name": "lamb", "lr": 2e-3})
-    section = deepspeed_config(cfg, 1, on_gpu=True)["optimizer"]
-    assert section["type"] == "Lamb" and section["params"]["lr"] == 2e-3
+def test_the_cpu_fp16_test_device_is_opt_in(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a GPU anyway")
+    monkeypatch.setenv("MLM_TEST_CPU_FP16", "1")
+    assert deepspeed_config(make_cfg(precision="fp16"), 1, on_gpu=False)["fp16"]["enabled"] is True
+
+
+def test_lamb_is_deepspeeds_on_gpu_under_zero_0_and_refused_elsewhere():
+    cfg = make_cfg(optim={"name": "lamb", "lr": 2e-3}, zero={"stage": 0})
+    ds = deepspeed_config(cfg, 1, on_gpu=True)
+    assert ds["optimizer"]["type"] == "Lamb" and ds["optimizer"]["params"]["lr"] == 2e-3
+    assert "zero_allow_untested_optimizer" not in ds  # would switch off DeepSpeed's own LAMB refusal
     with pytest.raises(ConfigError, match="optim.name=lamb needs a GPU"):
         deepspeed_config(cfg, 1, on_gpu=False)
+    for stage in (1, 2, 3):
+        lamb_zero = make_cfg(optim={"name": "lamb"}, zero={"stage": stage})
+        with pytest.raises(ConfigError, match=f"optim.name=lamb with zero.stage={stage}: .*use zero.stage=0"):
+            deepspeed_config(lamb_zero, 1, on_gpu=True)
 
 
 def test_offload_uses_deepspeeds_cpu_adam_and_needs_a_zero_stage():
     ds = deepspeed_config(make_cfg(zero={"stage": 2, "offload_optimizer": True}), 1, on_gpu=True)
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    assert ds["optimizer"]["type"] == "AdamW"
+    assert ds["optimizer"]["type"] == "AdamW" and "zero_allow_untested_optimizer" not in ds
     with pytest.raises(ConfigError, match="zero.offload_optimizer needs zero.stage >= 1"):
         deepspeed_config(make_cfg(zero={"stage": 0, "offload_optimizer": True}), 1, on_gpu=True)
 

@@ -39,6 +39,9 @@ def _write(tmp_path: Path, cfg: dict) -> str:
         (["precision=fp16"], "precision=fp16 needs a GPU"),
         (["train.global_batch_size=12"], "train.global_batch_size=12 but train.micro_batch_size (4)"),
         (["deepspeed.train_batch_size=64"], "deepspeed.train_batch_size=64 contradicts the value 4"),
+        (["optim.lr=inf"], "optim.lr: expected a finite number, got 'inf'"),
+        (["health.collective_timeout_minutes=.inf"], "health.collective_timeout_minutes: expected a finite"),
+        (["optim.name=lamb"], "optim.name=lamb with zero.stage=2: LAMB's per-layer trust ratio"),
     ],
 )
 def test_config_errors_exit_1_with_one_line_before_training(

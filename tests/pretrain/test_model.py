@@ -124,3 +124,49 @@ def test_batch_without_masked_tokens_gives_zero_sums():
         out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], none, none)
     assert out.mlm_loss_sum.item() == 0.0 and int(out.num_masked) == 0 and int(out.mlm_correct) == 0
     assert model.hf_config.architectures == ["BertForMaskedLM"]
+
+
+def test_attention_runs_through_torch_sdpa_in_every_layer(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    model = build_model(ModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False)
+    assert model.config._attn_implementation == "sdpa"
+    b = batch(pairs=False)
+    model(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"], b["masked_labels"])
+    assert len(calls) == model.config.num_hidden_layers  # (batch, heads, seq, head_dim) per layer
+    assert all(shape[:2] == (6, model.config.num_attention_heads) for shape in calls)
+
+
+def test_the_deterministic_switch_sets_torch_cublas_and_attention_and_the_model_trains(monkeypatch):
+    import os
+
+    from pretrain.distributed import set_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and torch.backends.cudnn.deterministic
+        assert not torch.backends.cuda.cudnn_sdp_enabled()  # not covered by torch's deterministic mode
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        grads = []
+        for _ in range(2):  # every op of a training step has a deterministic kernel (none raises)
+            torch.manual_seed(0)
+            model = build_model(ModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False)
+            b = batch(pairs=False)
+            out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"],
+                        b["masked_labels"])  # fmt: skip
+            out.mlm_loss_sum.backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        assert torch.equal(grads[0], grads[1])
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn

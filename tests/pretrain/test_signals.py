@@ -9,10 +9,12 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 
 from pretrain.checkpoint import CheckpointManager
 from pretrain.checkpoint_record import validate_checkpoint
+from pretrain.collectives import Collectives, StepAgreement
 from pretrain.signals import EXIT_PREEMPTED, PreemptionHandler
 from tests.pretrain.ckpt_helpers import free_port, init_process_group, make_engine, train_steps
 
@@ -21,28 +23,30 @@ from tests.pretrain.ckpt_helpers import free_port, init_process_group, make_engi
 def test_signal_sets_flag_and_handlers_are_restored(sig):
     before = signal.getsignal(sig)
     with PreemptionHandler() as handler:
-        assert not handler.should_stop()
+        assert not handler.requested and not handler.agreed(handler.requested)
         os.kill(os.getpid(), sig)
-        assert handler.should_stop() and handler.received == sig
+        assert handler.requested and handler.agreed(handler.requested) and handler.received == sig
     assert signal.getsignal(sig) == before
     assert EXIT_PREEMPTED == 75
 
 
 def _agree_worker(rank: int, port: int, results) -> None:
     init_process_group(rank, 2, port)
+    agreement = StepAgreement(Collectives("cpu"))
     with PreemptionHandler() as handler:
         for step in range(1, 20):
             if rank == 1 and step == 3:
                 os.kill(os.getpid(), signal.SIGUSR1)  # only rank 1 is signalled
-            if handler.should_stop():
-                results[rank] = step
+            agreed = agreement.agree(torch.zeros(0), {"preempt": handler.requested})
+            if handler.agreed(agreed.any("preempt")):
+                results[rank] = (step, agreed.ranks("preempt"))
                 return
 
 
 def test_all_ranks_stop_at_the_same_step():
     results = mp.Manager().dict()
     mp.spawn(_agree_worker, args=(free_port(), results), nprocs=2, join=True)
-    assert dict(results) == {0: 3, 1: 3}
+    assert dict(results) == {0: (3, [1]), 1: (3, [1])}
 
 
 def test_signals_during_a_save_do_not_interrupt_it(tmp_path):
@@ -66,5 +70,5 @@ def test_signals_during_a_save_do_not_interrupt_it(tmp_path):
         finally:
             done.set()
             thread.join()
-    assert handler.count >= 2 and handler.should_stop()
+    assert handler.count >= 2 and handler.requested
     assert validate_checkpoint(tag_dir)["step"] == 2

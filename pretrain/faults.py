@@ -1,0 +1,60 @@
+"""Fault injection (debug.*), for the tests and for drills on a real cluster: one rank gets NaN losses,
+non-finite gradients behind a finite loss (an fp16 overflow) or a loader that fails to read a step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_pipeline.errors import DataError
+from pretrain.config import DebugConfig
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The faults that apply to this rank, as sets of 1-based optimizer steps."""
+
+    nan_loss: frozenset[int] = frozenset()
+    nonfinite_grad: frozenset[int] = frozenset()
+    data_error: frozenset[int] = frozenset()
+
+    @classmethod
+    def for_rank(cls, debug: DebugConfig, rank: int) -> Faults:
+        """The faults `debug` injects on `rank` (none unless rank == debug.fault_rank)."""
+        if rank != debug.fault_rank:
+            return cls()
+        return cls(
+            frozenset(debug.nonfinite_loss_steps),
+            frozenset(debug.nonfinite_grad_steps),
+            frozenset(debug.data_error_steps),
+        )
+
+    def reader(self, reader, *, micro_batches_per_step: int, first_step: int):
+        """`reader`, or a wrapper whose `take` fails for the micro-batches of the data_error steps.
+
+        The loader thread calls `take` once per micro-batch in step order, starting with step
+        `first_step` (1-based), so the failure surfaces in the consumer exactly at that step's data.
+        """
+        if not self.data_error:
+            return reader
+        return _FailingReader(reader, self.data_error, micro_batches_per_step, first_step)
+
+
+class _FailingReader:
+    """Delegates to a ShardReader; raises DataError on the first `take` of each failing step."""
+
+    def __init__(self, reader, steps: frozenset[int], per_step: int, first_step: int) -> None:
+        self._reader = reader
+        self._step_of_call = {(s - first_step) * per_step: s for s in steps if s >= first_step}
+        self._calls = 0
+
+    def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The reader's rows, or DataError when this call is the first of a failing step."""
+        call, self._calls = self._calls, self._calls + 1
+        if call in self._step_of_call:
+            raise DataError(
+                f"injected fault (debug.data_error_steps): could not read the data of step "
+                f"{self._step_of_call[call]}"
+            )
+        return self._reader.take(indices)
