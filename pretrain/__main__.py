@@ -34,6 +34,13 @@ def _bad_input() -> tuple[type[BaseException], ...]:
     return (ConfigError, CheckpointError, ValueError, FileNotFoundError)  # DataError is a ValueError
 
 
+def _report(kind: str, exc: BaseException) -> None:
+    """Print `mlm-train: KIND: EXC` to stderr in ONE write: every rank of a run shares the stream, and
+    print's two writes (text, then newline) interleave under PYTHONUNBUFFERED into a doubled line."""
+    sys.stderr.write(f"mlm-train: {kind}: {exc}\n")
+    sys.stderr.flush()
+
+
 def run_training(cfg, info, *, on_gpu: bool) -> int:
     """Train `cfg` on this rank (process group ready, see init_distributed); returns the exit code.
 
@@ -46,10 +53,10 @@ def run_training(cfg, info, *, on_gpu: bool) -> int:
     try:
         return train(cfg, info, on_gpu=on_gpu)
     except _bad_input() as exc:
-        print(f"mlm-train: error: {exc}", file=sys.stderr)
+        _report("error", exc)
         return 1
     except (NonFiniteLossError, PeerFailedError) as exc:
-        print(f"mlm-train: stopped: {exc}", file=sys.stderr)
+        _report("stopped", exc)
         return 1
 
 
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]), on_gpu=on_gpu)  # refuse bad combos before init
         info = init_distributed(cfg.health.collective_timeout_minutes)
     except _bad_input() as exc:
-        print(f"mlm-train: error: {exc}", file=sys.stderr)
+        _report("error", exc)
         return 1
     try:
         return run_training(cfg, info, on_gpu=on_gpu)
