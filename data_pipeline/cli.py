@@ -1,4 +1,7 @@
-"""`mlm-data {sample-corpus,tokenizer,build,verify,inspect,merge}`: bad input -> one stderr line, exit 1."""
+"""`mlm-data {sample-corpus,sample-task,tokenizer,build,verify,inspect,merge}`.
+
+Bad input -> one stderr line, exit 1.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-corpus", help="write a real-text corpus from the Python standard library")
     p.add_argument("out_dir")
     p.add_argument("--max-bytes", type=int, default=None, help="size cap (default about 12 MB)")
+
+    p = sub.add_parser("sample-task", help="write a labelled task: which stdlib package a docstring is from")
+    p.add_argument("out_dir")
 
     p = sub.add_parser("tokenizer", help="train a WordPiece or SentencePiece tokenizer")
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
@@ -85,6 +91,17 @@ def _sample_corpus(args) -> int:
 
     result = write_sample_corpus(args.out_dir, max_bytes=args.max_bytes)
     print(f"wrote {len(result['files'])} files, {result['documents']} documents, {result['bytes']} bytes")
+    return 0
+
+
+def _sample_task(args) -> int:
+    from data_pipeline.sample_task import write_sample_task
+
+    stats = write_sample_task(args.out_dir)
+    train, val = stats["train"], stats["validation"]
+    print(f"wrote {args.out_dir}/train.jsonl ({train['examples']} examples) and validation.jsonl "
+          f"({val['examples']}); {len(train['classes'])} classes; majority class "
+          f"'{val['majority_class']}' scores {val['majority_accuracy']:.3f} on validation")  # fmt: skip
     return 0
 
 
@@ -172,6 +189,7 @@ def _merge(args) -> int:
 
 _COMMANDS = {
     "sample-corpus": _sample_corpus,
+    "sample-task": _sample_task,
     "tokenizer": _tokenizer,
     "build": _build,
     "verify": _verify,
