@@ -19,13 +19,16 @@ INSTALL_REQUIRES = [
     "zstandard>=0.22",
     "numpy>=1.26",
     "psutil>=5.9",
+    # mlm-finetune trains with the Hugging Face Trainer, which needs accelerate.
+    "accelerate>=1.1",
 ]
 
 # ruff is pinned to a minor series: new releases add lint rules and format Markdown code blocks,
 # which would fail `make lint` on a clean machine without any change of ours.
 TEST_REQUIRES = ["pytest>=8", "ruff>=0.17,<0.18"]
-# The peers the benchmarks in bench/ run against: the HF Trainer needs accelerate.
-BENCH_REQUIRES = ["accelerate>=1.1"]
+# What only the benchmarks in bench/ need on top (their HF Trainer peers' accelerate is a runtime
+# dependency now, for mlm-finetune); `make bench-*` installs this extra.
+BENCH_REQUIRES: list[str] = []
 
 with open("README.md", encoding="utf-8") as readme_file:
     README = readme_file.read()
@@ -48,6 +51,7 @@ setup(
             "mlm-data=data_pipeline.cli:main",
             "mlm-train=pretrain.__main__:main",
             "mlm-launch=launcher.cli:main",
+            "mlm-finetune=pretrain.finetune:main",
         ]
     },
 )

@@ -21,30 +21,8 @@ COMMON = ["--epochs", "3", "--lr", "3e-3", "--max-seq-len", "48", "--threads", "
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A 2-layer, hidden-32 BertForMaskedLM (no pooler, like our MLM exports) with a real WordPiece."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    from data_pipeline.sample_corpus import write_sample_corpus
-    from data_pipeline.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("finetune-model")
-    write_sample_corpus(str(root / "corpus"), max_bytes=300_000)
-    train_tokenizer([str(root / "corpus")], "wordpiece", 1000, str(root / "tokenizer"))
-    tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
-    config = BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(str(root / "model"))
-    tok.save_pretrained(str(root / "model"))
-    return root / "model"
-
-
-@pytest.fixture(scope="module")
 def task_files(tmp_path_factory):
-    """(train.jsonl, validation.csv): the sample task restricted to three families (two formats)."""
+    """(train.jsonl, validation.csv, rows): the sample task restricted to three families (two formats)."""
     from data_pipeline.sample_task import write_sample_task
 
     root = tmp_path_factory.mktemp("finetune-task")
@@ -56,6 +34,29 @@ def task_files(tmp_path_factory):
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows["train"]), encoding="utf-8")
     pcsv.write_csv(pa.Table.from_pylist(rows["validation"]), root / "validation.csv")
     return root / "train.jsonl", root / "validation.csv", rows
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, task_files):
+    """A 2-layer, hidden-32 BertForMaskedLM (no pooler, like our MLM exports) with a real WordPiece."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from data_pipeline.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("finetune-model")
+    (root / "corpus").mkdir()
+    texts = [r["text"] for r in task_files[2]["train"]]  # the unlabelled training texts
+    (root / "corpus" / "train.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    train_tokenizer([str(root / "corpus")], "wordpiece", 1000, str(root / "tokenizer"))
+    tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(str(root / "model"))
+    tok.save_pretrained(str(root / "model"))
+    return root / "model"
 
 
 def _report(out):

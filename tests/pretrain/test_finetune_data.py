@@ -121,4 +121,7 @@ def test_bad_model_dir_is_one_line_and_exit_1(tmp_path, capsys):
     (tmp_path / "no-model").mkdir()
     line = _error(capsys, _args(tmp_path, good, "--validation", str(good)))
     assert "neither a model dir (config.json), a run dir (config.yaml)" in line
+    (tmp_path / "no-model" / "config.yaml").write_text("run_dir: x\n")  # a run dir without a checkpoint
+    line = _error(capsys, _args(tmp_path, good, "--validation", str(good)))
+    assert "no-model: cannot export its checkpoint" in line and "no complete, valid checkpoint" in line
     assert not (tmp_path / "out").exists()
