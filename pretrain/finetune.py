@@ -149,6 +149,8 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
     model = _build_model(model_dir, data, which, seed, announce)
     use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
     with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
+        # Batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic padding a batch then
+        # costs its own length, not that of the longest text drawn into it.
         args = TrainingArguments(
             output_dir=out, num_train_epochs=settings.epochs, learning_rate=settings.lr,
             per_device_train_batch_size=settings.batch_size,
@@ -156,7 +158,7 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
             warmup_steps=settings.warmup_ratio, lr_scheduler_type="linear",
             seed=seed, data_seed=seed, use_cpu=use_cpu, bf16=settings.bf16, eval_strategy="no",
             save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=not settings.progress,
-            dataloader_num_workers=0,
+            dataloader_num_workers=0, train_sampling_strategy="group_by_length",
         )  # fmt: skip
         trainer = Trainer(
             model=model, args=args, train_dataset=encoded["train"],
@@ -165,11 +167,10 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
         started = time.monotonic()
         result = trainer.train()
         seconds = time.monotonic() - started
-        predictions = trainer.predict(encoded["validation"]).predictions
-    logits = predictions[0] if isinstance(predictions, tuple) else predictions
-    metrics = classification_metrics(
-        data.validation.labels, np.asarray(logits).argmax(-1), len(data.label_names)
-    )
+        output = trainer.predict(encoded["validation"])
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    # label_ids, not data.validation.labels: the length-grouped sampler also reorders the evaluation set.
+    metrics = classification_metrics(output.label_ids, np.asarray(logits).argmax(-1), len(data.label_names))
     return {
         "seed": seed,
         **metrics,
