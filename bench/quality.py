@@ -2,7 +2,8 @@
 
 Both trainers get the same BERT shape, tokenizer, shards, batch (32 x 128), number of steps and LR schedule
 (AdamW, linear warmup then linear decay to 0, weight decay 0.01 off biases and LayerNorm, eps 1e-6, clip
-1.0, dropout 0.1, 15% token-level masking with 80/10/10), one process each, fp32, one run per seed:
+1.0, dropout 0.1, 15% token-level masking with 80/10/10), one process each, fp32, `--threads` CPU threads
+each (default 1), one run per seed:
 
 - ours: `python -m pretrain --config ...` (a process), exported with `pretrain.export.export_checkpoint`;
 - reference: `Trainer` + `BertForMaskedLM` + `DataCollatorForLanguageModeling` over the shards' rows
@@ -45,6 +46,14 @@ BIN = os.path.dirname(sys.executable)
 def _run(cmd: list[str], **kwargs) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     subprocess.run(cmd, check=True, env={**env, "TOKENIZERS_PARALLELISM": "false"}, **kwargs)
+
+
+def _set_threads(threads: int) -> None:
+    """The same CPU threads for every process and for this one (OMP_NUM_THREADS is inherited)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def build_inputs(work: str, vocab_size: int) -> tuple[str, str]:
@@ -291,6 +300,8 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=512, help="held-out rows the evaluator masks")
     parser.add_argument("--finetune-epochs", type=float, default=3.0)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every process (1: steady on a "
+                        "shared machine)")  # fmt: skip
     parser.add_argument("--hf-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hf_worker:
@@ -298,6 +309,7 @@ def main() -> None:
         return
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    _set_threads(args.threads)
     work = os.path.abspath(args.work)
     shards, task = build_inputs(work, args.vocab_size)
     eval_set = masked_eval_set(shards, args.eval_rows)

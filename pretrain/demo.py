@@ -25,7 +25,9 @@ VOCAB_SIZE = 8000
 SEQ_LEN = 128
 RANKS = 2
 # Fine-tuning budget of the last stage: the same for the pretrained model and the random-init baseline.
-FINETUNE_ARGS = ["--seeds", "2", "--epochs", "3", "--lr", "5e-4", "--max-seq-len", str(SEQ_LEN)]
+# One thread, like the training ranks: two OpenMP threads of one process lose several-fold on 2 busy cores.
+FINETUNE_ARGS = ["--seeds", "2", "--epochs", "3", "--lr", "5e-4", "--max-seq-len", str(SEQ_LEN),
+                 "--threads", "1"]  # fmt: skip
 
 
 def _tool(name: str) -> str:
