@@ -78,15 +78,34 @@ def resolve_model(path: str, scratch_dir: str) -> tuple[str, str]:
     )
 
 
-def load_tokenizer(model_dir: str, source: str):
-    """The model dir's tokenizer (local files only). Raises FinetuneInputError when it has none."""
-    from transformers import AutoTokenizer
+# Files one of which a tokenizer dir holds. Without any, transformers 5 quietly builds an empty
+# vocabulary of five special tokens from config.json alone: every word would become [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")  # fmt: skip
 
+
+def load_tokenizer(model_dir: str, source: str):
+    """The model dir's tokenizer (local files only). Raises FinetuneInputError naming `source` when the
+    dir has no tokenizer files, they do not load, or they hold more ids than the model's vocabulary."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not any(os.path.isfile(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
+        raise FinetuneInputError(
+            f"{source}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); save the tokenizer "
+            "with the model (tokenizer.save_pretrained)"
+        )
     try:
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        vocab_size = AutoConfig.from_pretrained(model_dir, local_files_only=True).vocab_size
     except (OSError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FinetuneInputError(f"{source}: cannot load its tokenizer ({first})") from None
+    if len(tokenizer) > vocab_size:
+        raise FinetuneInputError(
+            f"{source}: the tokenizer has {len(tokenizer)} ids but the model's vocab_size is {vocab_size}; "
+            "they do not belong together"
+        )
+    return tokenizer
 
 
 class _Encoded:
@@ -126,6 +145,9 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
         model, info = AutoModelForSequenceClassification.from_pretrained(
             model_dir, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
+    except (OSError, ValueError) as exc:  # unreadable weights, unknown model type, remote code asked for
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinetuneInputError(f"{model_dir}: cannot load as a sequence classifier: {first}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
@@ -140,13 +162,16 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
 
 
 def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: FinetuneSettings, which: str,
-                  seed: int, announce: bool = False) -> dict:  # fmt: skip
+                  seed: int, announce: bool = False, title: str | None = None) -> dict:  # fmt: skip
     """Fine-tune one model (`which`: pretrained or random_init) with `seed`; returns its metrics on the
-    validation split plus seed, train_loss and train_seconds."""
+    validation split plus seed, train_loss and train_seconds. Raises FinetuneInputError when the model
+    does not load; `title` is printed (stderr) once it did."""
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     model = _build_model(model_dir, data, which, seed, announce)
+    if title:
+        print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
     use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
     with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
         # Batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic padding a batch then
@@ -193,10 +218,10 @@ def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, s
         runs = []
         for seed in seeds:
             done += 1
-            print(f"[mlm-finetune] {which}, seed {seed} ({done}/{total})", file=sys.stderr, flush=True)
             run = finetune_once(
-                model_dir, tokenizer, data, encoded, settings, which, seed, announce=done == 1
-            )
+                model_dir, tokenizer, data, encoded, settings, which, seed, announce=done == 1,
+                title=f"{which}, seed {seed} ({done}/{total})",
+            )  # fmt: skip
             log.info(
                 "%s seed %d: accuracy %.4f, macro-F1 %.4f", which, seed, run["accuracy"], run["f1_macro"]
             )
@@ -327,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {**asdict(settings), "seeds": seeds},
         **results,
     }
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the same results
+        return 0
     os.makedirs(args.out, exist_ok=True)
     _write_json(os.path.join(args.out, "report.json"), report)
     print(format_table(report))

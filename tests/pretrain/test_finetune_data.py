@@ -121,6 +121,12 @@ def test_bad_model_dir_is_one_line_and_exit_1(tmp_path, capsys):
     (tmp_path / "no-model").mkdir()
     line = _error(capsys, _args(tmp_path, good, "--validation", str(good)))
     assert "neither a model dir (config.json), a run dir (config.yaml)" in line
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "bert"}')  # no weights, no tokenizer
+    argv = [str(tmp_path / "hf"), *_args(tmp_path, good, "--validation", str(good))[1:]]
+    assert "hf: no tokenizer files (tokenizer.json, vocab.txt, ...)" in _error(capsys, argv)
+    (tmp_path / "hf" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
+    assert "hf: cannot load as a sequence classifier" in _error(capsys, argv)  # no weights
     (tmp_path / "no-model" / "config.yaml").write_text("run_dir: x\n")  # a run dir without a checkpoint
     line = _error(capsys, _args(tmp_path, good, "--validation", str(good)))
     assert "no-model: cannot export its checkpoint" in line and "no complete, valid checkpoint" in line
