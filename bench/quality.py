@@ -16,7 +16,7 @@ one fine-tuning run per pretraining seed. Prints both side by side with the wall
 WORK/quality.json. Goal: ours mean >= reference mean - reference std (masked-token accuracy, downstream
 accuracy), in less time.
 
-    python bench/quality.py              # tiny, 3 seeds, 100 steps (~20 min, 2 busy cores)
+    python bench/quality.py              # tiny, 3 seeds, 200 steps (~20 min, 2 cores)
     python bench/quality.py --model mini --steps 1000 --seeds 5 --work .bench-quality-mini
 """
 
@@ -294,9 +294,9 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--eval-rows", type=int, default=512, help="held-out rows the evaluator masks")
     parser.add_argument("--finetune-epochs", type=float, default=3.0)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)

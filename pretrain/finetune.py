@@ -321,15 +321,18 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         import torch
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise FinetuneInputError("--device cuda: no CUDA device is visible; use --device auto or cpu")
-        with tempfile.TemporaryDirectory(prefix="mlm-finetune-model-") as scratch:
-            model_dir, found = resolve_model(args.model, scratch)
-            models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
-            seeds = list(range(args.seed_base, args.seed_base + args.seeds))
-            results = run_finetuning(model_dir, data, settings, seeds, models)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads or threads)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlm-finetune-model-") as scratch:
+                model_dir, found = resolve_model(args.model, scratch)
+                models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
+                seeds = list(range(args.seed_base, args.seed_base + args.seeds))
+                results = run_finetuning(model_dir, data, settings, seeds, models)
+        finally:
+            torch.set_num_threads(threads)  # main() also runs in-process (tests, scripts)
     except FinetuneInputError as exc:
         print(f"mlm-finetune: error: {exc}", file=sys.stderr)
         return 1
