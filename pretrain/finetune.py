@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.device == "cuda" and not torch.cuda.is_available():
             raise FinetuneInputError("--device cuda: no CUDA device is visible; use --device auto or cpu")
+        if args.bf16 and (args.device == "cpu" or not torch.cuda.is_available()):
+            raise FinetuneInputError("--bf16 needs a CUDA device; fine-tune in fp32 on the CPU")
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads or threads)
         try:
