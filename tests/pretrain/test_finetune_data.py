@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pretrain.finetune import main as finetune_main
 from pretrain.finetune_data import load_task, stratified_split
@@ -116,6 +117,9 @@ def test_bad_data_is_one_line_and_exit_1(tmp_path, capsys):
 
 def test_bad_model_dir_is_one_line_and_exit_1(tmp_path, capsys):
     good = _write(tmp_path / "good.csv")
+    if not torch.cuda.is_available():
+        line = _error(capsys, _args(tmp_path, good, "--validation", str(good), "--bf16"))
+        assert "--bf16 needs a CUDA device" in line
     line = _error(capsys, _args(tmp_path, good, "--validation", str(good)))
     assert "no-model: no such directory" in line and "hub is never contacted" in line
     (tmp_path / "no-model").mkdir()
