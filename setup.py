@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "zstandard>=0.22",
     "numpy>=1.26",
     "psutil>=5.9",
+    # mlm-finetune trains with the Hugging Face Trainer, which needs accelerate.
+    "accelerate>=1.1",
 ]
 
 # Chinese word segmentation for whole-word masking (data_pipeline/segment.py): jieba's dictionary and
@@ -27,9 +29,9 @@ ZH_REQUIRES = ["rjieba>=0.2.2,<0.3"]
 # ruff is pinned to a minor series: new releases add lint rules and format Markdown code blocks,
 # which would fail `make lint` on a clean machine without any change of ours.
 TEST_REQUIRES = ["pytest>=8", "ruff>=0.17,<0.18", *ZH_REQUIRES]
-# The peers the benchmarks in bench/ run against: the HF Trainer needs accelerate; bench/segmenter.py
-# compares rjieba with jieba.
-BENCH_REQUIRES = ["accelerate>=1.1", "jieba>=0.42,<0.43"]
+# What only the benchmarks in bench/ need on top: bench/segmenter.py compares rjieba with jieba (the
+# HF Trainer peers' accelerate is a runtime dependency, for mlm-finetune).
+BENCH_REQUIRES = ["jieba>=0.42,<0.43"]
 
 with open("README.md", encoding="utf-8") as readme_file:
     README = readme_file.read()
@@ -52,6 +54,7 @@ setup(
             "mlm-data=data_pipeline.cli:main",
             "mlm-train=pretrain.__main__:main",
             "mlm-launch=launcher.cli:main",
+            "mlm-finetune=pretrain.finetune:main",
         ]
     },
 )

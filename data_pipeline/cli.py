@@ -1,4 +1,7 @@
-"""`mlm-data {sample-corpus,tokenizer,build,verify,inspect,merge}`: bad input -> one stderr line, exit 1."""
+"""`mlm-data {sample-corpus,sample-task,tokenizer,build,verify,inspect,merge}`.
+
+Bad input -> one stderr line, exit 1.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-corpus", help="write a real-text corpus from the Python standard library")
     p.add_argument("out_dir")
     p.add_argument("--max-bytes", type=int, default=None, help="size cap (default about 12 MB)")
+
+    p = sub.add_parser("sample-task", help="write a labelled task: which stdlib package a docstring is from")
+    p.add_argument("out_dir")
 
     p = sub.add_parser("tokenizer", help="train a WordPiece or SentencePiece tokenizer")
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
@@ -120,6 +126,17 @@ def _sample_corpus(args) -> int:
     return 0
 
 
+def _sample_task(args) -> int:
+    from data_pipeline.sample_task import write_sample_task
+
+    stats = write_sample_task(args.out_dir)
+    train, val = stats["train"], stats["validation"]
+    print(f"wrote {args.out_dir}/train.jsonl ({train['examples']} examples) and validation.jsonl "
+          f"({val['examples']}); {len(train['classes'])} classes; majority class "
+          f"'{val['majority_class']}' scores {val['majority_accuracy']:.3f} on validation")  # fmt: skip
+    return 0
+
+
 def _tokenizer(args) -> int:
     from data_pipeline.input_files import parse_extensions
     from data_pipeline.tokenizer_training import train_tokenizer
@@ -211,6 +228,7 @@ def _merge(args) -> int:
 
 _COMMANDS = {
     "sample-corpus": _sample_corpus,
+    "sample-task": _sample_task,
     "tokenizer": _tokenizer,
     "build": _build,
     "verify": _verify,

@@ -3,7 +3,9 @@
 Sources, in order: the standard library's module/class/function docstrings (read with `ast`, nothing is
 imported), the language reference topics shipped in `pydoc_data/topics.py`, the standard library's
 comment blocks, then docstrings of the installed site-packages until the size cap is reached. Walks
-are sorted, so the same machine produces the same bytes every run.
+are sorted, so the same machine produces the same bytes every run. Docstrings that are evaluation texts
+of the sample downstream task (`data_pipeline.sample_task`) are left out, wherever they occur, and
+counted, so a model pretrained on this corpus is never evaluated on text it has seen.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None) -> dict:
 
     max_bytes: size cap in bytes (None: DEFAULT_MAX_BYTES, about 12 MB). Files are named
     sample-000.txt, sample-001.txt, ... of about 2 MB each, each written to a temporary name first.
-    Returns {'files': [names], 'documents': n, 'bytes': total bytes written}.
+    Returns {'files': [names], 'documents': n, 'bytes': total bytes written, 'held_out_docstrings':
+    docstrings left out because they are sample-task evaluation texts}.
 
     Raises:
         DataError: max_bytes < 1, or `out_dir` already holds sample-*.txt files.
@@ -45,12 +48,16 @@ def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     if any(name.startswith("sample-") and name.endswith(".txt") for name in os.listdir(out_dir)):
         raise DataError(f"{out_dir} already holds a sample corpus (sample-*.txt); choose an empty directory")
+    from data_pipeline.sample_task import evaluation_texts  # it builds on this module's walkers
+
+    held_out = _HeldOut(evaluation_texts())
     writer = _RotatingWriter(out_dir, limit)
-    for document in _documents():
+    for document in _documents(held_out):
         if not writer.write(document):
             break
     writer.close()
-    stats = {"files": writer.names, "documents": writer.documents, "bytes": writer.total}
+    stats = {"files": writer.names, "documents": writer.documents, "bytes": writer.total,
+             "held_out_docstrings": held_out.skipped}  # fmt: skip
     logger.info("sample corpus in %s: %s", out_dir, stats)
     return stats
 
@@ -93,21 +100,36 @@ class _RotatingWriter:
             logger.info("wrote %s (%d documents, %d bytes so far)", final, self.documents, self.total)
 
 
-def _documents() -> Iterator[str]:
+class _HeldOut:
+    """Filters out the held-out texts and counts how many it dropped (the count goes into the stats)."""
+
+    def __init__(self, texts: frozenset[str]) -> None:
+        self.texts, self.skipped = texts, 0
+
+    def keep(self, text: str) -> bool:
+        if text in self.texts:
+            self.skipped += 1
+            return False
+        return True
+
+
+def _documents(held_out: _HeldOut) -> Iterator[str]:
     stdlib = sysconfig.get_paths()["stdlib"]
-    stdlib_files = list(_python_files(stdlib))
+    stdlib_files = list(python_files(stdlib))
     for path in stdlib_files:
-        yield from _docstring_document(path)
+        yield from _group([d for d in docstrings_of(path) if held_out.keep(d)])
     yield from _reference_topics(os.path.join(stdlib, "pydoc_data", "topics.py"))
     for path in stdlib_files:
         yield from _comment_document(path)
     site_packages = sysconfig.get_paths()["purelib"]
     if os.path.isdir(site_packages):
-        for path in _python_files(site_packages, skip=set()):
-            yield from _docstring_document(path)
+        for path in python_files(site_packages, skip=set()):
+            yield from _group([d for d in docstrings_of(path) if held_out.keep(d)])
 
 
-def _python_files(root: str, skip: set[str] | None = None) -> Iterator[str]:
+def python_files(root: str, skip: set[str] | None = None) -> Iterator[str]:
+    """Paths of the .py files under `root`, walked in sorted order, leaving out `skip` directory names
+    (None: the standard library's test-data and cache dirs) and hidden ones."""
     skip = _SKIPPED_DIRS if skip is None else skip
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
@@ -140,18 +162,20 @@ def _group(paragraphs: list[str]) -> Iterator[str]:
         yield "\n".join(current)
 
 
-def _docstring_document(path: str) -> Iterator[str]:
-    """A module's module, class and function docstrings, one paragraph per line, in documents of ~8 KB."""
+def docstrings_of(path: str) -> list[str]:
+    """The module, class and function docstrings of the Python file `path` with at least
+    MIN_COMMENT_WORDS words, blank lines collapsed (one paragraph per line), in `ast.walk` order.
+    Unparsable or unreadable files give []."""
     tree = _parse(path)
     if tree is None:
-        return
+        return []
     docstrings = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             docstring = ast.get_docstring(node)
             if docstring and len(docstring.split()) >= MIN_COMMENT_WORDS:
                 docstrings.append(_BLANK_LINES.sub("\n", docstring.strip()))
-    yield from _group(docstrings)
+    return docstrings
 
 
 def _reference_topics(path: str) -> Iterator[str]:

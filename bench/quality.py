@@ -1,0 +1,341 @@
+"""Benchmark: does `mlm-train` learn as well as the Hugging Face run_mlm.py recipe, at equal tokens, faster?
+
+Both trainers get the same BERT shape, tokenizer, shards, batch (32 x 128), number of steps and LR schedule
+(AdamW, linear warmup then linear decay to 0, weight decay 0.01 off biases and LayerNorm, eps 1e-6, clip
+1.0, dropout 0.1, 15% token-level masking with 80/10/10), one process each, fp32, `--threads` CPU threads
+each (default 1), one run per seed:
+
+- ours: `python -m pretrain --config ...` (a process), exported with `pretrain.export.export_checkpoint`;
+- reference: `Trainer` + `BertForMaskedLM` + `DataCollatorForLanguageModeling` over the shards' rows
+  (a process of this script, `--hf-worker`).
+
+One evaluator then scores both exports on the same held-out masked text: the shards' validation rows,
+masked once (same positions, same 80/10/10 replacement, numpy seed 1234), masked-token loss and accuracy.
+Both are fine-tuned on the offline downstream task (`mlm-data sample-task`) with `pretrain.finetune`,
+one fine-tuning run per pretraining seed. Prints both side by side with the wall time of each and writes
+WORK/quality.json. Goal: ours mean >= reference mean - reference std (masked-token accuracy, downstream
+accuracy), in less time.
+
+    python bench/quality.py              # tiny, 3 seeds, 200 steps (~20 min, 2 cores)
+    python bench/quality.py --model mini --steps 1000 --seeds 5 --work .bench-quality-mini
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# Run as a script, bench/ is sys.path[0] and bench/data_pipeline.py would shadow the package.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+MODELS = {
+    "tiny": {"hidden_size": 128, "num_layers": 2, "num_heads": 2, "intermediate_size": 512},
+    "mini": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024},
+}
+BATCH, SEQ_LEN = 32, 128
+OPTIM = {"weight_decay": 0.01, "eps": 1e-6, "grad_clip": 1.0}
+EVAL_MASK_SEED = 1234
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(cmd: list[str], **kwargs) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    subprocess.run(cmd, check=True, env={**env, "TOKENIZERS_PARALLELISM": "false"}, **kwargs)
+
+
+def _set_threads(threads: int) -> None:
+    """The same CPU threads for every process and for this one (OMP_NUM_THREADS is inherited)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def build_inputs(work: str, vocab_size: int) -> tuple[str, str]:
+    """(shards dir, task dir) under `work`, built once with the real CLIs (markers skip finished steps)."""
+    data = os.path.join(BIN, "mlm-data")
+    corpus, tok, shards, task = (os.path.join(work, n) for n in ("corpus", "tokenizer", "shards", "task"))
+    steps = [
+        (corpus, [data, "sample-corpus", corpus]),
+        (tok, [data, "tokenizer", "--input", corpus, "--kind", "wordpiece", "--vocab-size", str(vocab_size),
+               "--out", tok, "--overwrite"]),
+        (shards, [data, "build", "--input", corpus, "--tokenizer", tok, "--out", shards, "--seq-len",
+                  str(SEQ_LEN), "--mode", "full-sentences", "--workers", "2", "--validation-fraction", "0.02",
+                  "--overwrite"]),
+        (task, [data, "sample-task", task]),
+    ]  # fmt: skip
+    for out, cmd in steps:
+        if not os.path.exists(out + ".done"):
+            subprocess.run(["rm", "-rf", out], check=True)
+            _run(cmd)
+            open(out + ".done", "w").close()
+    return shards, task
+
+
+def train_ours(shards: str, out: str, shape: dict, seed: int, steps: int, lr: float, warmup: int) -> dict:
+    """Pretrain with `python -m pretrain` (one process, ZeRO 0, fp32); export to out/export; wall times."""
+    import yaml
+
+    from pretrain.export import export_checkpoint
+
+    run_dir = os.path.join(out, "run")
+    cfg = {
+        "run_dir": run_dir, "precision": "fp32", "data": {"path": shards},
+        "model": {**shape, "max_position_embeddings": SEQ_LEN, "pair_head": "none", "dropout": 0.1,
+                  "attention_dropout": 0.1},
+        "masking": {"probability": 0.15, "whole_word": False},
+        "train": {"max_steps": steps, "micro_batch_size": BATCH, "grad_accum_steps": 1, "seed": seed,
+                  "resume": "none", "log_every_steps": 50},
+        "optim": {"lr": lr, "warmup_steps": warmup, "schedule": "linear", "min_lr_ratio": 0.0,
+                  "weight_decay": OPTIM["weight_decay"], "eps": OPTIM["eps"],
+                  "grad_clip": OPTIM["grad_clip"]},
+        "zero": {"stage": 0}, "checkpoint": {"every_steps": None, "keep_last": 1},
+        "eval": {"every_steps": None, "max_batches": 1}, "metrics": {"tensorboard": False},
+    }  # fmt: skip
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    started = time.perf_counter()
+    _run([sys.executable, "-m", "pretrain", "--config", path], stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [r for r in map(json.loads, f) if "loss" in r]
+    export = os.path.join(out, "export")
+    if not os.path.isdir(export):
+        export_checkpoint(run_dir, export)
+    # The loop's time: from the first step's end back by one step's share, to the last step's end.
+    loop = records[-1]["time"] - records[0]["time"]
+    loop *= len(records) / max(len(records) - 1, 1)
+    return {"model_dir": export, "wall_s": wall, "loop_s": loop}
+
+
+def train_hf(shards: str, out: str, shape: dict, seed: int, steps: int, lr: float, warmup: int) -> dict:
+    """Pretrain with the HF recipe in a process of this script; returns the model dir and wall times."""
+    job = {
+        "shards": shards,
+        "out": out,
+        "shape": shape,
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "warmup": warmup,
+    }
+    started = time.perf_counter()
+    _run(
+        [sys.executable, os.path.abspath(__file__), "--hf-worker", json.dumps(job)], stdout=subprocess.DEVNULL
+    )
+    wall = time.perf_counter() - started
+    with open(os.path.join(out, "hf_timing.json")) as f:
+        loop = json.load(f)["train_runtime"]
+    return {"model_dir": os.path.join(out, "model"), "wall_s": wall, "loop_s": loop}
+
+
+def _hf_worker(job: dict) -> None:
+    """The run_mlm.py recipe: BertForMaskedLM from scratch, DataCollatorForLanguageModeling, Trainer."""
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForMaskedLM,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from data_pipeline.shards import ShardReader
+
+    reader = ShardReader(job["shards"], split="train")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(job["shards"], "tokenizer"))
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(reader)
+
+        def __getitem__(self, i):
+            row = reader[i]
+            return {"input_ids": np.asarray(row["input_ids"][: int(row["length"])], dtype=np.int64).tolist()}
+
+    s = job["shape"]
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=s["hidden_size"], num_hidden_layers=s["num_layers"],
+        num_attention_heads=s["num_heads"], intermediate_size=s["intermediate_size"],
+        max_position_embeddings=SEQ_LEN, pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )  # fmt: skip
+    torch.manual_seed(job["seed"])
+    model = BertForMaskedLM(config)
+    args = TrainingArguments(
+        output_dir=os.path.join(job["out"], "trainer"), per_device_train_batch_size=BATCH,
+        max_steps=job["steps"], learning_rate=job["lr"], warmup_steps=job["warmup"],
+        lr_scheduler_type="linear", weight_decay=OPTIM["weight_decay"], adam_epsilon=OPTIM["eps"],
+        max_grad_norm=OPTIM["grad_clip"], seed=job["seed"], data_seed=job["seed"], logging_strategy="no",
+        save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, pad_to_multiple_of=SEQ_LEN)
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collator)
+    result = trainer.train()
+    trainer.save_model(os.path.join(job["out"], "model"))
+    tokenizer.save_pretrained(os.path.join(job["out"], "model"))
+    with open(os.path.join(job["out"], "hf_timing.json"), "w") as f:
+        json.dump({"train_runtime": result.metrics["train_runtime"]}, f)
+
+
+def masked_eval_set(shards: str, max_rows: int) -> dict:
+    """The held-out masked text both models are scored on: validation rows, 15% of the non-special
+    tokens chosen once (numpy seed EVAL_MASK_SEED), 80% -> [MASK], 10% -> a random non-special token,
+    10% unchanged. Returns int64 tensors input_ids, attention_mask, labels (-100 off the masked positions)."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from data_pipeline.shards import ShardReader
+
+    reader = ShardReader(shards, split="validation")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(shards, "tokenizer"))
+    n = min(len(reader), max_rows)
+    rows = reader.take(np.arange(n))
+    ids = np.asarray(rows["input_ids"], dtype=np.int64)
+    lengths = np.asarray(rows["length"], dtype=np.int64)
+    special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
+    in_row = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+    rng = np.random.default_rng(EVAL_MASK_SEED)
+    selected = in_row & ~np.isin(ids, special) & (rng.random(ids.shape) < 0.15)
+    action = rng.random(ids.shape)
+    replacements = np.setdiff1d(np.arange(len(tokenizer)), special)
+    random_ids = replacements[rng.integers(len(replacements), size=ids.shape)]
+    inputs = np.where(selected & (action < 0.8), tokenizer.mask_token_id, ids)
+    inputs = np.where(selected & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return {
+        "input_ids": torch.from_numpy(inputs),
+        "attention_mask": torch.from_numpy(in_row.astype(np.int64)),
+        "labels": torch.from_numpy(np.where(selected, ids, -100)),
+    }
+
+
+def evaluate(model_dir: str, eval_set: dict, batch: int = 64) -> dict:
+    """Masked-token loss (mean cross-entropy) and accuracy of the BertForMaskedLM in `model_dir`."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(model_dir, local_files_only=True).eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for start in range(0, len(eval_set["labels"]), batch):
+            part = {k: v[start : start + batch] for k, v in eval_set.items()}
+            logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            where = part["labels"] != -100
+            picked, labels = logits[where].float(), part["labels"][where]
+            loss_sum += float(F.cross_entropy(picked, labels, reduction="sum"))
+            correct += int((picked.argmax(-1) == labels).sum())
+            count += int(where.sum())
+    return {"mlm_loss": loss_sum / count, "mlm_accuracy": correct / count, "masked_tokens": count}
+
+
+def downstream(model_dir: str, task_dir: str, seed: int, epochs: float, lr: float) -> dict:
+    """Accuracy and macro-F1 of one `pretrain.finetune` run (seed `seed`) on the sample task."""
+    from pretrain.finetune import FinetuneSettings, run_finetuning
+    from pretrain.finetune_data import load_task
+
+    data = load_task(os.path.join(task_dir, "train.jsonl"), os.path.join(task_dir, "validation.jsonl"),
+                     text_column="text", label_column="label")  # fmt: skip
+    settings = FinetuneSettings(epochs=epochs, lr=lr, progress=False)
+    run = run_finetuning(model_dir, data, settings, [seed])["pretrained"]["per_seed"][0]
+    return {"downstream_accuracy": run["accuracy"], "downstream_f1_macro": run["f1_macro"]}
+
+
+ROWS = [
+    ("mlm_accuracy", "held-out masked-token accuracy", "{:.4f}"),
+    ("mlm_loss", "held-out masked-token loss", "{:.4f}"),
+    ("downstream_accuracy", "downstream accuracy", "{:.4f}"),
+    ("downstream_f1_macro", "downstream macro-F1", "{:.4f}"),
+    ("loop_s", "training loop time (s)", "{:.1f}"),
+    ("wall_s", "training process wall time (s)", "{:.1f}"),
+]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def report(results: dict) -> str:
+    """Side-by-side table (mean ± std over seeds) and the goal checks."""
+    lines = [f"{'':34}{'mlm-train (ours)':>24}{'HF run_mlm recipe':>24}"]
+    for key, title, fmt in ROWS:
+        cells = []
+        for who in ("ours", "hf"):
+            mean, std = _mean_std([r[key] for r in results[who]])
+            cells.append(f"{fmt.format(mean)} ± {fmt.format(std)}")
+        lines.append(f"{title:34}{cells[0]:>24}{cells[1]:>24}")
+    for key in ("mlm_accuracy", "downstream_accuracy"):
+        ours, _ = _mean_std([r[key] for r in results["ours"]])
+        ref, ref_std = _mean_std([r[key] for r in results["hf"]])
+        verdict = "met" if ours >= ref - ref_std else "NOT met"
+        lines.append(f"goal {key}: ours {ours:.4f} >= reference {ref:.4f} - {ref_std:.4f}: {verdict}")
+    ours_t, hf_t = (_mean_std([r["loop_s"] for r in results[w]])[0] for w in ("ours", "hf"))
+    lines.append(f"goal time: ours {ours_t:.1f} s vs reference {hf_t:.1f} s ({hf_t / ours_t:.2f}x faster)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse arguments, build inputs once, train both per seed, evaluate, fine-tune, print and save."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", default=".bench-quality", help="inputs and runs (inputs are reused)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--eval-rows", type=int, default=512, help="held-out rows the evaluator masks")
+    parser.add_argument("--finetune-epochs", type=float, default=3.0)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every process (1: steady on a "
+                        "shared machine)")  # fmt: skip
+    parser.add_argument("--hf-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hf_worker:
+        _hf_worker(json.loads(args.hf_worker))
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    _set_threads(args.threads)
+    work = os.path.abspath(args.work)
+    shards, task = build_inputs(work, args.vocab_size)
+    eval_set = masked_eval_set(shards, args.eval_rows)
+    shape = MODELS[args.model]
+    tag = f"{args.model}-{args.steps}steps-lr{args.lr:g}"
+    results: dict = {"ours": [], "hf": []}
+    for seed in range(args.seeds):
+        for who, train in (("ours", train_ours), ("hf", train_hf)):  # alternate: load drifts hit both
+            out = os.path.join(work, "runs", f"{tag}-{who}-seed{seed}")
+            subprocess.run(["rm", "-rf", out], check=True)
+            timing = train(shards, out, shape, seed, args.steps, args.lr, args.warmup)
+            scores = evaluate(timing["model_dir"], eval_set)
+            scores.update(downstream(timing["model_dir"], task, seed, args.finetune_epochs, args.finetune_lr))
+            row = {"seed": seed, **{k: v for k, v in timing.items() if k != "model_dir"}, **scores}
+            results[who].append(row)
+            print(
+                f"[quality] {who} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()),
+                flush=True,
+            )
+    settings = {k: v for k, v in vars(args).items() if k != "hf_worker"}
+    with open(os.path.join(work, f"quality-{tag}.json"), "w") as f:
+        json.dump(
+            {"settings": settings, "shape": shape, "batch": BATCH, "seq_len": SEQ_LEN, **results}, f, indent=2
+        )
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()

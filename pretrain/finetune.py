@@ -1,0 +1,370 @@
+"""`mlm-finetune MODEL --train FILE ...`: fine-tune a pretrained encoder on a sequence classification task.
+
+MODEL is a Hugging Face model dir (an `mlm-train export`, or any BERT checkpoint dir with its tokenizer),
+a run dir or a checkpoint dir (its newest valid checkpoint is exported on the fly with
+`pretrain.export.export_checkpoint` into a temporary dir). Training uses the classes users know:
+`AutoModelForSequenceClassification` and the Hugging Face `Trainer`, one run per seed; with
+`--baseline random-init` the same architecture is also trained from random weights with the same budget,
+so the report shows what pretraining bought. Everything is local: the hub is never contacted.
+
+Writes OUT/report.json (per model: accuracy, macro-F1 and, for two classes, Matthews correlation, as mean
+and sample standard deviation over the seeds, plus the per-seed values) and prints a table. Exit codes: 0
+done; 1 bad input (one line `mlm-finetune: error: ...` naming the file, column or dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pretrain.finetune_data import FinetuneInputError, TaskData, load_task
+from pretrain.finetune_metrics import classification_metrics, summarise
+
+log = logging.getLogger("mlm-finetune")
+
+MODELS = ("pretrained", "random_init")
+
+
+@dataclass
+class FinetuneSettings:
+    """The fine-tuning budget and optimiser, the same for every seed and for the random-init baseline."""
+
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_seq_len: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+    bf16: bool = False
+    progress: bool = True
+
+
+def resolve_model(path: str, scratch_dir: str) -> tuple[str, str]:
+    """(HF model dir, how it was found) for MODEL `path`; run and checkpoint dirs are exported into
+    `scratch_dir`/model first. Raises FinetuneInputError naming `path` when it is none of these."""
+    if not os.path.isdir(path):
+        raise FinetuneInputError(
+            f"{path}: no such directory (MODEL is a local export, Hugging Face model, run or checkpoint dir; "
+            "the hub is never contacted)"
+        )
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, "model dir"
+    if any(os.path.isfile(os.path.join(path, name)) for name in ("config.yaml", "COMPLETE.json")):
+        from pretrain.checkpoint import CheckpointError
+        from pretrain.config import ConfigError
+        from pretrain.export import export_checkpoint
+
+        out = os.path.join(scratch_dir, "model")
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation needs no accelerator
+        try:
+            export_checkpoint(path, out)
+        except (CheckpointError, ConfigError, OSError, ValueError) as exc:
+            raise FinetuneInputError(f"{path}: cannot export its checkpoint: {exc}") from None
+        log.info("exported the newest valid checkpoint of %s to a temporary model dir", path)
+        return out, "exported from a run or checkpoint dir"
+    raise FinetuneInputError(
+        f"{path}: neither a model dir (config.json), a run dir (config.yaml) nor a checkpoint dir "
+        "(COMPLETE.json)"
+    )
+
+
+# Files one of which a tokenizer dir holds. Without any, transformers 5 quietly builds an empty
+# vocabulary of five special tokens from config.json alone: every word would become [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")  # fmt: skip
+
+
+def load_tokenizer(model_dir: str, source: str):
+    """The model dir's tokenizer (local files only). Raises FinetuneInputError naming `source` when the
+    dir has no tokenizer files, they do not load, or they hold more ids than the model's vocabulary."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not any(os.path.isfile(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
+        raise FinetuneInputError(
+            f"{source}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); save the tokenizer "
+            "with the model (tokenizer.save_pretrained)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        vocab_size = AutoConfig.from_pretrained(model_dir, local_files_only=True).vocab_size
+    except (OSError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinetuneInputError(f"{source}: cannot load its tokenizer ({first})") from None
+    if len(tokenizer) > vocab_size:
+        raise FinetuneInputError(
+            f"{source}: the tokenizer has {len(tokenizer)} ids but the model's vocab_size is {vocab_size}; "
+            "they do not belong together"
+        )
+    return tokenizer
+
+
+class _Encoded:
+    """A tokenised split as a map-style dataset of dicts (input_ids, attention_mask, ..., labels)."""
+
+    def __init__(self, tokenizer, split, max_seq_len: int) -> None:
+        self.features = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_seq_len)
+        self.labels = split.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.features.items()}
+        item["labels"] = int(self.labels[i])
+        return item
+
+
+def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce: bool):
+    import transformers
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    names = data.label_names
+    kwargs = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+    transformers.set_seed(seed)  # the classifier head's (and the baseline's) initial weights
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # we say below what starts fresh, in one line
+    transformers.logging.disable_progress_bar()
+    try:
+        if which == "random_init":
+            config = AutoConfig.from_pretrained(model_dir, local_files_only=True, **kwargs)
+            return AutoModelForSequenceClassification.from_config(config)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except (OSError, ValueError) as exc:  # unreadable weights, unknown model type, remote code asked for
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinetuneInputError(f"{model_dir}: cannot load as a sequence classifier: {first}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+    if announce:
+        missing = set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])}
+        if any("pooler" in k for k in missing):
+            log.info("%s has no pooler (an MLM-only export): the pooler and the classifier head start from "
+                     "random weights", model_dir)  # fmt: skip
+        elif missing:
+            log.info("the classifier head starts from random weights (%s)", ", ".join(sorted(missing)))
+    return model
+
+
+def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: FinetuneSettings, which: str,
+                  seed: int, announce: bool = False, title: str | None = None) -> dict:  # fmt: skip
+    """Fine-tune one model (`which`: pretrained or random_init) with `seed`; returns its metrics on the
+    validation split plus seed, train_loss and train_seconds. Raises FinetuneInputError when the model
+    does not load; `title` is printed (stderr) once it did."""
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    model = _build_model(model_dir, data, which, seed, announce)
+    if title:
+        print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
+    use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
+    with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
+        # Batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic padding a batch then
+        # costs its own length, not that of the longest text drawn into it.
+        args = TrainingArguments(
+            output_dir=out, num_train_epochs=settings.epochs, learning_rate=settings.lr,
+            per_device_train_batch_size=settings.batch_size,
+            per_device_eval_batch_size=2 * settings.batch_size, weight_decay=settings.weight_decay,
+            warmup_steps=settings.warmup_ratio, lr_scheduler_type="linear",
+            seed=seed, data_seed=seed, use_cpu=use_cpu, bf16=settings.bf16, eval_strategy="no",
+            save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=not settings.progress,
+            dataloader_num_workers=0, train_sampling_strategy="group_by_length",
+        )  # fmt: skip
+        trainer = Trainer(
+            model=model, args=args, train_dataset=encoded["train"],
+            data_collator=DataCollatorWithPadding(tokenizer),
+        )  # fmt: skip
+        started = time.monotonic()
+        result = trainer.train()
+        seconds = time.monotonic() - started
+        output = trainer.predict(encoded["validation"])
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    # label_ids, not data.validation.labels: the length-grouped sampler also reorders the evaluation set.
+    metrics = classification_metrics(output.label_ids, np.asarray(logits).argmax(-1), len(data.label_names))
+    return {
+        "seed": seed,
+        **metrics,
+        "train_loss": float(result.training_loss),
+        "train_seconds": round(seconds, 2),
+    }
+
+
+def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, seeds: list[int],
+                   models: tuple[str, ...] = ("pretrained",)) -> dict:  # fmt: skip
+    """Fine-tune each of `models` once per seed; returns {model: summary} (see finetune_metrics.summarise)."""
+    tokenizer = load_tokenizer(model_dir, model_dir)
+    encoded = {
+        "train": _Encoded(tokenizer, data.train, settings.max_seq_len),
+        "validation": _Encoded(tokenizer, data.validation, settings.max_seq_len),
+    }
+    results: dict[str, dict] = {}
+    total, done = len(models) * len(seeds), 0
+    for which in models:
+        runs = []
+        for seed in seeds:
+            done += 1
+            run = finetune_once(
+                model_dir, tokenizer, data, encoded, settings, which, seed, announce=done == 1,
+                title=f"{which}, seed {seed} ({done}/{total})",
+            )  # fmt: skip
+            log.info(
+                "%s seed %d: accuracy %.4f, macro-F1 %.4f", which, seed, run["accuracy"], run["f1_macro"]
+            )
+            runs.append(run)
+        results[which] = summarise(runs)
+    return results
+
+
+def format_table(report: dict) -> str:
+    """The report's models as a text table: mean ± std of each metric over the seeds."""
+    keys = [("accuracy", "accuracy"), ("f1_macro", "macro-F1")]
+    if any("mcc_mean" in report.get(m, {}) for m in MODELS):
+        keys.append(("mcc", "MCC"))
+    lines = [f"{'model':<16}" + "".join(f"{title:>18}" for _, title in keys) + f"{'seeds':>7}"]
+    for which in MODELS:
+        if which in report:
+            r = report[which]
+            cells = "".join(f"{r[k + '_mean']:>10.4f} ± {r[k + '_std']:.4f}" for k, _ in keys)
+            lines.append(f"{which.replace('_', '-'):<16}{cells}{len(r['per_seed']):>7}")
+    lines.append(f"{'majority class':<16}{report['task']['majority_class_accuracy']:>10.4f}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlm-finetune",
+        description="Fine-tune a pretrained encoder (export, HF model dir or run dir) on sequence "
+        "classification; report accuracy / macro-F1 (MCC for two classes) over seeds. "
+        "Build the bundled offline task with `mlm-data sample-task DIR`.",
+    )
+    p.add_argument("model", help="export dir, Hugging Face BERT dir, run dir or checkpoint dir (local only)")
+    p.add_argument("--train", required=True, help="CSV, TSV, JSONL or Parquet file")
+    p.add_argument("--validation", help="validation file (default: a stratified split of --train)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column", help="second text column (sentence pairs)")
+    p.add_argument("--label-column", default="label", help="labels: strings or integers")
+    p.add_argument("--seeds", type=int, default=3, help="number of fine-tuning runs per model")
+    p.add_argument("--seed-base", type=int, default=0, help="seeds are seed-base .. seed-base+N-1")
+    p.add_argument(
+        "--baseline", choices=["random-init"], help="also train the same architecture from scratch"
+    )
+    p.add_argument("--epochs", type=float, default=FinetuneSettings.epochs)
+    p.add_argument("--lr", type=float, default=FinetuneSettings.lr)
+    p.add_argument("--batch-size", type=int, default=FinetuneSettings.batch_size)
+    p.add_argument("--max-seq-len", type=int, default=FinetuneSettings.max_seq_len)
+    p.add_argument("--weight-decay", type=float, default=FinetuneSettings.weight_decay)
+    p.add_argument("--warmup-ratio", type=float, default=FinetuneSettings.warmup_ratio)
+    p.add_argument("--validation-fraction", type=float, default=0.1, help="without --validation")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: torch's; 1 on a busy machine)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="output dir for report.json")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("seeds", "batch_size", "max_seq_len", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise FinetuneInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.epochs <= 0 or args.lr <= 0:
+        raise FinetuneInputError("--epochs and --lr must be > 0")
+    if not 0 <= args.warmup_ratio < 1:
+        raise FinetuneInputError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FinetuneInputError(f"--out {args.out} exists and is not a directory")
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)  # a reader never sees half a report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `mlm-finetune` with `argv` (default sys.argv[1:]); returns the exit code (0 / 1)."""
+    args = _parser().parse_args(argv)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # local dirs only, whatever the environment says
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = FinetuneSettings(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, device=args.device, bf16=args.bf16,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    try:
+        _check_args(args)
+        data = load_task(
+            args.train, args.validation, text_column=args.text_column, label_column=args.label_column,
+            text_pair_column=args.text_pair_column, validation_fraction=args.validation_fraction,
+            split_seed=args.split_seed,
+        )  # fmt: skip
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise FinetuneInputError("--device cuda: no CUDA device is visible; use --device auto or cpu")
+        if args.bf16 and (args.device == "cpu" or not torch.cuda.is_available()):
+            raise FinetuneInputError("--bf16 needs a CUDA device; fine-tune in fp32 on the CPU")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads or threads)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlm-finetune-model-") as scratch:
+                model_dir, found = resolve_model(args.model, scratch)
+                models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
+                seeds = list(range(args.seed_base, args.seed_base + args.seeds))
+                results = run_finetuning(model_dir, data, settings, seeds, models)
+        finally:
+            torch.set_num_threads(threads)  # main() also runs in-process (tests, scripts)
+    except FinetuneInputError as exc:
+        print(f"mlm-finetune: error: {exc}", file=sys.stderr)
+        return 1
+    report = {
+        "model": os.path.abspath(args.model),
+        "model_source": found,
+        "task": {
+            "train": os.path.abspath(args.train),
+            "validation": data.validation_source,
+            "columns": {
+                "text": args.text_column,
+                "text_pair": args.text_pair_column,
+                "label": args.label_column,
+            },
+            "labels": data.label_names,
+            "train_examples": len(data.train),
+            "validation_examples": len(data.validation),
+            "majority_class_accuracy": data.majority_accuracy(),
+        },
+        "settings": {**asdict(settings), "seeds": seeds},
+        **results,
+    }
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the same results
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    _write_json(os.path.join(args.out, "report.json"), report)
+    print(format_table(report))
+    print(f"report: {os.path.join(args.out, 'report.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

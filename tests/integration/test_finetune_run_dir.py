@@ -1,0 +1,68 @@
+"""mlm-finetune on a real run dir: a one-process pretraining run's newest checkpoint is exported on the fly
+(into a temporary dir that is removed afterwards) and fine-tunes exactly like its `mlm-train export`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+import pytest
+
+from pretrain.export import main as export_main
+from pretrain.finetune import main as finetune_main
+from tests.integration.conftest import run_pretrain, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def _task(tmp_path):
+    from data_pipeline.sample_task import write_sample_task
+
+    write_sample_task(str(tmp_path / "task"))
+    for split, per_class in (("train", 80), ("validation", 25)):
+        lines = (tmp_path / "task" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        rows = [r for r in map(json.loads, lines) if r["label"] in ("asyncio", "email", "xml")]
+        rows = [r for i, r in enumerate(rows) if sum(q["label"] == r["label"] for q in rows[:i]) < per_class]
+        (tmp_path / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+        )
+    return tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+
+
+def _finetune(model, train, validation, out):
+    argv = [str(model), "--train", str(train), "--validation", str(validation), "--seeds", "1",
+            "--epochs", "1", "--lr", "1e-3", "--max-seq-len", "32", "--threads", "1", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    assert finetune_main(argv) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_finetune_a_run_dir_equals_finetuning_its_export(tiny_shards, tmp_path, monkeypatch, caplog):
+    config = write_config(tmp_path, tiny_shards, train={"max_steps": 6, "grad_accum_steps": 1},
+                          checkpoint={"every_steps": 3}, eval={"every_steps": None})  # fmt: skip
+    run = run_pretrain(config, ranks=1)
+    assert run.returncode == 0, run.output[-3000:]
+    train, validation = _task(tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    with caplog.at_level(logging.INFO, logger="mlm-finetune"):
+        from_run = _finetune(run.run_dir, train, validation, tmp_path / "from-run")
+    assert "exported the newest valid checkpoint" in caplog.text and "no pooler" in caplog.text
+    assert from_run["model_source"] == "exported from a run or checkpoint dir"
+    assert not [name for name in os.listdir(scratch) if name.startswith("mlm-finetune")]  # export removed
+
+    assert export_main([str(run.run_dir), str(tmp_path / "export")]) == 0
+    from_export = _finetune(tmp_path / "export", train, validation, tmp_path / "from-export")
+    assert from_export["model_source"] == "model dir"
+    assert (
+        from_run["pretrained"]["per_seed"][0]["accuracy"]
+        == from_export["pretrained"]["per_seed"][0]["accuracy"]
+    )
+    assert (
+        from_run["pretrained"]["per_seed"][0]["train_loss"]
+        == from_export["pretrained"]["per_seed"][0]["train_loss"]
+    )
