@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from data_pipeline import build
-from data_pipeline.build import BuildConfig, run_build, split_sentences
+from data_pipeline import build_worker
+from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.inspect_shards import merge_parts, summary
@@ -62,7 +62,7 @@ def test_chunked_files_pack_to_the_same_bytes(
     split_corpus, wordpiece_tokenizer_dir, full_build, tmp_path, monkeypatch
 ):
     """Large files are tokenized in several bounded chunks; full-sentences rows do not change."""
-    monkeypatch.setattr(build, "CHUNK_CHARS", 20_000)
+    monkeypatch.setattr(build_worker, "CHUNK_CHARS", 20_000)
     _build(split_corpus, wordpiece_tokenizer_dir, tmp_path / "chunked", workers=1)
     assert _files(tmp_path / "chunked") == _files(full_build)
 
@@ -186,13 +186,6 @@ def test_verify_catches_a_manifest_claiming_an_incomplete_merge(two_partitions, 
     (problem,) = verify_shards(str(half))
     assert "more than once (a partition merged twice?)" in problem
     assert verify_shards(two_partitions[1]) == []  # a partition on its own is whole for what it claims
-
-
-def test_sentence_segmentation():
-    text = 'It works. Really? Yes!\nSame "sentence." Next one\n\nNew paragraph (e.g. this)'
-    assert split_sentences(text) == [
-        "It works.", "Really?", "Yes!", "Same \"sentence.\"", "Next one", "New paragraph (e.g.", "this)",
-    ]  # fmt: skip
 
 
 def test_merge_refuses_parts_of_different_builds(mixed_format_dir, wordpiece_tokenizer_dir, tmp_path):

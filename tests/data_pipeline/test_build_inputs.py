@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline import build
+from data_pipeline import build, build_worker
 from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.cli import main
 from data_pipeline.errors import DataError
@@ -122,14 +122,14 @@ def test_an_edit_that_keeps_size_and_mtime_is_caught_by_the_sha256_before_packin
 def test_chunks_of_a_half_read_input_are_not_mixed_with_its_new_contents(
     corpus, wordpiece_tokenizer_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(build, "CHUNK_CHARS", 20_000)  # several chunks per file
+    monkeypatch.setattr(build_worker, "CHUNK_CHARS", 20_000)  # several chunks per file
     out = tmp_path / "shards"
     with monkeypatch.context() as m:
         _crash_before_packing(m)
         with pytest.raises(KeyboardInterrupt):
             run_build(_cfg(corpus, wordpiece_tokenizer_dir, out))
-    assert len(list((out / ".work").glob("unit-000001-*.npz"))) > 2
-    (out / ".work" / "unit-000001.done").unlink()  # as if killed before the unit's last chunk
+    assert len(list((out / ".work").glob("unit-000001-00000-*.npz"))) > 2
+    (out / ".work" / "unit-000001-00000.done").unlink()  # as if killed before the unit's last chunk
     _edit_same_size(corpus / "part-1.txt")
     run_build(_cfg(corpus, wordpiece_tokenizer_dir, out))
     run_build(_cfg(corpus, wordpiece_tokenizer_dir, tmp_path / "fresh"))
