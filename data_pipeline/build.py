@@ -27,6 +27,7 @@ from data_pipeline.clean import CleanConfig, CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION, InputSet, SourceFile, expand_input_set
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.segment import describe_segmenter
 from data_pipeline.shards import SPLITS, ShardSink, id_dtype_for, shard_schema
 from data_pipeline.tokenizer import LoadedTokenizer, load_tokenizer
 from data_pipeline.work_units import WorkUnit, chunk_path
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 IDENTITY_NAME = "build.json"
-# How the data is cut and keyed, in the build identity: builds of an earlier scheme are other builds.
-SCHEME = {"validation_key": "offset", "part_bytes": file_parts.PART_BYTES, "nsp_negatives": "corpus"}
 
 
 @dataclass
@@ -156,9 +155,12 @@ def _identity(cfg: BuildConfig, tok: LoadedTokenizer, files: list[SourceFile], r
     settings.pop("accept_skipped")
     if not settings["extensions"]:
         settings.pop("extensions")  # builds without --ext keep the identity they had before it existed
+    # How the data is cut and keyed: a build of an earlier scheme (validation keyed by record index, NSP
+    # negatives from the same file) is another build.
+    scheme = {"validation_key": "offset", "part_bytes": file_parts.PART_BYTES, "nsp_negatives": "corpus"}
     return {
         "settings": settings,
-        "scheme": SCHEME,
+        "scheme": scheme,
         "tokenizer": tok.fingerprint,
         "files": [[os.path.relpath(f.path, root), f.size] for f in files],
     }
@@ -213,14 +215,13 @@ def _segmenter_change(manifest: Manifest, segmenter: dict | None) -> str | None:
     """What differs between a finished build's word segmentation and what this run would do, or None."""
     used = (manifest.build.get("identity") or {}).get("segmenter")
     if used is not None and used != segmenter:
-        now = f"{segmenter['name']} {segmenter['version']}" if segmenter else "none is installed"
-        by = f"{used['name']} {used['version']}"
-        return f"a build whose Chinese documents were segmented by {by} ({now} now)"
+        now = describe_segmenter(segmenter) if segmenter else "none is installed"
+        return f"a build whose Chinese documents were segmented by {describe_segmenter(used)} ({now} now)"
     unsegmented = manifest.counts.get("unsegmented_chinese_documents", 0)
     if used is None and unsegmented and segmenter is not None:
         return (
             f"a build whose {unsegmented} Chinese documents were not word-segmented (the segmenter "
-            f"{segmenter['name']} {segmenter['version']} is installed now)"
+            f"{describe_segmenter(segmenter)} is installed now)"
         )
     return None
 

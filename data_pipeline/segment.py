@@ -100,6 +100,17 @@ def segmenter_identity() -> dict | None:
     return {"name": SEGMENTER, "version": importlib.metadata.version(SEGMENTER)}
 
 
+def describe_segmenter(identity: Mapping | None) -> str:
+    """'rjieba 0.2.2' for a `segmenter_identity()`, 'no segmenter' for None."""
+    return f"{identity['name']} {identity['version']}" if identity else "no segmenter"
+
+
+def is_segmentation_count(key: str) -> bool:
+    """Whether a report count is one of `WordStartEncoder.counts` (documents by word segmentation, not
+    documents dropped or repaired)."""
+    return key == "segmented_documents" or (key.startswith("unsegmented_") and key.endswith("_documents"))
+
+
 def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 

@@ -3,18 +3,19 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from data_pipeline import build_worker
+from data_pipeline import build_worker, file_parts
 from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.inspect_shards import merge_parts, summary
 from data_pipeline.manifest import Manifest, verify_shards
 from data_pipeline.shards import ShardReader
-from data_pipeline.sources import Document
+from data_pipeline.sources import Document, expand_inputs
 from data_pipeline.tokenizer import load_tokenizer
 
 SEQ_LEN = 48
@@ -65,6 +66,35 @@ def test_chunked_files_pack_to_the_same_bytes(
     monkeypatch.setattr(build_worker, "CHUNK_CHARS", 20_000)
     _build(split_corpus, wordpiece_tokenizer_dir, tmp_path / "chunked", workers=1)
     assert _files(tmp_path / "chunked") == _files(full_build)
+
+
+@pytest.fixture(scope="session")
+def big_file_corpus(split_corpus, tmp_path_factory) -> str:
+    """The split corpus as one file (a single work unit unless file_parts.PART_BYTES is made small)."""
+    out = tmp_path_factory.mktemp("big_file")
+    parts = [Path(split_corpus, f"part-{i}.txt").read_text(encoding="utf-8") for i in range(FILES)]
+    (out / "all.txt").write_text("\n\n".join(parts), encoding="utf-8")
+    return str(out)
+
+
+@pytest.mark.parametrize("mode", ["full-sentences", "nsp"])
+def test_one_big_file_is_tokenized_in_parts_with_the_same_bytes_for_any_worker_count(
+    mode, big_file_corpus, wordpiece_tokenizer_dir, tmp_path, monkeypatch
+):
+    whole = tmp_path / "whole"
+    _build(big_file_corpus, wordpiece_tokenizer_dir, whole, workers=1, mode=mode)
+    monkeypatch.setattr(file_parts, "PART_BYTES", 64 << 10)  # the forked workers inherit it
+    (source,) = expand_inputs([big_file_corpus])
+    assert file_parts.part_count(source) >= 6
+    _build(big_file_corpus, wordpiece_tokenizer_dir, tmp_path / "one", workers=1, mode=mode)
+    _build(big_file_corpus, wordpiece_tokenizer_dir, tmp_path / "two", workers=2, mode=mode)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    arrow = lambda d: {k: v for k, v in _files(d).items() if k.endswith(".arrow")}  # noqa: E731
+    if mode == "full-sentences":  # the same documents, split and ordered alike: the cut changes no row
+        assert arrow(tmp_path / "one") == arrow(whole)
+    recorded = Manifest.load(str(tmp_path / "one")).sources
+    assert [s["sha256"] for s in recorded] == [file_parts.content_sha256(source)]
+    assert verify_shards(str(tmp_path / "one")) == []
 
 
 @pytest.mark.parametrize("mode", ["nsp", "sop"])
