@@ -157,7 +157,7 @@ def _identity(cfg: BuildConfig, tok: LoadedTokenizer, files: list[SourceFile], r
         settings.pop("extensions")  # builds without --ext keep the identity they had before it existed
     # How the data is cut and keyed: a build of an earlier scheme (validation keyed by record index, NSP
     # negatives from the same file) is another build.
-    scheme = {"validation_key": "offset", "part_bytes": file_parts.PART_BYTES, "nsp_negatives": "corpus"}
+    scheme = {"validation_key": "offset", "nsp_negatives": "corpus", **file_parts.scheme()}
     return {
         "settings": settings,
         "scheme": scheme,

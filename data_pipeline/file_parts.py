@@ -2,9 +2,11 @@
 and the content digest built from the blocks.
 
 A file that can be read from the middle (uncompressed `.txt`, `.jsonl`, `.parquet`) of more than
-PART_BYTES is cut into blocks of PART_BYTES; every other file is one block. Block `k` is the byte range
-[k * PART_BYTES, (k + 1) * PART_BYTES): the unit of block k hashes exactly those bytes (so every byte of
-the file is hashed by one unit) and reads the records that *start* in its block:
+MIN_PART_BYTES is cut into equal blocks: TARGET_PARTS of them (so that a file of a few MiB still keeps
+several workers busy) but none smaller than MIN_PART_BYTES nor larger than MAX_PART_BYTES (so that a
+unit's fixed cost stays small and its memory bounded); every other file is one block. Block `k` is the
+byte range [k * B, (k + 1) * B) for the file's block size B: the unit of block k hashes exactly those
+bytes (so every byte of the file is hashed by one unit) and reads the records that *start* in its block:
 
 - JSONL and one-document-per-line text: a record starts after a line break;
 - paragraph text: after a run of blank lines (a blank line of at most MAX_BLANK_RUN spaces or tabs);
@@ -23,7 +25,9 @@ from typing import BinaryIO
 
 from data_pipeline.input_files import SourceFile
 
-PART_BYTES = 4 << 20  # a block: about one second of one tokenizer thread, one result chunk
+MIN_PART_BYTES = 1 << 20  # about half a second of one tokenizer thread: the unit's fixed cost is ~2% of it
+MAX_PART_BYTES = 4 << 20
+TARGET_PARTS = 16
 MAX_BLANK_RUN = 256  # whitespace on a blank line that still makes a cut point (more is simply skipped)
 _SCAN_BYTES = 1 << 16
 _LINE_START = re.compile(rb"\n")
@@ -31,18 +35,26 @@ _PARAGRAPH_START = re.compile(rb"\n[ \t\r\f\v]{0,%d}\n" % MAX_BLANK_RUN)
 _BLANK_LINE = re.compile(rb"[ \t\r\f\v]{0,%d}\n" % MAX_BLANK_RUN)
 
 
+def scheme() -> dict:
+    """The cutting rule, for the build identity (another rule cuts the same files into other units)."""
+    return {"min_part_bytes": MIN_PART_BYTES, "max_part_bytes": MAX_PART_BYTES, "target_parts": TARGET_PARTS}
+
+
 def part_count(source: SourceFile) -> int:
     """How many work units (blocks) `source` is read as: 1 unless it is a large uncompressed file."""
-    if source.compression is not None or source.size <= PART_BYTES:
+    if source.compression is not None:
         return 1
-    return -(-source.size // PART_BYTES)
+    fewest = -(-source.size // MAX_PART_BYTES)  # blocks of at most MAX_PART_BYTES, at least MIN_PART_BYTES
+    return max(1, fewest, min(TARGET_PARTS, source.size // MIN_PART_BYTES))
 
 
 def block(source: SourceFile, part: int) -> tuple[int, int]:
     """The byte range [start, end) that unit `part` of `source` hashes (the whole file for one part)."""
-    if part_count(source) == 1:
+    parts = part_count(source)
+    if parts == 1:
         return 0, source.size
-    return part * PART_BYTES, min((part + 1) * PART_BYTES, source.size)
+    size = -(-source.size // parts)
+    return part * size, min((part + 1) * size, source.size)
 
 
 def range_sha256(path: str, start: int, end: int) -> str:

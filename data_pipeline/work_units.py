@@ -70,12 +70,14 @@ def start_path(work: str, unit: WorkUnit) -> str:
     return os.path.join(work, f"{unit.name}.start")
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write `path` via a fsynced temp file and a rename (never a partial file under the name)."""
+def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
+    """Write `path` via a temp file and a rename (never a partial file under the name), fsynced first
+    when `durable` (a record whose loss only makes a rerun redo the unit need not be)."""
     with open(path + ".tmp", "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
 
 
@@ -135,8 +137,8 @@ def begin_unit(work: str, unit: WorkUnit, stamp: dict) -> dict:
     previous = _read_json(start_path(work, unit))
     if previous is None or [previous.get("sha256"), previous.get("stamp")] != [record["sha256"], stamp]:
         drop_unit(work, unit)  # chunks of an interrupted run over older contents must not be mixed in
-    if previous != record:
-        atomic_write(start_path(work, unit), json.dumps(record, sort_keys=True).encode())
+    if previous != record:  # lost or torn in a crash, it only makes the rerun drop the unit's chunks
+        atomic_write(start_path(work, unit), json.dumps(record, sort_keys=True).encode(), durable=False)
     return record
 
 

@@ -70,7 +70,7 @@ def test_chunked_files_pack_to_the_same_bytes(
 
 @pytest.fixture(scope="session")
 def big_file_corpus(split_corpus, tmp_path_factory) -> str:
-    """The split corpus as one file (a single work unit unless file_parts.PART_BYTES is made small)."""
+    """The split corpus as one file (a single work unit unless file_parts' part sizes are made small)."""
     out = tmp_path_factory.mktemp("big_file")
     parts = [Path(split_corpus, f"part-{i}.txt").read_text(encoding="utf-8") for i in range(FILES)]
     (out / "all.txt").write_text("\n\n".join(parts), encoding="utf-8")
@@ -83,7 +83,8 @@ def test_one_big_file_is_tokenized_in_parts_with_the_same_bytes_for_any_worker_c
 ):
     whole = tmp_path / "whole"
     _build(big_file_corpus, wordpiece_tokenizer_dir, whole, workers=1, mode=mode)
-    monkeypatch.setattr(file_parts, "PART_BYTES", 64 << 10)  # the forked workers inherit it
+    for name in ("MIN_PART_BYTES", "MAX_PART_BYTES"):  # the forked workers inherit them
+        monkeypatch.setattr(file_parts, name, 64 << 10)
     (source,) = expand_inputs([big_file_corpus])
     assert file_parts.part_count(source) >= 6
     _build(big_file_corpus, wordpiece_tokenizer_dir, tmp_path / "one", workers=1, mode=mode)

@@ -10,7 +10,7 @@ import pytest
 
 from data_pipeline import file_parts
 from data_pipeline.clean import CleanReport
-from data_pipeline.sources import expand_inputs, iter_documents
+from data_pipeline.sources import SourceFile, expand_inputs, iter_documents
 
 PART_BYTES = 97  # odd and small: blocks end anywhere, inside a line, a separator or a character
 
@@ -29,9 +29,14 @@ def _paragraph_text(sample_documents) -> bytes:
     return ("\ufeff" + "".join(pieces) + "Last, 中文 ünïcödé 🙂.").encode()
 
 
+def _part_bytes(monkeypatch, size: int) -> None:
+    for name in ("MIN_PART_BYTES", "MAX_PART_BYTES"):
+        monkeypatch.setattr(file_parts, name, size)
+
+
 @pytest.fixture
 def small_parts(monkeypatch):
-    monkeypatch.setattr(file_parts, "PART_BYTES", PART_BYTES)
+    _part_bytes(monkeypatch, PART_BYTES)
 
 
 @pytest.mark.parametrize("layout", ["paragraphs", "lines", "jsonl"])
@@ -52,7 +57,7 @@ def test_text_read_in_parts_yields_the_documents_of_the_whole_file(
     (source,) = expand_inputs([str(path)])
     kwargs = {"one_per_line": layout == "lines"}
     whole, whole_counts = _read(source, parts=False, **kwargs)
-    monkeypatch.setattr(file_parts, "PART_BYTES", PART_BYTES)
+    _part_bytes(monkeypatch, PART_BYTES)
     assert file_parts.part_count(source) == -(-len(data) // PART_BYTES) > 20
     in_parts, part_counts = _read(source, parts=True, **kwargs)
     assert len(whole) >= 40 and in_parts == whole and part_counts == whole_counts
@@ -71,6 +76,26 @@ def test_parquet_row_groups_are_shared_out_with_their_row_numbers(sample_documen
     assert in_parts == [(text, row) for row, text in enumerate(sample_documents[:50])]
 
 
+def test_part_sizes_keep_several_workers_busy_within_bounds():
+    mib = 1 << 20
+    expected = {
+        mib: 1,
+        2 * mib - 1: 1,
+        3 * mib + 5: 3,
+        12 * mib: 12,
+        64 * mib: 16,
+        65 * mib: 17,
+        1000 * mib: 250,
+    }
+    for size, parts in expected.items():
+        source = SourceFile("x.txt", "txt", None, size)
+        assert file_parts.part_count(source) == parts
+        blocks = [file_parts.block(source, k) for k in range(parts)]
+        assert blocks[0][0] == 0 and blocks[-1][1] == size  # the blocks tile the file
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+        assert parts == 1 or all(mib <= end - start <= 4 * mib for start, end in blocks[:-1])
+
+
 def test_compressed_and_small_files_are_one_part(tmp_path, small_parts):
     (tmp_path / "a.txt.gz").write_bytes(b"x" * 1000)
     (tmp_path / "b.txt").write_bytes(b"x" * PART_BYTES)
@@ -84,8 +109,10 @@ def test_digest_is_the_sha256_or_that_of_the_block_digests(tmp_path, monkeypatch
     path.write_bytes(data)
     (source,) = expand_inputs([str(path)])
     assert file_parts.content_sha256(source) == hashlib.sha256(data).hexdigest()
-    monkeypatch.setattr(file_parts, "PART_BYTES", 1000)
-    blocks = [hashlib.sha256(data[i : i + 1000]).digest() for i in range(0, len(data), 1000)]
+    _part_bytes(monkeypatch, 1000)
+    ranges = [file_parts.block(source, k) for k in range(file_parts.part_count(source))]
+    assert len(ranges) == 3  # 2560 bytes in blocks of at most 1000
+    blocks = [hashlib.sha256(data[a:b]).digest() for a, b in ranges]
     assert file_parts.content_sha256(source) == hashlib.sha256(b"".join(blocks)).hexdigest()
     path.write_bytes(data[:-1] + b"\x00")  # one byte of the last block
     assert file_parts.content_sha256(source) != hashlib.sha256(b"".join(blocks)).hexdigest()
