@@ -14,10 +14,11 @@ Per case and repeat, adjacent in time:
   (c) `mlm-data build --seq-len 128 --workers cores` as a child process (wall time, peak RSS of the tree);
   (s) the fixed start-up: the same build of a one-document corpus (interpreter, imports, tokenizer load,
       worker pool, hashing, manifest).
-The steady rate of the build is tokens / ((c) - (s)); the ratio printed per case is steady / (b) (median
-and range over the repeats), target >= 0.8; (s) target < 1 s. The same ratio per CPU second (user +
-system of every process, the build's start-up taken off) is printed too: on a shared machine it moves
-far less with the load than wall time does.
+The steady rate of the build is tokens / ((c) - (s)); per case it prints steady / (b): the median and
+range over the repeats, and the best steady rate over the best (b) (on a shared machine the fastest of
+several runs is the nearest to an idle one); target >= 0.8; (s) target < 1 s. The same ratio per CPU
+second (user + system of every process, the build's start-up taken off) is printed too: it moves far
+less with the load than wall time does.
 
     mlm-data sample-corpus /tmp/bench/corpus
     mlm-data tokenizer --input /tmp/bench/corpus --kind wordpiece --vocab-size 30000 --out /tmp/bench/tok
@@ -159,6 +160,9 @@ def run_case(corpus: str, tokenizer: str, tiny: str, work: str, cores: int, repe
                      "fixed_cpu": fixed_cpu, "ratio": steady / baseline, "seconds": seconds, "peak": peak,
                      "cpu_ratio": steady_cpu / baseline_cpu})  # fmt: skip
     summary = {"rows": rows}
+    # Best against best: on a shared machine the fastest of several runs is the nearest to an idle one.
+    tokens_per_s = max(r["steady"] for r in rows)
+    summary["best_ratio"] = tokens_per_s / max(r["baseline"] for r in rows)
     for key in ("ratio", "cpu_ratio"):
         values = [r[key] for r in rows]
         summary.update({key: statistics.median(values), f"{key}_min": min(values), f"{key}_max": max(values)})
@@ -200,9 +204,10 @@ def _case_line(dir_name: str, corpus_name: str, cores: int, case: dict) -> str:
         f"{dir_name:10} {corpus_name:8} {cores:2} cores: (b) {median('baseline') / 1e6:.2f} M tok/s, "
         f"(c) {median('build') / 1e6:.2f} M tok/s in {median('seconds'):.2f} s, start-up (s) "
         f"{median('fixed'):.2f} s ({median('fixed_cpu'):.2f} CPU s), steady/(b) = {case['ratio']:.2f} "
-        f"({case['ratio_min']:.2f}-{case['ratio_max']:.2f}, target >= 0.8), per CPU second "
-        f"{case['cpu_ratio']:.2f} ({case['cpu_ratio_min']:.2f}-{case['cpu_ratio_max']:.2f}), peak RSS "
-        f"{max(r['peak'] for r in rows) / 2**20:.0f} MiB, load {os.getloadavg()[0]:.1f}"
+        f"({case['ratio_min']:.2f}-{case['ratio_max']:.2f}; best/best {case['best_ratio']:.2f}; target >= "
+        f"0.8), per CPU second {case['cpu_ratio']:.2f} ({case['cpu_ratio_min']:.2f}-"
+        f"{case['cpu_ratio_max']:.2f}), peak RSS {max(r['peak'] for r in rows) / 2**20:.0f} MiB, "
+        f"load {os.getloadavg()[0]:.1f}"
     )
 
 

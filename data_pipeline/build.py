@@ -137,14 +137,17 @@ def _pair_nsp(cfg: BuildConfig, tok, units: list[WorkUnit], work: str, id_dtype:
     every document of the split (of this partition)."""
     tasks = nsp_pairs.chunks_to_pair(work, units, markers, redo)
     index = nsp_pairs.corpus_index(work, units, markers)
-    for _ in parallel.run_units(
-        nsp_pairs.pair_chunk,
-        tasks,
-        workers=cfg.workers,
-        init=nsp_pairs.init_pairing,
-        init_args=(work, index, cfg.seed, cfg.seq_len, tok.special_ids, id_dtype),
-    ):
-        pass
+    try:
+        for _ in parallel.run_units(
+            nsp_pairs.pair_chunk,
+            tasks,
+            workers=cfg.workers,
+            init=nsp_pairs.init_pairing,
+            init_args=(work, index, cfg.seed, cfg.seq_len, tok.special_ids, id_dtype),
+        ):
+            pass
+    finally:
+        nsp_pairs.close_pairing()
 
 
 def _identity(cfg: BuildConfig, tok: LoadedTokenizer, files: list[SourceFile], root: str) -> dict:

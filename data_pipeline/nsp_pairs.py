@@ -159,6 +159,13 @@ def init_pairing(work: str, index: dict, seed: int, seq_len: int, special_ids, i
                   special_ids=special_ids, id_dtype=id_dtype)  # fmt: skip
 
 
+def close_pairing() -> None:
+    """Close the sentence files `init_pairing` opened in this process (a build with one worker pairs in
+    the parent process; worker processes close theirs when they exit)."""
+    for pool in _STATE.pop("pools", {}).values():
+        pool.close()
+
+
 def pair_chunk(task: tuple[WorkUnit, int]) -> None:
     """Pair the documents of one chunk into NSP rows (random-next segments from the whole split) and
     write them to the chunk's pairs file (temp, fsync, rename)."""
