@@ -98,6 +98,34 @@ def test_one_big_file_is_tokenized_in_parts_with_the_same_bytes_for_any_worker_c
     assert verify_shards(str(tmp_path / "one")) == []
 
 
+def test_a_big_file_interrupted_after_some_of_its_units_resumes_to_the_same_bytes(
+    big_file_corpus, wordpiece_tokenizer_dir, tmp_path, monkeypatch, caplog
+):
+    for name in ("MIN_PART_BYTES", "MAX_PART_BYTES"):
+        monkeypatch.setattr(file_parts, name, 64 << 10)
+    reference = tmp_path / "reference"
+    _build(big_file_corpus, wordpiece_tokenizer_dir, reference, workers=1)
+    done = []
+    real = build_worker.process_unit
+
+    def three_units_then_kill(unit):
+        if len(done) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        done.append(real(unit))
+        return done[-1]
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(build_worker, "process_unit", three_units_then_kill)
+        with pytest.raises(KeyboardInterrupt):
+            _build(big_file_corpus, wordpiece_tokenizer_dir, out, workers=1)
+    caplog.set_level("INFO")
+    _build(big_file_corpus, wordpiece_tokenizer_dir, out, workers=2)
+    (source,) = expand_inputs([big_file_corpus])
+    assert f"resuming: 3 of {file_parts.part_count(source)} work units already done" in caplog.text
+    assert _files(out) == _files(reference)
+
+
 @pytest.mark.parametrize("mode", ["nsp", "sop"])
 def test_pair_modes_are_worker_count_independent(mode, split_corpus, wordpiece_tokenizer_dir, tmp_path):
     _build(split_corpus, wordpiece_tokenizer_dir, tmp_path / "one", workers=1, mode=mode)
