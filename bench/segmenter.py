@@ -10,7 +10,9 @@ On real Chinese prose (tests/data_pipeline/fixtures/zh_manpages.txt, repeated --
   (c) with those word starts, the share of tokens per row that pretrain's MaskingCollator masks with
       whole-word and with span masking (masking.probability 0.15), on the fixture's documents packed as
       full-sentences rows of 128 tokens ([CLS] + 127), over 20 epochs: mean, standard deviation, and the
-      shares of rows with nothing masked and with more than half masked.
+      shares of rows with nothing masked and with more than half masked;
+  (d) the same on the train rows of shards `mlm-data build` makes of the fixture (seq_len 128, the
+      segmenter installed), with each tokenizer.
 
     pip install -e '.[zh,bench]'        # rjieba, jieba
     python bench/segmenter.py
@@ -91,13 +93,11 @@ def compare_segmenters(paragraphs: list[str]) -> None:
     print(json.dumps({"han_boundaries": total, "same_in_both": agree}))
 
 
-def masked_shares(tokenizer, encoded: list, label: str) -> None:
-    """(c): masked share per row for whole-word and span masking over `encoded` documents."""
+def packed_rows(tokenizer, encoded: list) -> dict:
+    """`encoded` documents packed as full-sentences rows of 128 tokens ([CLS] + 127), in memory."""
     import numpy as np
 
     from data_pipeline.packing import join_documents
-    from pretrain.config import MaskingConfig
-    from pretrain.masking import MaskingCollator
 
     seq = 128
     ids, starts = join_documents(encoded, tokenizer.special_ids.sep)
@@ -109,13 +109,22 @@ def masked_shares(tokenizer, encoded: list, label: str) -> None:
     }
     rows["input_ids"][:, 1:] = ids[: n * (seq - 1)].reshape(n, seq - 1)
     rows["word_start"][:, 1:] = starts[: n * (seq - 1)].reshape(n, seq - 1)
-    specials = list(tokenizer.special_ids.to_dict().values())
-    candidates = (~np.isin(rows["input_ids"], specials)).sum(axis=1)
+    return rows
+
+
+def masked_shares(special_ids: dict, vocab_size: int, rows: dict, label: str) -> None:
+    """(c), (d): masked share per row for whole-word and span masking over `rows`."""
+    import numpy as np
+
+    from pretrain.config import MaskingConfig
+    from pretrain.masking import MaskingCollator
+
+    n, seq = rows["input_ids"].shape
+    in_row = np.arange(seq)[None, :] < np.asarray(rows["length"])[:, None]
+    candidates = (in_row & ~np.isin(rows["input_ids"], list(special_ids.values()))).sum(axis=1)
     for mode in ("whole_word", "span"):
         config = MaskingConfig(probability=0.15, whole_word=True, span=mode == "span")
-        collator = MaskingCollator(
-            config, special_ids=tokenizer.special_ids, vocab_size=tokenizer.vocab_size, seed=0
-        )
+        collator = MaskingCollator(config, special_ids=special_ids, vocab_size=vocab_size, seed=0)
         shares = []
         for epoch in range(20):
             positions = collator.collate(rows, np.arange(n), epoch)["masked_positions"].numpy()
@@ -126,6 +135,25 @@ def masked_shares(tokenizer, encoded: list, label: str) -> None:
         row["rows_none_masked"] = round(float((shares == 0).mean()), 3)
         row["rows_over_half_masked"] = round(float((shares > 0.5).mean()), 3)
         print(json.dumps(row))
+
+
+def built_shards(work: str) -> None:
+    """(d): the same measurement on shards `mlm-data build` made of the fixture (its train rows)."""
+    from data_pipeline.build import BuildConfig, run_build
+    from data_pipeline.manifest import Manifest
+    from data_pipeline.shards import ShardReader
+
+    for kind in ("wordpiece", "sentencepiece-unigram"):
+        out = os.path.join(work, f"shards-{kind}")
+        run_build(BuildConfig(inputs=[FIXTURE], tokenizer=os.path.join(work, kind), out=out, seq_len=128,
+                              validation_fraction=0.0))  # fmt: skip
+        manifest = Manifest.load(out)
+        reader = ShardReader(out, "train")
+        rows = reader.take(range(len(reader)))
+        label = (
+            f"{kind}, mlm-data build shards (segmented {manifest.counts['segmented_documents']} documents)"
+        )
+        masked_shares(manifest.tokenizer["special_ids"], manifest.tokenizer["vocab_size"], rows, label)
 
 
 def word_starts(documents: list[str], work: str, repeat: int) -> None:
@@ -157,12 +185,14 @@ def word_starts(documents: list[str], work: str, repeat: int) -> None:
         row["word_start_encoder_chars_per_s"] = round(chars / segmented_s)
         print(json.dumps(row))
         fixture_docs = documents[: len(documents) // repeat]
-        masked_shares(tokenizer, tokenizer.encode_batch(fixture_docs), f"{kind}, tokenizer word starts")
-        masked_shares(tokenizer, encoder.encode_batch(fixture_docs), f"{kind}, segmented word starts")
+        specials, vocab = tokenizer.special_ids.to_dict(), tokenizer.vocab_size
+        for label, encoded in (("tokenizer", tokenizer.encode_batch(fixture_docs)),
+                               ("segmented", encoder.encode_batch(fixture_docs))):  # fmt: skip
+            masked_shares(specials, vocab, packed_rows(tokenizer, encoded), f"{kind}, {label} word starts")
 
 
 def main() -> None:
-    """Parse arguments, run (a) and (b), print one JSON line per result."""
+    """Parse arguments, run (a) to (d), print one JSON line per result."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -174,6 +204,7 @@ def main() -> None:
     compare_segmenters([p for p in text.split("\n") if p] * args.repeat)
     with tempfile.TemporaryDirectory() as work:
         word_starts(documents * args.repeat, work, args.repeat)
+        built_shards(work)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def make_dirs(corpus: str, work: str) -> list[str]:
 
     import sentencepiece as spm
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AlbertTokenizer, BertTokenizer, RobertaTokenizer, XLMRobertaTokenizer
+    from transformers import AlbertTokenizer, RobertaTokenizer, XLMRobertaTokenizer
 
     from data_pipeline.tokenizer import train_tokenizer
 
@@ -69,11 +69,7 @@ def make_dirs(corpus: str, work: str) -> list[str]:
     if not os.path.isdir(paths["ours-wordpiece-30k"]):
         train_tokenizer([corpus], "wordpiece", 30_000, paths["ours-wordpiece-30k"], lowercase=True)
     if not os.path.isdir(paths["bert-style-30k"]):
-        vocab = Tokenizer.from_file(os.path.join(paths["ours-wordpiece-30k"], "tokenizer.json")).get_vocab()
-        tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
-        tokenizer.backend_tokenizer.enable_truncation(max_length=512)
-        tokenizer.backend_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        tokenizer.save_pretrained(paths["bert-style-30k"])
+        bert_style_dir(paths["ours-wordpiece-30k"], paths["bert-style-30k"])
     if not os.path.isdir(paths["roberta-style-30k"]):
         backend = Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -108,6 +104,30 @@ def make_dirs(corpus: str, work: str) -> list[str]:
             fh.write(model.getvalue())
         cls.from_pretrained(source).save_pretrained(paths[name])
     return list(paths.values())
+
+
+def bert_style_dir(wordpiece_dir: str, out_dir: str) -> str:
+    """`wordpiece_dir`'s vocabulary saved by transformers' BertTokenizer as a BERT checkpoint ships it
+    (tokenizer_class BertTokenizer, vocab.txt + tokenizer.json with saved truncation and padding),
+    lowercasing when the source tokenizer does; returns `out_dir`."""
+    from tokenizers import Tokenizer
+    from transformers import BertTokenizer
+
+    source = Tokenizer.from_file(os.path.join(wordpiece_dir, "tokenizer.json"))
+    lowercase = _lowercases(json.loads(source.to_str())["normalizer"])
+    tokenizer = BertTokenizer(vocab=source.get_vocab(), do_lower_case=lowercase, model_max_length=512)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=512)
+    tokenizer.backend_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _lowercases(normalizer: dict | None) -> bool:
+    if not normalizer:
+        return False
+    if normalizer.get("type") in ("Lowercase", "BertNormalizer"):
+        return normalizer.get("type") == "Lowercase" or bool(normalizer.get("lowercase"))
+    return any(_lowercases(n) for n in normalizer.get("normalizers") or [])
 
 
 def _child_cpu() -> float:

@@ -1,21 +1,20 @@
 """Orchestrate a build: sources -> clean -> tokenize (workers) -> pack -> shards -> manifest.
 
-Work unit = one input file (index in the sorted file list). A worker hashes, reads, cleans, splits and
-tokenizes its file and writes one `OUT/.work/unit-NNNNNN-CCCCCC.npz` per 8 MiB of raw text (atomically),
-then a `unit-NNNNNN.done` marker holding the input's size, mtime_ns and sha256 (`work_units`); a rerun
-after a crash skips finished files and finished chunks of unchanged inputs. The parent then checks every
-input still has the sha256 it was read with, packs the chunks in order into shards (cheap,
-deterministic) and writes manifest.json last. Output bytes therefore depend neither on the worker count
-nor on interruptions, and a changed input is never taken for the same build.
+Work unit = one block of an input file (`file_parts`: a small or compressed file is one block, a big
+uncompressed one is cut into 4 MiB blocks, so one big file is tokenized by several workers). Workers
+(`build_worker`) tokenize the units into `OUT/.work/` chunk files and mark each unit done with its
+input's size, mtime_ns and the sha256 of its block (`work_units`); a rerun after a crash skips finished
+units and finished chunks of unchanged inputs. The parent then checks every block still has the sha256
+it was read with, pairs NSP documents across the whole build (`nsp_pairs`), packs the chunks in order
+into shards (cheap, deterministic) and writes manifest.json last. Output bytes therefore depend neither
+on the worker count nor on interruptions, and a changed input is never taken for the same build.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -23,23 +22,20 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from data_pipeline import packing, parallel, work_units
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
+from data_pipeline import build_worker, file_parts, nsp_pairs, packing, parallel, segment, work_units
+from data_pipeline.clean import CleanConfig, CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION, InputSet, SourceFile, expand_input_set
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.segment import describe_segmenter
 from data_pipeline.shards import SPLITS, ShardSink, id_dtype_for, shard_schema
-from data_pipeline.sources import iter_documents
 from data_pipeline.tokenizer import LoadedTokenizer, load_tokenizer
-from data_pipeline.work_units import chunk_path
+from data_pipeline.work_units import WorkUnit, chunk_path
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 IDENTITY_NAME = "build.json"
-ENCODE_BATCH_CHARS = 1 << 20  # texts per encode_batch call: large enough for the tokenizer's threads
-CHUNK_CHARS = 8 << 20  # raw text per result file: bounds a worker's memory whatever the file size
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n\s*")
 
 
 @dataclass
@@ -66,119 +62,6 @@ class BuildConfig:
     accept_skipped: bool = False
 
 
-def split_sentences(text: str) -> list[str]:
-    """Cut after '.', '!' or '?' (plus closing quotes/brackets) followed by whitespace, and at blank lines."""
-    out, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        piece = text[start : match.end()].strip()
-        if piece:
-            out.append(piece)
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        out.append(tail)
-    return out
-
-
-def is_validation(relpath: str, index: int, fraction: float, seed: int) -> bool:
-    """The document's split: a hash of (seed, source path relative to the input root, record index)."""
-    digest = hashlib.blake2b(f"{seed}\0{relpath}\0{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") < fraction * 2**64
-
-
-# ---------------------------------------------------------------------------------------- worker side
-
-_STATE: dict = {}
-
-
-def _init(tokenizer: LoadedTokenizer, cfg: BuildConfig, root: str, work: str, id_dtype: str) -> None:
-    _STATE.update(tokenizer=tokenizer, cfg=cfg, root=root, work=work, id_dtype=id_dtype)
-
-
-def _process_unit(unit: tuple[int, SourceFile]) -> dict:
-    """Read, clean, split and tokenize one input file, writing a result file per CHUNK_CHARS of raw text.
-
-    Chunks already on disk (from an interrupted run over the same contents) are read past without
-    tokenizing them again.
-    """
-    index, source = unit
-    cfg, work = _STATE["cfg"], _STATE["work"]
-    record = work_units.begin_unit(work, index, source)
-    report = CleanReport()  # reset after each chunk: every chunk file carries its own counts
-    cleaner = Cleaner(cfg.clean, report)
-    rel = os.path.relpath(source.path, _STATE["root"])
-    docs: dict[str, list[str]] = {s: [] for s in SPLITS}
-    chunk, chars, totals = 0, 0, {"documents": 0, "tokens": 0}
-    skip = os.path.exists(chunk_path(work, index, chunk))
-    for doc in iter_documents(source, report, text_field=cfg.text_field, one_per_line=cfg.one_per_line):
-        chars += len(doc.text)
-        if not skip:
-            split = (
-                "validation" if is_validation(rel, doc.index, cfg.validation_fraction, cfg.seed) else "train"
-            )
-            docs[split].extend(cleaner.clean(doc))
-        if chars >= CHUNK_CHARS:
-            if not skip:
-                _write_chunk(index, chunk, docs, report, totals)
-            chunk, chars = chunk + 1, 0
-            docs = {s: [] for s in SPLITS}
-            report.counts.clear()
-            report.examples.clear()
-            skip = os.path.exists(chunk_path(work, index, chunk))
-    if not skip:
-        _write_chunk(index, chunk, docs, report, totals)
-    work_units.finish_unit(work, index, source, chunk + 1, record)
-    return {"index": index, "bytes": source.size, **totals}
-
-
-def _write_chunk(
-    index: int, chunk: int, docs: dict[str, list[str]], report: CleanReport, totals: dict
-) -> None:
-    cfg, tok = _STATE["cfg"], _STATE["tokenizer"]
-    arrays: dict[str, np.ndarray] = {}
-    for s, split in enumerate(SPLITS):
-        if cfg.mode == "full-sentences":
-            encoded = _encode(tok, docs[split])
-            totals["tokens"] += sum(len(e[0]) for e in encoded)
-            ids, ws = packing.join_documents(encoded, tok.special_ids.sep)
-            arrays[f"{split}/ids"], arrays[f"{split}/ws"] = ids.astype(_STATE["id_dtype"]), ws
-        else:
-            sentences = [split_sentences(text) for text in docs[split]]
-            flat = _encode(tok, [x for doc in sentences for x in doc])
-            grouped, at = [], 0
-            for doc in sentences:
-                grouped.append(flat[at : at + len(doc)])
-                at += len(doc)
-            totals["tokens"] += sum(len(e[0]) for e in flat)
-            rng = np.random.default_rng([cfg.seed, index, chunk, s])
-            rows = packing.pack_pairs(
-                grouped, mode=cfg.mode, seq_len=cfg.seq_len, special_ids=tok.special_ids,
-                id_dtype=_STATE["id_dtype"], rng=rng,
-            )  # fmt: skip
-            arrays.update({f"{split}/{k}": v for k, v in rows.items()})
-    totals["documents"] += report.counts.get("documents", 0)
-    arrays["report"] = np.frombuffer(json.dumps(report.to_dict()).encode(), np.uint8)
-    path = chunk_path(_STATE["work"], index, chunk)
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-
-def _encode(tok: LoadedTokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    out, batch, chars = [], [], 0
-    for text in texts:
-        batch.append(text)
-        chars += len(text)
-        if chars >= ENCODE_BATCH_CHARS:
-            out.extend(tok.encode_batch(batch))
-            batch, chars = [], 0
-    if batch:
-        out.extend(tok.encode_batch(batch))
-    return out
-
-
 # ---------------------------------------------------------------------------------------- parent side
 
 
@@ -201,34 +84,39 @@ def run_build(cfg: BuildConfig) -> dict:
         inputs.check_skipped(cfg.max_skipped_fraction)
     files = sorted(inputs.files, key=lambda f: f.path)
     root = os.path.commonpath([os.path.dirname(os.path.abspath(f.path)) for f in files])
-    units = [(i, f) for i, f in enumerate(files) if i % cfg.num_partitions == cfg.partition_index]
-    if not units:
+    chosen = [(i, f) for i, f in enumerate(files) if i % cfg.num_partitions == cfg.partition_index]
+    if not chosen:
         raise DataError(
             f"partition {cfg.partition_index} of {cfg.num_partitions} holds no files ({len(files)} inputs); "
             "use fewer partitions"
         )
+    units = work_units.make_units(chosen)
     id_dtype = id_dtype_for(tok.vocab_size)
     identity = _identity(cfg, tok, files, root)
-    work = _prepare_out(cfg, identity, units)
+    segmenter = segment.segmenter_identity()
+    stamp = {"segmenter": segmenter}  # a unit tokenized with another segmenter is tokenized again
+    work = _prepare_out(cfg, identity, [f for _, f in chosen], segmenter)
     if work is None:
         log.info("%s already holds this build; nothing to do", cfg.out)
         return {"up_to_date": True, **Manifest.load(cfg.out).counts}
-    todo = work_units.units_to_do(work, units)
-    todo.sort(key=lambda u: -u[1].size)  # largest first keeps workers busy to the end; order is free
+    todo = work_units.units_to_do(work, units, stamp)
+    todo.sort(key=lambda u: u.block[0] - u.block[1])  # largest first keeps workers busy to the end
     if len(todo) < len(units):
         log.info("resuming: %d of %d work units already done", len(units) - len(todo), len(units))
-    progress = _Progress(sum(f.size for _, f in todo))
+    progress = _Progress(sum(u.block[1] - u.block[0] for u in todo))
     for result in parallel.run_units(
-        _process_unit,
+        build_worker.process_unit,
         todo,
         workers=cfg.workers,
-        init=_init,
-        init_args=(tok, cfg, os.path.abspath(root), work, id_dtype),
+        init=build_worker.init,
+        init_args=(tok, cfg, os.path.abspath(root), work, id_dtype, stamp),
     ):
         progress.update(result)
     progress.close()
     markers = work_units.check_unchanged(work, units, cfg.workers)
-    manifest = _pack(cfg, tok, units, work, id_dtype, markers, inputs)
+    if cfg.mode == "nsp":
+        _pair_nsp(cfg, tok, units, work, id_dtype, markers, redo=bool(todo))
+    manifest = _pack(cfg, tok, units, work, id_dtype, markers, inputs, segmenter)
     if manifest.rows == 0:
         raise DataError(
             f"empty corpus: no text left in {' '.join(cfg.inputs)} after cleaning "
@@ -237,8 +125,29 @@ def run_build(cfg: BuildConfig) -> dict:
     tok.save_copy(os.path.join(cfg.out, "tokenizer"))
     manifest.save(cfg.out)
     shutil.rmtree(work)
+    warning = segment.unsegmented_warning(manifest.counts)
+    if warning is not None:
+        log.warning("%s", warning)
     seconds = time.monotonic() - started
     return _summary(manifest, seconds)
+
+
+def _pair_nsp(cfg: BuildConfig, tok, units: list[WorkUnit], work: str, id_dtype: str, markers, redo: bool):
+    """The second pass of an NSP build: pair every chunk's documents, random-next segments drawn from
+    every document of the split (of this partition)."""
+    tasks = nsp_pairs.chunks_to_pair(work, units, markers, redo)
+    index = nsp_pairs.corpus_index(work, units, markers)
+    try:
+        for _ in parallel.run_units(
+            nsp_pairs.pair_chunk,
+            tasks,
+            workers=cfg.workers,
+            init=nsp_pairs.init_pairing,
+            init_args=(work, index, cfg.seed, cfg.seq_len, tok.special_ids, id_dtype),
+        ):
+            pass
+    finally:
+        nsp_pairs.close_pairing()
 
 
 def _identity(cfg: BuildConfig, tok: LoadedTokenizer, files: list[SourceFile], root: str) -> dict:
@@ -249,37 +158,51 @@ def _identity(cfg: BuildConfig, tok: LoadedTokenizer, files: list[SourceFile], r
     settings.pop("accept_skipped")
     if not settings["extensions"]:
         settings.pop("extensions")  # builds without --ext keep the identity they had before it existed
+    # How the data is cut and keyed: a build of an earlier scheme (validation keyed by record index, NSP
+    # negatives from the same file) is another build.
+    scheme = {"validation_key": "offset", "nsp_negatives": "corpus", **file_parts.scheme()}
     return {
         "settings": settings,
+        "scheme": scheme,
         "tokenizer": tok.fingerprint,
         "files": [[os.path.relpath(f.path, root), f.size] for f in files],
     }
 
 
-def _prepare_out(cfg: BuildConfig, identity: dict, units) -> str | None:
+def _without_segmenter(identity: dict | None) -> dict | None:
+    """A finished build's identity as it was before the build (the segmenter joins it at the end)."""
+    if identity is None:
+        return None
+    return {k: v for k, v in identity.items() if k != "segmenter"}
+
+
+def _prepare_out(cfg: BuildConfig, identity: dict, files: list[SourceFile], segmenter) -> str | None:
     """Create/validate the output dir; return the work dir, or None when the same build is complete
-    (same identity, and every input of `units` has the contents it was built from)."""
+    (same identity, every input of `files` has the contents it was built from, and the same word
+    segmentation)."""
     out, work = cfg.out, os.path.join(cfg.out, WORK_DIR)
     id_path = os.path.join(work, IDENTITY_NAME)
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out):
-        previous = _previous_identity(out, id_path)
+        previous = _without_segmenter(_previous_identity(out, id_path))
         finished = os.path.exists(os.path.join(out, MANIFEST_NAME))
-        changed = None
-        if previous == identity and finished and not cfg.overwrite:
-            changed = work_units.changed_input(Manifest.load(out).sources, units)
-            if changed is None:
+        what = None
+        if previous is None:
+            what = "files that are not from this build"
+        elif previous != identity:
+            what = "a different build" + _identity_change(previous, identity)
+        elif finished:
+            manifest = Manifest.load(out)
+            changed = work_units.changed_input(manifest.sources, files)
+            what = _segmenter_change(manifest, segmenter)
+            if changed is not None:
+                what = f"a build of other inputs ({changed})"
+            if what is None and not cfg.overwrite:
                 return None
         if cfg.overwrite:
             _clear(out)
-        elif previous != identity or changed is not None:
-            if changed is not None:
-                what = f"a build of other inputs ({changed})"
-            elif previous is not None:
-                what = "a different build" + _identity_change(previous, identity)
-            else:
-                what = "files that are not from this build"
+        elif what is not None:
             raise DataError(
                 f"output dir {out} holds {what}; choose another --out or pass --overwrite to replace it"
             )
@@ -291,12 +214,29 @@ def _prepare_out(cfg: BuildConfig, identity: dict, units) -> str | None:
     return work
 
 
+def _segmenter_change(manifest: Manifest, segmenter: dict | None) -> str | None:
+    """What differs between a finished build's word segmentation and what this run would do, or None."""
+    used = (manifest.build.get("identity") or {}).get("segmenter")
+    if used is not None and used != segmenter:
+        now = describe_segmenter(segmenter) if segmenter else "none is installed"
+        return f"a build whose Chinese documents were segmented by {describe_segmenter(used)} ({now} now)"
+    unsegmented = manifest.counts.get("unsegmented_chinese_documents", 0)
+    if used is None and unsegmented and segmenter is not None:
+        return (
+            f"a build whose {unsegmented} Chinese documents were not word-segmented (the segmenter "
+            f"{describe_segmenter(segmenter)} is installed now)"
+        )
+    return None
+
+
 def _identity_change(previous: dict, identity: dict) -> str:
     """' (what differs)' between two build identities, for the refusal line; '' when nothing shows."""
     old_settings, new_settings = previous.get("settings") or {}, identity["settings"]
     for key in sorted(set(old_settings) | set(new_settings)):
         if old_settings.get(key) != new_settings.get(key):
             return f" (its {key} is {old_settings.get(key)!r}, now {new_settings.get(key)!r})"
+    if previous.get("scheme") != identity["scheme"]:
+        return " (made by another version of mlm-data, which cut or keyed the data differently)"
     if previous.get("tokenizer") != identity["tokenizer"]:
         return " (made with another tokenizer)"
     old_files = {path: size for path, size in previous.get("files") or []}
@@ -363,20 +303,23 @@ class _Progress:
 
 
 def _pack(
-    cfg: BuildConfig, tok: LoadedTokenizer, units, work: str, id_dtype: str, markers, inputs: InputSet
-) -> Manifest:
+    cfg: BuildConfig, tok: LoadedTokenizer, units: list[WorkUnit], work: str, id_dtype: str, markers,
+    inputs: InputSet, segmenter: dict | None,
+) -> Manifest:  # fmt: skip
     pairs = cfg.mode != "full-sentences"
     schema = shard_schema(cfg.seq_len, id_dtype, pairs)
+    rows_suffix = nsp_pairs.PAIRS_SUFFIX if cfg.mode == "nsp" else ".npz"
     report = CleanReport()
     splits = {}
     for split in SPLITS:
         sink = ShardSink(cfg.out, split, schema, cfg.rows_per_shard)
         packer = packing.FullSentencePacker(cfg.seq_len, tok.special_ids.cls, tok.special_ids.pad, id_dtype)
-        for (index, _), marker in zip(units, markers, strict=True):
+        for unit, marker in zip(units, markers, strict=True):
             for chunk in range(marker["chunks"]):
-                with np.load(chunk_path(work, index, chunk)) as data:
-                    if split == SPLITS[0]:
+                if split == SPLITS[0]:
+                    with np.load(chunk_path(work, unit, chunk)) as data:
                         report.merge(CleanReport.from_dict(json.loads(data["report"].tobytes())))
+                with np.load(chunk_path(work, unit, chunk, rows_suffix)) as data:
                     if pairs:
                         sink.write({k: data[f"{split}/{k}"] for k in schema.names})
                     else:
@@ -385,6 +328,9 @@ def _pack(
             sink.write(packer.finish())
         splits[split] = sink.finish()
     identity = _previous_identity(cfg.out, os.path.join(work, IDENTITY_NAME))
+    counts = report.to_dict()["counts"]
+    if counts.get("segmented_documents"):  # only then do the segmenter's words shape the data
+        identity = {**identity, "segmenter": segmenter}
     partition = (
         None if cfg.num_partitions == 1 else {"index": cfg.partition_index, "count": cfg.num_partitions}
     )
@@ -395,8 +341,8 @@ def _pack(
         tokenizer={"dir": "tokenizer", "hash": tok.fingerprint, "vocab_size": tok.vocab_size,
                    "special_ids": tok.special_ids.to_dict()},
         splits=splits,
-        sources=[work_units.source_record(f, m) for (_, f), m in zip(units, markers, strict=True)],
-        counts=report.to_dict()["counts"],
+        sources=work_units.source_records(units, markers),
+        counts=counts,
         build={"validation_fraction": cfg.validation_fraction, "seed": cfg.seed, "partition": partition,
                "clean_examples": report.examples, "identity": identity,
                "skipped": inputs.skipped_summary()},

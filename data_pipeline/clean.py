@@ -11,6 +11,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from data_pipeline.segment import join_cjk_line_breaks, last_sentence_end, unspaced_script
+
 if TYPE_CHECKING:
     from data_pipeline.sources import Document
 
@@ -21,7 +23,6 @@ NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")
 # surrogates (JSON "\ud800" escapes decode to them and no tokenizer can encode them).
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ud800-\udfff]+")
 _ASCII_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
-_SENTENCE_END = re.compile(r"[.!?。！？][\"')\]]*\s")
 
 
 @dataclass
@@ -29,7 +30,8 @@ class CleanReport:
     """Counts of everything dropped or repaired, plus the first few examples of each (mergeable).
 
     Keys used: documents, empty_documents, short_documents, control_chars_removed, unicode_normalized,
-    overlong_documents_split, overlong_pieces, invalid_utf8_replaced, null_text, files (see `sources`).
+    cjk_line_breaks_joined, overlong_documents_split, overlong_pieces, invalid_utf8_replaced, null_text,
+    files (see `sources`); a build adds the word-segmentation counts of `segment.WordStartEncoder`.
     """
 
     counts: dict[str, int] = field(default_factory=dict)
@@ -102,7 +104,9 @@ class Cleaner:
         """Return the cleaned text(s) of `doc`: [] if dropped, several pieces if it was overlong.
 
         Steps: normalise line ends to \\n; remove control characters (keeping \\n and \\t); apply the
-        Unicode normal form; strip; drop empty/short documents; split overlong ones.
+        Unicode normal form; join hard-wrapped lines of text in a script without spaces (a line break
+        between two CJK characters is not a word break: `segment.join_cjk_line_breaks`); strip; drop
+        empty/short documents; split overlong ones.
         """
         counts = self.report.counts
         counts["documents"] = counts.get("documents", 0) + 1
@@ -118,25 +122,28 @@ class Cleaner:
         else:
             text, removed = _CONTROL_CHARS.subn("", text)
         if removed:
-            self.report.add("control_chars_removed", removed, example=f"{doc.source}: record {doc.index}")
+            self.report.add("control_chars_removed", removed, example=doc.location)
         if self.config.normalization is not None and not text.isascii():
             normalized = unicodedata.normalize(self.config.normalization, text)
             if normalized != text:
-                self.report.add("unicode_normalized", example=f"{doc.source}: record {doc.index}")
+                self.report.add("unicode_normalized", example=doc.location)
                 text = normalized
+        if not text.isascii() and unspaced_script(text) is not None:  # a few us; ASCII text never is
+            joined = join_cjk_line_breaks(text)
+            if joined != text:
+                self.report.add("cjk_line_breaks_joined", example=doc.location)
+                text = joined
         text = text.strip()
         if len(text) < self.config.min_doc_chars:
             key = "empty_documents" if not text else "short_documents"
-            self.report.add(key, example=f"{doc.source}: record {doc.index}")
+            self.report.add(key, example=doc.location)
             return []
         if len(text) <= self.config.max_doc_chars:
             return [text]
         pieces = [
             p for p in split_text(text, self.config.max_doc_chars) if len(p) >= self.config.min_doc_chars
         ]
-        self.report.add(
-            "overlong_documents_split", example=f"{doc.source}: record {doc.index} ({len(text)} chars)"
-        )
+        self.report.add("overlong_documents_split", example=f"{doc.location} ({len(text)} chars)")
         self.report.add("overlong_pieces", len(pieces))
         return pieces
 
@@ -145,8 +152,9 @@ def split_text(text: str, max_chars: int) -> list[str]:
     """Split `text` into stripped pieces of at most `max_chars` characters.
 
     Cuts at the last paragraph break in the window, else the last line break, else the last sentence
-    end, else the last whitespace, else hard at `max_chars`; a boundary in the first half of the window
-    is not used (the piece would be too short), so pieces are at least about max_chars / 2 long.
+    end (`segment.sentence_ends`: 。！？ need no space after them), else the last whitespace, else hard
+    at `max_chars`; a boundary in the first half of the window is not used (the piece would be too
+    short), so pieces are at least about max_chars / 2 long.
     """
     pieces = []
     rest = text
@@ -168,10 +176,8 @@ def _find_cut(window: str, min_cut: int) -> int:
         pos = window.rfind(separator, min_cut)
         if pos >= 0:
             return pos
-    last_sentence_end = None
-    for match in _SENTENCE_END.finditer(window, min_cut):
-        last_sentence_end = match.end() - 1  # the whitespace after the sentence
-    if last_sentence_end is not None:
-        return last_sentence_end
+    end = last_sentence_end(window, min_cut, len(window) - 1)  # just past the end mark (and quotes)
+    if end is not None:
+        return end
     pos = window.rfind(" ", min_cut)
     return pos if pos >= 0 else len(window) - 1

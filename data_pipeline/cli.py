@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--lowercase", action="store_true")
+    p.add_argument(
+        "--byte-fallback", action="store_true",
+        help="SentencePiece: characters outside the vocabulary become their UTF-8 bytes, not [UNK]",
+    )  # fmt: skip
+    p.add_argument(
+        "--character-coverage", type=float, default=0.9995,
+        help="SentencePiece: share of the training characters the alphabet covers, 0.98-1 (0.9995 suits CJK)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     _add_source_flags(p)
 
@@ -144,7 +152,8 @@ def _tokenizer(args) -> int:
     report = train_tokenizer(
         args.input, args.kind, args.vocab_size, args.out, lowercase=args.lowercase,
         overwrite=args.overwrite, text_field=args.text_field, one_per_line=args.one_per_line,
-        extensions=parse_extensions(args.ext),
+        extensions=parse_extensions(args.ext), byte_fallback=args.byte_fallback,
+        character_coverage=args.character_coverage,
     )  # fmt: skip
     print(f"tokenizer saved to {args.out}; {json.dumps(report.to_dict()['counts'])}")
     return 0
@@ -154,6 +163,7 @@ def _build(args) -> int:
     from data_pipeline.build import BuildConfig, run_build
     from data_pipeline.clean import CleanConfig
     from data_pipeline.input_files import parse_extensions
+    from data_pipeline.segment import is_segmentation_count
 
     if args.workers < 1:
         raise DataError(f"--workers must be >= 1, got {args.workers}")
@@ -176,11 +186,16 @@ def _build(args) -> int:
     if s.get("up_to_date"):
         print(f"{args.out} already holds this build (manifest.json present); nothing to do")
         return 0
-    dropped = {k: v for k, v in s["counts"].items() if k not in ("documents", "files") and v}
+    counts = s["counts"]
+    informative = ("documents", "files")
+    dropped = {k: v for k, v in counts.items() if k not in informative and not is_segmentation_count(k) and v}
     skipped = s["skipped"]
     kinds = ", ".join(f"{k} x{v['files']}" for k, v in skipped["by_extension"].items())
+    segmented = counts.get("segmented_documents", 0)
+    unsegmented = sum(v for k, v in counts.items() if is_segmentation_count(k)) - segmented
+    words = f" (word-segmented {segmented}, unsegmented {unsegmented})" if segmented or unsegmented else ""
     print(
-        f"documents {s['documents']}, tokens {s['tokens']}, sequences {s['sequences']}, "
+        f"documents {s['documents']}{words}, tokens {s['tokens']}, sequences {s['sequences']}, "
         f"fill ratio {s['fill_ratio']:.4f}, dropped/repaired {json.dumps(dropped)}, "
         f"skipped {skipped['files']} files ({skipped['bytes']} bytes{': ' + kinds if kinds else ''}), "
         f"{s['seconds']:.1f} s, {s['tokens_per_second']:,.0f} tokens/s"
@@ -202,7 +217,7 @@ def _verify(args) -> int:
 
 
 def _inspect(args) -> int:
-    from data_pipeline.inspect_shards import decoded_samples, summary
+    from data_pipeline.inspect_shards import PAIR_LABEL_NAMES, decoded_samples, summary
 
     info = summary(args.dir)
     if args.json:
@@ -211,7 +226,12 @@ def _inspect(args) -> int:
     print(f"{args.dir}: mode {info['mode']}, seq_len {info['seq_len']}, vocab {info['vocab_size']}")
     print(f"sequences {info['sequences']}, tokens {info['tokens']}, fill ratio {info['fill_ratio']:.4f}")
     for name, split in info["splits"].items():
-        print(f"  {name}: {split['sequences']} sequences, {split['tokens']} tokens, {split['shards']} shards")
+        pairs = ""
+        if "pair_label_1" in split:
+            share = split["pair_label_1"] / max(1, split["sequences"])
+            pairs = f", {PAIR_LABEL_NAMES[info['mode']]} {share:.3f} ({split['pair_label_1']} rows)"
+        rows = f"{split['sequences']} sequences, {split['tokens']} tokens, {split['shards']} shards"
+        print(f"  {name}: {rows}{pairs}")
     print("samples ('|' marks a word start):")
     for line in decoded_samples(args.dir, args.samples):
         print("  " + line)

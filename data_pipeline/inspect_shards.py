@@ -7,12 +7,23 @@ import shutil
 
 from data_pipeline.errors import DataError
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.segment import describe_segmenter
 from data_pipeline.shards import SPLITS, ShardReader
+
+PAIR_LABEL_NAMES = {"nsp": "random next", "sop": "swapped"}  # what pair_label 1 means per mode
 
 
 def summary(shards_dir: str) -> dict:
-    """Counts of a shards dir: sequences, tokens, seq_len, vocab_size, mode, per-split rows/tokens/shards."""
+    """Counts of a shards dir: sequences, tokens, seq_len, vocab_size, mode, per-split rows/tokens/shards
+    and, for nsp/sop, per split the rows with pair_label 1 (`pair_label_1`: random next / swapped)."""
     m = Manifest.load(shards_dir)
+    splits = {
+        name: {"sequences": s["rows"], "tokens": s["tokens"], "shards": len(s["shards"])}
+        for name, s in m.splits.items()
+    }
+    if m.mode in PAIR_LABEL_NAMES:
+        for name, split in splits.items():
+            split["pair_label_1"] = int(ShardReader(shards_dir, name).column("pair_label").sum())
     return {
         "sequences": m.rows,
         "tokens": m.tokens,
@@ -21,10 +32,7 @@ def summary(shards_dir: str) -> dict:
         "mode": m.mode,
         "id_dtype": m.id_dtype,
         "fill_ratio": m.tokens / max(1, m.rows * m.seq_len),
-        "splits": {
-            name: {"sequences": s["rows"], "tokens": s["tokens"], "shards": len(s["shards"])}
-            for name, s in m.splits.items()
-        },
+        "splits": splits,
         "counts": m.counts,
     }
 
@@ -85,6 +93,10 @@ def merge_parts(part_dirs: list[str], out: str) -> Manifest:
     for m in manifests:
         for key, n in m.counts.items():
             counts[key] = counts.get(key, 0) + n
+    identity = dict(first.build["identity"])
+    segmenters = [m.build["identity"].get("segmenter") for m in manifests]
+    if any(segmenters):
+        identity["segmenter"] = next(s for s in segmenters if s)
     tok_dst = os.path.join(out, "tokenizer")
     if not os.path.exists(tok_dst):
         shutil.copytree(os.path.join(part_dirs[0], first.tokenizer["dir"]), tok_dst)
@@ -97,7 +109,7 @@ def merge_parts(part_dirs: list[str], out: str) -> Manifest:
         sources=[s for m in manifests for s in m.sources],
         counts=counts,
         build={**first.build, "partition": None, "merged_from": [os.path.abspath(p) for p in part_dirs],
-               "merged_partitions": len(part_dirs)},
+               "merged_partitions": len(part_dirs), "identity": identity},
     )  # fmt: skip
     merged.save(out)
     return merged
@@ -116,14 +128,36 @@ def _check_one_build(part_dirs: list[str], manifests: list[Manifest]) -> None:
                 )
         if m.tokenizer["hash"] != first.tokenizer["hash"]:
             raise DataError(f"{path}: built with a different tokenizer than {part_dirs[0]}; cannot merge")
-        try:
-            same = m.data_identity() == first.data_identity()
+        try:  # the segmenter is in a part's identity only if that part segmented: compared below
+            same = m.data_identity(without=("segmenter",)) == first.data_identity(without=("segmenter",))
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from exc
         if not same:
             raise DataError(
                 f"{path}: built from other inputs or settings than {part_dirs[0]} (another data identity); "
                 "only partitions of one build can be merged"
+            )
+    _check_same_segmentation(part_dirs, manifests)
+
+
+def _check_same_segmentation(part_dirs: list[str], manifests: list[Manifest]) -> None:
+    """Raise DataError when two parts word-segmented their Chinese documents differently (another
+    segmenter or version, or one part without a segmenter)."""
+    used = [(p, m.build["identity"].get("segmenter")) for p, m in zip(part_dirs, manifests, strict=True)]
+    segmented = [(p, s) for p, s in used if s]
+    for path, segmenter in segmented[1:]:
+        if segmenter != segmented[0][1]:
+            raise DataError(
+                f"{path}: its Chinese documents were segmented by {describe_segmenter(segmenter)}, those of "
+                f"{segmented[0][0]} by {describe_segmenter(segmented[0][1])}; "
+                "rebuild the partitions with one segmenter"
+            )
+    for path, m in zip(part_dirs, manifests, strict=True):
+        unsegmented = m.counts.get("unsegmented_chinese_documents", 0)
+        if segmented and unsegmented:
+            raise DataError(
+                f"{path}: {unsegmented} of its Chinese documents were not word-segmented (no segmenter where "
+                f"it was built), but {segmented[0][0]}'s were: rebuild it with the segmenter installed"
             )
 
 

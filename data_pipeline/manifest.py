@@ -43,17 +43,19 @@ class Manifest:
         """Non-pad tokens (specials included) over all splits."""
         return sum(s["tokens"] for s in self.splits.values())
 
-    def data_identity(self) -> str:
+    def data_identity(self, without: tuple[str, ...] = ()) -> str:
         """Hex sha256 of what the data is made of: the build settings (without the partition fields),
-        the tokenizer fingerprint and the source files. Every partition of one build, and their merge,
-        share it; any other corpus, tokenizer or packing setting gives another. Raises DataError when
-        the manifest records no build identity (a manifest not written by `mlm-data build`/`merge`).
+        the scheme, the tokenizer fingerprint, the source files and, when it segmented documents, the
+        word segmenter (leave identity keys out with `without`). Every partition of one build, and their
+        merge, share it; any other corpus, tokenizer or packing setting gives another. Raises DataError
+        when the manifest records no build identity (a manifest not written by `mlm-data build`/`merge`).
         """
         identity = self.build.get("identity") if isinstance(self.build, dict) else None
         if not isinstance(identity, dict) or not isinstance(identity.get("settings"), dict):
             raise DataError("the manifest has no build.identity; rebuild the shards with `mlm-data build`")
         settings = {k: v for k, v in identity["settings"].items() if k not in PARTITION_FIELDS}
-        canonical = json.dumps({**identity, "settings": settings}, sort_keys=True, separators=(",", ":"))
+        kept = {k: v for k, v in identity.items() if k not in without}
+        canonical = json.dumps({**kept, "settings": settings}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def save(self, shards_dir: str) -> None:

@@ -6,12 +6,15 @@ rows of [CLS] + (seq_len - 1) tokens, so only the very last row of a split is pa
 
 nsp / sop: per document, sentences are gathered into chunks up to a target length (seq_len - 3, or with
 probability 0.1 a random shorter target) and cut into segments A and B: [CLS] A [SEP] B [SEP]. NSP takes
-B from a random other document of the same work unit half of the time (label 1); SOP swaps A and B half
-of the time (label 1). The random choices come from a generator seeded per work unit, so the rows do not
-depend on the worker count.
+B from a random other document of a `DocumentPool` half of the time (label 1): in a build, every document
+of the split (`nsp_pairs.CorpusDocuments`), as BERT's create_pretraining_data does; SOP swaps A and B
+half of the time (label 1). The random choices come from a generator the caller seeds per work unit
+chunk, so the rows do not depend on the worker count.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 
@@ -96,6 +99,56 @@ class FullSentencePacker:
 Sentence = tuple[np.ndarray, np.ndarray]
 
 
+class DocumentPool(Protocol):
+    """Where NSP's random-next segments come from: `count` documents, numbered 0..count-1."""
+
+    count: int
+
+    def sentence_count(self, doc: int) -> int:
+        """Sentences of document `doc` (0 when it has none)."""
+
+    def tokens(self, doc: int, sentence: int, limit: int) -> Sentence:
+        """The first `limit` tokens of document `doc` from sentence `sentence` on."""
+
+
+class InMemoryDocuments:
+    """A `DocumentPool` over a list of documents (lists of sentences) held in memory."""
+
+    def __init__(self, documents: list[list[Sentence]]) -> None:
+        """Pool over `documents` (document i of the list is number i)."""
+        self.documents = documents
+        self.count = len(documents)
+
+    def sentence_count(self, doc: int) -> int:
+        """Sentences of document `doc`."""
+        return len(self.documents[doc])
+
+    def tokens(self, doc: int, sentence: int, limit: int) -> Sentence:
+        """The first `limit` tokens of document `doc` from sentence `sentence` on."""
+        taken, size = [], 0
+        for piece in self.documents[doc][sentence:]:
+            if size >= limit:
+                break
+            taken.append(piece)
+            size += len(piece[0])
+        ids, ws = _cat(taken)
+        return ids[:limit], ws[:limit]
+
+
+def sentence_limit(seq_len: int) -> int:
+    """Longest sentence (in tokens) pair packing keeps whole: half of a row's text."""
+    return max(1, (seq_len - 3) // 2)
+
+
+def split_long_sentences(doc: list[Sentence], limit: int) -> list[Sentence]:
+    """`doc` with sentences longer than `limit` tokens cut into pieces, and empty sentences dropped."""
+    out = []
+    for ids, ws in doc:
+        for start in range(0, len(ids), limit):
+            out.append((ids[start : start + limit], ws[start : start + limit]))
+    return [s for s in out if len(s[0])]
+
+
 def pack_pairs(
     documents: list[list[Sentence]],
     *,
@@ -104,13 +157,19 @@ def pack_pairs(
     special_ids,
     id_dtype: str,
     rng: np.random.Generator,
+    pool: DocumentPool | None = None,
+    first_doc: int = 0,
 ) -> dict[str, np.ndarray]:
     """Pack documents (lists of (ids, word_start) sentences) into nsp/sop rows with pair labels.
 
+    NSP's random-next segments come from `pool` (default: `documents` themselves), never from the
+    document itself, which is number `first_doc + d` of the pool for `documents[d]`.
     Returns columns input_ids, word_start (seq_len wide, padded), length, segment_b_start, pair_label.
     """
     max_tokens = seq_len - 3
-    documents = [_split_long(doc, max(1, max_tokens // 2)) for doc in documents]
+    documents = [split_long_sentences(doc, sentence_limit(seq_len)) for doc in documents]
+    if pool is None:
+        pool = InMemoryDocuments(documents)
     rows: list[tuple[Sentence, Sentence, int]] = []
     for d, doc in enumerate(documents):
         target = max_tokens if rng.random() >= SHORT_SEQ_PROB else int(rng.integers(2, max_tokens + 1))
@@ -121,7 +180,7 @@ def pack_pairs(
             chunk.append(doc[i])
             size += len(doc[i][0])
             if i == len(doc) - 1 or size >= target:
-                i = _emit(chunk, d, documents, mode, max_tokens, target, rng, rows, i)
+                i = _emit(chunk, first_doc + d, pool, mode, max_tokens, target, rng, rows, i)
                 target = (
                     max_tokens if rng.random() >= SHORT_SEQ_PROB else int(rng.integers(2, max_tokens + 1))
                 )
@@ -130,22 +189,15 @@ def pack_pairs(
     return _pair_rows(rows, seq_len, special_ids, id_dtype)
 
 
-def _split_long(doc: list[Sentence], limit: int) -> list[Sentence]:
-    out = []
-    for ids, ws in doc:
-        for start in range(0, len(ids), limit):
-            out.append((ids[start : start + limit], ws[start : start + limit]))
-    return [s for s in out if len(s[0])]
-
-
 def _cat(sentences: list[Sentence]) -> Sentence:
     if not sentences:
         return np.zeros(0, np.uint32), np.zeros(0, np.uint8)
     return np.concatenate([s[0] for s in sentences]), np.concatenate([s[1] for s in sentences])
 
 
-def _emit(chunk, d, documents, mode, max_tokens, target, rng, rows, i) -> int:
-    """Cut `chunk` into A/B, append a row to `rows`; return the sentence index to continue from."""
+def _emit(chunk, d, pool, mode, max_tokens, target, rng, rows, i) -> int:
+    """Cut `chunk` (of pool document `d`) into A/B, append a row to `rows`; return the sentence index to
+    continue from."""
     whole = len(chunk)
     if whole == 1:
         ids, ws = chunk[0]
@@ -156,13 +208,13 @@ def _emit(chunk, d, documents, mode, max_tokens, target, rng, rows, i) -> int:
     a_end = int(rng.integers(1, len(chunk))) if len(chunk) > 2 else 1
     a, b = _cat(chunk[:a_end]), _cat(chunk[a_end:])
     label = 0
-    if mode == "nsp" and len(documents) > 1 and rng.random() < 0.5:
-        other = int(rng.integers(0, len(documents) - 1))
+    if mode == "nsp" and pool.count > 1 and rng.random() < 0.5:
+        other = int(rng.integers(0, pool.count - 1))
         other += other >= d
-        if documents[other]:
-            start = int(rng.integers(0, len(documents[other])))
-            b = _cat(documents[other][start:])
-            b = (b[0][: max(1, target - len(a[0]))], b[1][: max(1, target - len(a[0]))])
+        sentences = pool.sentence_count(other)
+        if sentences:
+            start = int(rng.integers(0, sentences))
+            b = pool.tokens(other, start, max(1, target - len(a[0])))
             label = 1
             if whole > 1:
                 i -= whole - a_end  # the unused sentences start the next chunk

@@ -100,32 +100,60 @@ def segmenter_identity() -> dict | None:
     return {"name": SEGMENTER, "version": importlib.metadata.version(SEGMENTER)}
 
 
+def describe_segmenter(identity: Mapping | None) -> str:
+    """'rjieba 0.2.2' for a `segmenter_identity()`, 'no segmenter' for None."""
+    return f"{identity['name']} {identity['version']}" if identity else "no segmenter"
+
+
+def is_segmentation_count(key: str) -> bool:
+    """Whether a report count is one of `WordStartEncoder.counts` (documents by word segmentation, not
+    documents dropped or repaired)."""
+    return key == "segmented_documents" or (key.startswith("unsegmented_") and key.endswith("_documents"))
+
+
 def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def _count(points: np.ndarray, low: int, high: int) -> int:
-    return int(np.count_nonzero((points >= low) & (points <= high)))
+_SCRIPTS = ("chinese", "japanese", "thai", "lao", "khmer", "myanmar")  # ties go to the first
+
+
+def _edges(ranges) -> np.ndarray:
+    """Sorted, disjoint inclusive (low, high) ranges as [low0, high0 + 1, low1, ...] for `_per_range`."""
+    return np.array([edge for low, high in ranges for edge in (low, high + 1)], dtype=np.uint32)
+
+
+_UNSPACED_EDGES = _edges((low, high) for _, low, high in _UNSPACED_RANGES)
+_UNSPACED_SCRIPT = np.array([_SCRIPTS.index(script) for script, _, _ in _UNSPACED_RANGES])
+_NON_LETTER_EDGES = _edges(_NON_LETTER_RANGES)
+
+
+def _per_range(points: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many of `points` fall in each range of `edges` (one sorted search, not a pass per range)."""
+    at = np.searchsorted(edges, points, side="right")
+    return np.bincount(at[at % 2 == 1] // 2, minlength=len(edges) // 2)
 
 
 def unspaced_script(text: str) -> str | None:
     """'chinese', 'japanese', 'thai', 'lao', 'khmer' or 'myanmar' when at least 30% of the letters in
     the first DETECT_CHARS characters are of a script written without spaces between words (kana make
     it Japanese, which has no segmenter here); None otherwise. A few microseconds per document."""
-    points = _code_points(text[:DETECT_CHARS])
-    if not len(points) or points.max() < _UNSPACED_RANGES[0][1]:
-        return None  # nothing beyond Latin, Greek, Cyrillic, Arabic, Indic...: most documents
-    counts = dict.fromkeys(("chinese", "japanese", "thai", "lao", "khmer", "myanmar"), 0)
-    for script, low, high in _UNSPACED_RANGES:
-        counts[script] += _count(points, low, high)
-    lower = points | 0x20
-    letters = int(np.count_nonzero((lower >= 0x61) & (lower <= 0x7A))) + _count(points, 0xC0, 0x10FFFF)
-    letters -= sum(_count(points, low, high) for low, high in _NON_LETTER_RANGES)
-    if sum(counts.values()) < 0.3 * letters:
+    if text.isascii():  # O(1) in CPython
         return None
-    if counts["japanese"] > 0.05 * (counts["chinese"] + counts["japanese"]):
+    points = _code_points(text[:DETECT_CHARS])
+    high = points[points >= _UNSPACED_RANGES[0][1]]
+    if not len(high):
+        return None  # nothing beyond Latin, Greek, Cyrillic, Arabic, Indic...: most documents
+    counts = np.bincount(_UNSPACED_SCRIPT, weights=_per_range(high, _UNSPACED_EDGES), minlength=len(_SCRIPTS))
+    lower = points | 0x20
+    letters = int(np.count_nonzero((lower >= 0x61) & (lower <= 0x7A))) + int(np.count_nonzero(points >= 0xC0))
+    letters -= int(_per_range(high, _NON_LETTER_EDGES).sum())  # every non-letter range lies above 0x0E00
+    if counts.sum() < 0.3 * letters:
+        return None
+    chinese, japanese = counts[_SCRIPTS.index("chinese")], counts[_SCRIPTS.index("japanese")]
+    if japanese > 0.05 * (chinese + japanese):
         return "japanese"
-    return max(counts, key=counts.get)
+    return _SCRIPTS[int(np.argmax(counts))]
 
 
 @functools.cache

@@ -268,6 +268,13 @@ class ShardReader:
         local = index - int(self._starts[block])
         return {name: column[local] for name, column in self._blocks[block].items()}
 
+    def column(self, name: str) -> np.ndarray:
+        """A one-value-per-row column (`length`, `pair_label`, ...) of every row, in order (a copy; only
+        that column's pages of the shards are read). Raises KeyError for an unknown column."""
+        if not self._blocks:
+            return np.zeros(0, np.int64)
+        return np.concatenate([block[name] for block in self._blocks])
+
     def take(self, indices) -> dict[str, np.ndarray]:
         """Rows at a sequence of global indices stacked into arrays (a copy), in the given order.
 

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from data_pipeline import file_parts
 from data_pipeline.clean import CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import SourceFile, expand_input_set, expand_inputs  # noqa: F401 (re-exported)
@@ -35,40 +36,69 @@ MAX_PENDING_CHARS = 8 << 20
 INVALID_UTF8_EXAMPLES_PER_CHUNK = 3
 
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
+_LINE_BREAK = re.compile(r"\n")
 
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One document's raw text, the file it came from and its record number within that file."""
+    """One document's raw text, the file it came from and where in that file it begins: `offset` is the
+    byte offset of its first byte (in the decompressed stream of a compressed file), or for Parquet its
+    row number, as `unit` ('byte' or 'row') says. A worker reading from the middle of a file knows it."""
 
     text: str
     source: str
-    index: int
+    offset: int
+    unit: str = "byte"
+
+    @property
+    def location(self) -> str:
+        """'path: byte 1234' / 'path: row 7', for the cleaner's examples."""
+        return f"{self.source}: {self.unit} {self.offset}"
 
 
 def iter_documents(
-    source: SourceFile, report: CleanReport, *, text_field: str = "text", one_per_line: bool = False
+    source: SourceFile,
+    report: CleanReport,
+    *,
+    text_field: str = "text",
+    one_per_line: bool = False,
+    part: int = 0,
 ) -> Iterator[Document]:
-    """Stream the documents of one file (raw text; clean them with `clean.Cleaner`).
+    """Stream the documents of one file, or of one of its work units (raw text; clean them with
+    `clean.Cleaner`).
 
     - `.txt`: documents separated by blank lines, or one per line with `one_per_line=True`.
-    - `.jsonl`: one JSON object per line, text in `text_field`; `index` is the 0-based line number.
+    - `.jsonl`: one JSON object per line, text in `text_field`.
     - `.parquet`: the `text_field` column, read in record batches (bounded memory).
-    Null texts (JSONL null, Parquet null) are skipped and counted as `null_text`.
+    Null texts (JSONL null, Parquet null) are skipped and counted as `null_text`. `part`: which unit of
+    a file `file_parts` cuts into several (the records that start in that block; the file counts once,
+    in part 0).
 
     Raises:
         DataError: unreadable, binary (NUL bytes in the first 8 KiB) or corrupt/truncated compressed file;
             a JSONL line that is not a JSON object or lacks the field; a Parquet file without the column.
     """
-    report.add("files")
+    if part == 0:
+        report.add("files")
     if source.format == "parquet":
-        yield from _iter_parquet(source, report, text_field)
-    elif source.format == "jsonl":
-        yield from _iter_jsonl(source, report, text_field)
-    elif source.format == "txt":
-        yield from _iter_txt(source, report, one_per_line)
-    else:
+        yield from _iter_parquet(source, report, text_field, part)
+        return
+    if source.format not in ("jsonl", "txt"):
         raise DataError(f"{source.path}: unsupported format {source.format!r}")
+    start, end = 0, None
+    if file_parts.part_count(source) > 1:
+        try:
+            with open(source.path, "rb") as fh:
+                paragraphs = source.format == "txt" and not one_per_line
+                start, end = file_parts.text_range(fh, source, part, paragraphs)
+        except OSError as exc:
+            raise DataError(f"{source.path}: cannot read input file ({exc.strerror or exc})") from exc
+        if start == end:
+            return
+    if source.format == "jsonl":
+        yield from _iter_jsonl(source, report, text_field, start, end)
+    else:
+        yield from _iter_txt(source, report, one_per_line, start, end)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -191,17 +221,27 @@ def _complete_utf8_prefix(data: bytes) -> int:
     return n
 
 
-def _iter_text_chunks(source: SourceFile, report: CleanReport) -> Iterator[str]:
-    """Decoded text of a file in ~1 MiB pieces, never splitting a UTF-8 sequence."""
-    offset = 0
+def _iter_text_chunks(
+    source: SourceFile, report: CleanReport, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, str]]:
+    """(byte offset, decoded text) of bytes [start, end) of a file (to its end when `end` is None) in
+    ~1 MiB pieces, never splitting a UTF-8 sequence. The binary check and the BOM belong to the file's
+    head (start 0); the garbage limit is judged over what is read."""
+    offset = start
     carry = b""
+    left = None if end is None else end - start
     meter = GarbageMeter(source.path)
     with _open_binary(source) as fh:
+        if start:
+            fh.seek(start)
         while True:
+            want = CHUNK_BYTES if left is None else min(CHUNK_BYTES, left)
             try:
-                data = fh.read(CHUNK_BYTES)
+                data = fh.read(want) if want else b""
             except _STREAM_ERRORS as exc:
                 raise _stream_error(source, offset, exc) from exc
+            if left is not None:
+                left -= len(data)
             final = not data
             if offset == 0 and not carry:
                 _check_not_binary(source, data)
@@ -213,87 +253,102 @@ def _iter_text_chunks(source: SourceFile, report: CleanReport) -> Iterator[str]:
             if cut:
                 text = _decode(data[:cut], offset, source.path, report)
                 meter.add(data[:cut], text)
-                yield text
+                yield offset, text
             offset += cut
             if final:
                 meter.finish()
                 return
 
 
-def _iter_txt(source: SourceFile, report: CleanReport, one_per_line: bool) -> Iterator[Document]:
-    index = 0
-    pending = ""
-    for chunk in _iter_text_chunks(source, report):
-        parts = (pending + chunk).split("\n") if one_per_line else _BLANK_LINES.split(pending + chunk)
-        pending = parts.pop()
+def _utf8_length(text: str, ascii_text: bool) -> int:
+    return len(text) if ascii_text else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _iter_txt(
+    source: SourceFile, report: CleanReport, one_per_line: bool, start: int, end: int | None
+) -> Iterator[Document]:
+    separator = _LINE_BREAK if one_per_line else _BLANK_LINES
+    pending, at = "", start  # text not yet ended by a separator, and the byte offset of its start
+    for chunk_at, chunk in _iter_text_chunks(source, report, start, end):
+        if not pending:
+            at = chunk_at
+        text = pending + chunk
+        ascii_text = text.isascii()
+        begin = 0
+        for match in separator.finditer(text):
+            if match.start() > begin:
+                yield Document(text[begin : match.start()], source.path, at)
+            at += match.end() - begin if ascii_text else _utf8_length(text[begin : match.end()], False)
+            begin = match.end()
+        pending = text[begin:]
         while len(pending) > MAX_PENDING_CHARS:
             cut = pending.rfind("\n", 0, MAX_PENDING_CHARS) + 1 or MAX_PENDING_CHARS
-            parts.append(pending[:cut])
+            yield Document(pending[:cut], source.path, at)
+            report.add("txt_long_paragraph_cut", example=f"{source.path}: byte {at}")
+            at += _utf8_length(pending[:cut], ascii_text)
             pending = pending[cut:]
-            report.add("txt_long_paragraph_cut", example=f"{source.path}: record {index + len(parts) - 1}")
-        for text in parts:
-            if text:
-                yield Document(text, source.path, index)
-                index += 1
     if pending:
-        yield Document(pending, source.path, index)
+        yield Document(pending, source.path, at)
 
 
-def _iter_jsonl(source: SourceFile, report: CleanReport, text_field: str) -> Iterator[Document]:
-    offset = 0
+def _iter_jsonl(
+    source: SourceFile, report: CleanReport, text_field: str, start: int, end: int | None
+) -> Iterator[Document]:
+    offset = start
     line_no = 0
     meter = GarbageMeter(source.path)
     with _open_binary(source) as fh:
-        while True:
+        if start:
+            fh.seek(start)
+        while end is None or offset < end:
             try:
                 line = fh.readline()
             except _STREAM_ERRORS as exc:
                 raise _stream_error(source, offset, exc) from exc
             if not line:
-                meter.finish()
-                return
-            if line_no == 0:
+                break
+            line_at = offset
+            offset += len(line)
+            line_no += 1
+            if line_at == 0:
                 _check_not_binary(source, line)
                 if line.startswith(codecs.BOM_UTF8):
-                    line, offset = line[3:], 3
-            line_no += 1
-            text_line = _decode(line, offset, source.path, report)
+                    line, line_at = line[3:], 3
+            text_line = _decode(line, line_at, source.path, report)
             meter.add(line, text_line)
-            offset += len(line)
             if not text_line.strip():
                 continue
-            text = _parse_jsonl_record(source.path, line_no, text_line, text_field)
+            where = f"line {line_no}" if start == 0 else f"the line at byte {line_at}"
+            text = _parse_jsonl_record(source.path, where, text_line, text_field)
             if text is None:
-                report.add("null_text", example=f"{source.path}: line {line_no}")
+                report.add("null_text", example=f"{source.path}: {where}")
                 continue
-            yield Document(text, source.path, line_no - 1)
+            yield Document(text, source.path, line_at)
+    meter.finish()
 
 
-def _parse_jsonl_record(path: str, line_no: int, line: str, text_field: str) -> str | None:
+def _parse_jsonl_record(path: str, where: str, line: str, text_field: str) -> str | None:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(
-            f"{path}: line {line_no} is not valid JSON ({exc.msg} at column {exc.colno}); "
-            "fix or remove the line"
+            f"{path}: {where} is not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line"
         ) from exc
     if not isinstance(record, dict):
-        raise DataError(f"{path}: line {line_no} is a JSON {type(record).__name__}, expected an object")
+        raise DataError(f"{path}: {where} is a JSON {type(record).__name__}, expected an object")
     if text_field not in record:
         keys = ", ".join(sorted(record)[:10])
         raise DataError(
-            f"{path}: line {line_no} has no field {text_field!r} (fields: {keys}); "
+            f"{path}: {where} has no field {text_field!r} (fields: {keys}); "
             "choose the text field with --text-field"
         )
     text = record[text_field]
     if text is not None and not isinstance(text, str):
-        raise DataError(
-            f"{path}: line {line_no}: field {text_field!r} is a {type(text).__name__}, not a string"
-        )
+        raise DataError(f"{path}: {where}: field {text_field!r} is a {type(text).__name__}, not a string")
     return text
 
 
-def _iter_parquet(source: SourceFile, report: CleanReport, text_field: str) -> Iterator[Document]:
+def _iter_parquet(source: SourceFile, report: CleanReport, text_field: str, part: int) -> Iterator[Document]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -323,19 +378,22 @@ def _iter_parquet(source: SourceFile, report: CleanReport, text_field: str) -> I
         raise DataError(
             f"{source.path}: column {text_field!r} has type {column_type}, expected a string column"
         )
-    index = 0
+    groups = file_parts.row_groups(parquet.num_row_groups, part, file_parts.part_count(source))
+    if not groups:
+        return
+    index = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))  # the first row
     meter = GarbageMeter(source.path)  # typed string columns are text by construction; bytes are not
     try:
-        for batch in parquet.iter_batches(batch_size=4096, columns=[text_field]):
+        for batch in parquet.iter_batches(batch_size=4096, columns=[text_field], row_groups=list(groups)):
             for value in batch.column(0).to_pylist():
                 if value is None:
                     report.add("null_text", example=f"{source.path}: row {index}")
                 elif is_binary:
                     text = _decode(value, 0, f"{source.path} row {index}", report)
                     meter.add(value, text)
-                    yield Document(text, source.path, index)
+                    yield Document(text, source.path, index, "row")
                 else:
-                    yield Document(value, source.path, index)
+                    yield Document(value, source.path, index, "row")
                 index += 1
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{source.path}: cannot read Parquet data near row {index} ({exc})") from exc

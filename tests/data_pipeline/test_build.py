@@ -3,18 +3,19 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from data_pipeline import build
-from data_pipeline.build import BuildConfig, run_build, split_sentences
+from data_pipeline import build_worker, file_parts
+from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.inspect_shards import merge_parts, summary
 from data_pipeline.manifest import Manifest, verify_shards
 from data_pipeline.shards import ShardReader
-from data_pipeline.sources import Document
+from data_pipeline.sources import Document, expand_inputs
 from data_pipeline.tokenizer import load_tokenizer
 
 SEQ_LEN = 48
@@ -62,9 +63,67 @@ def test_chunked_files_pack_to_the_same_bytes(
     split_corpus, wordpiece_tokenizer_dir, full_build, tmp_path, monkeypatch
 ):
     """Large files are tokenized in several bounded chunks; full-sentences rows do not change."""
-    monkeypatch.setattr(build, "CHUNK_CHARS", 20_000)
+    monkeypatch.setattr(build_worker, "CHUNK_CHARS", 20_000)
     _build(split_corpus, wordpiece_tokenizer_dir, tmp_path / "chunked", workers=1)
     assert _files(tmp_path / "chunked") == _files(full_build)
+
+
+@pytest.fixture(scope="session")
+def big_file_corpus(split_corpus, tmp_path_factory) -> str:
+    """The split corpus as one file (a single work unit unless file_parts' part sizes are made small)."""
+    out = tmp_path_factory.mktemp("big_file")
+    parts = [Path(split_corpus, f"part-{i}.txt").read_text(encoding="utf-8") for i in range(FILES)]
+    (out / "all.txt").write_text("\n\n".join(parts), encoding="utf-8")
+    return str(out)
+
+
+@pytest.mark.parametrize("mode", ["full-sentences", "nsp"])
+def test_one_big_file_is_tokenized_in_parts_with_the_same_bytes_for_any_worker_count(
+    mode, big_file_corpus, wordpiece_tokenizer_dir, tmp_path, monkeypatch
+):
+    whole = tmp_path / "whole"
+    _build(big_file_corpus, wordpiece_tokenizer_dir, whole, workers=1, mode=mode)
+    for name in ("MIN_PART_BYTES", "MAX_PART_BYTES"):  # the forked workers inherit them
+        monkeypatch.setattr(file_parts, name, 64 << 10)
+    (source,) = expand_inputs([big_file_corpus])
+    assert file_parts.part_count(source) >= 6
+    _build(big_file_corpus, wordpiece_tokenizer_dir, tmp_path / "one", workers=1, mode=mode)
+    _build(big_file_corpus, wordpiece_tokenizer_dir, tmp_path / "two", workers=2, mode=mode)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    arrow = lambda d: {k: v for k, v in _files(d).items() if k.endswith(".arrow")}  # noqa: E731
+    if mode == "full-sentences":  # the same documents, split and ordered alike: the cut changes no row
+        assert arrow(tmp_path / "one") == arrow(whole)
+    recorded = Manifest.load(str(tmp_path / "one")).sources
+    assert [s["sha256"] for s in recorded] == [file_parts.content_sha256(source)]
+    assert verify_shards(str(tmp_path / "one")) == []
+
+
+def test_a_big_file_interrupted_after_some_of_its_units_resumes_to_the_same_bytes(
+    big_file_corpus, wordpiece_tokenizer_dir, tmp_path, monkeypatch, caplog
+):
+    for name in ("MIN_PART_BYTES", "MAX_PART_BYTES"):
+        monkeypatch.setattr(file_parts, name, 64 << 10)
+    reference = tmp_path / "reference"
+    _build(big_file_corpus, wordpiece_tokenizer_dir, reference, workers=1)
+    done = []
+    real = build_worker.process_unit
+
+    def three_units_then_kill(unit):
+        if len(done) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        done.append(real(unit))
+        return done[-1]
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(build_worker, "process_unit", three_units_then_kill)
+        with pytest.raises(KeyboardInterrupt):
+            _build(big_file_corpus, wordpiece_tokenizer_dir, out, workers=1)
+    caplog.set_level("INFO")
+    _build(big_file_corpus, wordpiece_tokenizer_dir, out, workers=2)
+    (source,) = expand_inputs([big_file_corpus])
+    assert f"resuming: 3 of {file_parts.part_count(source)} work units already done" in caplog.text
+    assert _files(out) == _files(reference)
 
 
 @pytest.mark.parametrize("mode", ["nsp", "sop"])
@@ -186,13 +245,6 @@ def test_verify_catches_a_manifest_claiming_an_incomplete_merge(two_partitions, 
     (problem,) = verify_shards(str(half))
     assert "more than once (a partition merged twice?)" in problem
     assert verify_shards(two_partitions[1]) == []  # a partition on its own is whole for what it claims
-
-
-def test_sentence_segmentation():
-    text = 'It works. Really? Yes!\nSame "sentence." Next one\n\nNew paragraph (e.g. this)'
-    assert split_sentences(text) == [
-        "It works.", "Really?", "Yes!", "Same \"sentence.\"", "Next one", "New paragraph (e.g.", "this)",
-    ]  # fmt: skip
 
 
 def test_merge_refuses_parts_of_different_builds(mixed_format_dir, wordpiece_tokenizer_dir, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline import build
+from data_pipeline import build, build_worker, file_parts
 from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.cli import main
 from data_pipeline.errors import DataError
@@ -119,17 +119,45 @@ def test_an_edit_that_keeps_size_and_mtime_is_caught_by_the_sha256_before_packin
     assert _files(out) == _files(tmp_path / "fresh")
 
 
+def test_an_edit_in_one_block_of_a_big_file_is_caught_and_the_file_read_again(
+    corpus, wordpiece_tokenizer_dir, tmp_path, monkeypatch
+):
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "all.txt").write_bytes(b"\n\n".join((corpus / f"part-{i}.txt").read_bytes() for i in range(3)))
+    for name in ("MIN_PART_BYTES", "MAX_PART_BYTES"):  # several work units for one file
+        monkeypatch.setattr(file_parts, name, 16 << 10)
+    out = tmp_path / "shards"
+    with monkeypatch.context() as m:
+        _crash_before_packing(m)
+        with pytest.raises(KeyboardInterrupt):
+            run_build(_cfg(big, wordpiece_tokenizer_dir, out))
+    assert len(list((out / ".work").glob("unit-000000-*.done"))) > 3
+    _edit_same_size(big / "all.txt", keep_mtime=True)  # in the first block that holds "the "
+    with pytest.raises(
+        DataError, match=rf"{big / 'all.txt'}: changed while the build ran \(sha256 of bytes 0-"
+    ):
+        run_build(_cfg(big, wordpiece_tokenizer_dir, out))
+    assert not list((out / ".work").glob("unit-*.done"))  # every unit of that file is read again
+    run_build(_cfg(big, wordpiece_tokenizer_dir, out))
+    run_build(_cfg(big, wordpiece_tokenizer_dir, tmp_path / "fresh"))
+    assert _files(out) == _files(tmp_path / "fresh")
+    touched = big / "all.txt"
+    os.utime(touched, ns=(0, touched.stat().st_mtime_ns + 10**9))  # same bytes: its digest still matches
+    assert run_build(_cfg(big, wordpiece_tokenizer_dir, out)).get("up_to_date")
+
+
 def test_chunks_of_a_half_read_input_are_not_mixed_with_its_new_contents(
     corpus, wordpiece_tokenizer_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(build, "CHUNK_CHARS", 20_000)  # several chunks per file
+    monkeypatch.setattr(build_worker, "CHUNK_CHARS", 20_000)  # several chunks per file
     out = tmp_path / "shards"
     with monkeypatch.context() as m:
         _crash_before_packing(m)
         with pytest.raises(KeyboardInterrupt):
             run_build(_cfg(corpus, wordpiece_tokenizer_dir, out))
-    assert len(list((out / ".work").glob("unit-000001-*.npz"))) > 2
-    (out / ".work" / "unit-000001.done").unlink()  # as if killed before the unit's last chunk
+    assert len(list((out / ".work").glob("unit-000001-00000-*.npz"))) > 2
+    (out / ".work" / "unit-000001-00000.done").unlink()  # as if killed before the unit's last chunk
     _edit_same_size(corpus / "part-1.txt")
     run_build(_cfg(corpus, wordpiece_tokenizer_dir, out))
     run_build(_cfg(corpus, wordpiece_tokenizer_dir, tmp_path / "fresh"))

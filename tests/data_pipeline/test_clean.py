@@ -22,7 +22,7 @@ def test_control_characters_removed_and_counted():
     pieces, report = clean("bell\x07 esc\x1b[0m nul\x00 del\x7f c1\x85 bom\ufeff keep\ttab\nnewline")
     assert pieces == ["bell esc[0m nul del c1 bom keep\ttab\nnewline"]
     assert report.counts["control_chars_removed"] == 6
-    assert report.examples == ["control_chars_removed: corpus.txt: record 7"]
+    assert report.examples == ["control_chars_removed: corpus.txt: byte 7"]
 
 
 def test_control_characters_removed_from_ascii_text():

@@ -119,3 +119,30 @@ def test_verify_exits_1_naming_the_bad_shard(mixed_format_dir, wordpiece_tokeniz
 def test_inspect_and_verify_of_an_unfinished_dir(capsys, tmp_path, args):
     assert main([*args, str(tmp_path)]) == 1
     assert "manifest.json not found" in capsys.readouterr().err
+
+
+def test_sentencepiece_flags_reach_the_trainer(capsys, sample_corpus_dir, tmp_path):
+    args = ["tokenizer", "--input", sample_corpus_dir, "--vocab-size", "500", "--out"]
+    assert main([*args, str(tmp_path / "wp"), "--kind", "wordpiece", "--byte-fallback"]) == 1
+    assert "SentencePiece options" in capsys.readouterr().err
+    assert (
+        main([*args, str(tmp_path / "sp"), "--kind", "sentencepiece-bpe", "--character-coverage", "0.5"]) == 1
+    )
+    assert "character coverage 0.5 must be in [0.98, 1]" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "sp"), "--kind", "sentencepiece-bpe", "--byte-fallback"]) == 0
+    vocab = json.loads((tmp_path / "sp" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert "<0xF0>" in vocab  # the byte pieces
+
+
+def test_a_build_of_the_scheme_before_offset_keys_is_another_build(
+    capsys, mixed_format_dir, wordpiece_tokenizer_dir, tmp_path
+):
+    out = tmp_path / "shards"
+    args = ["build", "--input", mixed_format_dir, "--tokenizer", wordpiece_tokenizer_dir, "--out", str(out)]
+    assert main([*args, "--seq-len", "32"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["build"]["identity"]["scheme"]  # what builds keyed by record index recorded
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main([*args, "--seq-len", "32"]) == 1
+    assert "holds a different build (made by another version of mlm-data" in capsys.readouterr().err

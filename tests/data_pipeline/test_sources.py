@@ -61,7 +61,7 @@ def test_txt_one_document_per_line(tmp_path, compression):
 
 
 @pytest.mark.parametrize("compression", [None, "gz", "bz2", "zst", "xz"])
-def test_jsonl_reads_text_field_and_line_numbers(tmp_path, compression):
+def test_jsonl_reads_text_field_and_byte_offsets(tmp_path, compression):
     lines = [json.dumps({"text": t, "id": i}) for i, t in enumerate(DOCS)]
     lines.insert(1, "")  # a blank line is skipped but still counts as a line
     lines.append(json.dumps({"text": None}))
@@ -70,7 +70,8 @@ def test_jsonl_reads_text_field_and_line_numbers(tmp_path, compression):
     (source,) = expand_inputs([path])
     docs = list(iter_documents(source, report))
     assert [d.text for d in docs] == DOCS
-    assert [d.index for d in docs] == [0, 2, 3]
+    starts = [0, len(lines[0]) + 2, len(lines[0]) + len(lines[2]) + 3]  # the lines' first bytes
+    assert [d.offset for d in docs] == starts and {d.unit for d in docs} == {"byte"}
     assert report.counts["null_text"] == 1
 
 
