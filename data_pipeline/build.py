@@ -26,6 +26,7 @@ from data_pipeline import build_worker, file_parts, nsp_pairs, packing, parallel
 from data_pipeline.clean import CleanConfig, CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION, InputSet, SourceFile, expand_input_set
+from data_pipeline.integrity import temp_path, write_json_atomic
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
 from data_pipeline.segment import describe_segmenter
 from data_pipeline.shards import SPLITS, ShardSink, id_dtype_for, shard_schema
@@ -208,9 +209,7 @@ def _prepare_out(cfg: BuildConfig, identity: dict, files: list[SourceFile], segm
             )
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(id_path):
-        with open(id_path + ".tmp", "w") as f:
-            json.dump(identity, f, sort_keys=True)
-        os.replace(id_path + ".tmp", id_path)
+        write_json_atomic(id_path, identity, sort_keys=True)
     return work
 
 
@@ -266,7 +265,7 @@ def _clear(out: str) -> None:
     """Remove what a build writes (manifest first, so nothing looks complete meanwhile)."""
     for name in [MANIFEST_NAME, *sorted(os.listdir(out))]:
         path = os.path.join(out, name)
-        if name in (MANIFEST_NAME, "tokenizer", WORK_DIR) or name.endswith((".arrow", ".arrow.tmp")):
+        if name in (MANIFEST_NAME, "tokenizer", WORK_DIR) or name.endswith((".arrow", temp_path(".arrow"))):
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):

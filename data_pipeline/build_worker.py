@@ -19,6 +19,7 @@ import numpy as np
 
 from data_pipeline import nsp_pairs, packing, segment, work_units
 from data_pipeline.clean import Cleaner, CleanReport
+from data_pipeline.integrity import atomic_open
 from data_pipeline.shards import SPLITS
 from data_pipeline.sources import iter_documents
 from data_pipeline.work_units import WorkUnit, chunk_path
@@ -123,11 +124,8 @@ def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report:
     totals["documents"] += report.counts.get("documents", 0)
     arrays["report"] = np.frombuffer(json.dumps(report.to_dict()).encode(), np.uint8)
     path = chunk_path(_STATE["work"], unit, chunk)
-    with open(path + ".tmp", "wb") as f:
+    with atomic_open(path) as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def _encode(encoder, texts: list[str], scripts: list | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -204,7 +204,7 @@ def _build(args) -> int:
 
 
 def _verify(args) -> int:
-    from data_pipeline.manifest import verify_shards
+    from data_pipeline.verify import verify_shards
 
     problems = verify_shards(args.dir)
     for problem in problems:

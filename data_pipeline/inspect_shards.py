@@ -6,6 +6,7 @@ import os
 import shutil
 
 from data_pipeline.errors import DataError
+from data_pipeline.integrity import commit_temp, temp_path
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
 from data_pipeline.segment import describe_segmenter
 from data_pipeline.shards import SPLITS, ShardReader
@@ -196,5 +197,5 @@ def _link(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copyfile(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+        shutil.copyfile(src, temp_path(dst))
+        commit_temp(temp_path(dst), dst)

@@ -18,6 +18,7 @@ import sysconfig
 from collections.abc import Iterator
 
 from data_pipeline.errors import DataError
+from data_pipeline.integrity import commit_temp, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class _RotatingWriter:
     def _open_next(self) -> None:
         self.close()
         self.names.append(f"sample-{len(self.names):03d}.txt")
-        self._fh = open(os.path.join(self.out_dir, self.names[-1] + ".tmp"), "wb")  # noqa: SIM115
+        self._fh = open(temp_path(os.path.join(self.out_dir, self.names[-1])), "wb")  # noqa: SIM115
         self._file_bytes = 0
 
     def close(self) -> None:
@@ -95,7 +96,7 @@ class _RotatingWriter:
         if self._fh is not None:
             self._fh.close()
             final = os.path.join(self.out_dir, self.names[-1])
-            os.replace(final + ".tmp", final)
+            commit_temp(temp_path(final), final)
             self._fh = None
             logger.info("wrote %s (%d documents, %d bytes so far)", final, self.documents, self.total)
 

@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 
 from data_pipeline.errors import DataError
-from data_pipeline.manifest import Manifest, file_sha256
+from data_pipeline.integrity import commit_temp, file_sha256, remove_quietly, size_problem, temp_path
+from data_pipeline.manifest import Manifest
 from data_pipeline.manifest_schema import SPLITS
 
 PAIR_COLUMNS = ("segment_b_start", "pair_label")
@@ -68,7 +69,7 @@ class ShardWriter:
         self.schema = schema
         self.rows = 0
         self.tokens = 0
-        self._tmp = path + ".tmp"
+        self._tmp = temp_path(path)
         self._sink = pa.OSFile(self._tmp, "wb")
         self._writer = pa.ipc.new_stream(self._sink, schema)
 
@@ -84,9 +85,7 @@ class ShardWriter:
         """Finish the stream, fsync, rename into place; return (rows, tokens)."""
         self._writer.close()
         self._sink.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self._tmp, self.path)
+        commit_temp(self._tmp, self.path)
         return self.rows, self.tokens
 
     def abort(self) -> None:
@@ -95,8 +94,7 @@ class ShardWriter:
             self._writer.close()
             self._sink.close()
         finally:
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
+            remove_quietly(self._tmp)
 
 
 class ShardSink:
@@ -231,13 +229,12 @@ class ShardReader:
         total = 0
         for shard in self.manifest.splits[split]["shards"]:
             path = os.path.join(shards_dir, shard["file"])
-            if not os.path.isfile(path):
+            problem = size_problem(path, shard["bytes"], "the manifest")
+            if problem == "missing":
                 raise DataError(f"{path}: shard listed in the manifest is missing; rebuild or restore it")
-            size = os.path.getsize(path)
-            if size != shard["bytes"]:
+            if problem is not None:
                 raise DataError(
-                    f"{path}: size {size} bytes differs from the manifest's {shard['bytes']}; "
-                    "the shard is truncated or replaced, run `mlm-data verify`"
+                    f"{path}: {problem}; the shard is truncated or replaced, run `mlm-data verify`"
                 )
             in_shard = 0
             for batch in read_shard_batches(path):

@@ -13,10 +13,11 @@ from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
 from data_pipeline.errors import DataError
 from data_pipeline.inspect_shards import merge_parts, summary
-from data_pipeline.manifest import Manifest, verify_shards
+from data_pipeline.manifest import Manifest
 from data_pipeline.shards import ShardReader
 from data_pipeline.sources import Document, expand_inputs
 from data_pipeline.tokenizer import load_tokenizer
+from data_pipeline.verify import verify_shards
 
 SEQ_LEN = 48
 FILES = 6
