@@ -79,6 +79,18 @@ def commit_temp(tmp: str, path: str) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def commit_temp_dir(tmp_dir: str, path: str) -> None:
+    """Move the fully written directory `tmp_dir` to `path` (absent, or an empty directory) under the
+    same policy: every file in it and the directory itself fsynced, the rename, then the parent
+    directory fsynced. Raises OSError (e.g. when `path` is a non-empty directory)."""
+    for root, _, files in os.walk(tmp_dir):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+    os.replace(tmp_dir, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
 def remove_quietly(path: str) -> None:
     """Delete `path` if it exists (a temp file after a failed write); never raises FileNotFoundError."""
     with contextlib.suppress(FileNotFoundError):
