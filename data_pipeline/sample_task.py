@@ -1,6 +1,6 @@
 """A real labelled downstream task with no network: which standard-library package family a docstring is from.
 
-Each example is one module, class or function docstring (at least MIN_COMMENT_WORDS words, blank lines
+Each example is one module, class or function docstring (at least `python_source.MIN_WORDS` words, blank lines
 collapsed exactly as in the sample corpus) from the packages in FAMILIES; its label is the family. Test
 directories are left out (they moved between Python versions). A text found in two families is dropped
 (its label would be ambiguous); a text repeated within one family is kept once. The split is a pure
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from data_pipeline.errors import DataError
 from data_pipeline.integrity import atomic_open, write_json_atomic
-from data_pipeline.sample_corpus import docstrings_of, python_files
+from data_pipeline.python_source import docstrings_of, python_files
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ import pyarrow as pa
 from data_pipeline.errors import DataError
 from data_pipeline.integrity import commit_temp, file_sha256, remove_quietly, size_problem, temp_path
 from data_pipeline.manifest import Manifest
-from data_pipeline.manifest_schema import SPLITS
+from data_pipeline.manifest_schema import SPLITS, has_pairs
 
-PAIR_COLUMNS = ("segment_b_start", "pair_label")
 BATCH_ROWS = 4096  # rows per Arrow record batch inside a shard
 
 
@@ -220,7 +219,7 @@ class ShardReader:
         self.shards_dir = shards_dir
         self.split = split
         self.seq_len = self.manifest.seq_len
-        self.has_pairs = self.manifest.mode in ("nsp", "sop")
+        self.has_pairs = has_pairs(self.manifest.mode)
         self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
         schema = shard_schema(self.seq_len, self.manifest.id_dtype, self.has_pairs)
         self._blocks: list[dict[str, np.ndarray]] = []

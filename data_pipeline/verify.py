@@ -13,6 +13,7 @@ import numpy as np
 from data_pipeline.errors import DataError
 from data_pipeline.integrity import file_sha256, size_problem
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.manifest_schema import has_pairs
 from data_pipeline.shards import batch_to_numpy, read_shard_batches, row_problem, shard_schema
 
 
@@ -24,7 +25,7 @@ def verify_shards(shards_dir: str) -> list[str]:
     Raises DataError when the manifest itself is missing or unreadable.
     """
     manifest = Manifest.load(shards_dir)
-    schema = shard_schema(manifest.seq_len, manifest.id_dtype, manifest.mode in ("nsp", "sop"))
+    schema = shard_schema(manifest.seq_len, manifest.id_dtype, has_pairs(manifest.mode))
     vocab_size = int(manifest.tokenizer["vocab_size"])
     problems = []
     for split in manifest.splits.values():

@@ -10,7 +10,8 @@ import pytest
 
 from data_pipeline import build_worker, file_parts
 from data_pipeline.build import BuildConfig, run_build
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import CleanConfig, Cleaner
 from data_pipeline.errors import DataError
 from data_pipeline.inspect_shards import merge_parts, summary
 from data_pipeline.manifest import Manifest
@@ -148,7 +149,7 @@ def test_rows_decode_to_the_tokenized_documents(full_build, wordpiece_tokenizer_
         assert (rows["input_ids"][:, 0] == tok.special_ids.cls).all()
         assert (rows["length"][:-1] == SEQ_LEN).all()
         docs += _split_docs(_stream(rows), tok.special_ids.sep)
-    cleaner = Cleaner(CleanConfig(), CleanReport())
+    cleaner = Cleaner(CleanConfig(), BuildReport())
     texts = [t for i, text in enumerate(sample_documents) for t in cleaner.clean(Document(text, "x", i))]
     expected = [ids.tolist() for ids, _ in tok.encode_batch(texts)]
     assert sorted(docs) == sorted(expected)  # the split reorders documents; none is lost or altered
