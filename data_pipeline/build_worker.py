@@ -37,6 +37,8 @@ def is_validation(relpath: str, offset: int, fraction: float, seed: int) -> bool
     return int.from_bytes(digest, "little") < fraction * 2**64
 
 
+# This process's tokenizer and settings, set once by `init` (the pool's initializer) so that they are
+# not pickled with every unit; module-global because a pool task can only reach the worker's module.
 _STATE: dict = {}
 
 

@@ -144,6 +144,8 @@ def corpus_index(work: str, units: list[WorkUnit], markers: list[dict]) -> dict[
     return index
 
 
+# This process's corpus index and packing settings, set once by `init_pairing` (the pool's initializer)
+# so that they are not pickled with every chunk; module-global because a pool task can only reach them so.
 _STATE: dict = {}
 
 

@@ -13,8 +13,9 @@ from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.build_report import BuildReport
 from data_pipeline.clean import CleanConfig, Cleaner
 from data_pipeline.errors import DataError
-from data_pipeline.inspect_shards import merge_parts, summary
+from data_pipeline.inspect_shards import summary
 from data_pipeline.manifest import Manifest
+from data_pipeline.merge import merge_parts
 from data_pipeline.shards import ShardReader
 from data_pipeline.sources import Document, expand_inputs
 from data_pipeline.tokenizer import load_tokenizer
