@@ -60,11 +60,12 @@ def _env(cores: int) -> dict:
 
 def tokenizer_alone(corpus: str, tokenizer_dir: str) -> dict:
     """(in the child) tokens and seconds of encode_batch_fast over the cleaned documents of `corpus`."""
-    from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
+    from data_pipeline.build_report import BuildReport
+    from data_pipeline.clean import CleanConfig, Cleaner
     from data_pipeline.sources import expand_inputs, iter_documents
     from data_pipeline.tokenizer import load_tokenizer
 
-    report = CleanReport()
+    report = BuildReport()
     cleaner = Cleaner(CleanConfig(), report)
     texts = [t for s in expand_inputs([corpus]) for d in iter_documents(s, report) for t in cleaner.clean(d)]
     backend = load_tokenizer(tokenizer_dir).backend

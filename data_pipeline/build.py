@@ -23,10 +23,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from data_pipeline import build_worker, file_parts, nsp_pairs, packing, parallel, segment, work_units
-from data_pipeline.clean import CleanConfig, CleanReport
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import CleanConfig
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION, InputSet, SourceFile, expand_input_set
+from data_pipeline.integrity import temp_path, write_json_atomic
 from data_pipeline.manifest import MANIFEST_NAME, Manifest
+from data_pipeline.manifest_schema import has_pairs
 from data_pipeline.segment import describe_segmenter
 from data_pipeline.shards import SPLITS, ShardSink, id_dtype_for, shard_schema
 from data_pipeline.tokenizer import LoadedTokenizer, load_tokenizer
@@ -208,9 +211,7 @@ def _prepare_out(cfg: BuildConfig, identity: dict, files: list[SourceFile], segm
             )
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(id_path):
-        with open(id_path + ".tmp", "w") as f:
-            json.dump(identity, f, sort_keys=True)
-        os.replace(id_path + ".tmp", id_path)
+        write_json_atomic(id_path, identity, sort_keys=True)
     return work
 
 
@@ -266,7 +267,7 @@ def _clear(out: str) -> None:
     """Remove what a build writes (manifest first, so nothing looks complete meanwhile)."""
     for name in [MANIFEST_NAME, *sorted(os.listdir(out))]:
         path = os.path.join(out, name)
-        if name in (MANIFEST_NAME, "tokenizer", WORK_DIR) or name.endswith((".arrow", ".arrow.tmp")):
+        if name in (MANIFEST_NAME, "tokenizer", WORK_DIR) or name.endswith((".arrow", temp_path(".arrow"))):
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):
@@ -306,10 +307,10 @@ def _pack(
     cfg: BuildConfig, tok: LoadedTokenizer, units: list[WorkUnit], work: str, id_dtype: str, markers,
     inputs: InputSet, segmenter: dict | None,
 ) -> Manifest:  # fmt: skip
-    pairs = cfg.mode != "full-sentences"
+    pairs = has_pairs(cfg.mode)
     schema = shard_schema(cfg.seq_len, id_dtype, pairs)
     rows_suffix = nsp_pairs.PAIRS_SUFFIX if cfg.mode == "nsp" else ".npz"
-    report = CleanReport()
+    report = BuildReport()
     splits = {}
     for split in SPLITS:
         sink = ShardSink(cfg.out, split, schema, cfg.rows_per_shard)
@@ -318,7 +319,7 @@ def _pack(
             for chunk in range(marker["chunks"]):
                 if split == SPLITS[0]:
                     with np.load(chunk_path(work, unit, chunk)) as data:
-                        report.merge(CleanReport.from_dict(json.loads(data["report"].tobytes())))
+                        report.merge(BuildReport.from_dict(json.loads(data["report"].tobytes())))
                 with np.load(chunk_path(work, unit, chunk, rows_suffix)) as data:
                     if pairs:
                         sink.write({k: data[f"{split}/{k}"] for k in schema.names})

@@ -18,7 +18,10 @@ import os
 import numpy as np
 
 from data_pipeline import nsp_pairs, packing, segment, work_units
-from data_pipeline.clean import Cleaner, CleanReport
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import Cleaner
+from data_pipeline.integrity import atomic_open
+from data_pipeline.manifest_schema import has_pairs
 from data_pipeline.shards import SPLITS
 from data_pipeline.sources import iter_documents
 from data_pipeline.work_units import WorkUnit, chunk_path
@@ -34,6 +37,8 @@ def is_validation(relpath: str, offset: int, fraction: float, seed: int) -> bool
     return int.from_bytes(digest, "little") < fraction * 2**64
 
 
+# This process's tokenizer and settings, set once by `init` (the pool's initializer) so that they are
+# not pickled with every unit; module-global because a pool task can only reach the worker's module.
 _STATE: dict = {}
 
 
@@ -50,7 +55,7 @@ def process_unit(unit: WorkUnit) -> dict:
     returns {"bytes", "documents", "tokens"} for the progress line."""
     cfg, work = _STATE["cfg"], _STATE["work"]
     record = work_units.begin_unit(work, unit, _STATE["stamp"])
-    report = CleanReport()  # reset after each chunk: every chunk file carries its own counts
+    report = BuildReport()  # reset after each chunk: every chunk file carries its own counts
     cleaner = Cleaner(cfg.clean, report)
     rel = os.path.relpath(unit.source.path, _STATE["root"])
     docs: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -81,12 +86,12 @@ def process_unit(unit: WorkUnit) -> dict:
     return {"bytes": end - start, **totals}
 
 
-def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report: CleanReport, totals) -> None:
+def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report: BuildReport, totals) -> None:
     cfg, encoder = _STATE["cfg"], _STATE["encoder"]
     sep = _STATE["tokenizer"].special_ids.sep
     arrays: dict[str, np.ndarray] = {}
     for s, split in enumerate(SPLITS):
-        if cfg.mode == "full-sentences":
+        if not has_pairs(cfg.mode):
             encoded = _encode(encoder, docs[split])
             totals["tokens"] += sum(len(e[0]) for e in encoded)
             ids, ws = packing.join_documents(encoded, sep)
@@ -123,11 +128,8 @@ def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report:
     totals["documents"] += report.counts.get("documents", 0)
     arrays["report"] = np.frombuffer(json.dumps(report.to_dict()).encode(), np.uint8)
     path = chunk_path(_STATE["work"], unit, chunk)
-    with open(path + ".tmp", "wb") as f:
+    with atomic_open(path) as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def _encode(encoder, texts: list[str], scripts: list | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,69 +1,28 @@
 """Document cleaning: control characters, Unicode normalisation, empty and overlong documents.
 
-Every repair or drop is counted in a `CleanReport` (which also collects what `sources` repairs, e.g.
-invalid UTF-8), so a build's manifest can say exactly what happened to the input.
+Every repair or drop is counted in the build's `BuildReport` (`build_report`), so a build's manifest
+can say exactly what happened to the input.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from data_pipeline.build_report import BuildReport
 from data_pipeline.segment import join_cjk_line_breaks, last_sentence_end, unspaced_script
 
 if TYPE_CHECKING:
     from data_pipeline.sources import Document
 
-MAX_EXAMPLES_PER_KEY = 5
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")
 
 # C0 controls except \t \n \r, DEL, C1 controls, the BOM / zero-width no-break space, and lone
 # surrogates (JSON "\ud800" escapes decode to them and no tokenizer can encode them).
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ud800-\udfff]+")
 _ASCII_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
-
-
-@dataclass
-class CleanReport:
-    """Counts of everything dropped or repaired, plus the first few examples of each (mergeable).
-
-    Keys used: documents, empty_documents, short_documents, control_chars_removed, unicode_normalized,
-    cjk_line_breaks_joined, overlong_documents_split, overlong_pieces, invalid_utf8_replaced, null_text,
-    files (see `sources`); a build adds the word-segmentation counts of `segment.WordStartEncoder`.
-    """
-
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, key: str, n: int = 1, example: str | None = None) -> None:
-        """Add `n` to counter `key`; keep `example` (as 'key: example') if `key` has < 5 examples."""
-        self.counts[key] = self.counts.get(key, 0) + n
-        if example is not None and self._example_count(key) < MAX_EXAMPLES_PER_KEY:
-            self.examples.append(f"{key}: {example}")
-
-    def merge(self, other: CleanReport) -> None:
-        """Add another report's counts and examples (e.g. from another worker) into this one."""
-        for key, n in other.counts.items():
-            self.counts[key] = self.counts.get(key, 0) + n
-        for example in other.examples:
-            key = example.split(": ", 1)[0]
-            if self._example_count(key) < MAX_EXAMPLES_PER_KEY:
-                self.examples.append(example)
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict: {'counts': {key: n} (sorted), 'examples': [...]}."""
-        return {"counts": dict(sorted(self.counts.items())), "examples": list(self.examples)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CleanReport:
-        """Inverse of `to_dict` (for reports passed between processes as JSON)."""
-        return cls(counts=dict(data.get("counts", {})), examples=list(data.get("examples", [])))
-
-    def _example_count(self, key: str) -> int:
-        prefix = key + ": "
-        return sum(1 for e in self.examples if e.startswith(prefix))
 
 
 @dataclass(frozen=True)
@@ -95,7 +54,7 @@ class CleanConfig:
 class Cleaner:
     """Turns a raw `Document` into zero or more clean texts, counting every action in the report."""
 
-    def __init__(self, config: CleanConfig, report: CleanReport) -> None:
+    def __init__(self, config: CleanConfig, report: BuildReport) -> None:
         """Clean with `config`; counts and examples go to `report`."""
         self.config = config
         self.report = report

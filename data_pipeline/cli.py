@@ -204,7 +204,7 @@ def _build(args) -> int:
 
 
 def _verify(args) -> int:
-    from data_pipeline.manifest import verify_shards
+    from data_pipeline.verify import verify_shards
 
     problems = verify_shards(args.dir)
     for problem in problems:
@@ -239,7 +239,7 @@ def _inspect(args) -> int:
 
 
 def _merge(args) -> int:
-    from data_pipeline.inspect_shards import merge_parts
+    from data_pipeline.merge import merge_parts
 
     m = merge_parts(args.parts, args.out)
     print(f"merged {len(args.parts)} parts into {args.out}: {m.rows} sequences, {m.tokens} tokens")

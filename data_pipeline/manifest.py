@@ -1,17 +1,16 @@
-"""`Manifest`: the `manifest.json` of a shards directory (written last, atomically) and `verify_shards`."""
+"""`Manifest`: the `manifest.json` of a shards directory (written last, atomically): the dataclass,
+load (checked by `manifest_schema`) and save. A leaf: it imports no other module of the build."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from data_pipeline.errors import DataError
-from data_pipeline.manifest_schema import MODES, check_manifest_data  # noqa: F401 (MODES re-exported)
+from data_pipeline.integrity import write_json_atomic
+from data_pipeline.manifest_schema import check_manifest_data
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -59,15 +58,9 @@ class Manifest:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def save(self, shards_dir: str) -> None:
-        """Write `shards_dir/manifest.json` atomically (temp file, fsync, rename)."""
+        """Write `shards_dir/manifest.json` atomically (`integrity.write_json_atomic`)."""
         path = os.path.join(shards_dir, MANIFEST_NAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_json_atomic(path, asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, shards_dir: str) -> Manifest:
@@ -92,99 +85,3 @@ class Manifest:
             raise DataError(f"{path}: format_version {data.get('format_version')!r}, need {FORMAT_VERSION}")
         check_manifest_data(data, path, shards_dir)
         return cls(**data)
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_shards(shards_dir: str) -> list[str]:
-    """Check every shard against the manifest (size, sha256, Arrow validity, schema, id range, lengths)
-    and that the manifest covers its whole build (`coverage_problem`).
-
-    Returns one problem string per bad shard (naming the file), [] when all is well.
-    Raises DataError when the manifest itself is missing or unreadable.
-    """
-    from data_pipeline.shards import batch_to_numpy, read_shard_batches, shard_schema
-
-    manifest = Manifest.load(shards_dir)
-    schema = shard_schema(manifest.seq_len, manifest.id_dtype, manifest.mode in ("nsp", "sop"))
-    vocab_size = int(manifest.tokenizer["vocab_size"])
-    problems = []
-    for split in manifest.splits.values():
-        for shard in split["shards"]:
-            path = os.path.join(shards_dir, shard["file"])
-            problem = _check_shard(path, shard, schema, vocab_size, manifest.seq_len)
-            if problem is None:
-                try:
-                    batches = read_shard_batches(path)
-                    problem = _check_rows(
-                        batches, batch_to_numpy, schema, shard, vocab_size, manifest.seq_len
-                    )
-                except DataError as exc:
-                    problem = str(exc)
-            if problem is not None:
-                problems.append(f"{path}: {problem}" if not problem.startswith(path) else problem)
-    coverage = coverage_problem(manifest)
-    if coverage is not None:
-        problems.append(f"{os.path.join(shards_dir, MANIFEST_NAME)}: {coverage}")
-    return problems
-
-
-def coverage_problem(manifest: Manifest) -> str | None:
-    """Why the manifest's `sources` are not all the input files of its build (or of its partition),
-    each once, or None. Catches a merge of only some partitions, or of one partition twice, from
-    the count of files alone (the build identity lists every input file of the build)."""
-    identity = manifest.build.get("identity") if isinstance(manifest.build, dict) else None
-    if not isinstance(identity, dict) or not isinstance(identity.get("files"), list):
-        return None  # not written by `mlm-data build`: nothing to compare against
-    paths = [s.get("path") for s in manifest.sources]
-    repeated = sorted((p for p, n in Counter(paths).items() if n > 1), key=str)
-    if repeated:
-        return f"lists the input {repeated[0]} more than once (a partition merged twice?); merge again"
-    total = len(identity["files"])
-    partition = manifest.build.get("partition")
-    expected = total if partition is None else len(range(partition["index"], total, partition["count"]))
-    if len(paths) != expected:
-        what = "its build" if partition is None else f"partition {partition['index']} of {partition['count']}"
-        return (
-            f"holds {len(paths)} of the {expected} input files of {what} (a merge missing partitions?); "
-            "merge all partitions again"
-        )
-    return None
-
-
-def _check_shard(path: str, shard: dict, schema, vocab_size: int, seq_len: int) -> str | None:
-    if not os.path.isfile(path):
-        return "missing"
-    size = os.path.getsize(path)
-    if size != shard["bytes"]:
-        return f"size {size} bytes, manifest says {shard['bytes']} (truncated or replaced)"
-    digest = file_sha256(path)
-    if digest != shard["sha256"]:
-        return f"sha256 {digest[:12]}... differs from the manifest's {shard['sha256'][:12]}... (corrupted)"
-    return None
-
-
-def _check_rows(batches, batch_to_numpy, schema, shard: dict, vocab_size: int, seq_len: int) -> str | None:
-    from data_pipeline.shards import row_problem
-
-    rows = tokens = 0
-    for batch in batches:
-        if not batch.schema.equals(schema):
-            return f"schema {batch.schema} differs from the expected {schema}"
-        batch.validate(full=True)
-        cols = batch_to_numpy(batch)
-        bad = row_problem(cols, vocab_size, seq_len)
-        if bad is not None:
-            return f"row {rows + bad[0]}: {bad[1]}"
-        rows += batch.num_rows
-        tokens += int(np.asarray(cols["length"], dtype=np.int64).sum())
-    if rows != shard["rows"] or tokens != shard["tokens"]:
-        return f"{rows} rows / {tokens} tokens, manifest says {shard['rows']} / {shard['tokens']}"
-    return None

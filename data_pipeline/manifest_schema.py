@@ -19,6 +19,12 @@ MODES = ("full-sentences", "nsp", "sop")
 SPLITS = ("train", "validation")
 ID_DTYPES = {"uint16": 1 << 16, "uint32": 1 << 32}  # id dtype -> ids it can hold
 SHARD_KEYS = ("file", "rows", "tokens", "bytes", "sha256")
+PAIR_MODES = ("nsp", "sop")  # the modes whose rows are two segments with a pair label
+
+
+def has_pairs(mode: str) -> bool:
+    """True when rows of packing `mode` are sentence pairs (columns `segment_b_start`, `pair_label`)."""
+    return mode in PAIR_MODES
 
 
 def _show(value) -> str:

@@ -20,6 +20,7 @@ from collections import OrderedDict
 import numpy as np
 
 from data_pipeline import packing
+from data_pipeline.integrity import atomic_open
 from data_pipeline.shards import SPLITS
 from data_pipeline.work_units import WorkUnit, chunk_path
 
@@ -48,12 +49,9 @@ def write_documents(path: str, documents: list[list[Sentence]], id_dtype: str) -
     ids = np.concatenate([s[0] for s in sentences]).astype(dtype) if sentences else np.zeros(0, dtype)
     ws = np.concatenate([s[1] for s in sentences]).astype(np.uint8) if sentences else np.zeros(0, np.uint8)
     header = np.array([len(documents), len(sentences), len(ids), dtype.itemsize], "<i8")
-    with open(path + ".tmp", "wb") as f:
+    with atomic_open(path) as f:
         for part in (_MAGIC, header, doc_starts.astype("<i8"), token_starts.astype("<i8"), ids, ws):
             f.write(memoryview(part).cast("B") if isinstance(part, np.ndarray) else part)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def read_documents(path: str) -> list[list[Sentence]]:
@@ -146,6 +144,8 @@ def corpus_index(work: str, units: list[WorkUnit], markers: list[dict]) -> dict[
     return index
 
 
+# This process's corpus index and packing settings, set once by `init_pairing` (the pool's initializer)
+# so that they are not pickled with every chunk; module-global because a pool task can only reach them so.
 _STATE: dict = {}
 
 
@@ -180,11 +180,8 @@ def pair_chunk(task: tuple[WorkUnit, int]) -> None:
         )  # fmt: skip
         arrays.update({f"{split}/{k}": v for k, v in rows.items()})
     path = chunk_path(_STATE["work"], unit, chunk, PAIRS_SUFFIX)
-    with open(path + ".tmp", "wb") as f:
+    with atomic_open(path) as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def chunks_to_pair(work: str, units: list[WorkUnit], markers: list[dict], redo: bool) -> list:

@@ -19,13 +19,14 @@ from typing import Protocol
 import numpy as np
 
 from data_pipeline.errors import DataError
+from data_pipeline.manifest_schema import has_pairs
 
 SHORT_SEQ_PROB = 0.1
 
 
 def min_seq_len(mode: str) -> int:
     """Smallest usable seq_len: [CLS] + a token + [SEP] (full-sentences), [CLS] A [SEP] B [SEP] (pairs)."""
-    return 8 if mode in ("nsp", "sop") else 4
+    return 8 if has_pairs(mode) else 4
 
 
 def check_seq_len(seq_len: int, mode: str) -> None:

@@ -18,17 +18,17 @@ import sysconfig
 from collections.abc import Iterator
 
 from data_pipeline.errors import DataError
+from data_pipeline.integrity import commit_temp, temp_path
+from data_pipeline.python_source import BLANK_LINES, MIN_WORDS, docstrings_of, parse_python, python_files
+from data_pipeline.sample_task import evaluation_texts
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 12_000_000
 FILE_BYTES = 2_000_000  # several files, so a parallel build has work units to spread
-MIN_COMMENT_WORDS = 4
 DOCUMENT_CHARS = 8000  # paragraphs are grouped into documents of about this size
 
-_BLANK_LINES = re.compile(r"\n\s*\n")
 _COMMENT_LINE = re.compile(r"^[ \t]*#[ \t]?(.*)$")
-_SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages", "idle_test", "tokenizedata"}
 
 
 def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None) -> dict:
@@ -48,7 +48,6 @@ def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     if any(name.startswith("sample-") and name.endswith(".txt") for name in os.listdir(out_dir)):
         raise DataError(f"{out_dir} already holds a sample corpus (sample-*.txt); choose an empty directory")
-    from data_pipeline.sample_task import evaluation_texts  # it builds on this module's walkers
 
     held_out = _HeldOut(evaluation_texts())
     writer = _RotatingWriter(out_dir, limit)
@@ -87,7 +86,7 @@ class _RotatingWriter:
     def _open_next(self) -> None:
         self.close()
         self.names.append(f"sample-{len(self.names):03d}.txt")
-        self._fh = open(os.path.join(self.out_dir, self.names[-1] + ".tmp"), "wb")  # noqa: SIM115
+        self._fh = open(temp_path(os.path.join(self.out_dir, self.names[-1])), "wb")  # noqa: SIM115
         self._file_bytes = 0
 
     def close(self) -> None:
@@ -95,7 +94,7 @@ class _RotatingWriter:
         if self._fh is not None:
             self._fh.close()
             final = os.path.join(self.out_dir, self.names[-1])
-            os.replace(final + ".tmp", final)
+            commit_temp(temp_path(final), final)
             self._fh = None
             logger.info("wrote %s (%d documents, %d bytes so far)", final, self.documents, self.total)
 
@@ -127,27 +126,6 @@ def _documents(held_out: _HeldOut) -> Iterator[str]:
             yield from _group([d for d in docstrings_of(path) if held_out.keep(d)])
 
 
-def python_files(root: str, skip: set[str] | None = None) -> Iterator[str]:
-    """Paths of the .py files under `root`, walked in sorted order, leaving out `skip` directory names
-    (None: the standard library's test-data and cache dirs) and hidden ones."""
-    skip = _SKIPPED_DIRS if skip is None else skip
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in skip and d != "__pycache__" and not d.startswith(".")
-        )
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                yield os.path.join(dirpath, name)
-
-
-def _parse(path: str) -> ast.Module | None:
-    try:
-        with open(path, "rb") as fh:
-            return ast.parse(fh.read(), filename=path)
-    except (SyntaxError, ValueError, OSError):  # deliberately broken test files, odd encodings
-        return None
-
-
 def _group(paragraphs: list[str]) -> Iterator[str]:
     """Consecutive paragraphs joined by newlines into documents of at most ~DOCUMENT_CHARS characters."""
     current: list[str] = []
@@ -162,32 +140,16 @@ def _group(paragraphs: list[str]) -> Iterator[str]:
         yield "\n".join(current)
 
 
-def docstrings_of(path: str) -> list[str]:
-    """The module, class and function docstrings of the Python file `path` with at least
-    MIN_COMMENT_WORDS words, blank lines collapsed (one paragraph per line), in `ast.walk` order.
-    Unparsable or unreadable files give []."""
-    tree = _parse(path)
-    if tree is None:
-        return []
-    docstrings = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            docstring = ast.get_docstring(node)
-            if docstring and len(docstring.split()) >= MIN_COMMENT_WORDS:
-                docstrings.append(_BLANK_LINES.sub("\n", docstring.strip()))
-    return docstrings
-
-
 def _reference_topics(path: str) -> Iterator[str]:
     """The language reference topics (pydoc_data/topics.py holds them as a dict literal)."""
-    tree = _parse(path)
+    tree = parse_python(path)
     if tree is None:
         return
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
             for value in node.values:
                 if isinstance(value, ast.Constant) and isinstance(value.value, str) and value.value.strip():
-                    yield from _group(_BLANK_LINES.sub("\n", value.value.strip()).split("\n"))
+                    yield from _group(BLANK_LINES.sub("\n", value.value.strip()).split("\n"))
 
 
 def _comment_document(path: str) -> Iterator[str]:
@@ -205,7 +167,7 @@ def _comment_document(path: str) -> Iterator[str]:
             current.append(text)
         elif current:
             block = " ".join(current)
-            if len(block.split()) >= MIN_COMMENT_WORDS:
+            if len(block.split()) >= MIN_WORDS:
                 blocks.append(block)
             current = []
     yield from _group(blocks)

@@ -1,6 +1,6 @@
 """A real labelled downstream task with no network: which standard-library package family a docstring is from.
 
-Each example is one module, class or function docstring (at least MIN_COMMENT_WORDS words, blank lines
+Each example is one module, class or function docstring (at least `python_source.MIN_WORDS` words, blank lines
 collapsed exactly as in the sample corpus) from the packages in FAMILIES; its label is the family. Test
 directories are left out (they moved between Python versions). A text found in two families is dropped
 (its label would be ambiguous); a text repeated within one family is kept once. The split is a pure
@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Iterator
 
 from data_pipeline.errors import DataError
-from data_pipeline.sample_corpus import docstrings_of, python_files
+from data_pipeline.integrity import atomic_open, write_json_atomic
+from data_pipeline.python_source import docstrings_of, python_files
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +132,14 @@ def write_sample_task(out_dir: str, *, stdlib: str | None = None) -> dict:
         raise DataError(f"no docstrings found under {stdlib or sysconfig.get_paths()['stdlib']}")
     for split in SPLITS:
         path = os.path.join(out_dir, f"{split}.jsonl")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with atomic_open(path, "w") as f:
             for e in examples:
                 if e["split"] == split:
                     record = {"text": e["text"], "label": e["label"], "source": e["source"]}
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(path + ".tmp", path)
     stats = summary(examples, dropped)
     path = os.path.join(out_dir, "task.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, stats, indent=2)
     logger.info("sample task in %s: %d train, %d validation examples", out_dir,
                 stats["train"]["examples"], stats["validation"]["examples"])  # fmt: skip
     return stats

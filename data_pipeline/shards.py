@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 
 from data_pipeline.errors import DataError
-from data_pipeline.manifest import Manifest, file_sha256
-from data_pipeline.manifest_schema import SPLITS
+from data_pipeline.integrity import commit_temp, file_sha256, remove_quietly, size_problem, temp_path
+from data_pipeline.manifest import Manifest
+from data_pipeline.manifest_schema import SPLITS, has_pairs
 
-PAIR_COLUMNS = ("segment_b_start", "pair_label")
 BATCH_ROWS = 4096  # rows per Arrow record batch inside a shard
 
 
@@ -68,7 +68,7 @@ class ShardWriter:
         self.schema = schema
         self.rows = 0
         self.tokens = 0
-        self._tmp = path + ".tmp"
+        self._tmp = temp_path(path)
         self._sink = pa.OSFile(self._tmp, "wb")
         self._writer = pa.ipc.new_stream(self._sink, schema)
 
@@ -84,9 +84,7 @@ class ShardWriter:
         """Finish the stream, fsync, rename into place; return (rows, tokens)."""
         self._writer.close()
         self._sink.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self._tmp, self.path)
+        commit_temp(self._tmp, self.path)
         return self.rows, self.tokens
 
     def abort(self) -> None:
@@ -95,8 +93,7 @@ class ShardWriter:
             self._writer.close()
             self._sink.close()
         finally:
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
+            remove_quietly(self._tmp)
 
 
 class ShardSink:
@@ -222,7 +219,7 @@ class ShardReader:
         self.shards_dir = shards_dir
         self.split = split
         self.seq_len = self.manifest.seq_len
-        self.has_pairs = self.manifest.mode in ("nsp", "sop")
+        self.has_pairs = has_pairs(self.manifest.mode)
         self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
         schema = shard_schema(self.seq_len, self.manifest.id_dtype, self.has_pairs)
         self._blocks: list[dict[str, np.ndarray]] = []
@@ -231,13 +228,12 @@ class ShardReader:
         total = 0
         for shard in self.manifest.splits[split]["shards"]:
             path = os.path.join(shards_dir, shard["file"])
-            if not os.path.isfile(path):
+            problem = size_problem(path, shard["bytes"], "the manifest")
+            if problem == "missing":
                 raise DataError(f"{path}: shard listed in the manifest is missing; rebuild or restore it")
-            size = os.path.getsize(path)
-            if size != shard["bytes"]:
+            if problem is not None:
                 raise DataError(
-                    f"{path}: size {size} bytes differs from the manifest's {shard['bytes']}; "
-                    "the shard is truncated or replaced, run `mlm-data verify`"
+                    f"{path}: {problem}; the shard is truncated or replaced, run `mlm-data verify`"
                 )
             in_shard = 0
             for batch in read_shard_batches(path):

@@ -1,7 +1,7 @@
 """Input files -> documents: stream `.txt` `.jsonl` `.parquet` files (paths expand in `input_files`).
 
 Compressed variants (`.gz` `.bz2` `.zst` `.xz`) are decompressed as a stream; nothing reads a whole file
-into memory. Invalid UTF-8 is replaced with U+FFFD and counted in the `CleanReport` with the file and byte
+into memory. Invalid UTF-8 is replaced with U+FFFD and counted in the `BuildReport` with the file and byte
 offset; a file that is mostly U+FFFD or control characters is refused (`text_check`). Every bad input
 raises `DataError` naming the file (and the line or row where there is one).
 """
@@ -24,7 +24,7 @@ from typing import BinaryIO
 import zstandard
 
 from data_pipeline import file_parts
-from data_pipeline.clean import CleanReport
+from data_pipeline.build_report import BuildReport
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import SourceFile, expand_input_set, expand_inputs  # noqa: F401 (re-exported)
 from data_pipeline.text_check import SNIFF_BYTES, GarbageMeter, has_nul
@@ -58,7 +58,7 @@ class Document:
 
 def iter_documents(
     source: SourceFile,
-    report: CleanReport,
+    report: BuildReport,
     *,
     text_field: str = "text",
     one_per_line: bool = False,
@@ -193,7 +193,7 @@ _ERROR_HANDLER = "mlm_pretrain.replace_and_record"
 codecs.register_error(_ERROR_HANDLER, _record_and_replace)
 
 
-def _decode(data: bytes, base_offset: int, path: str, report: CleanReport) -> str:
+def _decode(data: bytes, base_offset: int, path: str, report: BuildReport) -> str:
     """Decode UTF-8 in one C-level pass; invalid sequences become U+FFFD and are counted with offsets."""
     text = data.decode("utf-8", _ERROR_HANDLER)
     offsets = _decode_errors.offsets
@@ -222,7 +222,7 @@ def _complete_utf8_prefix(data: bytes) -> int:
 
 
 def _iter_text_chunks(
-    source: SourceFile, report: CleanReport, start: int = 0, end: int | None = None
+    source: SourceFile, report: BuildReport, start: int = 0, end: int | None = None
 ) -> Iterator[tuple[int, str]]:
     """(byte offset, decoded text) of bytes [start, end) of a file (to its end when `end` is None) in
     ~1 MiB pieces, never splitting a UTF-8 sequence. The binary check and the BOM belong to the file's
@@ -265,7 +265,7 @@ def _utf8_length(text: str, ascii_text: bool) -> int:
 
 
 def _iter_txt(
-    source: SourceFile, report: CleanReport, one_per_line: bool, start: int, end: int | None
+    source: SourceFile, report: BuildReport, one_per_line: bool, start: int, end: int | None
 ) -> Iterator[Document]:
     separator = _LINE_BREAK if one_per_line else _BLANK_LINES
     pending, at = "", start  # text not yet ended by a separator, and the byte offset of its start
@@ -292,7 +292,7 @@ def _iter_txt(
 
 
 def _iter_jsonl(
-    source: SourceFile, report: CleanReport, text_field: str, start: int, end: int | None
+    source: SourceFile, report: BuildReport, text_field: str, start: int, end: int | None
 ) -> Iterator[Document]:
     offset = start
     line_no = 0
@@ -348,7 +348,7 @@ def _parse_jsonl_record(path: str, where: str, line: str, text_field: str) -> st
     return text
 
 
-def _iter_parquet(source: SourceFile, report: CleanReport, text_field: str, part: int) -> Iterator[Document]:
+def _iter_parquet(source: SourceFile, report: BuildReport, text_field: str, part: int) -> Iterator[Document]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

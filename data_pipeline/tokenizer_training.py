@@ -34,8 +34,10 @@ from tokenizers import (
 )
 from tqdm import tqdm
 
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport, split_text
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import CleanConfig, Cleaner, split_text
 from data_pipeline.errors import DataError
+from data_pipeline.integrity import commit_temp_dir
 from data_pipeline.sources import SourceFile, expand_inputs, iter_documents
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def train_tokenizer(
     extensions: dict[str, str] | None = None,
     byte_fallback: bool = False,
     character_coverage: float = 0.9995,
-) -> CleanReport:
+) -> BuildReport:
     """Train a tokenizer on `inputs` (files/dirs/globs) and save it as an HF tokenizer dir at `out_dir`.
 
     kind: 'wordpiece' (HF tokenizers, BERT normaliser and pre-tokenizer), 'sentencepiece-unigram' or
@@ -80,7 +82,7 @@ def train_tokenizer(
     from `seed`), so every file contributes, and reading stops once the budget is reached. The
     directory is written to a temporary sibling and renamed into place.
 
-    Returns the `CleanReport` of the text read (training_documents, training_chars, what was dropped).
+    Returns the `BuildReport` of the text read (training_documents, training_chars, what was dropped).
 
     Raises:
         DataError: unknown kind; vocab_size too small/large for the text; byte_fallback or
@@ -99,7 +101,7 @@ def train_tokenizer(
         raise DataError(f"vocab_size {vocab_size} is too small")
     _check_out_dir(out_dir, overwrite)
     sources = expand_inputs(inputs, extensions)
-    report = CleanReport()
+    report = BuildReport()
     texts = _training_texts(
         sources, report, clean_config or CleanConfig(), max_training_chars, seed, text_field, one_per_line
     )
@@ -132,7 +134,7 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
 
 def _training_texts(
     sources: list[SourceFile],
-    report: CleanReport,
+    report: BuildReport,
     config: CleanConfig,
     max_chars: int,
     seed: int,
@@ -343,5 +345,5 @@ def _save_atomically(
     old_dir = f"{out_dir}.old-{os.getpid()}"
     if os.path.isdir(out_dir):
         os.rename(out_dir, old_dir)
-    os.rename(tmp_dir, out_dir)
+    commit_temp_dir(tmp_dir, out_dir)
     shutil.rmtree(old_dir, ignore_errors=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from data_pipeline import file_parts, parallel
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import SourceFile
+from data_pipeline.integrity import write_atomic
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,6 @@ def done_path(work: str, unit: WorkUnit) -> str:
 def start_path(work: str, unit: WorkUnit) -> str:
     """The input record of `unit` as it was when a worker began reading it."""
     return os.path.join(work, f"{unit.name}.start")
-
-
-def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
-    """Write `path` via a temp file and a rename (never a partial file under the name), fsynced first
-    when `durable` (a record whose loss only makes a rerun redo the unit need not be)."""
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def _read_json(path: str) -> dict | None:
@@ -138,7 +128,7 @@ def begin_unit(work: str, unit: WorkUnit, stamp: dict) -> dict:
     if previous is None or [previous.get("sha256"), previous.get("stamp")] != [record["sha256"], stamp]:
         drop_unit(work, unit)  # chunks of an interrupted run over older contents must not be mixed in
     if previous != record:  # lost or torn in a crash, it only makes the rerun drop the unit's chunks
-        atomic_write(start_path(work, unit), json.dumps(record, sort_keys=True).encode(), durable=False)
+        write_atomic(start_path(work, unit), json.dumps(record, sort_keys=True))
     return record
 
 
@@ -153,7 +143,7 @@ def finish_unit(work: str, unit: WorkUnit, chunks: int, record: dict) -> None:
             f"{unit.source.path}: changed while the build ran (size {record['size']} -> {st.st_size} "
             "bytes, or its mtime); rerun the same command to read it again"
         )
-    atomic_write(done_path(work, unit), json.dumps({"chunks": chunks, **record}, sort_keys=True).encode())
+    write_atomic(done_path(work, unit), json.dumps({"chunks": chunks, **record}, sort_keys=True))
 
 
 def _block_sha256(unit: WorkUnit) -> tuple[str, str]:

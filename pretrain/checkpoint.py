@@ -17,6 +17,7 @@ import time
 
 import yaml
 
+from data_pipeline.integrity import fsync_dir, fsync_file, write_atomic
 from pretrain.checkpoint_record import (
     COMPLETE_FILE,
     CONFIG_FILE,
@@ -24,13 +25,11 @@ from pretrain.checkpoint_record import (
     TRAINER_STATE_JSON,
     CheckpointError,
     capture_rng_state,
-    fsync_dir,
     load_state,
     restore_rng_state,
     save_state,
     validate_checkpoint,
     write_complete_record,
-    write_file_atomic,
 )
 from pretrain.collectives import Collectives
 from pretrain.elastic import prepare_universal
@@ -194,7 +193,7 @@ class CheckpointManager:
                     identity=self.run.identity, master_param_groups=master_param_groups(engine),
                 )  # fmt: skip
                 fsync_dir(tag_dir)
-                write_file_atomic(os.path.join(self.ckpt_dir, LATEST_FILE), tag + "\n")
+                write_atomic(os.path.join(self.ckpt_dir, LATEST_FILE), tag + "\n")
             except OSError as e:
                 error = e
         if self._barrier_bool(error is not None):
@@ -213,17 +212,14 @@ class CheckpointManager:
         """Rank 0: the resolved config and a copy of the tokenizer, so that the checkpoint says what it
         was trained with and export ships the tokenizer the weights belong to (fsynced)."""
         if self.run.config is not None:
-            write_file_atomic(
-                os.path.join(tag_dir, CONFIG_FILE), yaml.safe_dump(self.run.config, sort_keys=False)
-            )
+            write_atomic(os.path.join(tag_dir, CONFIG_FILE), yaml.safe_dump(self.run.config, sort_keys=False))
         if self.run.tokenizer_dir is not None:
             dst_dir = os.path.join(tag_dir, TOKENIZER_DIR)
             os.makedirs(dst_dir, exist_ok=True)
             for name in self.run.tokenizer_files:
                 dst = os.path.join(dst_dir, name)
                 shutil.copyfile(os.path.join(self.run.tokenizer_dir, name), dst)
-                with open(dst, "rb+") as f:
-                    os.fsync(f.fileno())
+                fsync_file(dst)
             fsync_dir(dst_dir)
 
     def prune(self) -> list[str]:

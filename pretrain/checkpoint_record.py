@@ -6,7 +6,6 @@ referenced by key, so a planted pickle payload is refused by the safetensors par
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -15,6 +14,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from data_pipeline.integrity import file_sha256, fsync_file, size_problem, write_atomic
 
 COMPLETE_FILE = "COMPLETE.json"
 TRAINER_STATE_JSON = "trainer_state.json"
@@ -29,44 +30,6 @@ _TUPLE = "__tuple__"
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read; the message names the file and what to do."""
-
-
-def fsync_dir(path: str) -> None:
-    """Flush a directory entry (a rename or a new file inside it) to disk; a no-op where unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` via a temp file + fsync + rename + fsync of the directory."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file's bytes (read in 4 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def list_files(tag_dir: str) -> list[str]:
@@ -95,7 +58,7 @@ def file_entries(directory: str) -> dict[str, dict]:
     return {
         rel: {
             "bytes": os.path.getsize(os.path.join(directory, rel)),
-            "sha256": sha256_file(os.path.join(directory, rel)),
+            "sha256": file_sha256(os.path.join(directory, rel)),
         }
         for rel in list_files(directory)
     }
@@ -126,7 +89,7 @@ def write_complete_record(
     }
     if master_param_groups is not None:
         record["master_param_groups"] = master_param_groups
-    write_file_atomic(os.path.join(tag_dir, COMPLETE_FILE), json.dumps(record, indent=1, sort_keys=True))
+    write_atomic(os.path.join(tag_dir, COMPLETE_FILE), json.dumps(record, indent=1, sort_keys=True))
     return record
 
 
@@ -207,10 +170,10 @@ def check_listed_files(directory: str, files: dict, source: str) -> None:
         path = os.path.join(directory, rel)
         if rel not in present:
             raise CheckpointError(f"{path} is listed in {source} but missing")
-        size = os.path.getsize(path)
-        if size != meta["bytes"]:
-            raise CheckpointError(f"{path} has {size} bytes, {source} recorded {meta['bytes']}: truncated")
-        if sha256_file(path) != meta["sha256"]:
+        problem = size_problem(path, meta["bytes"], source)
+        if problem is not None:
+            raise CheckpointError(f"{path}: {problem}: truncated")
+        if file_sha256(path) != meta["sha256"]:
             raise CheckpointError(f"{path} fails its sha256 check in {source}: the file is corrupt")
 
 
@@ -286,12 +249,11 @@ def save_state(state: dict, directory: str, stem: str) -> None:
     tensors: dict[str, torch.Tensor] = {}
     doc = _split_tensors(state, tensors, "state")
     # floats keep full precision: json writes repr(float), which round-trips exactly
-    write_file_atomic(os.path.join(directory, f"{stem}.json"), json.dumps(doc, indent=1, sort_keys=True))
+    write_atomic(os.path.join(directory, f"{stem}.json"), json.dumps(doc, indent=1, sort_keys=True))
     if tensors:
         path = os.path.join(directory, f"{stem}.safetensors")
-        save_file(tensors, path)
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+        save_file(tensors, path)  # under its final name: only COMPLETE.json, written last, makes it count
+        fsync_file(path)
 
 
 def load_state(directory: str, stem: str) -> dict:

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from data_pipeline.integrity import write_atomic
+
 
 class ConfigError(ValueError):
     """A config file, key or value is invalid; the message names the file or key and what to do."""
@@ -436,10 +438,7 @@ def config_to_dict(cfg: Config) -> dict:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML to `path` (temp file + rename, so a reader never sees half)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def config_hash(cfg: Config) -> str:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pretrain.distributed import free_port
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 VOCAB_SIZE = 8000
@@ -62,12 +63,6 @@ def _stage(title: str, done_marker: Path, cmd: list[str], clean: Path | None = N
     print(f"[demo] {title}: done in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _eval_losses(metrics_path: Path) -> list[dict]:
     if not metrics_path.exists():
         return []
@@ -97,7 +92,7 @@ def main() -> int:
         clean=shards,
     )  # fmt: skip
     train_cmd = [
-        _tool("torchrun"), f"--nproc-per-node={RANKS}", f"--master-port={_free_port()}", "-m", "pretrain",
+        _tool("torchrun"), f"--nproc-per-node={RANKS}", f"--master-port={free_port()}", "-m", "pretrain",
         "--config", str(CONFIG), f"run_dir={run_dir}", f"data.path={shards}",
     ]  # fmt: skip
     print(f"[demo] training on {RANKS} CPU ranks with ZeRO-2: {' '.join(train_cmd)}", flush=True)

@@ -37,7 +37,10 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A local TCP port that is free now, for a rendezvous on 127.0.0.1 (world-1 runs, the demo's
+    torchrun, tests). The port is released before it is returned, so another process could take it
+    in between: good enough on one machine, no substitute for a port the user chose."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -121,7 +124,7 @@ def prepare_environment() -> bool:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     os.environ.setdefault("LOCAL_RANK", "0")
     return on_gpu and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
 

@@ -14,7 +14,8 @@ import os
 import shutil
 from collections.abc import Callable
 
-from pretrain.checkpoint_record import CheckpointError, check_listed_files, file_entries, write_file_atomic
+from data_pipeline.integrity import write_atomic
+from pretrain.checkpoint_record import CheckpointError, check_listed_files, file_entries
 from pretrain.safe_load import deepspeed_loads_weights_only
 
 
@@ -52,7 +53,7 @@ def prepare_universal(tag_dir: str, load_dir: str, *, rank: int, agree: Callable
         try:
             shutil.rmtree(load_dir, ignore_errors=True)  # a leftover of an interrupted resume
             convert_to_universal(tag_dir, universal_tag_dir)
-            write_file_atomic(listing, json.dumps(file_entries(universal_tag_dir), indent=1))
+            write_atomic(listing, json.dumps(file_entries(universal_tag_dir), indent=1))
         except (RuntimeError, OSError, ValueError, KeyError, AssertionError) as e:  # CheckpointError too
             error = e
     if agree(error is not None):

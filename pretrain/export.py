@@ -21,6 +21,7 @@ import sys
 
 import torch
 
+from data_pipeline.integrity import commit_temp_dir
 from pretrain.checkpoint import TAG_RE, CheckpointError, find_newest_valid
 from pretrain.checkpoint_record import (
     COMPLETE_FILE,
@@ -164,7 +165,7 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
             f.write(card)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked above)
-        os.replace(tmp, out_dir)
+        commit_temp_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%s) to %s", tag_dir, class_name, out_dir)

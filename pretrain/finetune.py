@@ -15,7 +15,6 @@ done; 1 bad input (one line `mlm-finetune: error: ...` naming the file, column o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from data_pipeline.integrity import write_json_atomic
 from pretrain.finetune_data import FinetuneInputError, TaskData, load_task
 from pretrain.finetune_metrics import classification_metrics, summarise
 
@@ -294,11 +294,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)  # a reader never sees half a report
+    write_json_atomic(path, obj, indent=2)  # a reader never sees half a report
 
 
 def main(argv: list[str] | None = None) -> int:

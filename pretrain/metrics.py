@@ -18,6 +18,8 @@ import time
 import psutil
 import torch
 
+from data_pipeline.integrity import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -171,7 +173,4 @@ def _truncate_after(path: str, step: int) -> None:
         if record is not None and record["step"] <= step:
             kept.append(line)
     if len(kept) != len(lines):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        write_atomic(path, "".join(kept))

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from data_pipeline.clean import CleanReport
+from data_pipeline.build_report import BuildReport
 from data_pipeline.sample_corpus import write_sample_corpus
 from data_pipeline.sources import expand_inputs, iter_documents
 from data_pipeline.tokenizer import LoadedTokenizer, load_tokenizer, train_tokenizer
@@ -31,7 +31,7 @@ def sample_corpus_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def sample_documents(sample_corpus_dir) -> list[str]:
     """The raw documents of `sample_corpus_dir`, in order."""
-    report = CleanReport()
+    report = BuildReport()
     return [d.text for s in expand_inputs([sample_corpus_dir]) for d in iter_documents(s, report)]
 
 

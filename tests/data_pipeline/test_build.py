@@ -10,13 +10,16 @@ import pytest
 
 from data_pipeline import build_worker, file_parts
 from data_pipeline.build import BuildConfig, run_build
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import CleanConfig, Cleaner
 from data_pipeline.errors import DataError
-from data_pipeline.inspect_shards import merge_parts, summary
-from data_pipeline.manifest import Manifest, verify_shards
+from data_pipeline.inspect_shards import summary
+from data_pipeline.manifest import Manifest
+from data_pipeline.merge import merge_parts
 from data_pipeline.shards import ShardReader
 from data_pipeline.sources import Document, expand_inputs
 from data_pipeline.tokenizer import load_tokenizer
+from data_pipeline.verify import verify_shards
 
 SEQ_LEN = 48
 FILES = 6
@@ -147,7 +150,7 @@ def test_rows_decode_to_the_tokenized_documents(full_build, wordpiece_tokenizer_
         assert (rows["input_ids"][:, 0] == tok.special_ids.cls).all()
         assert (rows["length"][:-1] == SEQ_LEN).all()
         docs += _split_docs(_stream(rows), tok.special_ids.sep)
-    cleaner = Cleaner(CleanConfig(), CleanReport())
+    cleaner = Cleaner(CleanConfig(), BuildReport())
     texts = [t for i, text in enumerate(sample_documents) for t in cleaner.clean(Document(text, "x", i))]
     expected = [ids.tolist() for ids, _ in tok.encode_batch(texts)]
     assert sorted(docs) == sorted(expected)  # the split reorders documents; none is lost or altered

@@ -13,8 +13,8 @@ import pytest
 from data_pipeline import segment
 from data_pipeline.build import BuildConfig, run_build
 from data_pipeline.errors import DataError
-from data_pipeline.inspect_shards import merge_parts
 from data_pipeline.manifest import Manifest
+from data_pipeline.merge import merge_parts
 from data_pipeline.shards import ShardReader
 from data_pipeline.tokenizer import train_tokenizer
 from pretrain.config import MaskingConfig

@@ -9,7 +9,8 @@ import pytest
 
 from data_pipeline import nsp_pairs
 from data_pipeline.build import BuildConfig, run_build
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import CleanConfig, Cleaner
 from data_pipeline.inspect_shards import summary
 from data_pipeline.segment import split_sentences
 from data_pipeline.shards import SPLITS, ShardReader
@@ -48,7 +49,7 @@ def _token_text(ids) -> str:
 
 def _document_streams(docs: list[str], tokenizer) -> list[str]:
     """Each document's sentence tokens one after the other, as the pairing sees them."""
-    cleaner = Cleaner(CleanConfig(), CleanReport())
+    cleaner = Cleaner(CleanConfig(), BuildReport())
     streams = []
     for i, doc in enumerate(docs):
         (text,) = cleaner.clean(Document(doc, "x", i))

@@ -2,12 +2,13 @@
 
 import pytest
 
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport, split_text
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import CleanConfig, Cleaner, split_text
 from data_pipeline.sources import Document
 
 
 def clean(text, **config):
-    report = CleanReport()
+    report = BuildReport()
     pieces = Cleaner(CleanConfig(**config), report).clean(Document(text, "corpus.txt", 7))
     return pieces, report
 
@@ -82,7 +83,7 @@ def test_split_prefers_sentences_then_whitespace_then_hard_cut():
 
 
 def test_report_merge_sums_counts_and_caps_examples():
-    first, second = CleanReport(), CleanReport()
+    first, second = BuildReport(), BuildReport()
     for i in range(4):
         first.add("empty_documents", example=f"a.txt: record {i}")
         second.add("empty_documents", example=f"b.txt: record {i}")
@@ -90,7 +91,7 @@ def test_report_merge_sums_counts_and_caps_examples():
     first.merge(second)
     assert first.counts == {"empty_documents": 8, "invalid_utf8_replaced": 10}
     assert len(first.examples) == 5
-    assert CleanReport.from_dict(first.to_dict()) == first
+    assert BuildReport.from_dict(first.to_dict()) == first
 
 
 @pytest.mark.parametrize(

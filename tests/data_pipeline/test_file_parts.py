@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline import file_parts
-from data_pipeline.clean import CleanReport
+from data_pipeline.build_report import BuildReport
 from data_pipeline.sources import SourceFile, expand_inputs, iter_documents
 
 PART_BYTES = 97  # odd and small: blocks end anywhere, inside a line, a separator or a character
 
 
 def _read(source, parts: bool, **kwargs):
-    report = CleanReport()
+    report = BuildReport()
     count = file_parts.part_count(source) if parts else 1
     docs = [d for p in range(count) for d in iter_documents(source, report, part=p, **kwargs)]
     return [(d.text, d.offset) for d in docs], report.counts

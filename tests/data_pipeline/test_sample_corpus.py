@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.clean import CleanReport
+from data_pipeline.build_report import BuildReport
 from data_pipeline.errors import DataError
 from data_pipeline.sample_corpus import write_sample_corpus
 from data_pipeline.sources import expand_inputs, iter_documents
@@ -18,7 +18,7 @@ def test_sample_corpus_is_deterministic_and_readable(tmp_path, sample_corpus_dir
         assert (tmp_path / name).read_bytes() == Path(sample_corpus_dir, name).read_bytes()
     assert 350_000 < stats["bytes"] <= 400_000
     assert stats["bytes"] == sum(os.path.getsize(tmp_path / name) for name in stats["files"])
-    report = CleanReport()
+    report = BuildReport()
     docs = [d for s in expand_inputs([str(tmp_path)]) for d in iter_documents(s, report)]
     assert len(docs) == stats["documents"]  # blank lines separate documents and nothing else
     assert report.counts == {"files": len(stats["files"])}

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from data_pipeline.errors import DataError
-from data_pipeline.manifest import Manifest, file_sha256, verify_shards
+from data_pipeline.integrity import file_sha256
+from data_pipeline.manifest import Manifest
 from data_pipeline.shards import ShardReader, ShardWriter, shard_schema
+from data_pipeline.verify import verify_shards
 
 SEQ_LEN = 16
 

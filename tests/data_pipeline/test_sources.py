@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from data_pipeline import sources
-from data_pipeline.clean import CleanReport
+from data_pipeline.build_report import BuildReport
 from data_pipeline.errors import DataError
 from data_pipeline.input_files import parse_extensions
 from data_pipeline.sources import SourceFile, expand_input_set, expand_inputs, iter_documents
@@ -38,7 +38,7 @@ def write(path, data: bytes, compression=None) -> str:
 
 
 def read_all(path, **kwargs):
-    report = CleanReport()
+    report = BuildReport()
     (source,) = expand_inputs([path])
     return [d.text for d in iter_documents(source, report, **kwargs)], report
 
@@ -66,7 +66,7 @@ def test_jsonl_reads_text_field_and_byte_offsets(tmp_path, compression):
     lines.insert(1, "")  # a blank line is skipped but still counts as a line
     lines.append(json.dumps({"text": None}))
     path = write(tmp_path / "a.jsonl", ("\n".join(lines) + "\n").encode(), compression)
-    report = CleanReport()
+    report = BuildReport()
     (source,) = expand_inputs([path])
     docs = list(iter_documents(source, report))
     assert [d.text for d in docs] == DOCS
@@ -237,7 +237,7 @@ def test_source_that_cannot_be_opened_is_an_error(tmp_path):
     (tmp_path / "shard.txt").mkdir()
     source = SourceFile(path=str(tmp_path / "shard.txt"), format="txt", compression=None, size=0)
     with pytest.raises(DataError, match=r"shard\.txt: cannot read input file"):
-        list(iter_documents(source, CleanReport()))
+        list(iter_documents(source, BuildReport()))
 
 
 @pytest.mark.parametrize("compression", ["gz", "bz2", "zst", "xz"])
@@ -265,7 +265,7 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, line, message):
 
 
 def test_every_format_reads_back_the_same_documents(mixed_format_dir, sample_documents):
-    report = CleanReport()
+    report = BuildReport()
     found = expand_inputs([mixed_format_dir])
     assert [(s.format, s.compression) for s in found] == [("txt", "gz"), ("jsonl", "zst"), ("parquet", None)]
     texts = [d.text for s in found for d in iter_documents(s, report)]
@@ -334,7 +334,7 @@ def test_ext_flag_values(tmp_path):
     path = write(tmp_path / "wiki_00", b"compressed, no format suffix", "xz")  # wiki_00.xz
     (source,) = expand_inputs([path], parse_extensions([""]))
     assert (source.format, source.compression) == ("txt", "xz")
-    assert [d.text for d in iter_documents(source, CleanReport())] == ["compressed, no format suffix"]
+    assert [d.text for d in iter_documents(source, BuildReport())] == ["compressed, no format suffix"]
 
 
 def test_a_file_without_extension_named_explicitly_is_read_when_it_is_text(tmp_path):

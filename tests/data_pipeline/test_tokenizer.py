@@ -11,7 +11,8 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from data_pipeline.clean import CleanConfig, Cleaner, CleanReport
+from data_pipeline.build_report import BuildReport
+from data_pipeline.clean import CleanConfig, Cleaner
 from data_pipeline.errors import DataError
 from data_pipeline.sources import Document
 from data_pipeline.tokenizer import SpecialIds, load_tokenizer, train_tokenizer
@@ -22,7 +23,7 @@ SPECIALS = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 @pytest.fixture(scope="module")
 def corpus_texts(sample_documents):
     """30 cleaned documents of the sample corpus."""
-    cleaner = Cleaner(CleanConfig(), CleanReport())
+    cleaner = Cleaner(CleanConfig(), BuildReport())
     return [
         text for i, doc in enumerate(sample_documents[:30]) for text in cleaner.clean(Document(doc, "x", i))
     ]

@@ -1,0 +1,52 @@
+"""Text out of Python source files, read with `ast` (nothing is imported): the .py files of a tree and
+their docstrings. Shared by the sample corpus and the sample task, so that neither imports the other's
+walkers (the corpus needs the task's evaluation texts to leave them out)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Iterator
+
+MIN_WORDS = 4  # shorter docstrings and comment blocks are not text worth training or evaluating on
+BLANK_LINES = re.compile(r"\n\s*\n")
+_SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages", "idle_test", "tokenizedata"}
+
+
+def python_files(root: str, skip: set[str] | None = None) -> Iterator[str]:
+    """Paths of the .py files under `root`, walked in sorted order, leaving out `skip` directory names
+    (None: the standard library's test-data and cache dirs) and hidden ones."""
+    skip = _SKIPPED_DIRS if skip is None else skip
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in skip and d != "__pycache__" and not d.startswith(".")
+        )
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                yield os.path.join(dirpath, name)
+
+
+def parse_python(path: str) -> ast.Module | None:
+    """The syntax tree of the Python file `path`, or None when it cannot be read or parsed."""
+    try:
+        with open(path, "rb") as fh:
+            return ast.parse(fh.read(), filename=path)
+    except (SyntaxError, ValueError, OSError):  # deliberately broken test files, odd encodings
+        return None
+
+
+def docstrings_of(path: str) -> list[str]:
+    """The module, class and function docstrings of the Python file `path` with at least
+    MIN_WORDS words, blank lines collapsed (one paragraph per line), in `ast.walk` order.
+    Unparsable or unreadable files give []."""
+    tree = parse_python(path)
+    if tree is None:
+        return []
+    docstrings = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node)
+            if docstring and len(docstring.split()) >= MIN_WORDS:
+                docstrings.append(BLANK_LINES.sub("\n", docstring.strip()))
+    return docstrings
