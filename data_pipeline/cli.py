@@ -6,12 +6,11 @@ Bad input -> one stderr line, exit 1.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import sys
 
-from data_pipeline.errors import DataError
+from data_pipeline.errors import DataError, os_error_line
 from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION
 
 log = logging.getLogger("mlm-data")
@@ -107,23 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         out = getattr(args, "out", None) or getattr(args, "out_dir", None)
         print(f"mlm-data {args.command}: error: {os_error_line(exc, out)}", file=sys.stderr)
         return 1
-
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def os_error_line(exc: OSError, out: str | None = None) -> str:
-    """One line for an OSError: the file (else the output dir `out`), the system's reason, what to do."""
-    where = f"{exc.filename}: " if exc.filename else f"writing {out}: " if out else ""
-    reason = exc.strerror or str(exc)
-    if exc.errno in _NO_SPACE:
-        hint = "the disk is full or a file size limit was hit: free space and rerun (finished work is kept)"
-    elif exc.errno in _NOT_WRITABLE:
-        hint = "that location cannot be written: choose a writable --out"
-    else:
-        hint = "nothing was marked complete; fix the cause and rerun"
-    return f"{where}{reason}; {hint}"
 
 
 def _sample_corpus(args) -> int:

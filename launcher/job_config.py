@@ -1,11 +1,16 @@
-"""The few config keys the launcher checks, read from the YAML itself (never by importing pretrain)."""
+"""The training config as the launcher checks it: read and validated by the trainer's own loader.
+
+`pretrain.config` is the one shared leaf the launcher imports from pretrain (it needs neither torch nor
+numpy, so the launcher stays light): a config the launcher accepts is one the trainer accepts, and a
+job is never submitted only to exit 1 on the cluster for a config error.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from pretrain.config import Config, ConfigError, config_from_dict, read_config_dict
 
 
 class LaunchError(Exception):
@@ -14,54 +19,30 @@ class LaunchError(Exception):
 
 @dataclass(frozen=True)
 class JobConfig:
-    """What the launcher needs to know about a training config."""
+    """What the launcher needs to know about a training config: its file and the validated Config."""
 
     path: Path
-    run_dir: str
-    micro_batch_size: int
-    grad_accum_steps: int
-    global_batch_size: int | None
+    config: Config
+
+    @property
+    def run_dir(self) -> str:
+        """The run directory (validated non-empty by the trainer's loader)."""
+        return self.config.run_dir
+
+    @property
+    def global_batch_size(self) -> int | None:
+        """train.global_batch_size as set (None: derived from the world size)."""
+        return self.config.train.global_batch_size
 
     def check_world_size(self, world_size: int, where: str) -> None:
         """Raise LaunchError if train.global_batch_size is set and != micro x accum x world_size.
 
         `where` names what set the world size (e.g. "--nodes 2 x --gpus-per-node 4") for the message.
         """
-        actual = self.micro_batch_size * self.grad_accum_steps * world_size
-        if self.global_batch_size is not None and self.global_batch_size != actual:
-            raise LaunchError(
-                f"{self.path}: train.global_batch_size={self.global_batch_size} but train.micro_batch_size "
-                f"({self.micro_batch_size}) x train.grad_accum_steps ({self.grad_accum_steps}) x world size "
-                f"{world_size} ({where}) = {actual}; change the node/GPU count or the batch keys"
-            )
-
-
-def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Load a config file, merging its `base:` files first (same rule as pretrain's config loader)."""
-    if not path.is_file():
-        raise LaunchError(f"config file not found: {path} (pass --config with an existing YAML file)")
-    if path.resolve() in seen:
-        raise LaunchError(f"{path}: `base:` files form a cycle")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise LaunchError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise LaunchError(f"{path}: the top level must be a mapping of sections")
-    bases = data.pop("base", None) or []
-    merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
-        _deep_update(merged, _load_yaml(path.parent / base, seen + (path.resolve(),)))
-    _deep_update(merged, data)
-    return merged
-
-
-def _deep_update(into: dict, new: dict) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_update(into[key], value)
-        else:
-            into[key] = value
+        try:
+            self.config.train.global_batch(world_size, where)
+        except ConfigError as err:
+            raise LaunchError(f"{self.path}: {err}") from None
 
 
 def find_config_arg(train_args: list[str]) -> tuple[Path, list[str]]:
@@ -79,52 +60,39 @@ def find_config_arg(train_args: list[str]) -> tuple[Path, list[str]]:
 
 
 def read_job_config(train_args: list[str]) -> JobConfig:
-    """Read run_dir and the batch keys from the trainer arguments (--config FILE plus overrides).
+    """Read and validate the config the trainer arguments name (--config FILE plus overrides).
 
-    Raises LaunchError for a missing/unreadable config, a missing run_dir, or a batch key that is not a
-    positive integer (naming the key and whether the file or a `key=value` override set it).
+    Returns the JobConfig. Raises LaunchError (one line) for anything the trainer's loader refuses: a
+    missing or invalid file, a `base:` that is not one file, an unknown key, a bad value. The batch keys
+    and run_dir are checked first so the message says whether the file or a `key=value` override set a
+    bad one.
     """
-    path, overrides = find_config_arg(train_args)
-    data = _load_yaml(path)
-    overridden = set()
-    for item in overrides:
-        if "=" in item and not item.startswith("-"):
-            key, value = item.split("=", 1)
-            node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
-            node[leaf] = _override_value(value)
-            overridden.add(key)
-    train = data.get("train") or {}
+    path, args = find_config_arg(train_args)
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]  # the trainer's own flags pass
+    try:
+        raw = read_config_dict(str(path), overrides)
+        _check_launch_keys(raw, path, {item.split("=", 1)[0] for item in overrides})
+        return JobConfig(path=path, config=config_from_dict(raw, source=str(path)))
+    except ConfigError as err:
+        message = " ".join(str(err).split())
+        if "config file not found" in message:
+            message += " (pass --config with an existing YAML file)"
+        raise LaunchError(message) from None
+
+
+def _check_launch_keys(raw: dict, path: Path, overridden: set[str]) -> None:
+    """The keys the launcher itself uses, each named with where its bad value came from."""
+    train = raw.get("train", {})
     if not isinstance(train, dict):
         raise LaunchError(f"{path}: train must be a mapping of keys, got {train!r}")
-
-    def positive_int(key: str, default: int | None) -> int | None:
-        value = train.get(key, default)
+    for key in ("micro_batch_size", "grad_accum_steps", "global_batch_size"):
+        value = train.get(key)
         if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            return value
+            continue
         where = "the command line override" if f"train.{key}" in overridden else str(path)
         raise LaunchError(f"train.{key}={value!r} (from {where}) must be a positive integer")
-
-    run_dir = data.get("run_dir")
+    run_dir = raw.get("run_dir")
     if not run_dir:
         raise LaunchError(f"{path}: run_dir is not set (set it in the YAML or pass run_dir=PATH)")
     if isinstance(run_dir, (dict, list, bool)):
         raise LaunchError(f"{path}: run_dir={run_dir!r} must be a directory path")
-    return JobConfig(
-        path=path,
-        run_dir=str(run_dir),
-        micro_batch_size=positive_int("micro_batch_size", 32),
-        grad_accum_steps=positive_int("grad_accum_steps", 1),
-        global_batch_size=positive_int("global_batch_size", None),
-    )
-
-
-def _override_value(text: str):
-    """A `key=value` override's value as YAML reads it; text YAML cannot read is kept as a string (the
-    trainer reports it if the key matters; the launcher checks the few keys it reads itself)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text

@@ -205,6 +205,8 @@ def render_train_script(
     """
     if nodes < 1 or ranks_per_node < 1:
         raise LaunchError(f"--nodes ({nodes}) and --gpus-per-node ({ranks_per_node}) must be >= 1")
+    for arg in train_args:  # before the config reader, whose YAML error would not say why
+        check_line(arg, "the trainer argument")
     job = read_job_config(train_args)
     job.check_world_size(nodes * ranks_per_node, f"--nodes {nodes} x --gpus-per-node {ranks_per_node}")
     limit = parse_time_seconds(opts.time)

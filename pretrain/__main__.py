@@ -27,11 +27,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _bad_input() -> tuple[type[BaseException], ...]:
-    """The errors that mean bad config or input (exit 1 with `mlm-train: error: ...`)."""
+    """The typed errors that mean bad config or input (exit 1 with `mlm-train: error: ...`). Any other
+    exception is a bug and keeps its traceback (a ValueError at step 50,000 is not bad input)."""
+    from data_pipeline.errors import DataError
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError
 
-    return (ConfigError, CheckpointError, ValueError, FileNotFoundError)  # DataError is a ValueError
+    return (ConfigError, DataError, CheckpointError)
 
 
 def _report(kind: str, exc: BaseException) -> None:
@@ -44,9 +46,12 @@ def _report(kind: str, exc: BaseException) -> None:
 def run_training(cfg, info, *, on_gpu: bool) -> int:
     """Train `cfg` on this rank (process group ready, see init_distributed); returns the exit code.
 
-    Bad input and runs stopped by the health checks (non-finite losses, the fp16 loss-scale floor, a
-    failed peer) become one line on stderr and exit code 1.
+    Bad input, a file-system error (a full disk or an unwritable path while writing metrics or a
+    checkpoint: data_pipeline.errors.is_file_system_error) and runs stopped by the health checks
+    (non-finite losses, the fp16 loss-scale floor, a failed peer) become one line on stderr and exit
+    code 1; anything else propagates with its traceback.
     """
+    from data_pipeline.errors import is_file_system_error, os_error_line
     from pretrain.health import NonFiniteLossError, PeerFailedError
     from pretrain.trainer import train
 
@@ -54,6 +59,11 @@ def run_training(cfg, info, *, on_gpu: bool) -> int:
         return train(cfg, info, on_gpu=on_gpu)
     except _bad_input() as exc:
         _report("error", exc)
+        return 1
+    except OSError as exc:
+        if not is_file_system_error(exc):
+            raise
+        _report("error", os_error_line(exc, cfg.run_dir, "run_dir"))
         return 1
     except (NonFiniteLossError, PeerFailedError) as exc:
         _report("stopped", exc)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 
 import yaml
 
@@ -37,7 +38,7 @@ from pretrain.engine_state import apply_lr_schedule, fresh_base_lrs, master_para
 from pretrain.run_identity import RunDescription, check_resume_identity, config_changes
 from pretrain.safe_load import deepspeed_loads_weights_only
 
-__all__ = ["CheckpointError", "CheckpointManager", "find_newest_valid", "tag_for_step"]
+__all__ = ["CheckpointError", "CheckpointManager", "find_newest_valid", "resolve_checkpoint", "tag_for_step"]
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step-(\d{8,})$")
@@ -82,6 +83,34 @@ def find_newest_valid(ckpt_dir: str) -> tuple[str, dict] | None:
             )
         return tag_dir, record
     return None
+
+
+def resolve_checkpoint(path: str, *, tag: str | None = None, label: str | None = None) -> tuple[str, dict]:
+    """(tag dir, completion record) of the checkpoint `path` names; the one resolver (resume and export).
+
+    `path` is a checkpoint (tag) directory itself, or a run directory or its checkpoints/ directory:
+    then its newest valid checkpoint, or the one named `tag` (step-XXXXXXXX). `label` starts the
+    messages (default: the path). Raises CheckpointError naming the path, or the file at fault, when
+    nothing valid is there (never a silent fresh start).
+    """
+    path = os.path.abspath(path)
+    label = label or path
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{label}: no such checkpoint directory (not a checkpoint or run dir)")
+    if TAG_RE.match(os.path.basename(path)) or os.path.isfile(os.path.join(path, COMPLETE_FILE)):
+        if tag is not None:
+            raise CheckpointError(f"--tag is for a run dir; {path} is a checkpoint dir")
+        return path, validate_checkpoint(path)
+    if tag is not None:
+        if not TAG_RE.match(tag):
+            raise CheckpointError(f"--tag {tag!r} is not a checkpoint tag (step-XXXXXXXX)")
+        tag_dir = os.path.join(path, "checkpoints", tag)
+        return tag_dir, validate_checkpoint(tag_dir)
+    for candidate in (path, os.path.join(path, "checkpoints")):
+        found = find_newest_valid(candidate)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{label}: no complete, valid checkpoint found there")
 
 
 class CheckpointManager:
@@ -129,6 +158,27 @@ class CheckpointManager:
             now = time.monotonic() if now is None else now
             return now - self._last_save_time >= self.cfg.every_minutes * 60
         return False
+
+    def save_if_due(
+        self,
+        engine,
+        trainer_state: Callable[[], dict],
+        step: int,
+        *,
+        wished: bool = False,
+        last: bool = False,
+    ) -> str | None:
+        """Save `step` when it is due; returns the tag directory, or None when no save was due.
+
+        The one save decision of the training loop: a step saves when the ranks agreed it should
+        (`wished`: any rank's `should_save`, or a preemption) or when it is the run's last step (`last`),
+        and never twice (a step already saved, e.g. the one a run resumed at, is not saved again).
+        `trainer_state` is called only when saving. Every rank calls this with the same arguments.
+        Raises what `save` raises.
+        """
+        if not (wished or last) or self.last_saved_step == step:
+            return None
+        return self.save(engine, trainer_state(), step)
 
     def agree(self, decision: bool) -> bool:
         """The OR of `decision` over all ranks (a collective: every rank must call it)."""
@@ -256,16 +306,7 @@ class CheckpointManager:
             if found is None:
                 log.info("no complete checkpoint in %s; starting fresh", self.ckpt_dir)
             return found
-        path = os.path.abspath(spec)
-        if not os.path.isdir(path):
-            raise CheckpointError(f"train.resume={spec}: no such checkpoint directory")
-        if TAG_RE.match(os.path.basename(path)) or os.path.isfile(os.path.join(path, COMPLETE_FILE)):
-            return path, validate_checkpoint(path)
-        for candidate in (path, os.path.join(path, "checkpoints")):
-            found = find_newest_valid(candidate)
-            if found is not None:
-                return found
-        raise CheckpointError(f"train.resume={spec}: no complete, valid checkpoint found there")
+        return resolve_checkpoint(spec, label=f"train.resume={spec}")
 
     def resume(self, engine, spec: str) -> dict | None:
         """Load the checkpoint `spec` names into `engine` and return our trainer_state (None: fresh).

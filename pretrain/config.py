@@ -202,6 +202,24 @@ class TrainConfig:
         _check(self.max_tokens is None or self.max_tokens > 0, "train.max_tokens must be > 0")
         _check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes must be > 0")
 
+    def global_batch(self, world_size: int, where: str = "") -> int:
+        """The global batch on `world_size` ranks: micro_batch_size x grad_accum_steps x world_size.
+
+        The one copy of the rule (trainer, DeepSpeed config and launcher all ask here). `where` says
+        what set the world size (e.g. "--nodes 2 x --gpus-per-node 4"), for the message. Raises
+        ConfigError when global_batch_size is set and differs, naming the numbers and a fix.
+        """
+        actual = self.micro_batch_size * self.grad_accum_steps * world_size
+        if self.global_batch_size is not None and self.global_batch_size != actual:
+            origin = f", {where}" if where else ""
+            raise ConfigError(
+                f"train.global_batch_size={self.global_batch_size} but train.micro_batch_size "
+                f"({self.micro_batch_size}) x train.grad_accum_steps ({self.grad_accum_steps}) x world size "
+                f"({world_size}{origin}) = {actual}; change one of them (e.g. train.grad_accum_steps="
+                f"{max(1, self.global_batch_size // (self.micro_batch_size * world_size))})"
+            )
+        return actual
+
 
 @dataclass
 class OptimConfig:
@@ -395,20 +413,6 @@ class Config:
         _check(bool(self.data.path), "data.path is required (a shards directory from `mlm-data build`)")
 
 
-def check_batch_arithmetic(cfg: Config, world_size: int) -> int:
-    """Return micro x accum x world; raise ConfigError if train.global_batch_size is set and differs."""
-    t = cfg.train
-    actual = t.micro_batch_size * t.grad_accum_steps * world_size
-    if t.global_batch_size is not None and t.global_batch_size != actual:
-        raise ConfigError(
-            f"train.global_batch_size={t.global_batch_size} but train.micro_batch_size ({t.micro_batch_size})"
-            f" x train.grad_accum_steps ({t.grad_accum_steps}) x world size ({world_size}) = {actual}; "
-            f"change one of them (e.g. train.grad_accum_steps="
-            f"{max(1, t.global_batch_size // (t.micro_batch_size * world_size))})"
-        )
-    return actual
-
-
 # --------------------------------------------------------------------------------------------- loading
 
 
@@ -417,10 +421,21 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
 
     Returns the resolved Config. Raises ConfigError naming the file, key or value that is wrong.
     """
+    return config_from_dict(read_config_dict(path, overrides), source=path)
+
+
+def read_config_dict(path: str, overrides: Sequence[str] = ()) -> dict:
+    """The YAML at `path` merged over its `base:` file, with `section.key=value` overrides applied, as a
+    plain dict (not validated yet: `config_from_dict` does that).
+
+    The one loader of config files: the trainer and the launcher (launcher/job_config.py) both read
+    through it, so a file one accepts the other accepts too. Raises ConfigError naming the file or
+    override at fault (a missing file, invalid YAML, a `base:` that is not one path, a cycle).
+    """
     raw = _read_yaml_with_bases(path, seen=())
     for item in overrides:
         _apply_override(raw, item)
-    return config_from_dict(raw, source=path)
+    return raw
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
@@ -488,7 +503,8 @@ def _apply_override(raw: dict, item: str) -> None:
     try:
         value = yaml.safe_load(text) if text else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        detail = " ".join(str(exc).split())  # one line: YAML's message spans several
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {detail}") from None
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data_pipeline.errors import DataError
 from pretrain.config import ConfigError, DataConfig
 
 
@@ -80,7 +81,8 @@ class GlobalBatchSampler:
     Takes the number of training samples, the global batch size G (must be a multiple of micro batch x
     world size; grad_accum_steps = G / (micro x world)), the seed, this rank and the world size. With
     drop_last (the default) an epoch ends before a batch would run past it; otherwise the last batch is
-    filled up from the start of the same epoch's permutation. Raises ValueError on inconsistent sizes.
+    filled up from the start of the same epoch's permutation. Raises ValueError on inconsistent sizes
+    (DataError, a ValueError, when the split holds less than one global batch).
     """
 
     def __init__(
@@ -104,7 +106,7 @@ class GlobalBatchSampler:
                 f"{micro_batch_size} x world size {world_size} = {per_step}"
             )
         if num_samples < (global_batch_size if drop_last else 1):
-            raise ValueError(
+            raise DataError(
                 f"the training split has {num_samples} samples, fewer than one global batch of "
                 f"{global_batch_size}; build more data or lower the batch size"
             )
@@ -279,7 +281,7 @@ class ValidationLoader:
     batch size, this rank, the world size and an optional cap on batches per rank. Every rank gets the
     same number of batches (ZeRO-3 forwards need all ranks): global batches of batch x world consecutive
     samples, rank r taking the r-th slice; a remainder smaller than that is left out. If the split is
-    smaller than one global batch, the per-rank batch shrinks. Raises ValueError if it has fewer rows
+    smaller than one global batch, the per-rank batch shrinks. Raises DataError if it has fewer rows
     than ranks.
     """
 
@@ -289,7 +291,7 @@ class ValidationLoader:
         """Plan the batches; raises ValueError when the split cannot give every rank one sample."""
         n = len(reader)
         if n < world_size:
-            raise ValueError(
+            raise DataError(
                 f"the validation split has {n} rows, fewer than the {world_size} ranks; "
                 "build the shards with a larger validation fraction"
             )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from pretrain.config import Config, ConfigError, OptimConfig, check_batch_arithmetic
+from pretrain.config import Config, ConfigError, OptimConfig
 from pretrain.distributed import cpu_fp16_test_device
 
 # Large enough that DeepSpeed never prints its own per-step lines; our metrics logger does that.
@@ -27,7 +27,7 @@ def deepspeed_config(cfg: Config, world_size: int, *, on_gpu: bool) -> dict:
     the CPU fp16 test device, pretrain/distributed.py), LAMB under ZeRO >= 1, and a user key that
     contradicts a generated one (naming the key and both values).
     """
-    global_batch = check_batch_arithmetic(cfg, world_size)
+    global_batch = cfg.train.global_batch(world_size)
     if cfg.precision == "fp16" and not (on_gpu or cpu_fp16_test_device()):
         raise ConfigError(
             "precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16); use precision=bf16 or fp32"

@@ -22,46 +22,13 @@ import sys
 import torch
 
 from data_pipeline.integrity import commit_temp_dir
-from pretrain.checkpoint import TAG_RE, CheckpointError, find_newest_valid
-from pretrain.checkpoint_record import (
-    COMPLETE_FILE,
-    CONFIG_FILE,
-    TOKENIZER_DIR,
-    TRAINER_STATE_JSON,
-    load_state,
-    validate_checkpoint,
-)
+from pretrain.checkpoint import CheckpointError, resolve_checkpoint
+from pretrain.checkpoint_record import CONFIG_FILE, TOKENIZER_DIR, TRAINER_STATE_JSON, load_state
 from pretrain.config import ConfigError, load_config
 from pretrain.consolidate import fp32_weights
 from pretrain.metrics import read_records
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(path: str, tag: str | None) -> tuple[str, str, dict]:
-    """(tag dir, run dir, record) for a run dir (newest valid checkpoint, or `tag`) or a checkpoint dir.
-
-    Raises CheckpointError when nothing valid is there (naming the file at fault).
-    """
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, COMPLETE_FILE)) or TAG_RE.match(os.path.basename(path)):
-        if tag is not None:
-            raise CheckpointError(f"--tag is for a run dir; {path} is a checkpoint dir")
-        return path, os.path.dirname(os.path.dirname(path)), validate_checkpoint(path)
-    if not os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isfile(
-        os.path.join(path, "config.yaml")
-    ):
-        raise CheckpointError(f"{path}: no {COMPLETE_FILE} and no checkpoints/; not a checkpoint or run dir")
-    ckpt_dir = os.path.join(path, "checkpoints")
-    if tag is not None:
-        if not TAG_RE.match(tag):
-            raise CheckpointError(f"--tag {tag!r} is not a checkpoint tag (step-XXXXXXXX)")
-        tag_dir = os.path.join(ckpt_dir, tag)
-        return tag_dir, path, validate_checkpoint(tag_dir)
-    found = find_newest_valid(ckpt_dir)
-    if found is None:
-        raise CheckpointError(f"{ckpt_dir}: no complete, valid checkpoint to export")
-    return found[0], path, found[1]
 
 
 def _last_eval(run_dir: str, step: int) -> dict | None:
@@ -126,7 +93,8 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
 
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output dir")
-    tag_dir, run_dir, record = resolve_checkpoint(path, tag)
+    tag_dir, record = resolve_checkpoint(path, tag=tag)
+    run_dir = os.path.dirname(os.path.dirname(tag_dir))  # RUN_DIR/checkpoints/step-XXXXXXXX
     files, identity = record["files"], record["identity"]
     if CONFIG_FILE not in files or not any(rel.startswith(f"{TOKENIZER_DIR}/") for rel in files):
         raise CheckpointError(

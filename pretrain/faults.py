@@ -1,5 +1,8 @@
 """Fault injection (debug.*), for the tests and for drills on a real cluster: one rank gets NaN losses,
-non-finite gradients behind a finite loss (an fp16 overflow) or a loader that fails to read a step."""
+non-finite gradients behind a finite loss (an fp16 overflow) or a loader that fails to read a step.
+
+The training step sees none of this unless a fault applies: `Faults.at(step)` is None on every other
+step, and the loader only gets a wrapped reader when data errors are injected."""
 
 from __future__ import annotations
 
@@ -9,6 +12,23 @@ import numpy as np
 
 from data_pipeline.errors import DataError
 from pretrain.config import DebugConfig
+
+
+@dataclass(frozen=True)
+class StepFault:
+    """The faults of one optimizer step, applied to its first micro-batch by the training step."""
+
+    nan_loss: bool
+    nonfinite_grad: bool
+
+    def apply(self, mlm_loss_sum, loss):
+        """(mlm_loss_sum, loss) with the faults applied: a NaN MLM loss (logged and back-propagated), or
+        a finite logged loss whose back-propagated loss is infinite (non-finite gradients)."""
+        if self.nan_loss:
+            mlm_loss_sum, loss = mlm_loss_sum * float("nan"), loss * float("nan")
+        if self.nonfinite_grad:
+            loss = loss * float("inf")
+        return mlm_loss_sum, loss
 
 
 @dataclass(frozen=True)
@@ -29,6 +49,13 @@ class Faults:
             frozenset(debug.nonfinite_grad_steps),
             frozenset(debug.data_error_steps),
         )
+
+    def at(self, step: int) -> StepFault | None:
+        """The loss faults of 1-based optimizer step `step` on this rank, or None (no fault: the step
+        runs untouched)."""
+        if step not in self.nan_loss and step not in self.nonfinite_grad:
+            return None
+        return StepFault(step in self.nan_loss, step in self.nonfinite_grad)
 
     def reader(self, reader, *, micro_batches_per_step: int, first_step: int):
         """`reader`, or a wrapper whose `take` fails for the micro-batches of the data_error steps.

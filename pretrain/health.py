@@ -1,5 +1,12 @@
 """Run health: non-finite loss detection and skip policy, the fp16 loss-scale floor, and the collective
-timeout that ends hung jobs."""
+timeout that ends hung jobs.
+
+How the loop (pretrain/trainer.py) uses it, per optimizer step: `train_step` runs every forward,
+backward and the update, then states `NonFiniteMonitor.is_bad` of its summed loss as a device tensor
+(no host sync); the optimizers have already dropped a non-finite update themselves (DeepSpeed's overflow
+check, `Stage0StepGuard` for ZeRO-0 fp32). The end-of-step agreement carries every rank's wish, and
+`NonFiniteMonitor.update` then counts the agreed bad ranks and raises past the policy, before the step's
+metrics record, eval or save. Nothing here decides whether a step runs or is skipped."""
 
 from __future__ import annotations
 
@@ -54,8 +61,9 @@ class NonFiniteMonitor:
         return ~torch.isfinite(loss.detach()).all()
 
     def update(self, bad_ranks: list[int], step: int) -> bool:
-        """Apply the policy to the agreed `bad_ranks` of `step`: True for a good step, False for a skipped
-        one. Raises NonFiniteLossError (on every rank alike) when the bad streak exceeds the policy."""
+        """Count the agreed `bad_ranks` of `step` (after its update was dropped): True for a good step,
+        False for a bad one within the policy (logged and counted as skipped; nothing for the caller to
+        undo). Raises NonFiniteLossError (on every rank alike) when the bad streak exceeds the policy."""
         if not bad_ranks:
             self.consecutive = 0
             return True

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from data_pipeline.errors import DataError
 from pretrain.config import MaskingConfig
 
 _MASK64 = (1 << 64) - 1
@@ -74,7 +75,7 @@ class MaskingCollator:
         seed: int,
         seq_len: int | None = None,
     ) -> None:
-        """Prepare the collator; raises ValueError if the vocabulary has no non-special token."""
+        """Prepare the collator; raises DataError if the vocabulary has no non-special token."""
         self.cfg = masking_cfg
         self.seed = seed
         self.seq_len = seq_len
@@ -83,7 +84,7 @@ class MaskingCollator:
         self.special = np.array(_special_id_list(special_ids), dtype=np.int64)
         self.replacement_ids = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), self.special)
         if len(self.replacement_ids) == 0:
-            raise ValueError(f"vocabulary of size {vocab_size} has no non-special token to mask")
+            raise DataError(f"vocabulary of size {vocab_size} has no non-special token to mask")
         if masking_cfg.span:
             p = 1.0 / masking_cfg.span_mean_length
             clipped_mean = sum((1 - p) ** k for k in range(masking_cfg.span_max_length))

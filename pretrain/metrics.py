@@ -119,8 +119,11 @@ class MetricsLogger:
             log.info(message)
 
     def _write(self, record: dict) -> None:
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as exc:  # a full disk: name the file (a failed write on an open file names none)
+            raise OSError(exc.errno, exc.strerror, self._jsonl.name) from exc
 
     def _scalars(self, prefix: str, record: dict) -> None:
         if self._tb is None:

@@ -1,4 +1,5 @@
-"""The training loop, top to bottom: data -> model -> engine -> resume -> steps (eval, checkpoint) -> end.
+"""The training loop: a built run (pretrain/run_setup.py) -> steps (`train_step`, the agreed end of the
+step, the metrics record, eval, `CheckpointManager.save_if_due`) -> end.
 
 Loss normalisation: a step's MLM loss is the summed cross-entropy over every masked token of every
 micro-batch on every rank, divided by that global masked-token count (all-reduced before the first
@@ -21,25 +22,21 @@ train.deterministic) and a resumed run needs no RNG state to continue exactly.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pretrain.checkpoint import CheckpointManager
-from pretrain.collectives import Collectives, StepAgreement, to_host
-from pretrain.config import Config, config_hash, save_config
-from pretrain.data import GlobalBatchSampler, LoaderStep, TrainLoader, ValidationLoader, resolve_seq_len
-from pretrain.distributed import DistInfo, set_determinism
-from pretrain.engine import initialize_engine, loss_scale
-from pretrain.faults import Faults
+from pretrain.collectives import Agreement, Collectives, to_host
+from pretrain.config import Config
+from pretrain.data import LoaderStep, TrainLoader, ValidationLoader
+from pretrain.distributed import DistInfo
+from pretrain.engine import loss_scale
+from pretrain.faults import StepFault
 from pretrain.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedError, Stage0StepGuard
-from pretrain.masking import MaskingCollator
-from pretrain.metrics import MetricsLogger, memory_stats, mfu
-from pretrain.model import build_model
-from pretrain.run_identity import describe_run
+from pretrain.metrics import memory_stats, mfu
+from pretrain.run_setup import Run, build_run
 from pretrain.signals import EXIT_PREEMPTED, PreemptionHandler
 
 log = logging.getLogger(__name__)
@@ -48,21 +45,6 @@ log = logging.getLogger(__name__)
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed for dropout in optimizer step `step` on `rank`: a hash of (seed, step, rank)."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def open_data(cfg: Config):
-    """(train reader, validation reader, vocab size, special ids dict) of the shards at data.path.
-
-    Raises data_pipeline.errors.DataError naming the file when the manifest or a shard is missing or
-    has the wrong size.
-    """
-    from data_pipeline.shards import ShardReader
-
-    train_reader = ShardReader(cfg.data.path, split="train")
-    val_reader = ShardReader(cfg.data.path, split="validation")
-    tokenizer = train_reader.manifest.tokenizer
-    vocab_size, special_ids = tokenizer["vocab_size"], tokenizer["special_ids"]
-    return train_reader, val_reader, int(vocab_size), dict(special_ids)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -110,10 +92,16 @@ class StepResult:
 
 
 def train_step(
-    engine, data: LoaderStep, comm: Collectives, *, step: int, faults: Faults, guard: Stage0StepGuard | None
+    engine,
+    data: LoaderStep,
+    comm: Collectives,
+    *,
+    guard: Stage0StepGuard | None,
+    fault: StepFault | None = None,
 ) -> StepResult:
-    """Forward and backward over this rank's micro-batches of optimizer step `step` (1-based) and the
-    update; sends one collective (the global counts) and fetches nothing from the device."""
+    """Forward and backward over this rank's micro-batches of one optimizer step and the update; sends one
+    collective (the global counts) and fetches nothing from the device. `fault` (debug.*, None on
+    every step without one) is applied to the first micro-batch's loss."""
     batches = [to_device(b, comm.device) for b in data.micro_batches]
     counts = comm.sum_(data.counts.to(comm.device, non_blocking=True))
     mlm_factor = (comm.world_size / counts[1].clamp(min=1.0)).float()
@@ -126,13 +114,11 @@ def train_step(
     for i, b in enumerate(batches):
         out = engine(**b)
         mlm_loss_sum = out.mlm_loss_sum
-        if i == 0 and step in faults.nan_loss:
-            mlm_loss_sum = mlm_loss_sum * float("nan")
         loss = mlm_loss_sum * mlm_factor
         if "pair_labels" in b:
             loss = loss + out.pair_loss_sum * pair_factor
-        if i == 0 and step in faults.nonfinite_grad:
-            loss = loss * float("inf")  # non-finite gradients; the logged loss stays finite
+        if fault is not None and i == 0:
+            mlm_loss_sum, loss = fault.apply(mlm_loss_sum, loss)
         engine.backward(loss, scale_wrt_gas=False)
         if guard is not None and i == len(batches) - 1:  # before the boundary's update
             computed_norm = guard.check(engine.module)
@@ -166,6 +152,122 @@ def _stop_if_a_rank_failed(error: BaseException | None, failed_ranks: list[int],
         )
 
 
+def _first_data(run: Run) -> LoaderStep | None:
+    """The first step's data, agreed like every later step's (None when no step is left to train)."""
+    if run.step >= run.cfg.train.max_steps:
+        return None
+    data, error = _next_data(run.loader)
+    first = run.agreement.agree(torch.zeros(0, device=run.comm.device), {"error": error is not None})
+    _stop_if_a_rank_failed(error, first.ranks("error"), run.step)
+    return data
+
+
+def _agree_end_of_step(run: Run, result: StepResult, wishes: dict) -> tuple[Agreement, float | None]:
+    """The one host sync of the step: this rank's sums and `wishes` (plus the step's own: a bad loss,
+    the fp16 scale floor) agreed with every rank's in one all-reduce; returns the agreement and the
+    step's gradient norm on the host."""
+    norm = result.grad_norm
+    norm_on_device = isinstance(norm, torch.Tensor)
+    fetch = [result.counts]
+    if norm_on_device:
+        fetch.append(norm.detach().to(run.comm.device, torch.float64).reshape(1))
+    at_floor = result.loss_scale is not None and result.loss_scale <= run.cfg.fp16.min_loss_scale
+    wishes = {**wishes, "nonfinite": result.bad_loss, "scale_floor": result.skipped and at_floor}
+    agreed = run.agreement.agree(result.sums, wishes, fetch=torch.cat(fetch))
+    return agreed, agreed.fetched[3] if norm_on_device else (None if norm is None else float(norm))
+
+
+def _check_health(run: Run, agreed: Agreement) -> None:
+    """Apply the non-finite policy and the fp16 floor to the agreed step (the same on every rank).
+
+    The monitor names the bad rank(s) (a bad step's update was already dropped: DeepSpeed,
+    Stage0StepGuard) and raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
+    Raises LossScaleFloorError when an fp16 step overflowed at fp16.min_loss_scale.
+    """
+    run.monitor.update(agreed.ranks("nonfinite"), run.step)
+    if agreed.any("scale_floor"):
+        raise LossScaleFloorError(
+            f"fp16 step {run.step} overflowed with the loss scale at its floor "
+            f"(fp16.min_loss_scale={run.cfg.fp16.min_loss_scale}); {run.engine.skipped_steps} step(s) "
+            "skipped so far; stopping. The last good checkpoint is kept: lower optim.lr, raise "
+            "optim.warmup_steps or use bf16 before resuming"
+        )
+
+
+def _step_record(
+    run: Run, result: StepResult, agreed: Agreement, norm, step_start: float, trained: LoaderStep, samples
+) -> dict:
+    """Count the step's tokens into the run and return its metrics record (metrics.jsonl); `samples`:
+    the step's global sample indices (debug.log_sample_indices) or None."""
+    step_tokens, g_masked, g_pairs = agreed.fetched[:3]
+    run.tokens += int(step_tokens)
+    mlm_sum, pair_sum, correct = agreed.sums
+    mlm_loss = mlm_sum / max(g_masked, 1.0)
+    pair_loss = pair_sum / g_pairs if g_pairs else 0.0
+    elapsed = time.perf_counter() - step_start
+    record = {
+        "step": run.step, "loss": mlm_loss + pair_loss, "mlm_loss": mlm_loss,
+        "mlm_accuracy": correct / max(g_masked, 1.0), "lr": result.lr, "grad_norm": norm,
+        "tokens_per_s": step_tokens / elapsed, "samples_per_s": run.global_batch / elapsed,
+        "tokens": run.tokens, "skipped_steps": int(run.engine.skipped_steps),
+        "nonfinite_skipped": run.monitor.total_skipped, **memory_stats(run.info.device),
+    }  # fmt: skip
+    if samples is not None:
+        record["epoch"], record["samples"] = trained.epoch, samples
+    if g_pairs:
+        record["pair_loss"] = pair_loss
+    if result.loss_scale is not None:
+        record["loss_scale"] = result.loss_scale
+    utilisation = mfu(
+        record["tokens_per_s"],
+        run.flops_per_token,
+        run.info.world_size,
+        run.cfg.metrics.peak_tflops_per_device,
+    )
+    if utilisation is not None:
+        record["mfu"] = utilisation
+    return record
+
+
+def _log_eval(run: Run) -> int:
+    """Evaluate at the current step and log it; returns the step."""
+    run.metrics.log_eval({"step": run.step, **evaluate(run.engine, run.val_loader, run.comm)})
+    return run.step
+
+
+def _eval_due(cfg: Config, step: int) -> bool:
+    """Whether `step` is an eval step (a checkpoint at max_steps or at an eval step was saved after that
+    step's evaluation, so a run resumed there has it too)."""
+    return (
+        step == 0
+        or step >= cfg.train.max_steps
+        or bool(cfg.eval.every_steps and step % cfg.eval.every_steps == 0)
+    )
+
+
+def _one_step(run: Run, data: LoaderStep, preemption: PreemptionHandler, started: float):
+    """Train the step of `data`, prefetch the next step's data and agree the end of the step.
+
+    Returns (agreement, metrics record, next step's data, this rank's data error or None). Raises what
+    `_check_health` raises.
+    """
+    t, debug = run.cfg.train, run.cfg.debug
+    step_start = time.perf_counter()
+    torch.manual_seed(step_seed(t.seed, run.step, run.info.rank))  # dropout: nothing to checkpoint
+    result = train_step(run.engine, data, run.comm, guard=run.guard, fault=run.faults.at(run.step + 1))
+    run.step, run.loader_state = run.step + 1, data.state_after
+    samples = run.comm.gather_indices(data.rank_indices) if debug.log_sample_indices else None
+    upcoming, error = _next_data(run.loader) if run.step < t.max_steps else (None, None)
+    wishes = {
+        "preempt": preemption.requested, "save": run.checkpoints.should_save(run.step),
+        "out_of_time": t.max_minutes is not None and time.monotonic() - started >= t.max_minutes * 60,
+        "error": error is not None,
+    }  # fmt: skip
+    agreed, norm = _agree_end_of_step(run, result, wishes)
+    _check_health(run, agreed)
+    return agreed, _step_record(run, result, agreed, norm, step_start, data, samples), upcoming, error
+
+
 def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     """Train `cfg` on this rank; returns the exit code (0 done, EXIT_PREEMPTED after a signal-save).
 
@@ -173,163 +275,35 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     NonFiniteLossError when losses stay NaN/Inf longer than the policy allows, LossScaleFloorError when
     an fp16 step overflows at fp16.min_loss_scale, PeerFailedError when another rank's data failed.
     """
-    set_determinism(cfg.train.deterministic)
-    rank, world = info.rank, info.world_size
-    comm = Collectives(info.device)
-    agreement = StepAgreement(comm)
-    train_reader, val_reader, vocab_size, special_ids = open_data(cfg)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(
-        cfg.model, vocab_size=vocab_size, pad_id=special_ids["pad"],
-        pair_head=cfg.model.pair_head == "auto" and train_reader.has_pairs,
-        tokenizer_source=f"the tokenizer of the shards in {cfg.data.path}",
-    )  # fmt: skip
-    seq_len = resolve_seq_len(
-        cfg.data, shards_seq_len=train_reader.seq_len, shards_dir=cfg.data.path,
-        max_positions=model.config.max_position_embeddings,
-    )  # fmt: skip
-    flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
-    engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu)
-
-    collator = MaskingCollator(
-        cfg.masking, special_ids=special_ids, vocab_size=vocab_size, seed=cfg.train.seed, seq_len=seq_len
-    )
-    t = cfg.train
-    global_batch = t.micro_batch_size * t.grad_accum_steps * world
-    sampler = GlobalBatchSampler(
-        len(train_reader), global_batch_size=global_batch, micro_batch_size=t.micro_batch_size,
-        seed=t.seed, rank=rank, world_size=world,
-    )  # fmt: skip
-    val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
-    checkpoints = CheckpointManager(
-        cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
-        run=describe_run(cfg, model, train_reader.manifest, seq_len=seq_len), collectives=comm,
-    )  # fmt: skip
-    monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank)
-    debug = cfg.debug
-    faults = Faults.for_rank(debug, rank)
-
-    state = checkpoints.resume(engine, t.resume) or {}
-    step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
-    reader = faults.reader(train_reader, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
-    pin = info.device if on_gpu else None  # pin_memory() raises without CUDA
-    loader = TrainLoader(reader, sampler, collator, cfg.data.prefetch_batches, pin_device=pin)
-    if state:
-        loader.load_state_dict(state["loader"])
-        monitor.load_state_dict(state["nonfinite"])
-    loader_state = loader.state_dict()  # after the last step trained (the loader runs one step ahead)
-    if info.is_main:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(cfg.run_dir, "config.yaml"))
-    metrics = MetricsLogger(
-        cfg.run_dir, is_main=info.is_main, max_steps=t.max_steps, log_every_steps=t.log_every_steps,
-        tensorboard=cfg.metrics.tensorboard, start_step=step,
-    )  # fmt: skip
-    if step == 0:
-        metrics.log_eval({"step": 0, **evaluate(engine, val_loader, comm)})
-
-    def trainer_state() -> dict:
-        return {"step": step, "tokens": tokens, "consumed_samples": loader_state["consumed_samples"],
-                "loader": loader_state, "nonfinite": monitor.state_dict()}  # fmt: skip
-
-    started = time.monotonic()
-    # A checkpoint at max_steps or at an eval step was saved after that step's evaluation.
-    evaluated = (
-        step == 0 or step >= t.max_steps or bool(cfg.eval.every_steps and step % cfg.eval.every_steps == 0)
-    )
-    exit_code, last_eval_step = 0, step if evaluated else None
-    # ZeRO-0 fp32 is DeepSpeed's one path without a norm or an overflow check: we supply both.
-    guard = Stage0StepGuard(engine.optimizer) if cfg.zero.stage == 0 and cfg.precision == "fp32" else None
-    issued = comm.issued
-    with loader, PreemptionHandler() as preemption:
-        data, data_error = _next_data(loader) if step < t.max_steps else (None, None)
-        if step < t.max_steps:  # the first step's data, agreed like every later step's
-            first = agreement.agree(torch.zeros(0, device=comm.device), {"error": data_error is not None})
-            _stop_if_a_rank_failed(data_error, first.ranks("error"), step)
-        while step < t.max_steps and (t.max_tokens is None or tokens < t.max_tokens):
-            step_start = time.perf_counter()
-            torch.manual_seed(step_seed(t.seed, step, rank))  # dropout: derivable, nothing to checkpoint
-            result = train_step(engine, data, comm, step=step + 1, faults=faults, guard=guard)
-            step += 1
-            trained, loader_state = data, data.state_after
-            samples = comm.gather_indices(trained.rank_indices) if debug.log_sample_indices else None
-            data, data_error = _next_data(loader) if step < t.max_steps else (None, None)
-            norm = result.grad_norm
-            norm_on_device = isinstance(norm, torch.Tensor)
-            fetch = [result.counts]
-            if norm_on_device:
-                fetch.append(norm.detach().to(comm.device, torch.float64).reshape(1))
-            wishes = {
-                "nonfinite": result.bad_loss,
-                "preempt": preemption.requested,
-                "out_of_time": t.max_minutes is not None and time.monotonic() - started >= t.max_minutes * 60,
-                "save": checkpoints.should_save(step),
-                "scale_floor": result.skipped
-                and result.loss_scale is not None
-                and result.loss_scale <= cfg.fp16.min_loss_scale,
-                "error": data_error is not None,
-            }
-            # The one host sync of the step: sums and wishes of every rank, agreed in one all-reduce.
-            agreed = agreement.agree(result.sums, wishes, fetch=torch.cat(fetch))
-            step_tokens, g_masked, g_pairs = agreed.fetched[:3]
-            # Names the bad rank(s); a bad step's update was already dropped (DeepSpeed, Stage0StepGuard);
-            # raises NonFiniteLossError past health.max_nonfinite_skips, before any save.
-            monitor.update(agreed.ranks("nonfinite"), step)
-            if agreed.any("scale_floor"):
-                raise LossScaleFloorError(
-                    f"fp16 step {step} overflowed with the loss scale at its floor "
-                    f"(fp16.min_loss_scale={cfg.fp16.min_loss_scale}); {engine.skipped_steps} step(s) "
-                    "skipped so far; stopping. The last good checkpoint is kept: lower optim.lr, raise "
-                    "optim.warmup_steps or use bf16 before resuming"
-                )
-            tokens += int(step_tokens)
-            mlm_sum, pair_sum, correct = agreed.sums
-            mlm_loss = mlm_sum / max(g_masked, 1.0)
-            pair_loss = pair_sum / g_pairs if g_pairs else 0.0
-            elapsed = time.perf_counter() - step_start
-            record = {
-                "step": step, "loss": mlm_loss + pair_loss, "mlm_loss": mlm_loss,
-                "mlm_accuracy": correct / max(g_masked, 1.0), "lr": result.lr,
-                "grad_norm": agreed.fetched[3] if norm_on_device else (None if norm is None else float(norm)),
-                "tokens_per_s": step_tokens / elapsed, "samples_per_s": global_batch / elapsed,
-                "tokens": tokens, "skipped_steps": int(engine.skipped_steps),
-                "nonfinite_skipped": monitor.total_skipped, **memory_stats(info.device),
-            }  # fmt: skip
-            if samples is not None:
-                record["epoch"], record["samples"] = trained.epoch, samples
-            if g_pairs:
-                record["pair_loss"] = pair_loss
-            if result.loss_scale is not None:
-                record["loss_scale"] = result.loss_scale
-            utilisation = mfu(
-                record["tokens_per_s"], flops_per_token, world, cfg.metrics.peak_tflops_per_device
-            )
-            if utilisation is not None:
-                record["mfu"] = utilisation
-            if debug.log_collectives:  # since the previous record: includes that step's eval and save
-                record["collectives"], issued = comm.issued - issued, comm.issued
-            metrics.log_step(record)
-            _stop_if_a_rank_failed(data_error, agreed.ranks("error"), step)  # this step trained fine
-
-            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
-                metrics.log_eval({"step": step, **evaluate(engine, val_loader, comm)})
-                last_eval_step = step
-            if preemption.agreed(agreed.any("preempt")):
-                checkpoints.save(engine, trainer_state(), step)
+    run, t = build_run(cfg, info, on_gpu=on_gpu), cfg.train
+    if run.step == 0:
+        _log_eval(run)
+    started, exit_code, last_eval = time.monotonic(), 0, run.step if _eval_due(cfg, run.step) else None
+    issued = run.comm.issued
+    with run.loader, PreemptionHandler() as preemption:
+        data = _first_data(run)
+        while run.step < t.max_steps and (t.max_tokens is None or run.tokens < t.max_tokens):
+            agreed, record, data, data_error = _one_step(run, data, preemption, started)
+            if cfg.debug.log_collectives:  # since the previous record: includes that step's eval and save
+                record["collectives"], issued = run.comm.issued - issued, run.comm.issued
+            run.metrics.log_step(record)
+            _stop_if_a_rank_failed(data_error, agreed.ranks("error"), run.step)  # this step trained fine
+            if cfg.eval.every_steps and run.step % cfg.eval.every_steps == 0:
+                last_eval = _log_eval(run)
+            preempted = preemption.agreed(agreed.any("preempt"))
+            wished = preempted or agreed.any("save")
+            run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, wished=wished)
+            if preempted:
                 exit_code = EXIT_PREEMPTED
                 break
-            if agreed.any("save"):
-                checkpoints.save(engine, trainer_state(), step)
             if agreed.any("out_of_time"):
-                log.info("train.max_minutes=%s reached at step %d; stopping", t.max_minutes, step)
+                log.info("train.max_minutes=%s reached at step %d; stopping", t.max_minutes, run.step)
                 break
-
         if exit_code == 0:
-            if last_eval_step != step:
-                metrics.log_eval({"step": step, **evaluate(engine, val_loader, comm)})
-            if checkpoints.last_saved_step != step:
-                checkpoints.save(engine, trainer_state(), step)
-    metrics.close()
+            if last_eval != run.step:
+                _log_eval(run)
+            run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, last=True)
+    run.metrics.close()
     if info.is_main:
-        log.info("finished at step %d (%d tokens); run dir %s", step, tokens, cfg.run_dir)
+        log.info("finished at step %d (%d tokens); run dir %s", run.step, run.tokens, cfg.run_dir)
     return exit_code

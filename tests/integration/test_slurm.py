@@ -85,7 +85,7 @@ def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (tmp_path / "cfg.yaml").write_text(
-        f"run_dir: {run}\ntrain: {{micro_batch_size: 2, global_batch_size: 4}}\n"
+        f"run_dir: {run}\ndata: {{path: shards}}\ntrain: {{micro_batch_size: 2, global_batch_size: 4}}\n"
     )
     argv = ["--nodes", "2", "--cpu", "--time", "1", "--signal-seconds", "50", "--job-name", "chain"]
     job = _launch(tmp_path, "slurm", *argv, "--", "--config", "cfg.yaml", "--run", str(run))
@@ -105,7 +105,7 @@ def test_scancel_is_not_undone_by_a_requeue(tmp_path):
     _stand_in_trainer(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
-    (tmp_path / "cfg.yaml").write_text(f"run_dir: {run}\n")
+    (tmp_path / "cfg.yaml").write_text(f"run_dir: {run}\ndata: {{path: shards}}\n")
     argv = ["--nodes", "2", "--cpu", "--time", "10", "--", "--config", "cfg.yaml", "--run", str(run)]
     job = _launch(tmp_path, "slurm", *argv, steps=10_000)
     wait_for_job(job, 60, until=lambda f: (run / "steps1").exists())

@@ -1,4 +1,4 @@
-"""Small training configs on disk for launcher tests (the launcher reads only a few keys itself)."""
+"""Small training configs on disk for launcher tests (the trainer's loader validates them: data.path set)."""
 
 from pathlib import Path
 
@@ -14,6 +14,7 @@ def write_config(tmp_path):
         path = tmp_path / name
         data = {
             "run_dir": str(tmp_path / "run"),
+            "data": {"path": str(tmp_path / "shards")},
             "train": {"micro_batch_size": 4, "grad_accum_steps": 2, **train},
         }
         path.write_text(yaml.safe_dump(data), encoding="utf-8")

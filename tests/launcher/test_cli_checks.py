@@ -41,16 +41,45 @@ def test_override_on_the_command_line_is_what_gets_checked(write_config, capsys)
 
 def test_base_file_keys_are_followed(tmp_path):
     (tmp_path / "base.yaml").write_text(
-        "run_dir: runs/a\ntrain: {micro_batch_size: 8, global_batch_size: 64}\n"
+        "run_dir: runs/a\ndata: {path: shards}\ntrain: {micro_batch_size: 8, global_batch_size: 64}\n"
     )
     (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain: {grad_accum_steps: 4}\n")
     job = read_job_config(["--config", str(tmp_path / "child.yaml")])
-    assert (job.run_dir, job.micro_batch_size, job.grad_accum_steps, job.global_batch_size) == (
+    train = job.config.train
+    assert (job.run_dir, train.micro_batch_size, train.grad_accum_steps, job.global_batch_size) == (
         "runs/a",
         8,
         4,
         64,
     )
+
+
+def test_the_launcher_refuses_what_the_trainer_refuses(tmp_path, capsys):
+    # A list of `base:` files (the trainer takes one), an unknown key: refused before any rank starts
+    # or any job is submitted, with the trainer's own message.
+    from pretrain.config import ConfigError, load_config
+
+    (tmp_path / "a.yaml").write_text("run_dir: runs/a\ndata: {path: shards}\n")
+    (tmp_path / "b.yaml").write_text("model: {preset: tiny}\n")
+    (tmp_path / "list.yaml").write_text("base: [a.yaml, b.yaml]\n")
+    (tmp_path / "typo.yaml").write_text("base: a.yaml\ntrain: {micro_bach_size: 4}\n")
+    for name, message in (("list.yaml", "`base` must be a file path"), ("typo.yaml", "did you mean")):
+        cfg = str(tmp_path / name)
+        with pytest.raises(ConfigError, match=message):
+            load_config(cfg)
+        for command in (["local", "--cpu"], ["slurm", "--nodes", "1", "--cpu", "--dry-run"]):
+            assert main([*command, "--", "--config", cfg]) == 1
+            captured = capsys.readouterr()
+            assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+            assert captured.out == ""
+
+
+def test_importing_the_shared_config_module_stays_light():
+    # The launcher imports pretrain.config; it must not pull in torch or numpy (slow, and absent on a
+    # login node that only submits jobs).
+    code = "import sys, launcher.cli, pretrain.config; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_no_sbatch_on_path_is_a_clear_error(write_config, tmp_path):
@@ -96,7 +125,7 @@ def test_trainer_arguments_are_required(capsys):
         ("train.micro_batch_size=abc", "train.micro_batch_size='abc' (from the command line override)"),
         ("train.grad_accum_steps=0", "train.grad_accum_steps=0 (from the command line override)"),
         ("train.global_batch_size=1.5", "train.global_batch_size=1.5 (from the command line override)"),
-        ("train.micro_batch_size=[", "train.micro_batch_size='[' (from the command line override)"),
+        ("train.micro_batch_size=[", "override 'train.micro_batch_size=[': value is not valid YAML"),
         ("train.micro_batch_size=true", "train.micro_batch_size=True (from the command line override)"),
         ("train=5", "train must be a mapping"),
         ("run_dir=[a]", "run_dir=['a'] must be a directory path"),

@@ -77,7 +77,8 @@ def test_train_script_keeps_hostile_values_whole_and_runs_none(tmp_path, stubs, 
     run_dir = str(tmp_path / f"run %x dir 'quoted' $(touch {MARKER})")
     opts = SlurmOptions(job_name=evil, partition=evil, account=evil, qos=evil, constraint=evil,
                         extra_sbatch=[f"--comment={evil}"], time="10:00")  # fmt: skip
-    train_args = ["--config", str(config), f"run_dir={run_dir}", f"optim.name={evil}"]
+    # data.path: a string key the trainer's config loader (which the launcher runs) accepts as is
+    train_args = ["--config", str(config), f"run_dir={run_dir}", f"data.path={evil}"]
     script = render_train_script(opts, 2, 1, True, train_args)
 
     assert sbatch_arguments(script) == [

@@ -11,7 +11,6 @@ from pretrain.config import (
     MODEL_PRESETS,
     Config,
     ConfigError,
-    check_batch_arithmetic,
     config_hash,
     config_to_dict,
     load_config,
@@ -144,11 +143,11 @@ def test_batch_arithmetic_names_the_numbers(cfg_file):
     cfg = load_config(
         cfg_file, ["train.micro_batch_size=8", "train.grad_accum_steps=4", "train.global_batch_size=64"]
     )
-    assert check_batch_arithmetic(cfg, world_size=2) == 64
+    assert cfg.train.global_batch(world_size=2) == 64
     with pytest.raises(
         ConfigError, match=r"global_batch_size=64 .* \(8\) x .* \(4\) x world size \(4\) = 128"
     ):
-        check_batch_arithmetic(cfg, world_size=4)
+        cfg.train.global_batch(world_size=4)
 
 
 def test_saved_config_reloads_identically(cfg_file, tmp_path):

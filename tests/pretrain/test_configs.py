@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import check_batch_arithmetic, load_config
+from pretrain.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = sorted(p for p in CONFIGS.glob("*.yaml"))
@@ -25,7 +25,7 @@ def test_recipe_loads_and_says_its_hardware(path):
     assert "hardware" in text or "cpu" in text, f"{path.name} should say in a comment what hardware it is for"
     if cfg.train.global_batch_size is not None:
         world = cfg.train.global_batch_size // (cfg.train.micro_batch_size * cfg.train.grad_accum_steps)
-        assert check_batch_arithmetic(cfg, world) == cfg.train.global_batch_size
+        assert cfg.train.global_batch(world) == cfg.train.global_batch_size
 
 
 @pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: p.name)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -129,3 +130,40 @@ def test_init_from_a_model_with_another_vocabulary_is_refused(shards, tmp_path):
     BertForMaskedLM(config).save_pretrained(other)
     result = _run_cli(tmp_path, shards, f"model.init_from={other}")
     _assert_refused(result, tmp_path, "vocabulary mismatch", str(other), "3000", "2000")
+
+
+# ------------------------------------------------------------ which errors are one line (run_training)
+
+
+def _run_training_raising(monkeypatch, exc: BaseException) -> int:
+    """run_training with the training loop replaced by one that raises `exc` (what the mapping sees)."""
+    import pretrain.trainer
+    from pretrain.__main__ import run_training
+
+    def failing_train(cfg, info, *, on_gpu):
+        raise exc
+
+    monkeypatch.setattr(pretrain.trainer, "train", failing_train)
+    cfg = SimpleNamespace(run_dir="/runs/x")
+    return run_training(cfg, None, on_gpu=False)
+
+
+def test_only_typed_input_errors_and_file_errors_are_one_line(monkeypatch, capsys):
+    import errno
+
+    from data_pipeline.errors import DataError
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.config import ConfigError
+
+    for exc in (ConfigError("bad key"), DataError("bad shard"), CheckpointError("bad checkpoint")):
+        assert _run_training_raising(monkeypatch, exc) == 1
+        assert capsys.readouterr().err == f"mlm-train: error: {exc}\n"
+    full = OSError(errno.EFBIG, "File too large", "/runs/x/metrics.jsonl")
+    assert _run_training_raising(monkeypatch, full) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mlm-train: error: /runs/x/metrics.jsonl: File too large; the disk is full"), err
+    # A bug keeps its traceback, whatever its type: a ValueError is not bad input, nor is a socket error.
+    for bug in (ValueError("shapes do not match"), ConnectionResetError(errno.ECONNRESET, "reset by peer")):
+        with pytest.raises(type(bug)):
+            _run_training_raising(monkeypatch, bug)
+        assert capsys.readouterr().err == ""

@@ -1,0 +1,164 @@
+"""Everything a training run is built from, in order: readers -> model -> run_dir check -> engine ->
+collator, sampler, loaders -> checkpoint manager (and resume) -> monitors and metrics. `build_run` returns
+it as one `Run`; the loop in pretrain/trainer.py only trains it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from data_pipeline.errors import os_error_line
+from pretrain.checkpoint import CheckpointManager
+from pretrain.collectives import Collectives, StepAgreement
+from pretrain.config import Config, ConfigError, config_hash, save_config
+from pretrain.data import GlobalBatchSampler, TrainLoader, ValidationLoader, resolve_seq_len
+from pretrain.distributed import DistInfo, set_determinism
+from pretrain.engine import initialize_engine
+from pretrain.faults import Faults
+from pretrain.health import NonFiniteMonitor, Stage0StepGuard
+from pretrain.masking import MaskingCollator
+from pretrain.metrics import MetricsLogger
+from pretrain.model import build_model
+from pretrain.run_identity import describe_run
+
+
+@dataclass
+class Run:
+    """A built run and its progress: what the loop needs, nothing more.
+
+    `step` (optimizer steps done), `tokens` (training tokens consumed) and `loader_state` (the loader
+    after the last step trained; it runs one step ahead) are the progress the loop advances and a
+    checkpoint records (`trainer_state`).
+    """
+
+    cfg: Config
+    info: DistInfo
+    comm: Collectives
+    agreement: StepAgreement
+    engine: object
+    loader: TrainLoader
+    val_loader: ValidationLoader
+    checkpoints: CheckpointManager
+    monitor: NonFiniteMonitor
+    metrics: MetricsLogger
+    faults: Faults
+    guard: Stage0StepGuard | None
+    global_batch: int
+    flops_per_token: float
+    step: int
+    tokens: int
+    loader_state: dict
+
+    def trainer_state(self) -> dict:
+        """What a checkpoint records of the run's progress (JSON values; see CheckpointManager.save)."""
+        consumed = self.loader_state["consumed_samples"]
+        return {"step": self.step, "tokens": self.tokens, "consumed_samples": consumed,
+                "loader": self.loader_state, "nonfinite": self.monitor.state_dict()}  # fmt: skip
+
+
+def open_data(cfg: Config):
+    """(train reader, validation reader, vocab size, special ids dict) of the shards at data.path.
+
+    Raises data_pipeline.errors.DataError naming the file when the manifest or a shard is missing or
+    has the wrong size.
+    """
+    from data_pipeline.shards import ShardReader
+
+    train_reader = ShardReader(cfg.data.path, split="train")
+    val_reader = ShardReader(cfg.data.path, split="validation")
+    tokenizer = train_reader.manifest.tokenizer
+    vocab_size, special_ids = tokenizer["vocab_size"], tokenizer["special_ids"]
+    return train_reader, val_reader, int(vocab_size), dict(special_ids)
+
+
+def check_run_dir_writable(run_dir: str, agreement: StepAgreement, rank: int) -> None:
+    """Create `run_dir` and write and remove a probe file in it, on every rank, before anything costly.
+
+    Every rank calls this (one collective). Raises ConfigError on every rank when any rank cannot: the
+    failing rank names the path and the system's reason, the others name the failing ranks.
+    """
+    probe = os.path.join(run_dir, f".write-probe-rank{rank}-{os.getpid()}")
+    error = None
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("probe\n")
+        os.remove(probe)
+    except OSError as exc:
+        error = exc
+    failed = agreement.agree(
+        torch.zeros(0, device=agreement.collectives.device), {"error": error is not None}
+    )
+    if error is not None:
+        raise ConfigError(f"run_dir={run_dir} cannot be written: {os_error_line(error, run_dir, 'run_dir')}")
+    if failed.any("error"):
+        raise ConfigError(
+            f"run_dir={run_dir} cannot be written on rank(s) {failed.ranks('error')} (see their log); "
+            "choose a run_dir every rank can write"
+        )
+
+
+def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
+    """Build the run of `cfg` on this rank, resumed per train.resume; every rank calls it together.
+
+    Raises ConfigError / DataError / CheckpointError for bad input (including a run_dir some rank cannot
+    write, checked before the engine is built); nothing of a training step has run yet.
+    """
+    set_determinism(cfg.train.deterministic)
+    rank, world, t = info.rank, info.world_size, cfg.train
+    comm = Collectives(info.device)
+    agreement = StepAgreement(comm)
+    train_reader, val_reader, vocab_size, special_ids = open_data(cfg)
+    torch.manual_seed(t.seed)
+    model = build_model(
+        cfg.model, vocab_size=vocab_size, pad_id=special_ids["pad"],
+        pair_head=cfg.model.pair_head == "auto" and train_reader.has_pairs,
+        tokenizer_source=f"the tokenizer of the shards in {cfg.data.path}",
+    )  # fmt: skip
+    seq_len = resolve_seq_len(
+        cfg.data, shards_seq_len=train_reader.seq_len, shards_dir=cfg.data.path,
+        max_positions=model.config.max_position_embeddings,
+    )  # fmt: skip
+    flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
+    check_run_dir_writable(cfg.run_dir, agreement, rank)
+    engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu)
+
+    collator = MaskingCollator(
+        cfg.masking, special_ids=special_ids, vocab_size=vocab_size, seed=t.seed, seq_len=seq_len
+    )
+    global_batch = t.global_batch(world)
+    sampler = GlobalBatchSampler(
+        len(train_reader), global_batch_size=global_batch, micro_batch_size=t.micro_batch_size,
+        seed=t.seed, rank=rank, world_size=world,
+    )  # fmt: skip
+    val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
+    checkpoints = CheckpointManager(
+        cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
+        run=describe_run(cfg, model, train_reader.manifest, seq_len=seq_len), collectives=comm,
+    )  # fmt: skip
+    monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank)
+    faults = Faults.for_rank(cfg.debug, rank)
+
+    state = checkpoints.resume(engine, t.resume) or {}
+    step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
+    reader = faults.reader(train_reader, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
+    pin = info.device if on_gpu else None  # pin_memory() raises without CUDA
+    loader = TrainLoader(reader, sampler, collator, cfg.data.prefetch_batches, pin_device=pin)
+    if state:
+        loader.load_state_dict(state["loader"])
+        monitor.load_state_dict(state["nonfinite"])
+    if info.is_main:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(cfg.run_dir, "config.yaml"))
+    metrics = MetricsLogger(
+        cfg.run_dir, is_main=info.is_main, max_steps=t.max_steps, log_every_steps=t.log_every_steps,
+        tensorboard=cfg.metrics.tensorboard, start_step=step,
+    )  # fmt: skip
+    # ZeRO-0 fp32 is DeepSpeed's one path without a norm or an overflow check: we supply both.
+    guard = Stage0StepGuard(engine.optimizer) if cfg.zero.stage == 0 and cfg.precision == "fp32" else None
+    return Run(
+        cfg, info, comm, agreement, engine, loader, val_loader, checkpoints, monitor, metrics, faults, guard,
+        global_batch, flops_per_token, step, tokens, loader.state_dict(),
+    )  # fmt: skip
