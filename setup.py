@@ -4,11 +4,12 @@ from setuptools import find_packages, setup
 
 # Ranges verified on CPU with Python 3.11. torch is pinned to the CPU wheel for CPU installs;
 # GPU images (docker/Dockerfile) install their own CUDA build first, which satisfies the range.
+# The floors of Python (3.11) and torch (2.6) are transformers 5's own (its Requires-Python and its
+# torch extra), not ours: nothing older can install it.
 INSTALL_REQUIRES = [
-    "torch>=2.4,<2.15",
+    "torch>=2.6,<2.15",
     "deepspeed>=0.19,<0.20",
     "transformers>=5,<6",
-    "datasets>=4,<6",
     "pyarrow>=17",
     "sentencepiece>=0.2",
     "tokenizers>=0.23",  # encode_batch_fast; transformers 5 needs >= 0.23.1 anyway
@@ -28,10 +29,13 @@ INSTALL_REQUIRES = [
 ZH_REQUIRES = ["rjieba>=0.2.2,<0.3"]
 # ruff is pinned to a minor series: new releases add lint rules and format Markdown code blocks,
 # which would fail `make lint` on a clean machine without any change of ours.
-TEST_REQUIRES = ["pytest>=8", "ruff>=0.17,<0.18", *ZH_REQUIRES]
+# `datasets` is no runtime dependency (shards are read with pyarrow): one test and bench/data_pipeline.py
+# check that `datasets.Dataset.from_file` reads our shards.
+DATASETS_REQUIRES = ["datasets>=4,<6"]
+TEST_REQUIRES = ["pytest>=8", "ruff>=0.17,<0.18", *ZH_REQUIRES, *DATASETS_REQUIRES]
 # What only the benchmarks in bench/ need on top: bench/segmenter.py compares rjieba with jieba (the
 # HF Trainer peers' accelerate is a runtime dependency, for mlm-finetune).
-BENCH_REQUIRES = ["jieba>=0.42,<0.43"]
+BENCH_REQUIRES = ["jieba>=0.42,<0.43", *DATASETS_REQUIRES]
 
 with open("README.md", encoding="utf-8") as readme_file:
     README = readme_file.read()
@@ -44,7 +48,7 @@ setup(
     ),
     long_description=README,
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["data_pipeline*", "pretrain*", "launcher*"]),
     package_data={"launcher": ["templates/*"]},
     install_requires=INSTALL_REQUIRES,

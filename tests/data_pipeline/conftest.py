@@ -4,6 +4,7 @@ tokenizers trained on it. Session-scoped: each is built once, on first use."""
 import gzip
 import json
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from data_pipeline.tokenizer import LoadedTokenizer, load_tokenizer, train_token
 SAMPLE_CORPUS_BYTES = 400_000
 SMALL_VOCAB_SIZE = 1000
 MIXED_FORMAT_DOCUMENTS = 20  # per file
+ZH_VOCAB_SIZE = 1200
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +85,14 @@ def bpe_tokenizer_dir(sample_corpus_dir, tmp_path_factory) -> str:
     out_dir = str(tmp_path_factory.mktemp("tokenizers") / "bpe")
     train_tokenizer([sample_corpus_dir], "sentencepiece-bpe", 800, out_dir, lowercase=True)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def zh_tokenizer_dirs(tmp_path_factory) -> dict[str, str]:
+    """kind -> tokenizer dir: WordPiece and SentencePiece unigram (vocabulary 1200) trained on the Chinese
+    fixture (fixtures/zh_manpages.txt)."""
+    fixture = Path(__file__).parent / "fixtures" / "zh_manpages.txt"
+    root = tmp_path_factory.mktemp("zh_tokenizers")
+    for kind in ("wordpiece", "sentencepiece-unigram"):
+        train_tokenizer([str(fixture)], kind, ZH_VOCAB_SIZE, str(root / kind))
+    return {kind: str(root / kind) for kind in ("wordpiece", "sentencepiece-unigram")}

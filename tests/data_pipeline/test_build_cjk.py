@@ -16,7 +16,6 @@ from data_pipeline.errors import DataError
 from data_pipeline.manifest import Manifest
 from data_pipeline.merge import merge_parts
 from data_pipeline.shards import ShardReader
-from data_pipeline.tokenizer import train_tokenizer
 from pretrain.config import MaskingConfig
 from pretrain.masking import MaskingCollator
 
@@ -36,15 +35,6 @@ def zh_corpus(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def zh_tokenizers(tmp_path_factory) -> dict[str, str]:
-    """kind -> tokenizer dir (vocabulary 1200) trained on the fixture."""
-    root = tmp_path_factory.mktemp("zh_build_tokenizers")
-    for kind in KINDS:
-        train_tokenizer([str(ZH_FIXTURE)], kind, 1200, str(root / kind))
-    return {kind: str(root / kind) for kind in KINDS}
-
-
 def _build(inputs, tokenizer: str, out: Path, **kw) -> dict:
     cfg = BuildConfig(inputs=[str(i) for i in inputs], tokenizer=tokenizer, out=str(out), seq_len=SEQ_LEN,
                       validation_fraction=0.0, **kw)  # fmt: skip
@@ -57,9 +47,9 @@ def _rows(out: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def zh_shards(zh_corpus, zh_tokenizers, tmp_path_factory) -> dict[str, Path]:
+def zh_shards(zh_corpus, zh_tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("zh_shards")
-    for kind, tokenizer in zh_tokenizers.items():
+    for kind, tokenizer in zh_tokenizer_dirs.items():
         _build([zh_corpus], tokenizer, root / kind)
     return {kind: root / kind for kind in KINDS}
 
@@ -92,7 +82,7 @@ def test_masking_masks_about_the_configured_share_of_chinese_rows(kind, span, zh
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_segmenter_word_starts_reach_the_shards(kind, zh_shards, zh_tokenizers):
+def test_segmenter_word_starts_reach_the_shards(kind, zh_shards, zh_tokenizer_dirs):
     manifest = Manifest.load(str(zh_shards[kind]))
     assert manifest.counts["segmented_documents"] == len(ZH_DOCS)
     assert manifest.build["identity"]["segmenter"] == segment.segmenter_identity()
@@ -135,7 +125,7 @@ def _hard_wrap(paragraph: str, width: int = 20) -> str:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_hard_wrapped_chinese_builds_the_same_rows_as_unwrapped(
-    kind, zh_corpus, zh_tokenizers, zh_shards, tmp_path
+    kind, zh_corpus, zh_tokenizer_dirs, zh_shards, tmp_path
 ):
     wrapped = tmp_path / "wrapped"
     wrapped.mkdir()
@@ -144,16 +134,16 @@ def test_hard_wrapped_chinese_builds_the_same_rows_as_unwrapped(
         (wrapped / f"zh-{i}.txt").write_text("\n\n".join(docs), encoding="utf-8")
     before, after = (d.joinpath("zh-0.txt").read_text().count("\n") for d in (zh_corpus, wrapped))
     assert after > 2 * before  # most paragraphs are now several lines
-    _build([wrapped], zh_tokenizers[kind], tmp_path / "out")
+    _build([wrapped], zh_tokenizer_dirs[kind], tmp_path / "out")
     for key in ("input_ids", "word_start", "length"):
         np.testing.assert_array_equal(_rows(tmp_path / "out")[key], _rows(zh_shards[kind])[key])
     assert Manifest.load(str(tmp_path / "out")).counts["cjk_line_breaks_joined"] == len(ZH_DOCS)
 
 
 def test_without_the_segmenter_a_build_warns_once_counts_and_is_kept_apart(
-    zh_corpus, zh_tokenizers, zh_shards, tmp_path, monkeypatch, caplog
+    zh_corpus, zh_tokenizer_dirs, zh_shards, tmp_path, monkeypatch, caplog
 ):
-    tokenizer = zh_tokenizers["wordpiece"]
+    tokenizer = zh_tokenizer_dirs["wordpiece"]
     out = tmp_path / "unsegmented"
     with monkeypatch.context() as m:
         m.setattr(segment, "segmenter_identity", lambda: None)  # as if rjieba were not installed
@@ -182,11 +172,11 @@ def test_without_the_segmenter_a_build_warns_once_counts_and_is_kept_apart(
 
 
 def test_a_build_resumed_without_the_segmenter_tokenizes_its_units_again(
-    zh_corpus, zh_tokenizers, tmp_path, monkeypatch
+    zh_corpus, zh_tokenizer_dirs, tmp_path, monkeypatch
 ):
     from data_pipeline import build
 
-    tokenizer = zh_tokenizers["sentencepiece-unigram"]
+    tokenizer = zh_tokenizer_dirs["sentencepiece-unigram"]
     out = tmp_path / "out"
     with monkeypatch.context() as m:
         m.setattr(build, "_pack", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))

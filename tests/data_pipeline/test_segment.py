@@ -26,7 +26,7 @@ from data_pipeline.segment import (
     unsegmented_warning,
     unspaced_script,
 )
-from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
+from data_pipeline.tokenizer import load_tokenizer
 
 ZH_FIXTURE = Path(__file__).parent / "fixtures" / "zh_manpages.txt"
 ZH_DOCS = ZH_FIXTURE.read_text(encoding="utf-8").split("\n\n")
@@ -48,13 +48,10 @@ THAI = "ภาษาไทยไม่มีการเว้นวรรคร
 
 
 @pytest.fixture(scope="module")
-def zh_tokenizers(tmp_path_factory):
-    """kind -> LoadedTokenizer trained on the Chinese fixture (plus a byte-level BPE one)."""
+def zh_tokenizers(zh_tokenizer_dirs, tmp_path_factory):
+    """kind -> LoadedTokenizer trained on the Chinese fixture (conftest.py; plus a byte-level BPE one)."""
     root = tmp_path_factory.mktemp("segment_tokenizers")
-    out = {}
-    for kind in ("wordpiece", "sentencepiece-unigram"):
-        train_tokenizer([str(ZH_FIXTURE)], kind, 1200, str(root / kind))
-        out[kind] = load_tokenizer(str(root / kind))
+    out = {kind: load_tokenizer(path) for kind, path in zh_tokenizer_dirs.items()}
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, run_pretrain, write_config
+from tests.helpers.runs import BIN, run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
 

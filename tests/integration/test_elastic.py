@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import run_pretrain, step_trace, write_config
+from tests.helpers.runs import run_pretrain, step_trace, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from pretrain.checkpoint import CheckpointManager
 from pretrain.checkpoint_record import write_complete_record
 from pretrain.config import config_from_dict, config_hash, save_config
 from pretrain.export import main as export_main
-from tests.pretrain.ckpt_helpers import init_process_group
+from tests.helpers.engine import init_process_group
 
 pytestmark = pytest.mark.integration
 

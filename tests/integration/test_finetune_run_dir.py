@@ -12,7 +12,7 @@ import pytest
 
 from pretrain.export import main as export_main
 from pretrain.finetune import main as finetune_main
-from tests.integration.conftest import run_pretrain, write_config
+from tests.helpers.runs import run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import CPU_FP16, run_pretrain, run_pretrain_configs, write_config
-from tests.integration.test_resume import kill_all, reached_step, start, wait_until
+from tests.helpers.processes import kill_all, reached_step, start, wait_until
+from tests.helpers.runs import CPU_FP16, run_pretrain, run_pretrain_configs, write_config
 
 pytestmark = pytest.mark.integration
 

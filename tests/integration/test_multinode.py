@@ -2,21 +2,15 @@
 the same steps, bit for bit, as one 2-rank torchrun run of the same config."""
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.integration.conftest import PretrainRun, run_pretrain, write_config
+from tests.helpers import free_port
+from tests.helpers.runs import PretrainRun, run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_node_ranks_on_loopback_equal_one_two_rank_run(tiny_shards, tmp_path):
@@ -27,7 +21,7 @@ def test_two_node_ranks_on_loopback_equal_one_two_rank_run(tiny_shards, tmp_path
     assert reference.returncode == 0, reference.output[-3000:]
 
     config = write_config(tmp_path / "nodes", tiny_shards, train=train)
-    port = _free_port()
+    port = free_port()
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "launcher", "local", "--cpu", "--nnodes", "2", "--node-rank", str(rank)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.conftest import run_pretrain, write_config
+from tests.helpers.runs import run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -7,21 +7,17 @@ compared below hold them, so a repeated or skipped sample fails the comparison.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.integration.conftest import BIN, run_pretrain, step_trace, write_config
-from tests.pretrain.ckpt_helpers import free_port
+from tests.helpers.processes import kill_all, output_of, reached_step, start, wait_until
+from tests.helpers.runs import run_pretrain, step_trace, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -50,75 +46,6 @@ def baseline(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
 def fresh_config(tmp_path: Path, tiny_shards: Path, **updates) -> Path:
     settings = {k: {**v, **updates.get(k, {})} for k, v in SETTINGS.items()}
     return write_config(tmp_path, tiny_shards, **settings)
-
-
-def start(config: Path, overrides=(), ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
-    """Start the trainer (torchrun with `ranks` workers) in its own process group, so a kill reaches
-    every rank; its output goes to output.log beside the config (a pipe could fill up and stall it)."""
-    cmd = [
-        str(BIN / "torchrun"),
-        f"--nproc-per-node={ranks}",
-        f"--master-port={free_port()}",
-        "-m",
-        "pretrain",
-    ]
-    if ranks == 1:
-        cmd = [sys.executable, "-m", "pretrain"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    log = open(config.parent / "output.log", "w")  # noqa: SIM115 - the child keeps it; closed on exit
-    proc = subprocess.Popen(
-        [*cmd, "--config", str(config), *overrides], env=env, start_new_session=True,
-        stdout=log, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    log.close()
-    proc.log_path = config.parent / "output.log"
-    return proc
-
-
-def output_of(proc: subprocess.Popen) -> str:
-    return proc.log_path.read_text()
-
-
-def wait_until(proc: subprocess.Popen, condition, timeout: float = 240, poll: float = 0.001) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended ({proc.returncode}) first:\n{output_of(proc)[-3000:]}")
-        if time.monotonic() > deadline:
-            kill_all(proc)
-            raise AssertionError("timed out waiting for the run")
-        time.sleep(poll)
-
-
-def reached_step(run_dir: Path, step: int):
-    path = run_dir / "metrics.jsonl"
-
-    def check() -> bool:
-        try:
-            return any(
-                f'"step": {step},' in line and '"loss"' in line for line in path.read_text().splitlines()
-            )
-        except FileNotFoundError:
-            return False
-
-    return check
-
-
-def kill_all(proc: subprocess.Popen) -> None:
-    """SIGKILL torchrun and every worker at once (workers may sit in their own process groups)."""
-    family = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
-    for pid in family:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    psutil.wait_procs([p for p in map(_process, family) if p is not None], timeout=30)
-
-
-def _process(pid: int):
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
 
 
 def test_two_uninterrupted_runs_are_identical(baseline, tiny_shards, tmp_path):

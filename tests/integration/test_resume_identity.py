@@ -13,7 +13,7 @@ import pytest
 from pretrain.checkpoint_record import CheckpointError
 from pretrain.config import config_from_dict
 from pretrain.engine import lr_factor
-from tests.integration.conftest import run_pretrain, write_config
+from tests.helpers.runs import run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
 

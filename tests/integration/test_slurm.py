@@ -17,8 +17,8 @@ import pytest
 
 from data_pipeline.manifest import Manifest
 from data_pipeline.shards import ShardReader
-from tests.integration.conftest import write_config
-from tests.slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
+from tests.helpers.runs import write_config
+from tests.helpers.slurm import wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
 

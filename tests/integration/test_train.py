@@ -9,7 +9,7 @@ import math
 import pytest
 import yaml
 
-from tests.integration.conftest import run_pretrain, write_config
+from tests.helpers.runs import run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
 

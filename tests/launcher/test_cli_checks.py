@@ -1,7 +1,6 @@
 """Bad launch requests fail before anything starts or is submitted, with a message naming the problem."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import pytest
 
 from launcher.cli import main
 from launcher.job_config import read_job_config
+from tests.helpers import free_port
 
 LAUNCH = [sys.executable, "-m", "launcher"]
 
@@ -98,9 +98,7 @@ def test_no_sbatch_on_path_is_a_clear_error(write_config, tmp_path):
 
 def test_unreachable_master_times_out_instead_of_hanging(write_config):
     cfg = write_config()
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     start = time.monotonic()
     out = subprocess.run(
         [*LAUNCH, "local", "--cpu", "--nnodes", "2", "--node-rank", "1", "--master-port", str(port)]

@@ -1,10 +1,11 @@
 """Two per-node launches (node ranks 0 and 1) on loopback form one process group; exit codes survive."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
+
+from tests.helpers import free_port
 
 NODE = """
 import sys
@@ -15,14 +16,8 @@ sys.exit(run_node(spec, [{out!r}, "75"], module="tests.launcher.rendezvous_probe
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_node_launches_meet_and_rank0_exit_code_is_kept(tmp_path):
-    port = _free_port()
+    port = free_port()
     nodes = {}
     for rank in (1, 0):  # node 1 first: it must wait for the master, not fail
         code = NODE.format(rank=rank, port=port, out=str(tmp_path))
@@ -34,7 +29,7 @@ def test_two_node_launches_meet_and_rank0_exit_code_is_kept(tmp_path):
 
 
 def test_stop_signal_while_waiting_for_the_master_exits_75_without_starting_ranks(tmp_path):
-    code = NODE.format(rank=1, port=_free_port(), out=str(tmp_path))  # nobody listens: it waits
+    code = NODE.format(rank=1, port=free_port(), out=str(tmp_path))  # nobody listens: it waits
     node = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     time.sleep(2)  # inside wait_for_master by now
     node.send_signal(signal.SIGUSR1)  # SLURM's time-limit warning

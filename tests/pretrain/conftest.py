@@ -1,57 +1,11 @@
-"""Shared fixtures for the pretrain tests: shard-like rows and an in-memory reader with ShardReader's API."""
+"""Fixtures for the pretrain tests: shard-like rows (tests/helpers/rows.py) and real WordPiece rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
-VOCAB_SIZE = 500
-
-
-def make_rows(num_rows: int, seq_len: int, *, pairs: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
-    """Rows in the shard schema: [CLS] words [SEP] (or [CLS] A [SEP] B [SEP]) then padding.
-
-    Words are 1-3 pieces long (word_start marks the first piece; specials are word starts), lengths vary
-    so every batch has padding.
-    """
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((num_rows, seq_len), dtype=np.uint16)
-    word_start = np.zeros((num_rows, seq_len), dtype=np.uint8)
-    length = rng.integers(seq_len // 2, seq_len + 1, num_rows).astype(np.int32)
-    b_start = np.zeros(num_rows, dtype=np.int32)
-    for r in range(num_rows):
-        n = int(length[r])
-        ids[r, :n] = rng.integers(len(SPECIAL_IDS), VOCAB_SIZE, n)
-        starts = rng.random(n) < 0.55
-        word_start[r, :n] = starts
-        ids[r, 0], ids[r, n - 1], word_start[r, [0, n - 1]] = SPECIAL_IDS["cls"], SPECIAL_IDS["sep"], 1
-        if pairs:
-            b_start[r] = n // 2
-            ids[r, n // 2 - 1], word_start[r, n // 2 - 1 : n // 2 + 1] = SPECIAL_IDS["sep"], 1
-    rows = {"input_ids": ids, "word_start": word_start, "length": length}
-    if pairs:
-        rows["segment_b_start"] = b_start
-        rows["pair_label"] = rng.integers(0, 2, num_rows).astype(np.int8)
-    return rows
-
-
-class ArrayReader:
-    """`data_pipeline.shards.ShardReader`'s read API (len, seq_len, take) over in-memory rows."""
-
-    def __init__(self, rows: dict[str, np.ndarray]) -> None:
-        self.rows = rows
-        self.seq_len = rows["input_ids"].shape[1]
-        self.has_pairs = "pair_label" in rows
-        self.taken: list[np.ndarray] = []
-
-    def __len__(self) -> int:
-        return len(self.rows["length"])
-
-    def take(self, indices) -> dict[str, np.ndarray]:
-        idx = np.asarray(indices, dtype=np.int64)
-        self.taken.append(idx)
-        return {k: v[idx] for k, v in self.rows.items()}
+from tests.helpers.rows import make_rows
 
 
 @pytest.fixture(scope="session")
@@ -60,18 +14,15 @@ def pair_rows() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def wordpiece_rows(tmp_path_factory):
-    """(rows, tokenizer): real stdlib text from `mlm-data`'s sample corpus, a WordPiece tokenizer trained
-    on it by data_pipeline, packed into [CLS] ... [SEP] rows of 64 tokens with the tokenizer's word starts."""
-    from data_pipeline.sample_corpus import write_sample_corpus
+def wordpiece_rows(tiny_corpus_and_tokenizer):
+    """(rows, tokenizer): real stdlib text from `mlm-data`'s sample corpus and the session's WordPiece
+    tokenizer trained on it (tests/conftest.py), packed into [CLS] ... [SEP] rows of 64 tokens with the
+    tokenizer's word starts."""
     from data_pipeline.tokenizer import load_tokenizer
-    from data_pipeline.tokenizer_training import train_tokenizer
 
-    root = tmp_path_factory.mktemp("wordpiece")
-    write_sample_corpus(str(root / "corpus"), max_bytes=200_000)
-    train_tokenizer([str(root / "corpus")], "wordpiece", 2000, str(root / "tokenizer"))
-    tokenizer = load_tokenizer(str(root / "tokenizer"))
-    text = (root / "corpus" / "sample-000.txt").read_text()
+    corpus, tokenizer_dir = tiny_corpus_and_tokenizer
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    text = (corpus / "sample-000.txt").read_text()[:200_000]  # a few thousand rows are plenty
     encoded = tokenizer.encode_batch([doc for doc in text.split("\n\n") if doc.strip()])
     ids = np.concatenate([e[0] for e in encoded]).astype(np.uint16)
     starts = np.concatenate([e[1] for e in encoded]).astype(np.uint8)

@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 
 from pretrain.checkpoint import CheckpointError, CheckpointManager, find_newest_valid
 from pretrain.checkpoint_record import load_state, save_state, write_complete_record
-from tests.pretrain.ckpt_helpers import free_port, init_process_group, make_engine, train_steps
+from tests.helpers import free_port
+from tests.helpers.engine import init_process_group, make_engine, train_steps
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,7 +17,7 @@ from pretrain.checkpoint_record import write_complete_record
 from pretrain.config import OptimConfig
 from pretrain.engine import lr_factor
 from pretrain.run_identity import RunDescription
-from tests.pretrain.ckpt_helpers import init_process_group, make_engine, train_steps
+from tests.helpers.engine import init_process_group, make_engine, train_steps
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 from pretrain import collectives
 from pretrain.collectives import STEP_FLAGS, Collectives, StepAgreement
 from pretrain.distributed import process_group_backend
-from tests.pretrain.ckpt_helpers import free_port, init_process_group
+from tests.helpers import free_port
+from tests.helpers.engine import init_process_group
 
 PRETRAIN = Path(__file__).resolve().parents[2] / "pretrain"
 

@@ -10,7 +10,7 @@ import torch
 from pretrain.config import ConfigError, DataConfig, MaskingConfig
 from pretrain.data import GlobalBatchSampler, TrainLoader, ValidationLoader, resolve_seq_len
 from pretrain.masking import MaskingCollator
-from tests.pretrain.conftest import SPECIAL_IDS, VOCAB_SIZE, ArrayReader, make_rows
+from tests.helpers.rows import SPECIAL_IDS, VOCAB_SIZE, ArrayReader, make_rows
 
 ROWS = make_rows(100, 16, seed=5)
 

@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 
 from pretrain.collectives import Collectives, StepAgreement
 from pretrain.health import NonFiniteLossError, NonFiniteMonitor, collective_timeout
-from tests.pretrain.ckpt_helpers import free_port, init_process_group
+from tests.helpers import free_port
+from tests.helpers.engine import init_process_group
 
 
 def bad(value: float) -> list[int]:

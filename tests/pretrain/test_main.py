@@ -49,7 +49,6 @@ def test_config_errors_exit_1_with_one_line_before_training(
     tmp_path, capsys, monkeypatch, overrides, message
 ):
     if overrides == ["precision=fp16"]:
-        pytest.importorskip("torch")
         import torch
 
         if torch.cuda.is_available():
@@ -69,21 +68,7 @@ def test_missing_config_file_is_named(tmp_path, capsys):
 
 
 # ------------------------------------------------------------ errors that need real shards (subprocess)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """Real shards built by the `mlm-data` CLI (seq_len 64, WordPiece vocabulary of 2000)."""
-    pytest.importorskip("data_pipeline.cli", reason="the mlm-data CLI is not built yet")
-    from data_pipeline.sample_corpus import write_sample_corpus
-    from tests.integration.conftest import SHARDS_SEQ_LEN, _build, _mlm_data
-
-    root = tmp_path_factory.mktemp("main-shards")
-    write_sample_corpus(str(root / "corpus"), max_bytes=200_000)
-    _mlm_data("tokenizer", "--input", str(root / "corpus"), "--kind", "wordpiece", "--vocab-size", "2000",
-              "--out", str(root / "tokenizer"))  # fmt: skip
-    assert SHARDS_SEQ_LEN == 64
-    return _build(root / "corpus", root / "tokenizer", root / "shards", "full-sentences")
+# tiny_shards (tests/conftest.py): built by the `mlm-data` CLI, seq_len 64, WordPiece vocabulary of 2000.
 
 
 def _run_cli(tmp_path: Path, shards_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -108,27 +93,28 @@ def test_missing_shards_dir_is_named(tmp_path):
     _assert_refused(_run_cli(tmp_path, tmp_path / "no-shards"), tmp_path, str(tmp_path / "no-shards"))
 
 
-def test_shard_with_wrong_size_is_named(shards, tmp_path):
+def test_shard_with_wrong_size_is_named(tiny_shards, tmp_path):
     broken = tmp_path / "broken"
-    shutil.copytree(shards, broken)
+    shutil.copytree(tiny_shards, broken)
     shard = sorted(broken.glob("train-*.arrow"))[0]
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size - 100)
     _assert_refused(_run_cli(tmp_path, broken), tmp_path, shard.name)
 
 
-def test_seq_len_beyond_the_shards_is_refused(shards, tmp_path):
-    _assert_refused(_run_cli(tmp_path, shards, "data.seq_len=128"), tmp_path, "data.seq_len=128", str(shards))
+def test_seq_len_beyond_the_shards_is_refused(tiny_shards, tmp_path):
+    result = _run_cli(tmp_path, tiny_shards, "data.seq_len=128")
+    _assert_refused(result, tmp_path, "data.seq_len=128", str(tiny_shards))
 
 
-def test_init_from_a_model_with_another_vocabulary_is_refused(shards, tmp_path):
+def test_init_from_a_model_with_another_vocabulary_is_refused(tiny_shards, tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
     other = tmp_path / "other-bert"
     config = BertConfig(vocab_size=3000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64)  # fmt: skip
     BertForMaskedLM(config).save_pretrained(other)
-    result = _run_cli(tmp_path, shards, f"model.init_from={other}")
+    result = _run_cli(tmp_path, tiny_shards, f"model.init_from={other}")
     _assert_refused(result, tmp_path, "vocabulary mismatch", str(other), "3000", "2000")
 
 

@@ -6,7 +6,7 @@ import torch
 
 from pretrain.config import MaskingConfig
 from pretrain.masking import MaskingCollator
-from tests.pretrain.conftest import SPECIAL_IDS, VOCAB_SIZE, make_rows
+from tests.helpers.rows import SPECIAL_IDS, VOCAB_SIZE, make_rows
 
 ROWS = make_rows(1024, 192, seed=1)  # ~150k real (non-pad) tokens
 

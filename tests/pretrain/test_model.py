@@ -8,7 +8,7 @@ from transformers import BertForMaskedLM, BertForPreTraining
 from pretrain.config import ConfigError, MaskingConfig, ModelConfig
 from pretrain.masking import MaskingCollator
 from pretrain.model import build_model
-from tests.pretrain.conftest import SPECIAL_IDS, VOCAB_SIZE, make_rows
+from tests.helpers.rows import SPECIAL_IDS, VOCAB_SIZE, make_rows
 
 TINY = ModelConfig(preset="tiny", dropout=0.0, attention_dropout=0.0)
 

@@ -16,7 +16,8 @@ from pretrain.checkpoint import CheckpointManager
 from pretrain.checkpoint_record import validate_checkpoint
 from pretrain.collectives import Collectives, StepAgreement
 from pretrain.signals import EXIT_PREEMPTED, PreemptionHandler
-from tests.pretrain.ckpt_helpers import free_port, init_process_group, make_engine, train_steps
+from tests.helpers import free_port
+from tests.helpers.engine import init_process_group, make_engine, train_steps
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])

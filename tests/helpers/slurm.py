@@ -1,4 +1,5 @@
-"""A real two-node SLURM for tests: scripts/local_slurm.sh starts it (idempotent); helpers watch jobs."""
+"""A real two-node SLURM for tests: scripts/local_slurm.sh starts it (idempotent; the `slurm_cluster`
+fixture in tests/integration/conftest.py runs it); these helpers watch its jobs."""
 
 from __future__ import annotations
 
@@ -9,17 +10,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "local_slurm.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "local_slurm.sh"
 CANNOT_RUN_HERE = 2  # local_slurm.sh's exit code when SLURM cannot be installed or started here
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    """Start munged, slurmctld and two slurmd (node1, node2) unless they run; skip only where impossible."""
-    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=900)
-    if out.returncode == CANNOT_RUN_HERE:
-        pytest.skip(f"no local SLURM cluster: {out.stderr.strip().splitlines()[-1]}")
-    assert out.returncode == 0, f"scripts/local_slurm.sh failed:\n{out.stdout}\n{out.stderr}"
 
 
 def job_fields(job_id: str) -> dict[str, str]:

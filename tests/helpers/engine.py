@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 
-
-def free_port() -> int:
-    """An unused local TCP port for a process group rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = None) -> None:
