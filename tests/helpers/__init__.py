@@ -1,6 +1,6 @@
 """Helpers shared by test modules (conftest.py files keep only fixtures).
 
-- `tests.helpers.free_port()` (here): an unused local TCP port for a rendezvous.
+- `tests.helpers.free_port()`: the package's `pretrain.distributed.free_port`, re-exported.
 - `tests.helpers.runs`: the `mlm-data` CLI, small training configs and `python -m pretrain` runs under
   torchrun or deepspeed, their metrics and step traces.
 - `tests.helpers.processes`: a trainer started in the background, waited on, and SIGKILLed with its ranks.
@@ -11,11 +11,6 @@
 
 from __future__ import annotations
 
-import socket
+from pretrain.distributed import free_port
 
-
-def free_port() -> int:
-    """An unused local TCP port (bound once to 127.0.0.1:0, then released) for a process group rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port"]

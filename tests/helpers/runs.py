@@ -116,7 +116,8 @@ def _metrics_of(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _worker_env(env: dict | None) -> dict:
+def worker_env(env: dict | None = None) -> dict:
+    """The environment of a trainer subprocess: one OpenMP thread, quiet tokenizers, plus `env`."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
 
 
@@ -126,7 +127,7 @@ def run_pretrain_configs(
     """Train `configs` one after another on one torchrun launch of `ranks` CPU processes."""
     cmd = [str(BIN / "torchrun"), f"--nproc-per-node={ranks}", f"--master-port={free_port()}",
            "-m", "tests.integration.multi_run", *map(str, configs)]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env(env))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=worker_env(env))
     output = result.stdout + result.stderr
     runs = []
     starts = [output.find(f"multi_run: start {config}\n") for config in configs] + [len(output)]
@@ -171,7 +172,7 @@ def run_pretrain(
             "pretrain",
         ]
     cmd += ["--config", str(config), *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env(env))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=worker_env(env))
     run_dir = Path(yaml.safe_load(Path(config).read_text())["run_dir"])
     for item in overrides:
         if item.startswith("run_dir="):

@@ -7,13 +7,13 @@ import resource
 import subprocess
 import sys
 
-from tests.integration.conftest import _worker_env, write_config
+from tests.helpers.runs import worker_env, write_config
 
 
 def _train(config, *, preexec_fn=None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pretrain", "--config", str(config)]
     return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env=_worker_env(None), preexec_fn=preexec_fn
+        cmd, capture_output=True, text=True, timeout=300, env=worker_env(), preexec_fn=preexec_fn
     )
 
 
