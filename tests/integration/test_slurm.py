@@ -179,9 +179,10 @@ def test_job_array_build_and_merge_equal_a_single_process_build(tiny_corpus_and_
     inputs.mkdir()
     for i in range(3):
         (inputs / f"part{i}.txt").write_text("\n\n".join(documents[i::3]) + "\n")
-    # NSP rows are built per input file; full-sentences packing runs on across files in a single build, so
-    # its rows at file boundaries differ from a partitioned build's (reported to the data pipeline).
-    build_args = ["--input", str(inputs), "--tokenizer", str(tokenizer), "--seq-len", "64", "--mode", "nsp"]
+    # SOP rows are built per input file, so a partitioned build must give exactly a single build's rows.
+    # Not NSP: its random-next segments come from the whole corpus in a single build but only from the
+    # array task's own files in a partition; nor full-sentences, whose packing runs on across files.
+    build_args = ["--input", str(inputs), "--tokenizer", str(tokenizer), "--seq-len", "64", "--mode", "sop"]
     build_args += ["--workers", "1"]
     single = tmp_path / "single"
     mlm_data = str(Path(sys.executable).parent / "mlm-data")
