@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from data_pipeline.integrity import write_atomic
 from launcher.job_config import LaunchError
 
 
@@ -41,7 +42,5 @@ def write_hostfile(nodes: list[str], slots: int, path: Path) -> Path:
         raise LaunchError(f"--slots must be >= 1, got {slots}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{node} slots={slots}\n" for node in nodes), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(str(path), "".join(f"{node} slots={slots}\n" for node in nodes))
     return path
