@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+from collections import deque
 from collections.abc import Iterator
 
 MIN_WORDS = 4  # shorter docstrings and comment blocks are not text worth training or evaluating on
@@ -36,6 +37,25 @@ def parse_python(path: str) -> ast.Module | None:
         return None
 
 
+# The fields that hold statements (in `_fields` order). Docstrings live only on modules, classes and
+# functions, which are reached through statement lists alone, never through an expression.
+_STATEMENT_FIELDS = ("body", "handlers", "orelse", "finalbody", "cases")
+
+
+def _statements(tree: ast.AST) -> Iterator[ast.AST]:
+    """The statement-level nodes of `tree` in `ast.walk` order (breadth first), without descending into
+    expressions: the same nodes in the same order as filtering `ast.walk`, at a fraction of its cost
+    (walking every expression node was two thirds of `mlm-data sample-corpus`)."""
+    queue = deque([tree])
+    while queue:
+        node = queue.popleft()
+        yield node
+        for field in _STATEMENT_FIELDS:
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                queue.extend(child for child in children if isinstance(child, ast.AST))
+
+
 def docstrings_of(path: str) -> list[str]:
     """The module, class and function docstrings of the Python file `path` with at least
     MIN_WORDS words, blank lines collapsed (one paragraph per line), in `ast.walk` order.
@@ -44,7 +64,7 @@ def docstrings_of(path: str) -> list[str]:
     if tree is None:
         return []
     docstrings = []
-    for node in ast.walk(tree):
+    for node in _statements(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             docstring = ast.get_docstring(node)
             if docstring and len(docstring.split()) >= MIN_WORDS:
