@@ -6,29 +6,18 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from tests.helpers import free_port
-from tests.helpers.runs import BIN
+from tests.helpers.runs import trainer_command, worker_env
 
 
 def start(config: Path, overrides=(), ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
     """Start the trainer (torchrun with `ranks` workers) in its own process group, so a kill reaches
     every rank; its output goes to output.log beside the config (a pipe could fill up and stall it)."""
-    cmd = [
-        str(BIN / "torchrun"),
-        f"--nproc-per-node={ranks}",
-        f"--master-port={free_port()}",
-        "-m",
-        "pretrain",
-    ]
-    if ranks == 1:
-        cmd = [sys.executable, "-m", "pretrain"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    cmd, env = trainer_command(ranks), worker_env(env)
     log = open(config.parent / "output.log", "w")  # noqa: SIM115 - the child keeps it; closed on exit
     proc = subprocess.Popen(
         [*cmd, "--config", str(config), *overrides], env=env, start_new_session=True,

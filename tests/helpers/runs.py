@@ -121,6 +121,18 @@ def worker_env(env: dict | None = None) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
 
 
+def trainer_command(ranks: int, launcher: str = "torchrun") -> list[str]:
+    """The command that starts `python -m pretrain` on `ranks` local processes: the interpreter itself for
+    one rank, else torchrun (or the deepspeed launcher) on a free rendezvous port."""
+    if ranks == 1:
+        return [sys.executable, "-m", "pretrain"]
+    if launcher == "deepspeed":
+        return [str(BIN / "deepspeed"), f"--num_gpus={ranks}", f"--master_port={free_port()}",
+                "--module", "pretrain"]  # fmt: skip
+    return [str(BIN / "torchrun"), f"--nproc-per-node={ranks}", f"--master-port={free_port()}",
+            "-m", "pretrain"]  # fmt: skip
+
+
 def run_pretrain_configs(
     configs: list[Path], *, ranks: int = 2, timeout: float = 600, env: dict | None = None
 ) -> list[PretrainRun]:
@@ -153,25 +165,7 @@ def run_pretrain(
     launcher: str = "torchrun",
 ) -> PretrainRun:
     """Run `python -m pretrain --config config overrides...` on `ranks` local CPU processes."""
-    if ranks == 1:
-        cmd = [sys.executable, "-m", "pretrain"]
-    elif launcher == "deepspeed":
-        cmd = [
-            str(BIN / "deepspeed"),
-            f"--num_gpus={ranks}",
-            f"--master_port={free_port()}",
-            "--module",
-            "pretrain",
-        ]
-    else:
-        cmd = [
-            str(BIN / "torchrun"),
-            f"--nproc-per-node={ranks}",
-            f"--master-port={free_port()}",
-            "-m",
-            "pretrain",
-        ]
-    cmd += ["--config", str(config), *overrides]
+    cmd = [*trainer_command(ranks, launcher), "--config", str(config), *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=worker_env(env))
     run_dir = Path(yaml.safe_load(Path(config).read_text())["run_dir"])
     for item in overrides:

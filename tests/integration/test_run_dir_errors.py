@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import resource
 import subprocess
-import sys
 
-from tests.helpers.runs import worker_env, write_config
+from tests.helpers.runs import trainer_command, worker_env, write_config
 
 
 def _train(config, *, preexec_fn=None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pretrain", "--config", str(config)]
+    cmd = [*trainer_command(1), "--config", str(config)]
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, env=worker_env(), preexec_fn=preexec_fn
     )
