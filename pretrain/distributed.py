@@ -20,6 +20,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+_CPU_SHM_COMM_OP = "deepspeed_shm_comm"  # ShareMemCommBuilder.NAME
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -148,6 +150,8 @@ def init_distributed(timeout_minutes: float) -> DistInfo:
     backend = process_group_backend(on_gpu)
     if on_gpu:
         torch.cuda.set_device(local_rank)
+    else:
+        skip_cpu_inference_comm_op()
     deepspeed.init_distributed(
         dist_backend=backend,
         timeout=collective_timeout(timeout_minutes),
@@ -156,6 +160,21 @@ def init_distributed(timeout_minutes: float) -> DistInfo:
     )
     device = f"cuda:{local_rank}" if on_gpu else "cpu"
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+
+def skip_cpu_inference_comm_op() -> None:
+    """Keep DeepSpeed's CPU comm start-up from JIT-compiling its shared-memory all-reduce op.
+
+    That op serves only `inference_all_reduce` (tensor-parallel inference); training collectives go
+    through torch.distributed (gloo). Compiling it cost about 47 s of every first CPU run per venv (the
+    two ranks wait on one build lock), a sixth of `make demo`. DeepSpeed skips an op its compatibility
+    table marks False, and keeps that table as one module-level dict so that edits persist.
+    """
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible[_CPU_SHM_COMM_OP] = False
 
 
 def strip_launcher_args(argv: list[str]) -> list[str]:

@@ -15,9 +15,12 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = No
     import deepspeed
     import torch.distributed as dist
 
+    from pretrain.distributed import skip_cpu_inference_comm_op
+
     os.environ["LOCAL_RANK"] = str(rank)  # DeepSpeed's engine insists on it (tests/conftest.py resets env)
     if dist.is_initialized():
         return
+    skip_cpu_inference_comm_op()  # as the trainer does: no op compile in a fresh venv
     # The rendezvous goes in init_method, not in MASTER_PORT & co.: this process keeps the group (and
     # its port) for the rest of the session, and trainer subprocesses started later inherit os.environ.
     deepspeed.init_distributed(
