@@ -167,7 +167,7 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
     validation split plus seed, train_loss and train_seconds. Raises FinetuneInputError when the model
     does not load; `title` is printed (stderr) once it did."""
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
     model = _build_model(model_dir, data, which, seed, announce)
     if title:
@@ -189,6 +189,7 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
             model=model, args=args, train_dataset=encoded["train"],
             data_collator=DataCollatorWithPadding(tokenizer),
         )  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # without bars it prints a dict per run; we log one line
         started = time.monotonic()
         result = trainer.train()
         seconds = time.monotonic() - started
@@ -205,28 +206,75 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
 
 
 def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, seeds: list[int],
-                   models: tuple[str, ...] = ("pretrained",)) -> dict:  # fmt: skip
-    """Fine-tune each of `models` once per seed; returns {model: summary} (see finetune_metrics.summarise)."""
+                   models: tuple[str, ...] = ("pretrained",), jobs: int = 1) -> dict:  # fmt: skip
+    """Fine-tune each of `models` once per seed; returns {model: summary} (see finetune_metrics.summarise).
+
+    jobs > 1 (CPU only) trains that many runs at once in worker processes, each with this process's torch
+    thread count: every run is seeded on its own, so the results are those of jobs=1, bit for bit.
+    """
     tokenizer = load_tokenizer(model_dir, model_dir)
     encoded = {
         "train": _Encoded(tokenizer, data.train, settings.max_seq_len),
         "validation": _Encoded(tokenizer, data.validation, settings.max_seq_len),
     }
-    results: dict[str, dict] = {}
-    total, done = len(models) * len(seeds), 0
-    for which in models:
-        runs = []
-        for seed in seeds:
-            done += 1
-            run = finetune_once(
+    runs = [(which, seed) for which in models for seed in seeds]
+    results: dict[tuple[str, int], dict] = {}
+    if jobs <= 1:
+        for done, (which, seed) in enumerate(runs, 1):
+            results[which, seed] = finetune_once(
                 model_dir, tokenizer, data, encoded, settings, which, seed, announce=done == 1,
-                title=f"{which}, seed {seed} ({done}/{total})",
+                title=f"{which}, seed {seed} ({done}/{len(runs)})",
             )  # fmt: skip
-            log.info(
-                "%s seed %d: accuracy %.4f, macro-F1 %.4f", which, seed, run["accuracy"], run["f1_macro"]
-            )
-            runs.append(run)
-        results[which] = summarise(runs)
+            _log_run(which, results[which, seed])
+    else:
+        results = _run_in_workers(runs, jobs, (model_dir, tokenizer, data, encoded, settings))
+    return {which: summarise([results[which, seed] for seed in seeds]) for which in models}
+
+
+def _log_run(which: str, run: dict) -> None:
+    log.info("%s seed %d: accuracy %.4f, macro-F1 %.4f", which, run["seed"], run["accuracy"], run["f1_macro"])
+
+
+# Per-process state of a --jobs worker, set once by _init_worker so the tokenizer and the encoded splits
+# are not sent with every run.
+_WORKER: dict = {}
+
+
+def _init_worker(threads: int, job: tuple) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    model_dir, tokenizer, data, encoded, settings = job
+    # One bar per run from several processes would interleave; the parent shows one bar over the runs.
+    quiet = FinetuneSettings(**{**asdict(settings), "progress": False})
+    _WORKER.update(job=(model_dir, tokenizer, data, encoded, quiet))
+
+
+def _worker_run(run: tuple[str, int, bool]) -> tuple[str, int, dict]:
+    which, seed, announce = run
+    model_dir, tokenizer, data, encoded, settings = _WORKER["job"]
+    return which, seed, finetune_once(model_dir, tokenizer, data, encoded, settings, which, seed, announce)
+
+
+def _run_in_workers(runs: list[tuple[str, int]], jobs: int, job: tuple) -> dict[tuple[str, int], dict]:
+    import torch
+    from tqdm import tqdm
+
+    from data_pipeline.parallel import run_units
+
+    settings: FinetuneSettings = job[-1]
+    units = [(which, seed, i == 0) for i, (which, seed) in enumerate(runs)]
+    print(f"[mlm-finetune] {len(runs)} runs, {min(jobs, len(runs))} at a time", file=sys.stderr, flush=True)
+    results = {}
+    with tqdm(total=len(runs), unit="run", disable=not settings.progress, file=sys.stderr) as bar:
+        workers = min(jobs, len(runs))
+        init_args = (torch.get_num_threads(), job)
+        for which, seed, run in run_units(
+            _worker_run, units, workers=workers, init=_init_worker, init_args=init_args
+        ):
+            results[which, seed] = run
+            _log_run(which, run)
+            bar.update(1)
     return results
 
 
@@ -276,13 +324,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, help="CPU threads for torch (default: torch's; 1 on a busy machine)"
     )
+    p.add_argument(
+        "--jobs", type=int, default=1,
+        help="fine-tuning runs trained at once in CPU worker processes, each with --threads threads "
+        "(same results as 1; e.g. --jobs 2 --threads 1 on 2 cores)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="output dir for report.json")
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("seeds", "batch_size", "max_seq_len", "threads"):
+    for name in ("seeds", "batch_size", "max_seq_len", "threads", "jobs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise FinetuneInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.epochs <= 0 or args.lr <= 0:
@@ -321,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             raise FinetuneInputError("--device cuda: no CUDA device is visible; use --device auto or cpu")
         if args.bf16 and (args.device == "cpu" or not torch.cuda.is_available()):
             raise FinetuneInputError("--bf16 needs a CUDA device; fine-tune in fp32 on the CPU")
+        if args.jobs > 1 and args.device != "cpu" and torch.cuda.is_available():
+            raise FinetuneInputError(
+                "--jobs > 1 runs CPU worker processes; on a GPU use --jobs 1 (or --device cpu)"
+            )
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads or threads)
         try:
@@ -328,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 model_dir, found = resolve_model(args.model, scratch)
                 models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
                 seeds = list(range(args.seed_base, args.seed_base + args.seeds))
-                results = run_finetuning(model_dir, data, settings, seeds, models)
+                results = run_finetuning(model_dir, data, settings, seeds, models, args.jobs)
         finally:
             torch.set_num_threads(threads)  # main() also runs in-process (tests, scripts)
     except FinetuneInputError as exc:

@@ -101,16 +101,20 @@ def test_finetune_end_to_end_with_random_init_baseline(tmp_path, tiny_model_dir,
         # It really trains: three epochs on ~700 docstrings beat always answering the majority class.
         assert summary["accuracy_mean"] > task["majority_class_accuracy"] + 0.1, summary
 
-    # The same seed gives the same run.
+    # The same seeds give the same runs, also when two worker processes train them at once (--jobs 2).
     again = tmp_path / "again"
-    argv = [str(tiny_model_dir), "--train", str(train), "--validation", str(validation), "--seeds", "1",
-            *COMMON, "--out", str(again)]  # fmt: skip
+    argv = [str(tiny_model_dir), "--train", str(train), "--validation", str(validation), "--seeds", "2",
+            "--baseline", "random-init", *COMMON, "--jobs", "2", "--out", str(again)]  # fmt: skip
     assert finetune_main(argv) == 0
-    assert (
-        _report(again)["pretrained"]["per_seed"][0]["accuracy"]
-        == report["pretrained"]["per_seed"][0]["accuracy"]
-    )
-    assert "random_init" not in _report(again)
+    for which in ("pretrained", "random_init"):
+        runs = [_without_time(run) for run in _report(again)[which]["per_seed"]]
+        assert runs == [_without_time(run) for run in report[which]["per_seed"]]
+    assert finetune_main([*argv[:-2], "--jobs", "0", "--out", str(tmp_path / "bad")]) == 1
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def _without_time(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k != "train_seconds"}
 
 
 def test_sentence_pairs_report_matthews_correlation(tmp_path, tiny_model_dir, task_files):
