@@ -42,7 +42,7 @@ $(BENCH_STAMP): $(STAMP)
 # Inputs both benchmarks share: the sample corpus, a 30k WordPiece and 128-token shards (built once).
 $(BENCH_DIR)/.inputs: $(STAMP)
 	rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
-	$(BIN)/mlm-data sample-corpus $(BENCH_DIR)/corpus
+	$(BIN)/mlm-data sample-corpus $(BENCH_DIR)/corpus --workers 2
 	$(BIN)/mlm-data tokenizer --input $(BENCH_DIR)/corpus --kind wordpiece --vocab-size 30000 --out $(BENCH_DIR)/tok
 	$(BIN)/mlm-data build --input $(BENCH_DIR)/corpus --tokenizer $(BENCH_DIR)/tok --out $(BENCH_DIR)/shards \
 		--seq-len 128 --mode full-sentences --workers 2

@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-corpus", help="write a real-text corpus from the Python standard library")
     p.add_argument("out_dir")
     p.add_argument("--max-bytes", type=int, default=None, help="size cap (default about 12 MB)")
+    p.add_argument("--workers", type=int, default=1, help="processes parsing the sources (same output)")
 
     p = sub.add_parser("sample-task", help="write a labelled task: which stdlib package a docstring is from")
     p.add_argument("out_dir")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 def _sample_corpus(args) -> int:
     from data_pipeline.sample_corpus import write_sample_corpus
 
-    result = write_sample_corpus(args.out_dir, max_bytes=args.max_bytes)
+    result = write_sample_corpus(args.out_dir, max_bytes=args.max_bytes, workers=args.workers)
     print(f"wrote {len(result['files'])} files, {result['documents']} documents, {result['bytes']} bytes")
     return 0
 

@@ -11,11 +11,13 @@ counted, so a model pretrained on this corpus is never evaluated on text it has 
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
+import multiprocessing
 import os
 import re
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from data_pipeline.errors import DataError
 from data_pipeline.integrity import commit_temp, temp_path
@@ -31,10 +33,11 @@ DOCUMENT_CHARS = 8000  # paragraphs are grouped into documents of about this siz
 _COMMENT_LINE = re.compile(r"^[ \t]*#[ \t]?(.*)$")
 
 
-def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None) -> dict:
+def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None, workers: int = 1) -> dict:
     """Write the sample corpus as .txt files (documents separated by blank lines) into `out_dir`.
 
-    max_bytes: size cap in bytes (None: DEFAULT_MAX_BYTES, about 12 MB). Files are named
+    max_bytes: size cap in bytes (None: DEFAULT_MAX_BYTES, about 12 MB). workers: processes that parse
+    the source files (the output is the same bytes for any number). Files are named
     sample-000.txt, sample-001.txt, ... of about 2 MB each, each written to a temporary name first.
     Returns {'files': [names], 'documents': n, 'bytes': total bytes written, 'held_out_docstrings':
     docstrings left out because they are sample-task evaluation texts}.
@@ -45,15 +48,18 @@ def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None) -> dict:
     limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
     if limit < 1:
         raise DataError(f"max_bytes must be positive, got {max_bytes}")
+    if workers < 1:
+        raise DataError(f"workers must be >= 1, got {workers}")
     os.makedirs(out_dir, exist_ok=True)
     if any(name.startswith("sample-") and name.endswith(".txt") for name in os.listdir(out_dir)):
         raise DataError(f"{out_dir} already holds a sample corpus (sample-*.txt); choose an empty directory")
 
     held_out = _HeldOut(evaluation_texts())
     writer = _RotatingWriter(out_dir, limit)
-    for document in _documents(held_out):
-        if not writer.write(document):
-            break
+    with _docstring_reader(workers) as read, contextlib.closing(_documents(held_out, read)) as documents:
+        for document in documents:
+            if not writer.write(document):
+                break  # leaving the block stops the workers, which parse ahead of the writer
     writer.close()
     stats = {"files": writer.names, "documents": writer.documents, "bytes": writer.total,
              "held_out_docstrings": held_out.skipped}  # fmt: skip
@@ -112,18 +118,32 @@ class _HeldOut:
         return True
 
 
-def _documents(held_out: _HeldOut) -> Iterator[str]:
+DocstringReader = Callable[[Iterable[str]], Iterator[list[str]]]
+
+
+@contextlib.contextmanager
+def _docstring_reader(workers: int) -> Iterator[DocstringReader]:
+    """A function from paths to their `docstrings_of`, in path order: parsing is most of the corpus's
+    cost, so with workers > 1 a process pool parses (in order, chunks of files) while the writer writes."""
+    if workers == 1:
+        yield lambda paths: map(docstrings_of, paths)
+        return
+    with multiprocessing.get_context().Pool(workers) as pool:  # leaving terminates the pool
+        yield lambda paths: pool.imap(docstrings_of, paths, chunksize=16)
+
+
+def _documents(held_out: _HeldOut, read: DocstringReader) -> Iterator[str]:
     stdlib = sysconfig.get_paths()["stdlib"]
     stdlib_files = list(python_files(stdlib))
-    for path in stdlib_files:
-        yield from _group([d for d in docstrings_of(path) if held_out.keep(d)])
+    for docstrings in read(stdlib_files):
+        yield from _group([d for d in docstrings if held_out.keep(d)])
     yield from _reference_topics(os.path.join(stdlib, "pydoc_data", "topics.py"))
     for path in stdlib_files:
         yield from _comment_document(path)
     site_packages = sysconfig.get_paths()["purelib"]
     if os.path.isdir(site_packages):
-        for path in python_files(site_packages, skip=set()):
-            yield from _group([d for d in docstrings_of(path) if held_out.keep(d)])
+        for docstrings in read(python_files(site_packages, skip=set())):
+            yield from _group([d for d in docstrings if held_out.keep(d)])
 
 
 def _group(paragraphs: list[str]) -> Iterator[str]:

@@ -77,7 +77,12 @@ def main() -> int:
     corpus, tokenizer, shards, run_dir = demo / "corpus", demo / "tokenizer", demo / "shards", demo / "run"
     demo.mkdir(parents=True, exist_ok=True)
     data = _tool("mlm-data")
-    _stage("sample corpus", demo / ".corpus.done", [data, "sample-corpus", str(corpus)], clean=corpus)
+    _stage(
+        "sample corpus",
+        demo / ".corpus.done",
+        [data, "sample-corpus", str(corpus), "--workers", str(RANKS)],
+        clean=corpus,
+    )
     _stage(
         "tokenizer",
         demo / ".tokenizer.done",

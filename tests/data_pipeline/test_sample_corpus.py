@@ -12,7 +12,8 @@ from data_pipeline.sources import expand_inputs, iter_documents
 
 
 def test_sample_corpus_is_deterministic_and_readable(tmp_path, sample_corpus_dir):
-    stats = write_sample_corpus(str(tmp_path), max_bytes=400_000)
+    # Two parsing processes (which parse ahead and are stopped at the cap) write what one wrote.
+    stats = write_sample_corpus(str(tmp_path), max_bytes=400_000, workers=2)
     assert stats["files"] == sorted(os.listdir(tmp_path)) == sorted(os.listdir(sample_corpus_dir))
     for name in stats["files"]:
         assert (tmp_path / name).read_bytes() == Path(sample_corpus_dir, name).read_bytes()
@@ -43,3 +44,5 @@ def test_refuses_to_overwrite_and_bad_cap(tmp_path):
         write_sample_corpus(str(tmp_path), max_bytes=10_000)
     with pytest.raises(DataError, match="max_bytes must be positive"):
         write_sample_corpus(str(tmp_path / "other"), max_bytes=0)
+    with pytest.raises(DataError, match="workers must be >= 1"):
+        write_sample_corpus(str(tmp_path / "other"), workers=0)
