@@ -242,8 +242,8 @@ def evaluate(model_dir: str, eval_set: dict, batch: int = 64) -> dict:
 
 def downstream(model_dir: str, task_dir: str, seed: int, epochs: float, lr: float) -> dict:
     """Accuracy and macro-F1 of one `pretrain.finetune` run (seed `seed`) on the sample task."""
-    from pretrain.finetune import FinetuneSettings, run_finetuning
     from pretrain.finetune_data import load_task
+    from pretrain.finetune_train import FinetuneSettings, run_finetuning
 
     data = load_task(os.path.join(task_dir, "train.jsonl"), os.path.join(task_dir, "validation.jsonl"),
                      text_column="text", label_column="label")  # fmt: skip
