@@ -1,7 +1,8 @@
 """`make demo`: sample corpus -> WordPiece tokenizer -> shards -> 2-rank ZeRO-2 CPU training -> losses ->
 fine-tuning on the offline downstream task, pretrained against random-init.
 
-Run as `python -m pretrain.demo`. Everything goes under DEMO_DIR (environment variable, default demo/).
+Run as `python -m pretrain.demo`. Everything goes under DEMO_DIR (environment variable, default demo/);
+DEMO_MAX_STEPS (environment variable) trains that many steps instead of configs/demo.yaml's 400.
 Each stage runs as a subprocess through the real command-line tools and leaves a `.done` marker when it
 succeeded, so a rerun skips finished stages; training resumes from its newest checkpoint
 (train.resume=auto) and, when it already finished, only evaluates. The last stage fine-tunes the run dir
@@ -64,6 +65,18 @@ def _stage(title: str, done_marker: Path, cmd: list[str], clean: Path | None = N
     print(f"[demo] {title}: done in {time.monotonic() - started:.0f} s", flush=True)
 
 
+def _max_steps_override() -> list[str]:
+    """`train.max_steps=N` from DEMO_MAX_STEPS, or nothing; exits 2 when it is not a positive integer."""
+    value = os.environ.get("DEMO_MAX_STEPS", "").strip()
+    if not value:
+        return []
+    if not value.isdigit() or int(value) < 1:
+        print(f"[demo] DEMO_MAX_STEPS={value!r} is not a positive integer (e.g. DEMO_MAX_STEPS=600)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+    return [f"train.max_steps={int(value)}"]
+
+
 def _eval_losses(metrics_path: Path) -> list[dict]:
     if not metrics_path.exists():
         return []
@@ -73,6 +86,7 @@ def _eval_losses(metrics_path: Path) -> list[dict]:
 
 def main() -> int:
     """Run the demo end to end; returns 0 or exits with the failing stage's code."""
+    steps = _max_steps_override()  # before any stage: a typo must not cost a corpus build
     demo = Path(os.environ.get("DEMO_DIR", "demo")).resolve()
     corpus, tokenizer, shards, run_dir = demo / "corpus", demo / "tokenizer", demo / "shards", demo / "run"
     demo.mkdir(parents=True, exist_ok=True)
@@ -99,7 +113,7 @@ def main() -> int:
     )  # fmt: skip
     train_cmd = [
         _tool("torchrun"), f"--nproc-per-node={RANKS}", f"--master-port={free_port()}", "-m", "pretrain",
-        "--config", str(CONFIG), f"run_dir={run_dir}", f"data.path={shards}",
+        "--config", str(CONFIG), f"run_dir={run_dir}", f"data.path={shards}", *steps,
     ]  # fmt: skip
     print(f"[demo] training on {RANKS} CPU ranks with ZeRO-2: {' '.join(train_cmd)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
