@@ -7,6 +7,7 @@ submitted at a time, which bounds the parent's memory whatever the corpus size.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -33,11 +34,14 @@ def run_units(
     workers: int,
     init: Callable[..., None] | None = None,
     init_args: tuple = (),
+    start_method: str | None = None,
 ) -> Iterator[Any]:
     """Apply `fn` to every unit on `workers` processes; yield results as units finish (any order).
 
     With workers == 1 the units run in this process (after calling `init`). A worker's exception is
-    re-raised here, after the pending units are cancelled.
+    re-raised here, after the pending units are cancelled. start_method: multiprocessing's (None: the
+    platform default); "spawn" for a caller whose process may already run threads (torch, gloo), which a
+    forked worker inherits mid-lock.
     """
     if workers <= 1:
         if init is not None:
@@ -49,8 +53,9 @@ def run_units(
     pending: set[Future] = set()
     units = iter(units)
     with ProcessPoolExecutor(
-        max_workers=workers, initializer=_init_worker, initargs=(threads_per_worker(workers), init, init_args)
-    ) as pool:
+        max_workers=workers, mp_context=multiprocessing.get_context(start_method), initializer=_init_worker,
+        initargs=(threads_per_worker(workers), init, init_args),
+    ) as pool:  # fmt: skip
         try:
             while True:
                 while len(pending) < limit:

@@ -128,7 +128,8 @@ def _docstring_reader(workers: int) -> Iterator[DocstringReader]:
     if workers == 1:
         yield lambda paths: map(docstrings_of, paths)
         return
-    with multiprocessing.get_context().Pool(workers) as pool:  # leaving terminates the pool
+    # Spawned: a caller of this function may run threads (a forked worker would inherit their locks).
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # leaving terminates the pool
         yield lambda paths: pool.imap(docstrings_of, paths, chunksize=16)
 
 

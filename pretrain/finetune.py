@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             raise FinetuneInputError("--device cuda: no CUDA device is visible; use --device auto or cpu")
         if args.bf16 and (args.device == "cpu" or not torch.cuda.is_available()):
             raise FinetuneInputError("--bf16 needs a CUDA device; fine-tune in fp32 on the CPU")
+        if args.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise FinetuneInputError(
+                f"--jobs > 1 under a launcher (WORLD_SIZE={os.environ['WORLD_SIZE']}); use --jobs 1"
+            )
         if args.jobs > 1 and args.device != "cpu" and torch.cuda.is_available():
             raise FinetuneInputError(
                 "--jobs > 1 runs CPU worker processes; on a GPU use --jobs 1 (or --device cpu)"

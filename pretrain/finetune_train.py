@@ -163,6 +163,13 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
     }
 
 
+_SPLITS = ("train", "validation")
+
+
+def _encode_splits(tokenizer, data: TaskData, max_seq_len: int) -> dict:
+    return {split: _Encoded(tokenizer, getattr(data, split), max_seq_len) for split in _SPLITS}
+
+
 def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, seeds: list[int],
                    models: tuple[str, ...] = ("pretrained",), jobs: int = 1) -> dict:  # fmt: skip
     """Fine-tune each of `models` once per seed; returns {model: summary} (see finetune_metrics.summarise).
@@ -170,14 +177,11 @@ def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, s
     jobs > 1 (CPU only) trains that many runs at once in worker processes, each with this process's torch
     thread count: every run is seeded on its own, so the results are those of jobs=1, bit for bit.
     """
-    tokenizer = load_tokenizer(model_dir, model_dir)
-    encoded = {
-        "train": _Encoded(tokenizer, data.train, settings.max_seq_len),
-        "validation": _Encoded(tokenizer, data.validation, settings.max_seq_len),
-    }
+    tokenizer = load_tokenizer(model_dir, model_dir)  # also with jobs > 1: a bad dir fails before any worker
     runs = [(which, seed) for which in models for seed in seeds]
     results: dict[tuple[str, int], dict] = {}
     if jobs <= 1:
+        encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
         for done, (which, seed) in enumerate(runs, 1):
             results[which, seed] = finetune_once(
                 model_dir, tokenizer, data, encoded, settings, which, seed, announce=done == 1,
@@ -185,7 +189,7 @@ def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, s
             )  # fmt: skip
             _log_run(which, results[which, seed])
     else:
-        results = _run_in_workers(runs, jobs, (model_dir, tokenizer, data, encoded, settings))
+        results = _run_in_workers(runs, jobs, (model_dir, data, settings))
     return {which: summarise([results[which, seed] for seed in seeds]) for which in models}
 
 
@@ -194,15 +198,26 @@ def _log_run(which: str, run: dict) -> None:
 
 
 # Per-process state of a --jobs worker, set once by _init_worker so the tokenizer and the encoded splits
-# are not sent with every run.
+# are built once per worker, not sent with every run.
 _WORKER: dict = {}
+
+
+# What makes accelerate (inside the Trainer) join a process group. A worker is one whole run on its own, so
+# a launcher's variables inherited from the parent (or a test process) must not make it wait for peers.
+_LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                       "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # fmt: skip
 
 
 def _init_worker(threads: int, job: tuple) -> None:
     import torch
 
+    for name in _LAUNCHER_VARIABLES:
+        os.environ.pop(name, None)
     torch.set_num_threads(threads)
-    model_dir, tokenizer, data, encoded, settings = job
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model_dir, data, settings = job
+    tokenizer = load_tokenizer(model_dir, model_dir)
+    encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
     # One bar per run from several processes would interleave; the parent shows one bar over the runs.
     quiet = FinetuneSettings(**{**asdict(settings), "progress": False})
     _WORKER.update(job=(model_dir, tokenizer, data, encoded, quiet))
@@ -227,8 +242,10 @@ def _run_in_workers(runs: list[tuple[str, int]], jobs: int, job: tuple) -> dict[
     with tqdm(total=len(runs), unit="run", disable=not settings.progress, file=sys.stderr) as bar:
         workers = min(jobs, len(runs))
         init_args = (torch.get_num_threads(), job)
+        # Spawned, not forked: the caller may be a process with torch, gloo or tokenizer threads running,
+        # whose locks a forked worker would inherit.
         for which, seed, run in run_units(
-            _worker_run, units, workers=workers, init=_init_worker, init_args=init_args
+            _worker_run, units, workers=workers, init=_init_worker, init_args=init_args, start_method="spawn"
         ):
             results[which, seed] = run
             _log_run(which, run)

@@ -108,7 +108,12 @@ def test_finetune_end_to_end_with_random_init_baseline(tmp_path, tiny_model_dir,
     assert finetune_main(argv) == 0
     for which in ("pretrained", "random_init"):
         runs = [_without_time(run) for run in _report(again)[which]["per_seed"]]
-        assert runs == [_without_time(run) for run in report[which]["per_seed"]]
+        expected = [_without_time(run) for run in report[which]["per_seed"]]
+        # train_loss to 1e-6 only: an earlier ZeRO-3 test in this pytest process leaves DeepSpeed's
+        # zero3_linear_wrap in place of torch.nn.functional.linear, which the in-process runs above then
+        # use and the spawned workers do not. Between two fresh mlm-finetune processes every field is equal.
+        assert [r.pop("train_loss") for r in runs] == pytest.approx([r.pop("train_loss") for r in expected])
+        assert runs == expected
     assert finetune_main([*argv[:-2], "--jobs", "0", "--out", str(tmp_path / "bad")]) == 1
     assert "--jobs must be >= 1" in capsys.readouterr().err
 
