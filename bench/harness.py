@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from pretrain.distributed import LAUNCHER_VARIABLES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class BenchError(RuntimeError):

@@ -44,7 +44,9 @@ BIN = os.path.dirname(sys.executable)
 
 
 def _run(cmd: list[str], **kwargs) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    from pretrain.distributed import LAUNCHER_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     subprocess.run(cmd, check=True, env={**env, "TOKENIZERS_PARALLELISM": "false"}, **kwargs)
 
 

@@ -18,6 +18,7 @@ from pretrain.finetune_data import FinetuneInputError, TaskData
 from pretrain.finetune_metrics import classification_metrics, summarise
 
 log = logging.getLogger("mlm-finetune")
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # mlm-finetune's, and its --jobs workers'
 
 
 @dataclass
@@ -189,7 +190,7 @@ def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, s
             )  # fmt: skip
             _log_run(which, results[which, seed])
     else:
-        results = _run_in_workers(runs, jobs, (model_dir, data, settings))
+        results = _run_in_workers(runs, min(jobs, len(runs)), (model_dir, data, settings), settings.progress)
     return {which: summarise([results[which, seed] for seed in seeds]) for which in models}
 
 
@@ -202,19 +203,17 @@ def _log_run(which: str, run: dict) -> None:
 _WORKER: dict = {}
 
 
-# What makes accelerate (inside the Trainer) join a process group. A worker is one whole run on its own, so
-# a launcher's variables inherited from the parent (or a test process) must not make it wait for peers.
-_LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                       "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # fmt: skip
-
-
 def _init_worker(threads: int, job: tuple) -> None:
     import torch
 
-    for name in _LAUNCHER_VARIABLES:
+    from pretrain.distributed import LAUNCHER_VARIABLES
+
+    # A worker is one whole run on its own: launcher variables inherited from the parent (or a test
+    # process) would make accelerate, inside the Trainer, wait for peers that never come.
+    for name in LAUNCHER_VARIABLES:
         os.environ.pop(name, None)
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     model_dir, data, settings = job
     tokenizer = load_tokenizer(model_dir, model_dir)
     encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
@@ -229,18 +228,18 @@ def _worker_run(run: tuple[str, int, bool]) -> tuple[str, int, dict]:
     return which, seed, finetune_once(model_dir, tokenizer, data, encoded, settings, which, seed, announce)
 
 
-def _run_in_workers(runs: list[tuple[str, int]], jobs: int, job: tuple) -> dict[tuple[str, int], dict]:
+def _run_in_workers(
+    runs: list[tuple[str, int]], workers: int, job: tuple, progress: bool
+) -> dict[tuple[str, int], dict]:
     import torch
     from tqdm import tqdm
 
     from data_pipeline.parallel import run_units
 
-    settings: FinetuneSettings = job[-1]
     units = [(which, seed, i == 0) for i, (which, seed) in enumerate(runs)]
-    print(f"[mlm-finetune] {len(runs)} runs, {min(jobs, len(runs))} at a time", file=sys.stderr, flush=True)
+    print(f"[mlm-finetune] {len(runs)} runs, {workers} at a time", file=sys.stderr, flush=True)
     results = {}
-    with tqdm(total=len(runs), unit="run", disable=not settings.progress, file=sys.stderr) as bar:
-        workers = min(jobs, len(runs))
+    with tqdm(total=len(runs), unit="run", disable=not progress, file=sys.stderr) as bar:
         init_args = (torch.get_num_threads(), job)
         # Spawned, not forked: the caller may be a process with torch, gloo or tokenizer threads running,
         # whose locks a forked worker would inherit.
