@@ -18,32 +18,54 @@ import pytest
 from data_pipeline.manifest import Manifest
 from data_pipeline.shards import ShardReader
 from tests.helpers.runs import write_config
-from tests.helpers.slurm import wait_for_job
+from tests.helpers.slurm import scheduler_log, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
 
 STAND_IN_TRAINER = """
 import os, signal, socket, sys, time
-run, rank = sys.argv[sys.argv.index("--run") + 1], int(os.environ["RANK"])
+run = sys.argv[sys.argv.index("--run") + 1]
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 stop = []
 for sig in (signal.SIGUSR1, signal.SIGTERM):
     signal.signal(sig, lambda *_: stop.append(1))
-if rank == 0:  # the master's rendezvous port, which the other node's launcher waits for
+# Rank 0 serves the master's rendezvous port (which the other node's launcher waits for) and, like the
+# trainer's collectives, the ranks agree after every step whether any of them was asked to stop.
+if rank == 0:
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", int(os.environ["MASTER_PORT"])))
     srv.listen()
+    peers = []
+    while len(peers) < world - 1:
+        conn, _ = srv.accept()
+        if conn.recv(1):  # the launcher's reachability probe connects and closes without a byte
+            peers.append(conn)
+else:
+    master = socket.create_connection((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
+    master.sendall(b"h")
+
+def anyone_stops(mine):
+    if rank > 0:
+        master.sendall(b"1" if mine else b"0")
+        return master.recv(1) == b"1"
+    flags = [mine] + [p.recv(1) == b"1" for p in peers]  # every peer's byte read, whatever the verdict
+    verdict = b"1" if any(flags) else b"0"
+    for p in peers:
+        p.sendall(verdict)
+    return verdict == b"1"
+
 ckpt = os.path.join(run, f"ckpt{rank}")
 step = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
-while step < int(os.environ.get("STAND_IN_STEPS", "60")):
+while step < int(os.environ["STAND_IN_STEPS"]):
     time.sleep(0.5)
     step += 1
     with open(os.path.join(run, f"steps{rank}"), "a") as f:
-        f.write(f"{step} {os.environ['WORLD_SIZE']} {sys.argv[-1]}\\n")
+        f.write(f"{step} {world} {sys.argv[-1]}\\n")
     with open(ckpt + ".tmp", "w") as f:
         f.write(str(step))
     os.replace(ckpt + ".tmp", ckpt)
-    if stop:
+    if anyone_stops(bool(stop)):
         sys.exit(75)
 """
 
@@ -59,8 +81,10 @@ def _stand_in_trainer(workdir) -> None:
     (workdir / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
 
 
-def _launch(cwd, *argv: str, steps: int = 60) -> str:
-    env = {**os.environ, "STAND_IN_STEPS": str(steps)}  # sbatch passes the environment on to the job
+def _launch(cwd, *argv: str, steps: int | None = None) -> str:
+    """Run `python -m launcher ARGV` in CWD; STEPS is the stand-in trainer's length (sbatch passes the
+    environment on to the job). Returns what it printed: the job id."""
+    env = {**os.environ, **({"STAND_IN_STEPS": str(steps)} if steps is not None else {})}
     out = subprocess.run(
         [sys.executable, "-m", "launcher", *argv], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -87,17 +111,20 @@ def test_time_limit_warning_saves_requeues_and_finishes(tmp_path):
     (tmp_path / "cfg.yaml").write_text(
         f"run_dir: {run}\ndata: {{path: shards}}\ntrain: {{micro_batch_size: 2, global_batch_size: 4}}\n"
     )
+    # SLURM checks time limits every 30 s, so the warning (due 10 s in) comes 10-40 s into each 1-minute
+    # job: 100 steps of 0.5 s cannot fit into one, however idle or loaded the machine is.
     argv = ["--nodes", "2", "--cpu", "--time", "1", "--signal-seconds", "50", "--job-name", "chain"]
-    job = _launch(tmp_path, "slurm", *argv, "--", "--config", "cfg.yaml", "--run", str(run))
-    fields = wait_for_job(job, timeout_s=240)
+    job = _launch(tmp_path, "slurm", *argv, "--", "--config", "cfg.yaml", "--run", str(run), steps=100)
+    fields = wait_for_job(job, timeout_s=420)
     log = "".join(p.read_text() for p in (run / "slurm").glob("chain-*.out"))
-    assert fields["JobState"] == "COMPLETED", log
-    assert int(fields["Restarts"]) >= 1, log  # the 1-minute limit cannot fit 30 s of steps plus startup
+    diagnosis = f"{fields}\n{log}\n{scheduler_log(job)}"
+    assert fields["JobState"] == "COMPLETED", diagnosis
+    assert int(fields["Restarts"]) >= 1, diagnosis
     assert "stopped before the time limit (exit 75): requeueing" in log
     for rank in (0, 1):
         lines = (run / f"steps{rank}").read_text().split()
         steps = [int(s) for s in lines[0::3]]
-        assert steps == list(range(1, 61)), "each step ran exactly once across the requeued jobs"
+        assert steps == list(range(1, 101)), "each step ran exactly once across the requeued jobs"
         assert set(lines[1::3]) == {"2"} and set(lines[2::3]) == {"train.resume=auto"}
 
 
