@@ -5,7 +5,9 @@ Run as `python -m pretrain.demo`. Everything goes under DEMO_DIR (environment va
 DEMO_MAX_STEPS (environment variable) trains that many steps instead of configs/demo.yaml's 400.
 Each stage runs as a subprocess through the real command-line tools and leaves a `.done` marker when it
 succeeded, so a rerun skips finished stages; training resumes from its newest checkpoint
-(train.resume=auto) and, when it already finished, only evaluates. The last stage fine-tunes the run dir
+(train.resume=auto) and, when it already finished, only evaluates. The fine-tuning marker names the
+training step it fine-tuned, so a run that trained on (a larger DEMO_MAX_STEPS) is fine-tuned again.
+The last stage fine-tunes the run dir
 (`mlm-finetune` exports its newest checkpoint on the fly) on `mlm-data sample-task`, whose evaluation
 texts the sample corpus leaves out. Exit status: that of the failing stage, else 0.
 """
@@ -47,11 +49,21 @@ def _finetune_command() -> list[str]:
     return [sys.executable, "-m", "pretrain.finetune"]
 
 
-def _stage(title: str, done_marker: Path, cmd: list[str], clean: Path | None = None) -> None:
-    """Run `cmd` unless `done_marker` exists; on success write the marker. Exits on failure."""
+def _stage(
+    title: str, done_marker: Path, cmd: list[str], clean: Path | None = None, made_from: str | None = None
+) -> None:
+    """Run `cmd` unless `done_marker` exists; on success write the marker. Exits on failure.
+
+    `made_from` names what the stage consumed (e.g. the training step it fine-tuned): a marker written
+    for something else is stale, and the stage runs again.
+    """
     if done_marker.exists():
-        print(f"[demo] {title}: already done ({done_marker.parent})", flush=True)
-        return
+        recorded = done_marker.read_text().splitlines()[1:2]
+        if made_from is None or recorded == [made_from]:
+            print(f"[demo] {title}: already done ({done_marker.parent})", flush=True)
+            return
+        was = recorded[0] if recorded else "an older demo"
+        print(f"[demo] {title}: done for {was}, now {made_from}: running it again", flush=True)
     if clean is not None and clean.exists():
         shutil.rmtree(clean)  # a previous attempt stopped half-way; start the stage over
     print(f"[demo] {title}: {' '.join(cmd)}", flush=True)
@@ -61,7 +73,7 @@ def _stage(title: str, done_marker: Path, cmd: list[str], clean: Path | None = N
         print(f"[demo] {title} failed with exit code {result.returncode}", file=sys.stderr)
         sys.exit(result.returncode)
     done_marker.parent.mkdir(parents=True, exist_ok=True)
-    done_marker.write_text(f"{time.time()}\n")
+    done_marker.write_text(f"{time.time()}\n{made_from or ''}\n")
     print(f"[demo] {title}: done in {time.monotonic() - started:.0f} s", flush=True)
 
 
@@ -122,6 +134,7 @@ def main() -> int:
         print(f"[demo] training failed with exit code {result.returncode}", file=sys.stderr)
         return result.returncode
     evals = _eval_losses(run_dir / "metrics.jsonl")
+    trained = f"the run at step {evals[-1]['step']}" if evals else None  # training ends with an eval
     if evals:
         first, last = evals[0], evals[-1]
         print(f"[demo] initial eval loss {first['eval_loss']:.3f} (step {first['step']}), "
@@ -135,6 +148,7 @@ def main() -> int:
         [*_finetune_command(), str(run_dir), "--train", str(task / "train.jsonl"), "--validation",
          str(task / "validation.jsonl"), *FINETUNE_ARGS, "--baseline", "random-init", "--out", str(finetune)],
         clean=finetune,
+        made_from=trained,
     )  # fmt: skip
     _print_downstream(finetune / "report.json")
     print(f"[demo] checkpoints: {run_dir / 'checkpoints'}")
