@@ -22,6 +22,7 @@ import sys
 import torch
 
 from data_pipeline.integrity import commit_temp_dir
+from pretrain import TOOL_LOG_FORMAT
 from pretrain.checkpoint import CheckpointError, resolve_checkpoint
 from pretrain.checkpoint_record import CONFIG_FILE, TOKENIZER_DIR, TRAINER_STATE_JSON, load_state
 from pretrain.config import ConfigError, load_config
@@ -152,7 +153,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out_dir", help="output dir (must not exist or be empty)")
     parser.add_argument("--tag", help="with a run dir: export this checkpoint tag instead of the newest")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=TOOL_LOG_FORMAT)
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     try:
         class_name = export_checkpoint(args.source, args.out_dir, args.tag)

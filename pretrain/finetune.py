@@ -22,8 +22,9 @@ import tempfile
 from dataclasses import asdict
 
 from data_pipeline.integrity import write_json_atomic
+from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune_data import FinetuneInputError, load_task
-from pretrain.finetune_train import LOG_FORMAT, FinetuneSettings, run_finetuning
+from pretrain.finetune_train import FinetuneSettings, run_finetuning
 
 log = logging.getLogger("mlm-finetune")
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"  # local dirs only, whatever the environment says
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.basicConfig(level=logging.INFO, format=TOOL_LOG_FORMAT)
     settings = FinetuneSettings(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, device=args.device, bf16=args.bf16,

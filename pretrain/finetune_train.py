@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune_data import FinetuneInputError, TaskData
 from pretrain.finetune_metrics import classification_metrics, summarise
 
 log = logging.getLogger("mlm-finetune")
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # mlm-finetune's, and its --jobs workers'
 
 
 @dataclass
@@ -213,7 +213,7 @@ def _init_worker(threads: int, job: tuple) -> None:
     for name in LAUNCHER_VARIABLES:
         os.environ.pop(name, None)
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.basicConfig(level=logging.INFO, format=TOOL_LOG_FORMAT)
     model_dir, data, settings = job
     tokenizer = load_tokenizer(model_dir, model_dir)
     encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
