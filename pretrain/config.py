@@ -473,7 +473,7 @@ def _read_yaml_with_bases(path: str, seen: tuple[str, ...]) -> dict:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML {_yaml_problem(exc)}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
@@ -484,6 +484,16 @@ def _read_yaml_with_bases(path: str, seen: tuple[str, ...]) -> dict:
         raise ConfigError(f"{path}: `base` must be a file path, got {base!r}")
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
     return _deep_merge(_read_yaml_with_bases(base_path, seen + (real,)), raw)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """YAML's error on one line: `at line L, column C: problem (context)`; its own message spans several."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return ": " + " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return where + (f" ({context})" if context else "")
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -503,8 +513,7 @@ def _apply_override(raw: dict, item: str) -> None:
     try:
         value = yaml.safe_load(text) if text else None
     except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())  # one line: YAML's message spans several
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {detail}") from None
+        raise ConfigError(f"override {item!r}: value is not valid YAML {_yaml_problem(exc)}") from None
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

@@ -107,6 +107,17 @@ def test_fp16_loss_scaling_keys_are_typed_and_checked(cfg_file):
         load_config(cfg_file, ["fp16.initial_scale_power=8", "fp16.min_loss_scale=512"])
 
 
+def test_invalid_yaml_is_one_line_naming_the_file_and_the_spot(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {max_steps: 3\n  bad: [\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(bad))
+    assert str(err.value) == (
+        f"{bad}: not valid YAML at line 2, column 6: expected ',' or '}}', but got ':' "
+        "(while parsing a flow mapping)"
+    )
+
+
 def test_missing_file_and_required_keys(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(str(tmp_path / "nope.yaml"))
