@@ -1,9 +1,11 @@
-"""Everything a training run is built from, in order: readers -> model -> run_dir check -> engine ->
-collator, sampler, loaders -> checkpoint manager (and resume) -> monitors and metrics. `build_run` returns
+"""Everything a training run is built from, in order: readers -> model -> run identity (tokenizer check) ->
+run_dir check -> engine -> collator, sampler, loaders -> checkpoint manager (and resume) -> monitors and
+metrics. `build_run` returns
 it as one `Run`; the loop in pretrain/trainer.py only trains it."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -22,6 +24,8 @@ from pretrain.masking import MaskingCollator
 from pretrain.metrics import MetricsLogger
 from pretrain.model import build_model
 from pretrain.run_identity import describe_run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,7 +126,12 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
         max_positions=model.config.max_position_embeddings,
     )  # fmt: skip
     flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
+    # Before the engine: a replaced tokenizer dir must not cost a ZeRO build to be found out.
+    description = describe_run(cfg, model, train_reader.manifest, seq_len=seq_len)
     check_run_dir_writable(cfg.run_dir, agreement, rank)
+    if info.is_main:
+        z, precision = cfg.zero.stage, cfg.precision
+        log.info("building the DeepSpeed engine: ZeRO-%d, %s, %d rank(s)", z, precision, world)
     engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu)
 
     collator = MaskingCollator(
@@ -136,7 +145,7 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
         cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
-        run=describe_run(cfg, model, train_reader.manifest, seq_len=seq_len), collectives=comm,
+        run=description, collectives=comm,
     )  # fmt: skip
     monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank)
     faults = Faults.for_rank(cfg.debug, rank)

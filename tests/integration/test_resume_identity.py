@@ -28,6 +28,7 @@ def test_resume_refuses_another_seed_and_follows_a_raised_max_steps(tiny_shards,
     first = run_pretrain(config, ranks=1)
     assert first.returncode == 0, first.output[-3000:]
     assert first.metrics[-2]["step"] == 3  # the last step record, then the final evaluation
+    assert "building the DeepSpeed engine: ZeRO-" in first.output
     saved_config = (first.run_dir / "config.yaml").read_text()
 
     refused = run_pretrain(config, ["train.seed=1", "train.max_steps=6"], ranks=1)
@@ -75,3 +76,16 @@ def test_identity_tells_shards_and_tokenizers_apart(tiny_shards, tiny_nsp_shards
     )
     with pytest.raises(CheckpointError, match="tokenizer was replaced after the build"):
         tokenizer_files(str(shards / "tokenizer"), full["tokenizer"])
+
+
+def test_a_replaced_tokenizer_stops_the_trainer_in_one_line_before_the_engine(tiny_shards, tmp_path):
+    shards = shutil.copytree(tiny_shards, tmp_path / "shards")
+    tokenizer_config = shards / "tokenizer" / "tokenizer_config.json"
+    tokenizer_config.write_text(
+        json.dumps({**json.loads(tokenizer_config.read_text()), "model_max_length": 7})
+    )
+    refused = run_pretrain(write_config(tmp_path, shards), ranks=1)
+    assert refused.returncode == 1, refused.output[-3000:]
+    errors = [line for line in refused.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "tokenizer was replaced after the build" in errors[0], refused.output[-3000:]
+    assert "building the DeepSpeed engine" not in refused.output  # found out before the (slow) engine build
