@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from launcher.hostfile import allocation_nodes, expand_nodelist, write_hostfile
+from launcher.hostfile import allocation_nodes, expand_nodelist, read_hostfile, write_hostfile
 from launcher.job_config import LaunchError, read_job_config
 from launcher.local import NodeSpec, deepspeed_command, run_node, torchrun_command
 from launcher.slurm import SlurmOptions, render_train_script, submit
@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
         args.cpu,
     )
     job = read_job_config(rest)  # a missing config or a bad global batch fails here, before any rank starts
-    job.check_world_size(spec.world_size, f"--nnodes {spec.nnodes} x --nproc {spec.nproc}")
+    job.check_world_size(*_launch_world_size(spec, args.hostfile if args.launcher == "deepspeed" else None))
     if args.launcher == "spawn":
         return run_node(spec, rest, echo=lambda line: print(line, file=sys.stderr, flush=True))
     cmd = (
@@ -177,6 +177,22 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
     env = {**os.environ, **({"DS_ACCELERATOR": "cpu"} if args.cpu else {})}
     os.execvpe(cmd[0], cmd, env)
     return 1  # not reached: exec replaces this process
+
+
+def _launch_world_size(spec: NodeSpec, hostfile: str | None) -> tuple[int, str]:
+    """The world size a local launch starts, and what sets it (for the config check's message).
+
+    With a hostfile and one `--nnodes` (ssh mode), DeepSpeed starts --nproc ranks on every host it lists;
+    per node (--nnodes > 1, no ssh) it keeps the first --nnodes hosts, so the file must list that many.
+    """
+    if hostfile is None:
+        return spec.world_size, f"--nnodes {spec.nnodes} x --nproc {spec.nproc}"
+    hosts = read_hostfile(Path(hostfile))
+    if spec.nnodes == 1:
+        return len(hosts) * spec.nproc, f"{len(hosts)} host(s) in {hostfile} x --nproc {spec.nproc}"
+    if len(hosts) < spec.nnodes:
+        raise LaunchError(f"{hostfile} lists {len(hosts)} host(s), fewer than --nnodes {spec.nnodes}")
+    return spec.world_size, f"--nnodes {spec.nnodes} x --nproc {spec.nproc}"
 
 
 def main(argv: list[str] | None = None) -> int:

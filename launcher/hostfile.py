@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,3 +45,34 @@ def write_hostfile(nodes: list[str], slots: int, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(str(path), "".join(f"{node} slots={slots}\n" for node in nodes))
     return path
+
+
+_HOSTFILE_LINE = re.compile(r"(\S+)\s+slots=(\d+)")  # DeepSpeed's own pattern (launcher/runner.py)
+
+
+def read_hostfile(path: Path) -> list[str]:
+    """The hosts of a DeepSpeed hostfile (`host slots=N` lines; blank and `#` lines skipped), in order.
+
+    Raises LaunchError naming the file (and line) when it is missing, unreadable, lists no host, names a
+    host twice or has a line of another form: DeepSpeed itself would go on with local GPUs only when the
+    file is missing, and train with another world size than the one checked against the config.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise LaunchError(f"hostfile {path}: {reason}; write one with `mlm-launch hostfile`") from None
+    hosts: list[str] = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _HOSTFILE_LINE.match(line)  # what DeepSpeed accepts
+        if match is None:
+            raise LaunchError(f"{path}:{number}: {line[:80]!r} is not `host slots=N`")
+        if match.group(1) in hosts:
+            raise LaunchError(f"{path}:{number}: host {match.group(1)!r} is listed twice")
+        hosts.append(match.group(1))
+    if not hosts:
+        raise LaunchError(f"hostfile {path} lists no host (`host slots=N` lines)")
+    return hosts

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from launcher.cli import main
-from launcher.hostfile import expand_nodelist, write_hostfile
+from launcher.hostfile import expand_nodelist, read_hostfile, write_hostfile
 from launcher.job_config import LaunchError
 from launcher.local import NodeSpec, combine_exit_codes, deepspeed_command, rank_env, torchrun_command
 from launcher.slurm import SlurmOptions, parse_time_seconds, render_train_script
@@ -110,21 +110,55 @@ def test_torchrun_and_deepspeed_lines():
         deepspeed_command(spec, ["--config", "c.yaml"], hostfile="hf")
 
 
-def _launch_deepspeed(tmp_path, cfg, *extra: str) -> list[str]:
+def _run_deepspeed_launch(tmp_path, cfg, *extra: str) -> subprocess.CompletedProcess:
     """Run `mlm-launch local --launcher deepspeed --hostfile HF EXTRA -- --config CFG` as a process, with a
-    `deepspeed` on PATH that records the arguments it was exec'd with; returns them."""
+    `deepspeed` on PATH that records the arguments it was exec'd with in TMP_PATH/argv; HF lists 2 hosts."""
     bindir, record = tmp_path / "bin", tmp_path / "argv"
-    bindir.mkdir()
+    bindir.mkdir(exist_ok=True)
     fake = bindir / "deepspeed"
     fake.write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {record}\n')
     fake.chmod(0o755)
-    (tmp_path / "hf").write_text("node-a slots=2\nnode-b slots=2\n")
+    (tmp_path / "hf").write_text("# two hosts\nnode-a slots=2\nnode-b slots=2\n")
     argv = [sys.executable, "-m", "launcher", "local", "--launcher", "deepspeed", "--nproc", "2"]
     argv += ["--hostfile", str(tmp_path / "hf"), *extra, "--", "--config", str(cfg)]
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _launch_deepspeed(tmp_path, cfg, *extra: str) -> list[str]:
+    """`_run_deepspeed_launch`, which must succeed; returns the arguments deepspeed was exec'd with."""
+    out = _run_deepspeed_launch(tmp_path, cfg, *extra)
     assert out.returncode == 0, out.stderr
-    return record.read_text().splitlines()
+    return (tmp_path / "argv").read_text().splitlines()
+
+
+def test_an_ssh_hostfile_launch_checks_the_global_batch_against_every_host(write_config, tmp_path):
+    # micro 4 x accum 2: 2 hosts x --nproc 2 is a world of 4, so 32; 16 would fit --nproc alone
+    refused = _run_deepspeed_launch(tmp_path, write_config(global_batch_size=16))
+    assert refused.returncode == 1 and not (tmp_path / "argv").exists()
+    assert f"2 host(s) in {tmp_path / 'hf'} x --nproc 2" in refused.stderr, refused.stderr
+    assert "--num_gpus=2" in _launch_deepspeed(tmp_path, write_config(global_batch_size=32))
+
+
+def test_a_bad_hostfile_is_one_line_naming_the_file_and_line(write_config, tmp_path, capsys):
+    hostfile = tmp_path / "hf"
+    hostfile.write_text("a slots=2\nb slots=2\n")
+    per_node = ["local", "--launcher", "deepspeed", "--nnodes", "3", "--node-rank", "1", "--master-addr", "a"]
+    assert main([*per_node, "--hostfile", str(hostfile), "--", "--config", str(write_config())]) == 1
+    assert f"{hostfile} lists 2 host(s), fewer than --nnodes 3" in capsys.readouterr().err
+    for text, expected in [
+        ("a slots=2\nb slots 2\n", f"{hostfile}:2: 'b slots 2' is not `host slots=N`"),
+        ("a slots=2\n\na slots=4\n", f"{hostfile}:3: host 'a' is listed twice"),
+        ("# nothing\n\n", f"hostfile {hostfile} lists no host"),
+    ]:
+        hostfile.write_text(text)
+        with pytest.raises(LaunchError) as err:
+            read_hostfile(hostfile)
+        assert str(err.value).startswith(expected), err.value
+    with pytest.raises(LaunchError, match=f"hostfile {tmp_path / 'nope'}: No such file or directory"):
+        read_hostfile(tmp_path / "nope")  # DeepSpeed would go on with this machine's GPUs alone
+    hostfile.write_text("a slots=2 # spare\nb slots=8\n")
+    assert read_hostfile(hostfile) == ["a", "b"]
 
 
 def test_deepspeed_hostfile_launch_leaves_master_detection_to_deepspeed(write_config, tmp_path):
