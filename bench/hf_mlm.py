@@ -18,7 +18,6 @@ last step), peak_memory_gib, memory_kind, loader_tokens_per_s, attn_implementati
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -175,11 +174,9 @@ def _loader_rate(loader, args: argparse.Namespace, mean_length: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe and write the JSON result to --out; returns 0."""
     args = _parse(argv)
-    result = run(args)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    os.replace(tmp, args.out)
+    from data_pipeline.integrity import write_json_atomic
+
+    write_json_atomic(args.out, run(args))
     return 0
 
 
