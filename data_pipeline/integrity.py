@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
@@ -37,6 +38,18 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def files_sha256(paths: list[str], threads: int | None = None) -> list[str]:
+    """`file_sha256` of each of `paths`, in order, hashed by up to `threads` threads (default: the CPUs,
+    at most 8). hashlib releases the GIL on large blocks, so a checkpoint's many large files hash in
+    parallel. Raises the first OSError in `paths` order."""
+    if threads is None:
+        threads = min(8, os.cpu_count() or 1)
+    if threads <= 1 or len(paths) <= 1:
+        return [file_sha256(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
+        return list(pool.map(file_sha256, paths))
 
 
 def size_problem(path: str, listed: int, listed_by: str = "the listing") -> str | None:

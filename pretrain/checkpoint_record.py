@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_pipeline.integrity import file_sha256, fsync_file, size_problem, write_atomic
+from data_pipeline.integrity import files_sha256, fsync_file, size_problem, write_atomic
 
 COMPLETE_FILE = "COMPLETE.json"
 TRAINER_STATE_JSON = "trainer_state.json"
@@ -55,13 +55,10 @@ def list_files(tag_dir: str) -> list[str]:
 
 def file_entries(directory: str) -> dict[str, dict]:
     """{relative path: {"bytes", "sha256"}} of every file under `directory` (see `list_files`)."""
-    return {
-        rel: {
-            "bytes": os.path.getsize(os.path.join(directory, rel)),
-            "sha256": file_sha256(os.path.join(directory, rel)),
-        }
-        for rel in list_files(directory)
-    }
+    names = list_files(directory)
+    paths = [os.path.join(directory, rel) for rel in names]
+    entries = zip(names, paths, files_sha256(paths), strict=True)
+    return {rel: {"bytes": os.path.getsize(path), "sha256": digest} for rel, path, digest in entries}
 
 
 def write_complete_record(
@@ -166,14 +163,18 @@ def check_listed_files(directory: str, files: dict, source: str) -> None:
             "Delete the file if you put it there, otherwise delete the checkpoint"
         )
     present = set(on_disk)
-    for rel, meta in sorted(files.items()):
+    listed = sorted(files.items())
+    for rel, meta in listed:  # the cheap checks first, for every file
         path = os.path.join(directory, rel)
         if rel not in present:
             raise CheckpointError(f"{path} is listed in {source} but missing")
         problem = size_problem(path, meta["bytes"], source)
         if problem is not None:
             raise CheckpointError(f"{path}: {problem}: truncated")
-        if file_sha256(path) != meta["sha256"]:
+    digests = files_sha256([os.path.join(directory, rel) for rel, _ in listed])
+    for (rel, meta), digest in zip(listed, digests, strict=True):
+        if digest != meta["sha256"]:
+            path = os.path.join(directory, rel)
             raise CheckpointError(f"{path} fails its sha256 check in {source}: the file is corrupt")
 
 

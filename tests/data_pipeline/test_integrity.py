@@ -10,6 +10,7 @@ from data_pipeline.integrity import (
     atomic_open,
     commit_temp_dir,
     file_sha256,
+    files_sha256,
     size_problem,
     write_atomic,
     write_json_atomic,
@@ -45,6 +46,18 @@ def test_sha256_and_size_problem_name_what_differs(tmp_path):
     )
     assert size_problem(str(tmp_path / "gone.arrow"), 1) == "missing"
     assert size_problem(str(tmp_path), 1) == "missing"  # a directory is not the listed file
+
+
+def test_files_sha256_keeps_the_order_and_raises_for_a_missing_file(tmp_path):
+    blobs = [os.urandom(n) for n in (0, 5, (1 << 22) + 1, 7, 1 << 20)]
+    paths = []
+    for i, blob in enumerate(blobs):
+        paths.append(str(tmp_path / f"f{i}"))
+        (tmp_path / f"f{i}").write_bytes(blob)
+    expected = [hashlib.sha256(blob).hexdigest() for blob in blobs]
+    assert files_sha256(paths, threads=3) == expected == files_sha256(paths, threads=1)
+    with pytest.raises(FileNotFoundError, match="gone"):
+        files_sha256([*paths, str(tmp_path / "gone")], threads=3)
 
 
 def test_commit_temp_dir_refuses_a_non_empty_target(tmp_path):
