@@ -185,14 +185,15 @@ def _launch_world_size(spec: NodeSpec, hostfile: str | None) -> tuple[int, str]:
     With a hostfile and one `--nnodes` (ssh mode), DeepSpeed starts --nproc ranks on every host it lists;
     per node (--nnodes > 1, no ssh) it keeps the first --nnodes hosts, so the file must list that many.
     """
+    by_nodes = spec.world_size, f"--nnodes {spec.nnodes} x --nproc {spec.nproc}"
     if hostfile is None:
-        return spec.world_size, f"--nnodes {spec.nnodes} x --nproc {spec.nproc}"
+        return by_nodes
     hosts = read_hostfile(Path(hostfile))
     if spec.nnodes == 1:
         return len(hosts) * spec.nproc, f"{len(hosts)} host(s) in {hostfile} x --nproc {spec.nproc}"
     if len(hosts) < spec.nnodes:
         raise LaunchError(f"{hostfile} lists {len(hosts)} host(s), fewer than --nnodes {spec.nnodes}")
-    return spec.world_size, f"--nnodes {spec.nnodes} x --nproc {spec.nproc}"
+    return by_nodes
 
 
 def main(argv: list[str] | None = None) -> int:

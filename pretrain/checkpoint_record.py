@@ -163,18 +163,16 @@ def check_listed_files(directory: str, files: dict, source: str) -> None:
             "Delete the file if you put it there, otherwise delete the checkpoint"
         )
     present = set(on_disk)
-    listed = sorted(files.items())
-    for rel, meta in listed:  # the cheap checks first, for every file
-        path = os.path.join(directory, rel)
+    listed = [(rel, os.path.join(directory, rel), meta) for rel, meta in sorted(files.items())]
+    for rel, path, meta in listed:  # the cheap checks first, for every file
         if rel not in present:
             raise CheckpointError(f"{path} is listed in {source} but missing")
         problem = size_problem(path, meta["bytes"], source)
         if problem is not None:
             raise CheckpointError(f"{path}: {problem}: truncated")
-    digests = files_sha256([os.path.join(directory, rel) for rel, _ in listed])
-    for (rel, meta), digest in zip(listed, digests, strict=True):
+    digests = files_sha256([path for _, path, _ in listed])
+    for (_, path, meta), digest in zip(listed, digests, strict=True):
         if digest != meta["sha256"]:
-            path = os.path.join(directory, rel)
             raise CheckpointError(f"{path} fails its sha256 check in {source}: the file is corrupt")
 
 

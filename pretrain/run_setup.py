@@ -1,7 +1,6 @@
 """Everything a training run is built from, in order: readers -> model -> run identity (tokenizer check) ->
 run_dir check -> engine -> collator, sampler, loaders -> checkpoint manager (and resume) -> monitors and
-metrics. `build_run` returns
-it as one `Run`; the loop in pretrain/trainer.py only trains it."""
+metrics. `build_run` returns it as one `Run`; the loop in pretrain/trainer.py only trains it."""
 
 from __future__ import annotations
 
@@ -130,8 +129,9 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     description = describe_run(cfg, model, train_reader.manifest, seq_len=seq_len)
     check_run_dir_writable(cfg.run_dir, agreement, rank)
     if info.is_main:
-        z, precision = cfg.zero.stage, cfg.precision
-        log.info("building the DeepSpeed engine: ZeRO-%d, %s, %d rank(s)", z, precision, world)
+        log.info(
+            "building the DeepSpeed engine: ZeRO-%d, %s, %d rank(s)", cfg.zero.stage, cfg.precision, world
+        )
     engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu)
 
     collator = MaskingCollator(
