@@ -18,7 +18,7 @@ $(STAMP): setup.py
 venv: $(STAMP)
 
 demo: $(STAMP)
-	DEMO_DIR=$(DEMO_DIR) $(BIN)/python -m pretrain.demo
+	DEMO_DIR=$(DEMO_DIR) $(BIN)/python -m scripts.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

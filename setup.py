@@ -24,8 +24,9 @@ INSTALL_REQUIRES = [
     "accelerate>=1.1",
 ]
 
-# Chinese word segmentation for whole-word masking (data_pipeline/segment.py): jieba's dictionary and
-# HMM in Rust. Without it a build of Chinese text warns and takes word starts from the tokenizer.
+# Chinese word segmentation for whole-word masking (data_pipeline/tokenizer/segment.py): jieba's
+# dictionary and HMM in Rust. Without it a build of Chinese text warns and takes word starts from the
+# tokenizer.
 ZH_REQUIRES = ["rjieba>=0.2.2,<0.3"]
 # ruff is pinned to a minor series: new releases add lint rules and format Markdown code blocks,
 # which would fail `make lint` on a clean machine without any change of ours.
@@ -58,7 +59,7 @@ setup(
             "mlm-data=data_pipeline.cli:main",
             "mlm-train=pretrain.__main__:main",
             "mlm-launch=launcher.cli:main",
-            "mlm-finetune=pretrain.finetune:main",
+            "mlm-finetune=pretrain.finetune.cli:main",
         ]
     },
 )

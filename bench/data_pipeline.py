@@ -60,10 +60,10 @@ def _env(cores: int) -> dict:
 
 def tokenizer_alone(corpus: str, tokenizer_dir: str) -> dict:
     """(in the child) tokens and seconds of encode_batch_fast over the cleaned documents of `corpus`."""
-    from data_pipeline.build_report import BuildReport
-    from data_pipeline.clean import CleanConfig, Cleaner
-    from data_pipeline.sources import expand_inputs, iter_documents
-    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.ingest.clean import CleanConfig, Cleaner
+    from data_pipeline.ingest.report import BuildReport
+    from data_pipeline.ingest.sources import expand_inputs, iter_documents
+    from data_pipeline.tokenizer.load import load_tokenizer
 
     report = BuildReport()
     cleaner = Cleaner(CleanConfig(), report)
@@ -102,7 +102,7 @@ def run_build(corpus: str, tokenizer_dir: str, out: str, cores: int) -> tuple[in
     memory over the whole process tree)."""
     import psutil
 
-    from data_pipeline.manifest import Manifest
+    from data_pipeline.shards.manifest import Manifest
 
     shutil.rmtree(out, ignore_errors=True)
     cmd = [MLM_DATA, "build", "--input", corpus, "--tokenizer", tokenizer_dir, "--out", out,

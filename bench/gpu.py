@@ -10,7 +10,7 @@ metrics.jsonl; WORK/logs/ holds each side's log, headed by its command line. The
 `Trainer` + `BertForMaskedLM` + `DataCollatorForLanguageModeling` pinned to its best (bench/hf_mlm.py:
 SDPA, bf16/fp16 autocast, fused AdamW, TF32, DataLoader workers, special-token masks precomputed).
 
-MFU = tokens/s x FLOPs per token / peak. FLOPs per token: `pretrain.model.flops_per_token` (6 x encoder
+MFU = tokens/s x FLOPs per token / peak. FLOPs per token: the model's `flops_per_token` (6 x encoder
 matmul parameters + attention + the sparse head at the masked 15%; docs/training.md) and, for
 comparison with published figures, 6 x all parameters. The peak is looked up from the device name
 (dense bf16/fp16 tensor-core TFLOP/s from NVIDIA's data sheets, PEAK_TFLOPS) or given by --peak-tflops.
@@ -155,7 +155,7 @@ def _sections(args, case: Case, precision: str, shards: str, run_dir: str, steps
 
 def _steps(args, case: Case, shards: str) -> tuple[int, int]:
     """(steps, skip) for `case`, steps clamped to one epoch of the shards' training rows."""
-    from data_pipeline.shards import ShardReader
+    from data_pipeline.shards.format import ShardReader
 
     rows, batch = len(ShardReader(shards, split="train")), args.micro_batch or case.micro_batch
     skip = case.skip if args.skip is None else args.skip

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from pretrain.distributed import LAUNCHER_VARIABLES
+from pretrain.runtime.distributed import LAUNCHER_VARIABLES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,10 +92,10 @@ def load_model(config_path: str, overrides: Sequence[str] = ()):
     """
     import torch
 
-    from data_pipeline.shards import ShardReader
+    from data_pipeline.shards.format import ShardReader
     from pretrain.config import load_config
-    from pretrain.data import resolve_seq_len
-    from pretrain.model import build_model
+    from pretrain.data.loader import resolve_seq_len
+    from pretrain.models.bert.model import build_model
 
     cfg = load_config(config_path, overrides)
     reader = ShardReader(cfg.data.path, split="train")

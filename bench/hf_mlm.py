@@ -61,7 +61,7 @@ class PackedRows:
         """Open the train split of `shards`; rows are cut to `seq_len` (None: the shards' length)."""
         import numpy as np
 
-        from data_pipeline.shards import ShardReader
+        from data_pipeline.shards.format import ShardReader
 
         self.reader = ShardReader(shards, split="train")
         self.seq_len = seq_len or self.reader.seq_len

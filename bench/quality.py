@@ -5,13 +5,13 @@ Both trainers get the same BERT shape, tokenizer, shards, batch (32 x 128), numb
 1.0, dropout 0.1, 15% token-level masking with 80/10/10), one process each, fp32, `--threads` CPU threads
 each (default 1), one run per seed:
 
-- ours: `python -m pretrain --config ...` (a process), exported with `pretrain.export.export_checkpoint`;
+- ours: `python -m pretrain --config ...` (a process), exported with `export_checkpoint`;
 - reference: `Trainer` + `BertForMaskedLM` + `DataCollatorForLanguageModeling` over the shards' rows
   (a process of this script, `--hf-worker`).
 
 One evaluator then scores both exports on the same held-out masked text: the shards' validation rows,
 masked once (same positions, same 80/10/10 replacement, numpy seed 1234), masked-token loss and accuracy.
-Both are fine-tuned on the offline downstream task (`mlm-data sample-task`) with `pretrain.finetune`,
+Both are fine-tuned on the offline downstream task (`mlm-data sample-task`) with `pretrain.finetune.cli`,
 one fine-tuning run per pretraining seed. Prints both side by side with the wall time of each and writes
 WORK/quality.json. Goal: ours mean >= reference mean - reference std (masked-token accuracy, downstream
 accuracy), in less time.
@@ -44,7 +44,7 @@ BIN = os.path.dirname(sys.executable)
 
 
 def _run(cmd: list[str], **kwargs) -> None:
-    from pretrain.distributed import LAUNCHER_VARIABLES
+    from pretrain.runtime.distributed import LAUNCHER_VARIABLES
 
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     subprocess.run(cmd, check=True, env={**env, "TOKENIZERS_PARALLELISM": "false"}, **kwargs)
@@ -83,7 +83,7 @@ def train_ours(shards: str, out: str, shape: dict, seed: int, steps: int, lr: fl
     """Pretrain with `python -m pretrain` (one process, ZeRO 0, fp32); export to out/export; wall times."""
     import yaml
 
-    from pretrain.export import export_checkpoint
+    from pretrain.checkpoint.export import export_checkpoint
 
     run_dir = os.path.join(out, "run")
     cfg = {
@@ -151,7 +151,7 @@ def _hf_worker(job: dict) -> None:
         TrainingArguments,
     )
 
-    from data_pipeline.shards import ShardReader
+    from data_pipeline.shards.format import ShardReader
 
     reader = ShardReader(job["shards"], split="train")
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(job["shards"], "tokenizer"))
@@ -198,7 +198,7 @@ def masked_eval_set(shards: str, max_rows: int) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from data_pipeline.shards import ShardReader
+    from data_pipeline.shards.format import ShardReader
 
     reader = ShardReader(shards, split="validation")
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(shards, "tokenizer"))
@@ -243,9 +243,9 @@ def evaluate(model_dir: str, eval_set: dict, batch: int = 64) -> dict:
 
 
 def downstream(model_dir: str, task_dir: str, seed: int, epochs: float, lr: float) -> dict:
-    """Accuracy and macro-F1 of one `pretrain.finetune` run (seed `seed`) on the sample task."""
-    from pretrain.finetune_data import load_task
-    from pretrain.finetune_train import FinetuneSettings, run_finetuning
+    """Accuracy and macro-F1 of one `pretrain.finetune.cli` run (seed `seed`) on the sample task."""
+    from pretrain.finetune.data import load_task
+    from pretrain.finetune.train import FinetuneSettings, run_finetuning
 
     data = load_task(os.path.join(task_dir, "train.jsonl"), os.path.join(task_dir, "validation.jsonl"),
                      text_column="text", label_column="label")  # fmt: skip

@@ -19,7 +19,7 @@ import numpy as np
 # Run as a script, bench/ is sys.path[0] and bench/data_pipeline.py would shadow the package.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from data_pipeline.shards import ShardReader, row_problem  # noqa: E402
+from data_pipeline.shards.format import ShardReader, row_problem  # noqa: E402
 
 
 def main() -> None:

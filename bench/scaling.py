@@ -1,6 +1,6 @@
 """The tables of docs/scaling.md, computed: ZeRO communication and checkpoint bytes, preprocessing time.
 
-On paper, not measured: every input is a parameter count from `pretrain.model` (built on the meta
+On paper, not measured: every input is a parameter count from `pretrain.models.bert.model` (built on the meta
 device from the shipped YAMLs), a formula from the ZeRO paper (Rajbhandari et al. 2020, section 7) or a
 figure measured by `make bench-data` (docs/data_pipeline.md). Run it to reproduce the doc:
 
@@ -46,11 +46,11 @@ class Model:
 
 
 def load_model(name: str, vocab_size: int) -> Model:
-    """`name` as pretrain.model builds it from its YAML (meta device, with the NSP head): counts, FLOPs."""
+    """`name` as the trainer builds it from its YAML (meta device, with the NSP head): counts, FLOPs."""
     import torch
 
     from pretrain.config import load_config
-    from pretrain.model import build_model
+    from pretrain.models.bert.model import build_model
 
     path, overrides, seq_len = MODELS[name]
     cfg = load_config(os.path.join(REPO, path), overrides)

@@ -97,7 +97,7 @@ def packed_rows(tokenizer, encoded: list) -> dict:
     """`encoded` documents packed as full-sentences rows of 128 tokens ([CLS] + 127), in memory."""
     import numpy as np
 
-    from data_pipeline.packing import join_documents
+    from data_pipeline.build.packing import join_documents
 
     seq = 128
     ids, starts = join_documents(encoded, tokenizer.special_ids.sep)
@@ -117,7 +117,7 @@ def masked_shares(special_ids: dict, vocab_size: int, rows: dict, label: str) ->
     import numpy as np
 
     from pretrain.config import MaskingConfig
-    from pretrain.masking import MaskingCollator
+    from pretrain.data.masking import MaskingCollator
 
     n, seq = rows["input_ids"].shape
     in_row = np.arange(seq)[None, :] < np.asarray(rows["length"])[:, None]
@@ -139,9 +139,9 @@ def masked_shares(special_ids: dict, vocab_size: int, rows: dict, label: str) ->
 
 def built_shards(work: str) -> None:
     """(d): the same measurement on shards `mlm-data build` made of the fixture (its train rows)."""
-    from data_pipeline.build import BuildConfig, run_build
-    from data_pipeline.manifest import Manifest
-    from data_pipeline.shards import ShardReader
+    from data_pipeline.build.pipeline import BuildConfig, run_build
+    from data_pipeline.shards.format import ShardReader
+    from data_pipeline.shards.manifest import Manifest
 
     for kind in ("wordpiece", "sentencepiece-unigram"):
         out = os.path.join(work, f"shards-{kind}")
@@ -159,8 +159,8 @@ def built_shards(work: str) -> None:
 def word_starts(documents: list[str], work: str, repeat: int) -> None:
     import numpy as np
 
-    from data_pipeline.segment import WordStartEncoder
-    from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
+    from data_pipeline.tokenizer.load import load_tokenizer, train_tokenizer
+    from data_pipeline.tokenizer.segment import WordStartEncoder
 
     chars = sum(map(len, documents))
     for kind in ("wordpiece", "sentencepiece-unigram"):

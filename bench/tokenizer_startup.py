@@ -2,7 +2,7 @@
 
 For each dir, in fresh interpreters (best of --repeats): seconds from the first import to a loaded
 tokenizer (wall), and the CPU seconds of the whole process (user + system, less noisy on a shared
-machine), for `data_pipeline.tokenizer.load_tokenizer` and for `transformers.AutoTokenizer`, plus
+machine), for `data_pipeline.tokenizer.load.load_tokenizer` and for `transformers.AutoTokenizer`, plus
 whether the load imported transformers; and the CPU seconds of a bare interpreter. With --corpus, it
 first makes tokenizer dirs from the corpus as real checkpoints ship them (see make_dirs): ours (30k
 WordPiece, generic class), BERT-style (the same vocabulary saved by BertTokenizer, uncased, with saved
@@ -27,7 +27,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     sys.path.pop(0)
 
 OURS = (
-    "import sys, time; t = time.perf_counter(); from data_pipeline.tokenizer import load_tokenizer; "
+    "import sys, time; t = time.perf_counter(); from data_pipeline.tokenizer.load import load_tokenizer; "
     "load_tokenizer(sys.argv[1]); print(time.perf_counter() - t, 'transformers' in sys.modules)"
 )
 AUTO = (
@@ -47,7 +47,7 @@ def make_dirs(corpus: str, work: str) -> list[str]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import AlbertTokenizer, RobertaTokenizer, XLMRobertaTokenizer
 
-    from data_pipeline.tokenizer import train_tokenizer
+    from data_pipeline.tokenizer.load import train_tokenizer
 
     paths = {
         name: os.path.join(work, name)

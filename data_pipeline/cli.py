@@ -11,7 +11,7 @@ import logging
 import sys
 
 from data_pipeline.errors import DataError, os_error_line
-from data_pipeline.input_files import DEFAULT_MAX_SKIPPED_FRACTION
+from data_pipeline.ingest.input_files import DEFAULT_MAX_SKIPPED_FRACTION
 
 log = logging.getLogger("mlm-data")
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sample_corpus(args) -> int:
-    from data_pipeline.sample_corpus import write_sample_corpus
+    from data_pipeline.samples.corpus import write_sample_corpus
 
     result = write_sample_corpus(args.out_dir, max_bytes=args.max_bytes, workers=args.workers)
     print(f"wrote {len(result['files'])} files, {result['documents']} documents, {result['bytes']} bytes")
@@ -118,7 +118,7 @@ def _sample_corpus(args) -> int:
 
 
 def _sample_task(args) -> int:
-    from data_pipeline.sample_task import write_sample_task
+    from data_pipeline.samples.task import write_sample_task
 
     stats = write_sample_task(args.out_dir)
     train, val = stats["train"], stats["validation"]
@@ -129,8 +129,8 @@ def _sample_task(args) -> int:
 
 
 def _tokenizer(args) -> int:
-    from data_pipeline.input_files import parse_extensions
-    from data_pipeline.tokenizer_training import train_tokenizer
+    from data_pipeline.ingest.input_files import parse_extensions
+    from data_pipeline.tokenizer.training import train_tokenizer
 
     report = train_tokenizer(
         args.input, args.kind, args.vocab_size, args.out, lowercase=args.lowercase,
@@ -143,10 +143,10 @@ def _tokenizer(args) -> int:
 
 
 def _build(args) -> int:
-    from data_pipeline.build import BuildConfig, run_build
-    from data_pipeline.clean import CleanConfig
-    from data_pipeline.input_files import parse_extensions
-    from data_pipeline.segment import is_segmentation_count
+    from data_pipeline.build.pipeline import BuildConfig, run_build
+    from data_pipeline.ingest.clean import CleanConfig
+    from data_pipeline.ingest.input_files import parse_extensions
+    from data_pipeline.tokenizer.segment import is_segmentation_count
 
     if args.workers < 1:
         raise DataError(f"--workers must be >= 1, got {args.workers}")
@@ -187,7 +187,7 @@ def _build(args) -> int:
 
 
 def _verify(args) -> int:
-    from data_pipeline.verify import verify_shards
+    from data_pipeline.shards.verify import verify_shards
 
     problems = verify_shards(args.dir)
     for problem in problems:
@@ -200,7 +200,7 @@ def _verify(args) -> int:
 
 
 def _inspect(args) -> int:
-    from data_pipeline.inspect_shards import PAIR_LABEL_NAMES, decoded_samples, summary
+    from data_pipeline.shards.inspect import PAIR_LABEL_NAMES, decoded_samples, summary
 
     info = summary(args.dir)
     if args.json:
@@ -222,7 +222,7 @@ def _inspect(args) -> int:
 
 
 def _merge(args) -> int:
-    from data_pipeline.merge import merge_parts
+    from data_pipeline.build.merge import merge_parts
 
     m = merge_parts(args.parts, args.out)
     print(f"merged {len(args.parts)} parts into {args.out}: {m.rows} sequences, {m.tokens} tokens")

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from pretrain.distributed import prepare_environment, strip_launcher_args
+from pretrain.runtime.distributed import prepare_environment, strip_launcher_args
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def _bad_input() -> tuple[type[BaseException], ...]:
     """The typed errors that mean bad config or input (exit 1 with `mlm-train: error: ...`). Any other
     exception is a bug and keeps its traceback (a ValueError at step 50,000 is not bad input)."""
     from data_pipeline.errors import DataError
-    from pretrain.checkpoint import CheckpointError
+    from pretrain.checkpoint.manager import CheckpointError
     from pretrain.config import ConfigError
 
     return (ConfigError, DataError, CheckpointError)
@@ -52,7 +52,7 @@ def run_training(cfg, info, *, on_gpu: bool) -> int:
     code 1; anything else propagates with its traceback.
     """
     from data_pipeline.errors import is_file_system_error, os_error_line
-    from pretrain.health import NonFiniteLossError, PeerFailedError
+    from pretrain.runtime.health import NonFiniteLossError, PeerFailedError
     from pretrain.trainer import train
 
     try:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); returns the process exit code."""
     argv = strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] == "export":
-        from pretrain.export import main as export_main
+        from pretrain.checkpoint.export import main as export_main
 
         return export_main(argv[1:])
     args = _parse(argv)
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     on_gpu = prepare_environment()  # before anything imports deepspeed
 
-    from pretrain.collectives import shutdown
     from pretrain.config import load_config
-    from pretrain.distributed import init_distributed
-    from pretrain.engine import deepspeed_config
+    from pretrain.runtime.collectives import shutdown
+    from pretrain.runtime.distributed import init_distributed
+    from pretrain.runtime.engine import deepspeed_config
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -11,18 +11,19 @@ from dataclasses import dataclass
 import torch
 
 from data_pipeline.errors import os_error_line
-from pretrain.checkpoint import CheckpointManager
-from pretrain.collectives import Collectives, StepAgreement
+from pretrain.checkpoint.identity import describe_run
+from pretrain.checkpoint.manager import CheckpointManager
 from pretrain.config import Config, ConfigError, config_hash, save_config
-from pretrain.data import GlobalBatchSampler, TrainLoader, ValidationLoader, resolve_seq_len
-from pretrain.distributed import DistInfo, set_determinism
-from pretrain.engine import initialize_engine
-from pretrain.faults import Faults
-from pretrain.health import NonFiniteMonitor, Stage0StepGuard
-from pretrain.masking import MaskingCollator
+from pretrain.data.loader import TrainLoader, ValidationLoader, resolve_seq_len
+from pretrain.data.masking import MaskingCollator
+from pretrain.data.sampler import GlobalBatchSampler
 from pretrain.metrics import MetricsLogger
-from pretrain.model import build_model
-from pretrain.run_identity import describe_run
+from pretrain.models.bert.model import build_model
+from pretrain.runtime.collectives import Collectives, StepAgreement
+from pretrain.runtime.distributed import DistInfo, set_determinism
+from pretrain.runtime.engine import initialize_engine
+from pretrain.runtime.faults import Faults
+from pretrain.runtime.health import NonFiniteMonitor, Stage0StepGuard
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def open_data(cfg: Config):
     Raises data_pipeline.errors.DataError naming the file when the manifest or a shard is missing or
     has the wrong size.
     """
-    from data_pipeline.shards import ShardReader
+    from data_pipeline.shards.format import ShardReader
 
     train_reader = ShardReader(cfg.data.path, split="train")
     val_reader = ShardReader(cfg.data.path, split="validation")

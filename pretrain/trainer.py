@@ -9,12 +9,13 @@ forward). DeepSpeed averages gradients over ranks, so each micro-batch back-prop
 
 Host syncs and collectives: the loader counts tokens on the CPU batch; losses, counts and accuracies are
 summed on the device; a step sends two collectives of its own (the counts before the first forward, and
-the end-of-step agreement that carries the sums and every rank's wishes, pretrain/collectives.py) and
+the end-of-step agreement that carries the sums and every rank's wishes, pretrain/runtime/collectives.py) and
 fetches from the device once, after the agreement. (DeepSpeed's fp16/bf16/ZeRO optimizers check for
 overflow on the host themselves, as does Stage0StepGuard for ZeRO-0 fp32.)
 
 Determinism: model init is seeded by train.seed, sample order and masks are pure functions of
-(seed, epoch, index) (pretrain/data.py, pretrain/masking.py), and dropout is reseeded at every step from
+(seed, epoch, index) (pretrain/data/sampler.py,
+pretrain/data/masking.py), and dropout is reseeded at every step from
 (seed, step, rank), so the same config gives the same per-step losses bit for bit on CPU (on GPU with
 train.deterministic) and a resumed run needs no RNG state to continue exactly.
 """
@@ -28,16 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pretrain.collectives import Agreement, Collectives, to_host
 from pretrain.config import Config
-from pretrain.data import LoaderStep, TrainLoader, ValidationLoader
-from pretrain.distributed import DistInfo
-from pretrain.engine import loss_scale
-from pretrain.faults import StepFault
-from pretrain.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedError, Stage0StepGuard
+from pretrain.data.loader import LoaderStep, TrainLoader, ValidationLoader
 from pretrain.metrics import memory_stats, mfu
 from pretrain.run_setup import Run, build_run
-from pretrain.signals import EXIT_PREEMPTED, PreemptionHandler
+from pretrain.runtime.collectives import Agreement, Collectives, to_host
+from pretrain.runtime.distributed import DistInfo
+from pretrain.runtime.engine import loss_scale
+from pretrain.runtime.faults import StepFault
+from pretrain.runtime.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedError, Stage0StepGuard
+from pretrain.runtime.signals import EXIT_PREEMPTED, PreemptionHandler
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ def _restore_environment():
 @pytest.fixture(scope="session")
 def tiny_corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
     """(corpus dir, tokenizer dir): ~1 MB of stdlib text and a 2000-piece WordPiece trained on it."""
-    from data_pipeline.sample_corpus import write_sample_corpus
+    from data_pipeline.samples.corpus import write_sample_corpus
 
     root = tmp_path_factory.mktemp("tiny-data")
     write_sample_corpus(str(root / "corpus"), max_bytes=1_000_000)

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from data_pipeline.build_report import BuildReport
-from data_pipeline.sample_corpus import write_sample_corpus
-from data_pipeline.sources import expand_inputs, iter_documents
-from data_pipeline.tokenizer import LoadedTokenizer, load_tokenizer, train_tokenizer
+from data_pipeline.ingest.report import BuildReport
+from data_pipeline.ingest.sources import expand_inputs, iter_documents
+from data_pipeline.samples.corpus import write_sample_corpus
+from data_pipeline.tokenizer.load import LoadedTokenizer, load_tokenizer, train_tokenizer
 
 SAMPLE_CORPUS_BYTES = 400_000
 SMALL_VOCAB_SIZE = 1000

@@ -1,6 +1,6 @@
 """Helpers shared by test modules (conftest.py files keep only fixtures).
 
-- `tests.helpers.free_port()`: the package's `pretrain.distributed.free_port`, re-exported.
+- `tests.helpers.free_port()`: the package's `pretrain.runtime.distributed.free_port`, re-exported.
 - `tests.helpers.runs`: the `mlm-data` CLI, small training configs and `python -m pretrain` runs under
   torchrun or deepspeed, their metrics and step traces.
 - `tests.helpers.processes`: a trainer started in the background, waited on, and SIGKILLed with its ranks.
@@ -11,6 +11,6 @@
 
 from __future__ import annotations
 
-from pretrain.distributed import free_port
+from pretrain.runtime.distributed import free_port
 
 __all__ = ["free_port"]

@@ -15,7 +15,7 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = No
     import deepspeed
     import torch.distributed as dist
 
-    from pretrain.distributed import skip_cpu_inference_comm_op
+    from pretrain.runtime.distributed import skip_cpu_inference_comm_op
 
     os.environ["LOCAL_RANK"] = str(rank)  # DeepSpeed's engine insists on it (tests/conftest.py resets env)
     if dist.is_initialized():

@@ -1,4 +1,4 @@
-"""Rows in the shard schema, in memory, and a reader with `data_pipeline.shards.ShardReader`'s read API."""
+"""Rows in the shard schema, in memory, and a reader with `ShardReader`'s read API."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def make_rows(num_rows: int, seq_len: int, *, pairs: bool = False, seed: int = 0
 
 
 class ArrayReader:
-    """`data_pipeline.shards.ShardReader`'s read API (len, seq_len, take) over in-memory rows."""
+    """`ShardReader`'s read API (len, seq_len, take) over in-memory rows."""
 
     def __init__(self, rows: dict[str, np.ndarray]) -> None:
         self.rows = rows

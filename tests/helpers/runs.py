@@ -13,7 +13,7 @@
   and returns a `PretrainRun` per config (its exit code and its part of the output).
 - `step_trace(run_dir)`: {step: (loss, cumulative tokens, global sample indices)} of a run that set
   `debug.log_sample_indices`, the fingerprint that resume tests compare.
-- `CPU_FP16`: the environment that switches on the CPU fp16 test device (pretrain/distributed.py) for
+- `CPU_FP16`: the environment that switches on the CPU fp16 test device (pretrain/runtime/distributed.py) for
   the trainer subprocesses: `run_pretrain(config, env=CPU_FP16)` trains `precision: fp16` on CPU, with
   DeepSpeed's own fp16 optimizers and loss scaling (what an export test of an fp16 run needs too).
 """

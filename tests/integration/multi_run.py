@@ -16,13 +16,13 @@ import sys
 
 def main(configs: list[str]) -> int:
     """Run `configs` in order on this rank; returns 0 when every one returned 0."""
-    from pretrain.distributed import prepare_environment
+    from pretrain.runtime.distributed import prepare_environment
 
     on_gpu = prepare_environment()
     from pretrain.__main__ import run_training
-    from pretrain.collectives import shutdown
     from pretrain.config import load_config
-    from pretrain.distributed import init_distributed
+    from pretrain.runtime.collectives import shutdown
+    from pretrain.runtime.distributed import init_distributed
 
     rank = int(os.environ["RANK"])
     logging.basicConfig(

@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import ZH_FIXTURE
 from tests.helpers.runs import BIN, run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
 
-ZH_FIXTURE = Path(__file__).parents[1] / "data_pipeline" / "fixtures" / "zh_manpages.txt"
 TEXT = "每个手册页都包含一段概述。"
 
 

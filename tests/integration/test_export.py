@@ -1,8 +1,8 @@
 """Export: a real DeepSpeed checkpoint of our model -> HF dir; AutoModelForMaskedLM and fill-mask work, the
 logits equal the trained model's, and the weights are the optimizer's fp32 master copies on every ZeRO stage.
 Bad checkpoints (planted or crafted pickles, an empty record) are refused in one line, nothing executes.
-The run dirs are built from the real components (the session's shards, pretrain.model, pretrain.engine,
-CheckpointManager) in one process."""
+The run dirs are built from the real components (the session's shards, the BERT model,
+the DeepSpeed engine, CheckpointManager) in one process."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretrain.checkpoint import CheckpointManager
-from pretrain.checkpoint_record import write_complete_record
+from pretrain.checkpoint.export import main as export_main
+from pretrain.checkpoint.manager import CheckpointManager
+from pretrain.checkpoint.record import write_complete_record
 from pretrain.config import config_from_dict, config_hash, save_config
-from pretrain.export import main as export_main
 from tests.helpers.engine import init_process_group
 
 pytestmark = pytest.mark.integration
@@ -44,10 +44,10 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
     """3 steps of a tiny BERT on `shards`, saved by CheckpointManager as the trainer saves it.
 
     Returns (engine, tag dir)."""
-    from data_pipeline.manifest import Manifest
-    from pretrain.engine import initialize_engine
-    from pretrain.model import build_model
-    from pretrain.run_identity import describe_run
+    from data_pipeline.shards.manifest import Manifest
+    from pretrain.checkpoint.identity import describe_run
+    from pretrain.models.bert.model import build_model
+    from pretrain.runtime.engine import initialize_engine
 
     init_process_group()
     cfg = config_from_dict({
@@ -146,9 +146,9 @@ def master_weights(engine) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def cpu_fp16_test_device():
-    """DeepSpeed's fp16 optimizers on CPU, in this process (pretrain/distributed.py), undone after."""
+    """DeepSpeed's fp16 optimizers on CPU, in this process (pretrain/runtime/distributed.py), undone after."""
     init_process_group()  # DS_ACCELERATOR=cpu before deepspeed is imported
-    from pretrain.distributed import enable_cpu_fp16_test_device
+    from pretrain.runtime.distributed import enable_cpu_fp16_test_device
 
     undo = enable_cpu_fp16_test_device()
     yield

@@ -10,15 +10,15 @@ import tempfile
 
 import pytest
 
-from pretrain.export import main as export_main
-from pretrain.finetune import main as finetune_main
+from pretrain.checkpoint.export import main as export_main
+from pretrain.finetune.cli import main as finetune_main
 from tests.helpers.runs import run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
 
 
 def _task(tmp_path):
-    from data_pipeline.sample_task import write_sample_task
+    from data_pipeline.samples.task import write_sample_task
 
     write_sample_task(str(tmp_path / "task"))
     for split, per_class in (("train", 80), ("validation", 25)):

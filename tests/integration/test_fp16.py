@@ -1,10 +1,11 @@
 """fp16 through the real trainer on 2 CPU ranks, ZeRO 0-3, with DeepSpeed's own fp16 optimizers and
-dynamic loss scaling (the CPU fp16 test device, MLM_TEST_CPU_FP16=1; pretrain/distributed.py).
+dynamic loss scaling (the CPU fp16 test device, MLM_TEST_CPU_FP16=1; pretrain/runtime/distributed.py).
 
 One torchrun launch trains every stage twice (tests/integration/multi_run.py): a run with overflows
 injected as non-finite gradients behind a finite loss (debug.nonfinite_grad_steps) and one NaN loss, and
 a run that overflows until the loss scale sits at its floor. The same launch counts the collectives each
-step sends through pretrain/collectives.py, and ends with an fp32 run whose loader fails on one rank (the
+step sends through pretrain/runtime/collectives.py,
+and ends with an fp32 run whose loader fails on one rank (the
 agreed end-of-step error flag; it rides along here to save a launch). A SIGKILL + resume then replays the
 ZeRO-2 run bit for bit.
 """
@@ -95,7 +96,7 @@ def test_fp16_trains_on_every_zero_stage_and_a_step_sends_two_collectives(fp16_r
     first, last = (sum(steps[s]["mlm_loss"] for s in group) / 2 for group in ((1, 2), (15, 16)))
     assert last < first - 0.5, f"fp16 loss did not fall on ZeRO-{stage}: {first:.3f} -> {last:.3f}"
     assert all(isinstance(r["loss_scale"], float) for r in steps.values())
-    # Collectives sent through pretrain/collectives.py since the previous record: the counts and the
+    # Collectives sent through pretrain/runtime/collectives.py since the previous record: the counts and the
     # end-of-step agreement; more only after a save, and at step 1 (the first step's data is agreed).
     after_save = {s + 1 for s in range(SAVE_EVERY, MAX_STEPS, SAVE_EVERY)}
     assert {s: r["collectives"] for s, r in steps.items() if s > 1 and s not in after_save} == {

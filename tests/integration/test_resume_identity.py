@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 
-from pretrain.checkpoint_record import CheckpointError
+from pretrain.checkpoint.record import CheckpointError
 from pretrain.config import config_from_dict
-from pretrain.engine import lr_factor
+from pretrain.runtime.engine import lr_factor
 from tests.helpers.runs import run_pretrain, write_config
 
 pytestmark = pytest.mark.integration
@@ -53,8 +53,8 @@ def test_resume_refuses_another_seed_and_follows_a_raised_max_steps(tiny_shards,
 
 
 def test_identity_tells_shards_and_tokenizers_apart(tiny_shards, tiny_nsp_shards, tmp_path):
-    from data_pipeline.manifest import Manifest
-    from pretrain.run_identity import check_resume_identity, run_identity, tokenizer_files
+    from data_pipeline.shards.manifest import Manifest
+    from pretrain.checkpoint.identity import check_resume_identity, run_identity, tokenizer_files
 
     class Model:  # run_identity reads the built model's config and head
         config = type("C", (), {"vocab_size": 2000, "hidden_size": 128, "num_hidden_layers": 2,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.manifest import Manifest
-from data_pipeline.shards import ShardReader
+from data_pipeline.shards.format import ShardReader
+from data_pipeline.shards.manifest import Manifest
 from tests.helpers.runs import write_config
 from tests.helpers.slurm import scheduler_log, wait_for_job
 

@@ -18,7 +18,7 @@ def wordpiece_rows(tiny_corpus_and_tokenizer):
     """(rows, tokenizer): real stdlib text from `mlm-data`'s sample corpus and the session's WordPiece
     tokenizer trained on it (tests/conftest.py), packed into [CLS] ... [SEP] rows of 64 tokens with the
     tokenizer's word starts."""
-    from data_pipeline.tokenizer import load_tokenizer
+    from data_pipeline.tokenizer.load import load_tokenizer
 
     corpus, tokenizer_dir = tiny_corpus_and_tokenizer
     tokenizer = load_tokenizer(str(tokenizer_dir))

@@ -138,7 +138,7 @@ def test_only_typed_input_errors_and_file_errors_are_one_line(monkeypatch, capsy
     import errno
 
     from data_pipeline.errors import DataError
-    from pretrain.checkpoint import CheckpointError
+    from pretrain.checkpoint.manager import CheckpointError
     from pretrain.config import ConfigError
 
     for exc in (ConfigError("bad key"), DataError("bad shard"), CheckpointError("bad checkpoint")):

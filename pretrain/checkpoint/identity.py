@@ -1,0 +1,190 @@
+"""What a checkpoint's weights belong to, and which changes a resume refuses, warns about or ignores.
+
+The identity (recorded in COMPLETE.json by every save) is the model shape, the tokenizer fingerprint,
+the data build identity (`Manifest.data_identity()`: build settings and sources without the partition
+fields), the sequence length trained on and the seed (sample order and masks are functions of it). A
+resume onto another identity is refused with one line naming each change and the
+`train.resume_allow_changed` name that accepts it. Other config changes (optimizer, masking, batch,
+precision, ...) are real but may be deliberate: resume logs them in one warning line. Budgets, cadences
+and paths (`HARMLESS`) pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from pretrain.checkpoint.record import CheckpointError
+
+__all__ = [
+    "RunDescription",
+    "check_resume_identity",
+    "config_changes",
+    "describe_run",
+    "run_identity",
+    "tokenizer_files",
+]
+
+# identity key -> the name train.resume_allow_changed takes to accept a change of it
+_GROUP = {
+    "model.vocab_size": "model",
+    "model.hidden_size": "model",
+    "model.num_layers": "model",
+    "model.num_heads": "model",
+    "model.intermediate_size": "model",
+    "model.max_position_embeddings": "model",
+    "model.pair_head": "model",
+    "tokenizer": "tokenizer",
+    "data": "data",
+    "data.seq_len": "seq_len",
+    "train.seed": "seed",
+}
+_WHAT = {"tokenizer": "tokenizer (fingerprint)", "data": "data (build identity)"}
+# Config keys (or prefixes ending in '.') whose change cannot make a resumed run train something else.
+HARMLESS = (
+    "run_dir", "data.path", "data.prefetch_batches", "model.preset", "model.init_from",
+    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.resume",
+    "train.resume_allow_changed", "train.log_every_steps",
+    "checkpoint.", "eval.", "metrics.", "health.", "debug.",
+)  # fmt: skip
+# Config keys the identity already covers (refused there, not warned about twice).
+_IN_IDENTITY = (
+    "data.seq_len", "train.seed", "model.hidden_size", "model.num_layers", "model.num_heads",
+    "model.intermediate_size", "model.max_position_embeddings", "model.pair_head",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunDescription:
+    """What each checkpoint of a run records besides the training state, and what its resume accepts.
+
+    identity: see `run_identity`; config: the resolved config as plain dicts (written into the
+    checkpoint as config.yaml); tokenizer_dir / tokenizer_files: the tokenizer copied into the
+    checkpoint; allow_changed: the identity changes a resume accepts (train.resume_allow_changed).
+    """
+
+    identity: dict = field(default_factory=dict)
+    config: dict | None = None
+    tokenizer_dir: str | None = None
+    tokenizer_files: tuple[str, ...] = ()
+    allow_changed: tuple[str, ...] = ()
+
+
+def describe_run(cfg, model, manifest, *, seq_len: int) -> RunDescription:
+    """The RunDescription of training `cfg` with the built `model` on the shards of `manifest`.
+
+    Raises CheckpointError when the shards' tokenizer dir is not the one they were built with, and
+    DataError when the manifest lacks a build identity or the tokenizer dir cannot be loaded.
+    """
+    from pretrain.config import config_to_dict
+
+    tokenizer_dir = os.path.join(cfg.data.path, "tokenizer")
+    identity = run_identity(model, manifest, seq_len=seq_len, seed=cfg.train.seed)
+    return RunDescription(
+        identity=identity,
+        config=config_to_dict(cfg),
+        tokenizer_dir=tokenizer_dir,
+        tokenizer_files=tuple(tokenizer_files(tokenizer_dir, identity["tokenizer"])),
+        allow_changed=tuple(cfg.train.resume_allow_changed),
+    )
+
+
+def run_identity(model, manifest, *, seq_len: int, seed: int) -> dict:
+    """The identity of a run: the built `model`'s shape, the shards' `manifest` tokenizer fingerprint
+    and data build identity, the sequence length trained on and the seed. JSON values, flat keys.
+
+    Raises data_pipeline.errors.DataError when the manifest records no build identity.
+    """
+    c = model.config
+    return {
+        "model.vocab_size": c.vocab_size,
+        "model.hidden_size": c.hidden_size,
+        "model.num_layers": c.num_hidden_layers,
+        "model.num_heads": c.num_attention_heads,
+        "model.intermediate_size": c.intermediate_size,
+        "model.max_position_embeddings": c.max_position_embeddings,
+        "model.pair_head": bool(model.has_pair_head),
+        "tokenizer": manifest.tokenizer["hash"],
+        "data": manifest.data_identity(),
+        "data.seq_len": int(seq_len),
+        "train.seed": int(seed),
+    }
+
+
+def _show(key: str, value) -> str:
+    if isinstance(value, str) and len(value) == 64:  # a sha256: its head is enough to tell them apart
+        return value[:12]
+    return repr(value)
+
+
+def check_resume_identity(tag_dir: str, saved: dict, current: dict, allowed) -> list[str]:
+    """Compare the checkpoint's recorded identity `saved` with this run's `current` one.
+
+    Returns the accepted changes (each 'key old -> new', for the log) when every change is in `allowed`
+    (names from config.RESUME_ALLOWABLE_CHANGES). Raises CheckpointError otherwise: one line naming each
+    change (old vs new value) and the train.resume_allow_changed names that would accept them.
+    """
+    changes, names = [], []
+    for key in sorted(
+        set(saved) | set(current), key=lambda k: (list(_GROUP).index(k) if k in _GROUP else 99, k)
+    ):
+        old, new = saved.get(key), current.get(key)
+        if old == new:
+            continue
+        changes.append(f"{_WHAT.get(key, key)} {_show(key, old)} -> {_show(key, new)}")
+        name = _GROUP.get(key, key)
+        if name not in allowed and name not in names:
+            names.append(name)
+    if names:
+        raise CheckpointError(
+            f"refusing to resume {tag_dir}: it was trained with another setup ({'; '.join(changes)}); "
+            f"set train.resume_allow_changed=[{','.join(names)}] to continue from it deliberately, or "
+            "train in a new run_dir"
+        )
+    return changes
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _ignored(key: str) -> bool:
+    if key in _IN_IDENTITY:
+        return True
+    return any(key == h or (h.endswith(".") and key.startswith(h)) for h in HARMLESS)
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """'key old -> new' for every config key (dotted) that differs between the checkpoint's resolved
+    config `saved` and this run's `current` one, leaving out HARMLESS keys and the identity's."""
+    old, new = _flatten(saved), _flatten(current)
+    return [
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if not _ignored(key) and old.get(key) != new.get(key)
+    ]
+
+
+def tokenizer_files(tokenizer_dir: str, fingerprint: str) -> list[str]:
+    """The tokenizer files of `tokenizer_dir` (names), after checking that they are the tokenizer whose
+    `fingerprint` the shards' manifest recorded.
+
+    Raises CheckpointError when they are not (the directory was changed after the build: the shards'
+    token ids belong to another tokenizer) and DataError when it holds no loadable tokenizer.
+    """
+    from data_pipeline.tokenizer.load import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if tokenizer.fingerprint != fingerprint:
+        raise CheckpointError(
+            f"{os.path.join(tokenizer_dir, '')} has fingerprint {tokenizer.fingerprint[:12]} but the shards "
+            f"were built with {fingerprint[:12]} (manifest.json): the tokenizer was replaced after the "
+            "build; restore it or rebuild the shards"
+        )
+    return list(tokenizer.files)

@@ -1,0 +1,186 @@
+"""Typed config -> DeepSpeed config dict, optimizer, LR schedule; then `deepspeed.initialize`.
+
+The generated dict is the one source of truth for batch size, accumulation, precision and ZeRO stage.
+The user's extra `deepspeed:` keys are merged in; a key that contradicts a generated value is refused.
+Checkpoints are saved by `CheckpointManager` with `save_latest=False`; DeepSpeed's own `latest` file is
+never written or read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from pretrain.config import Config, ConfigError, OptimConfig
+from pretrain.runtime.distributed import cpu_fp16_test_device
+
+# Large enough that DeepSpeed never prints its own per-step lines; our metrics logger does that.
+_STEPS_PER_PRINT = 1 << 30
+
+
+def deepspeed_config(cfg: Config, world_size: int, *, on_gpu: bool) -> dict:
+    """The DeepSpeed config dict for `cfg` on `world_size` ranks (user `deepspeed:` keys merged in).
+
+    Raises ConfigError on inconsistent batch arithmetic, fp16 or LAMB without a GPU (fp16 is allowed on
+    the CPU fp16 test device, pretrain/runtime/distributed.py), LAMB under ZeRO >= 1, and a user key that
+    contradicts a generated one (naming the key and both values).
+    """
+    global_batch = cfg.train.global_batch(world_size)
+    if cfg.precision == "fp16" and not (on_gpu or cpu_fp16_test_device()):
+        raise ConfigError(
+            "precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16); use precision=bf16 or fp32"
+        )
+    if cfg.optim.name == "lamb" and cfg.zero.stage >= 1:
+        # DeepSpeed's own refusal of FusedLamb under ZeRO is what `zero_allow_untested_optimizer` switches
+        # off; we never set that key, and say why here instead of failing inside deepspeed.initialize.
+        raise ConfigError(
+            f"optim.name=lamb with zero.stage={cfg.zero.stage}: LAMB's per-layer trust ratio would be "
+            "computed on ZeRO's flattened partitions, not on layers; use zero.stage=0 with lamb, or "
+            "optim.name=adamw"
+        )
+    if cfg.optim.name == "lamb" and not on_gpu:
+        raise ConfigError(
+            "optim.name=lamb needs a GPU (DeepSpeed's FusedLamb is a CUDA kernel); use adamw on CPU"
+        )
+    zero: dict = {"stage": cfg.zero.stage}
+    if cfg.zero.offload_optimizer:
+        if cfg.zero.stage == 0:
+            raise ConfigError(
+                "zero.offload_optimizer needs zero.stage >= 1 (ZeRO-Offload partitions the optimizer)"
+            )
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    generated: dict = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum_steps,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16"},
+        "steps_per_print": _STEPS_PER_PRINT,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.precision == "fp16":
+        # loss_scale 0 = dynamic: an overflowing step is skipped and the scale halves (after `hysteresis`
+        # overflows under ZeRO 1-3), it doubles after `loss_scale_window` clean steps; the floor stops the
+        # run (trainer.py).
+        f = cfg.fp16
+        generated["fp16"].update(
+            {
+                "loss_scale": 0,
+                "initial_scale_power": f.initial_scale_power,
+                "loss_scale_window": f.loss_scale_window,
+                "hysteresis": f.hysteresis,
+                "min_loss_scale": f.min_loss_scale,
+            }
+        )
+    optimizer = _deepspeed_optimizer_section(cfg, on_gpu)
+    if optimizer is not None:
+        # DeepSpeed builds these (CPUAdam under offload: a ZeRO-tested optimizer; LAMB: ZeRO-0 only).
+        generated["optimizer"] = optimizer
+    return merge_user_keys(generated, cfg.deepspeed)
+
+
+def _deepspeed_optimizer_section(cfg: Config, on_gpu: bool) -> dict | None:
+    """The `optimizer` section when DeepSpeed builds the optimizer (LAMB, or AdamW under ZeRO-Offload)."""
+    o = cfg.optim
+    params = {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay}
+    if o.name == "lamb":
+        return {"type": "Lamb", "params": params}
+    if cfg.zero.offload_optimizer:
+        return {"type": "AdamW", "params": params}  # DeepSpeed picks DeepSpeedCPUAdam for offloaded state
+    return None
+
+
+def merge_user_keys(generated: dict, user: dict, prefix: str = "deepspeed.") -> dict:
+    """`generated` with the user's extra keys added; raises ConfigError where a user value differs."""
+    merged = dict(generated)
+    for key, value in user.items():
+        if key not in generated:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(generated[key], dict):
+            merged[key] = merge_user_keys(generated[key], value, f"{prefix}{key}.")
+        elif value != generated[key]:
+            raise ConfigError(
+                f"{prefix}{key}={value!r} contradicts the value {generated[key]!r} generated from the typed "
+                f"config; remove it from `deepspeed:` and set the typed key instead (see docs/training.md)"
+            )
+    return merged
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: weight decay on matrices, none on biases and LayerNorm weights (as in BERT)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, optim_cfg: OptimConfig, max_steps: int) -> float:
+    """Multiplier of optim.lr for the update after `step` completed updates.
+
+    Linear warmup to 1 over warmup_steps, then decay to min_lr_ratio at max_steps: linear, cosine,
+    polynomial (power 2) or constant.
+    """
+    o = optim_cfg
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
+    if o.schedule == "linear":
+        shape = 1.0 - progress
+    elif o.schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        shape = (1.0 - progress) ** 2
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
+
+
+def _scheduler_factory(optim_cfg: OptimConfig, max_steps: int) -> Callable:
+    def make(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, optim_cfg, max_steps))
+
+    return make
+
+
+def initialize_engine(cfg: Config, model: torch.nn.Module, world_size: int, *, on_gpu: bool):
+    """Wrap `model` in a DeepSpeed engine for `cfg`; returns the engine (optimizer and scheduler inside).
+
+    AdamW is torch's (fused kernel on GPU, foreach on CPU) unless ZeRO-Offload asks for DeepSpeed's
+    CPUAdam; LAMB is DeepSpeed's. The LR schedule is a LambdaLR over `lr_factor`. Raises ConfigError
+    for an invalid combination (see `deepspeed_config`).
+    """
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, world_size, on_gpu=on_gpu)
+    groups = parameter_groups(model, cfg.optim.weight_decay)
+    optimizer = None
+    if "optimizer" not in ds_config:
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(
+            groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=on_gpu or None, foreach=None if on_gpu else True
+        )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        optimizer=optimizer,
+        lr_scheduler=_scheduler_factory(cfg.optim, cfg.train.max_steps),
+        config=ds_config,
+    )
+    scaler = getattr(engine.optimizer, "loss_scaler", None)  # ZeRO 1-3 under fp16
+    if cfg.precision == "fp16" and hasattr(scaler, "raise_error_at_min_scale"):
+        # At the floor DeepSpeed's ZeRO scaler raises a bare Exception mid-step (and ZeRO-0's optimizer
+        # skips forever); the trainer stops every stage there itself, with one clear line.
+        scaler.raise_error_at_min_scale = False
+    return engine
+
+
+def loss_scale(engine) -> float:
+    """The fp16 loss scale the next backward uses (`loss_scale` on every stage's fp16 optimizer; ZeRO-0's
+    FP16_UnfusedOptimizer has no `cur_scale`)."""
+    return float(engine.optimizer.loss_scale)

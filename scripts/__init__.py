@@ -1,0 +1,1 @@
+"""Drivers that use several packages through their command lines (not installed; run from a checkout)."""

@@ -1,0 +1,137 @@
+"""A hand-edited or hostile manifest.json: paths that escape the shards directory and wrong types are one
+line naming the key, in `mlm-data verify`, `mlm-data inspect`, the reader and the trainer."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from data_pipeline.build.pipeline import BuildConfig, run_build
+from data_pipeline.cli import main
+from data_pipeline.errors import DataError
+from data_pipeline.shards.format import ShardReader
+
+
+@pytest.fixture(scope="session")
+def built_shards(mixed_format_dir, wordpiece_tokenizer_dir, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("manifest") / "shards")
+    run_build(BuildConfig(inputs=[mixed_format_dir], tokenizer=wordpiece_tokenizer_dir, out=out, seq_len=32))
+    return out
+
+
+def _set_file(name):
+    def edit(m, d):
+        m["splits"]["train"]["shards"][0]["file"] = name
+
+    return edit
+
+
+def _outside_copy(m, d):
+    """A readable shard outside the directory, with the listed size and checksum (so only the path is off)."""
+    outside = d.parent / "outside"
+    outside.mkdir()
+    shutil.copy(d / m["splits"]["train"]["shards"][0]["file"], outside / "x.arrow")
+    return outside / "x.arrow"
+
+
+def _dotdot(m, d):
+    _outside_copy(m, d)
+    _set_file("../outside/x.arrow")(m, d)
+
+
+def _symlink_out(m, d):
+    os.symlink(_outside_copy(m, d), d / "evil.arrow")
+    _set_file("evil.arrow")(m, d)
+
+
+def _duplicate(m, d):
+    train = m["splits"]["train"]
+    train["shards"].append(dict(train["shards"][0]))
+    train["rows"] += train["shards"][0]["rows"]
+    train["tokens"] += train["shards"][0]["tokens"]
+
+
+def _set(*keys, value):
+    def edit(m, d):
+        node = m
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+
+    return edit
+
+
+CASES = {
+    "dotdot": (_dotdot, 'splits.train.shards[0].file "../outside/x.arrow" resolves to'),
+    "absolute": (
+        _set_file("/etc/passwd"),
+        'splits.train.shards[0].file "/etc/passwd" resolves to /etc/passwd',
+    ),
+    "symlink": (_symlink_out, 'splits.train.shards[0].file "evil.arrow" resolves to'),
+    "tokenizer_dir": (_set("tokenizer", "dir", value="../../"), 'tokenizer.dir "../../" resolves to'),
+    "file_null": (_set_file(None), "splits.train.shards[0].file must be a non-empty string, got null"),
+    "seq_len_string": (_set("seq_len", value="64"), 'seq_len must be an integer, got "64"'),
+    "splits_list": (_set("splits", value=[]), "splits must be an object, got []"),
+    "shards_dict": (_set("splits", "train", "shards", value={}), "splits.train.shards must be a list"),
+    "vocab_list": (_set("tokenizer", "vocab_size", value=[1]), "tokenizer.vocab_size must be an integer"),
+    "rows_bool": (_set("splits", "validation", "rows", value=True), "splits.validation.rows must be an int"),
+    "counts_str": (_set("counts", "documents", value="60"), "counts.documents must be an integer"),
+    "unknown_key": (_set("shards", value=[]), "key shards is not a manifest key"),
+    "duplicate": (_duplicate, 'splits.train.shards[1].file "train-00000.arrow" is the same file as'),
+    "top_list": (lambda m, d: [], "the top level must be an object, got []"),
+    "no_seq_len": (lambda m, d: m.pop("seq_len") and None, "key seq_len is missing"),
+}
+
+
+def _damage(built_shards, tmp_path, case) -> str:
+    d = tmp_path / "shards"
+    shutil.copytree(built_shards, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    edit, _ = CASES[case]
+    replaced = edit(manifest, d)
+    (d / "manifest.json").write_text(json.dumps(manifest if replaced is None else replaced))
+    return str(d)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_manifest_is_one_line_naming_the_key(built_shards, tmp_path, capsys, case):
+    d = _damage(built_shards, tmp_path, case)
+    expected = CASES[case][1]
+    for command in ("verify", "inspect"):
+        assert main([command, d]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err  # exactly one line
+        assert err.startswith(f"mlm-data {command}: error: {os.path.join(d, 'manifest.json')}: ")
+        assert expected in err
+    with pytest.raises(DataError, match="manifest.json: "):
+        ShardReader(d)
+
+
+def test_the_real_manifest_passes(built_shards):
+    assert main(["verify", built_shards]) == 0
+    assert len(ShardReader(built_shards)) > 0
+
+
+def test_trainer_exits_1_with_one_line_on_a_bad_manifest(built_shards, tmp_path):
+    d = _damage(built_shards, tmp_path, "seq_len_string")
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "data": {"path": d},
+        "model": {"preset": "tiny"},
+        "train": {"max_steps": 2, "micro_batch_size": 4, "resume": "none"},
+        "metrics": {"tensorboard": False},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    out = subprocess.run(
+        [sys.executable, "-m", "pretrain", "--config", str(tmp_path / "config.yaml")],
+        capture_output=True, text=True, timeout=300, env={**env, "DS_ACCELERATOR": "cpu"},
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlm-train: error: ") and 'seq_len must be an integer, got "64"' in last

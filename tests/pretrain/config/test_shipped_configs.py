@@ -1,0 +1,40 @@
+"""Every shipped YAML under configs/ loads (recipes as they are, model-size fragments under a run)."""
+
+import pytest
+
+from pretrain.config import load_config
+from tests.helpers.paths import REPO
+
+CONFIGS = REPO / "configs"
+RECIPES = sorted(p for p in CONFIGS.glob("*.yaml"))
+FRAGMENTS = sorted(CONFIGS.glob("models/*.yaml"))
+
+
+def test_the_shipped_configs_are_there():
+    names = {p.name for p in RECIPES}
+    assert {"bert-base-seq128.yaml", "bert-base-seq512.yaml", "roberta-base.yaml"} <= names
+    assert {p.stem for p in FRAGMENTS} == {"tiny", "mini", "small", "medium", "base", "large"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_loads_and_says_its_hardware(path):
+    cfg = load_config(str(path))
+    assert cfg.run_dir and cfg.data.path
+    text = path.read_text().lower()
+    assert "hardware" in text or "cpu" in text, f"{path.name} should say in a comment what hardware it is for"
+    if cfg.train.global_batch_size is not None:
+        world = cfg.train.global_batch_size // (cfg.train.micro_batch_size * cfg.train.grad_accum_steps)
+        assert cfg.train.global_batch(world) == cfg.train.global_batch_size
+
+
+@pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: p.name)
+def test_model_size_fragment_loads(path):
+    cfg = load_config(str(path), ["run_dir=r", "data.path=d"])
+    assert cfg.model.preset == path.stem and cfg.model.hidden_size % cfg.model.num_heads == 0
+
+
+def test_phase_two_continues_phase_one():
+    phase1 = load_config(str(CONFIGS / "bert-base-seq128.yaml"))
+    phase2 = load_config(str(CONFIGS / "bert-base-seq512.yaml"))
+    assert phase2.model.init_from and phase1.run_dir in phase2.model.init_from
+    assert phase2.model.max_position_embeddings >= 512 and phase2.optim.lr == phase1.optim.lr
