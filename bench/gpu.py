@@ -180,11 +180,11 @@ def run_case(args, case: Case, precision: str, shards: str, peak: float | None, 
             _sections(args, case, precision, shards, os.path.join(tmp, "run"), steps, peak)
         )
         cfg, model, seq_len = load_model(args.config, overrides)
-        c = model.config
+        shape = ", ".join(f"{k} {v}" for k, v in model.shape().items())
         narrow, six_n = model.flops_per_token(seq_len, cfg.masking.probability), 6 * model.count_parameters()
         print(
-            f"\n== {case.name} {precision}: {c.num_hidden_layers} layers x hidden {c.hidden_size} "
-            f"({model.count_parameters() / 1e6:.1f}M parameters, vocab {c.vocab_size}), seq {seq_len}, "
+            f"\n== {case.name} {precision}: {cfg.model.arch} ({shape}; "
+            f"{model.count_parameters() / 1e6:.1f}M parameters), seq {seq_len}, "
             f"micro batch {cfg.train.micro_batch_size}, {steps} steps (first {skip} untimed), "
             f"ZeRO-{cfg.zero.stage}\n   FLOPs per token: {narrow / 1e6:.1f} M (docs/training.md formula), "
             f"{six_n / 1e6:.1f} M (6 x all parameters)",

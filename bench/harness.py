@@ -95,7 +95,7 @@ def load_model(config_path: str, overrides: Sequence[str] = ()):
     from data_pipeline.shards.format import ShardReader
     from pretrain.config import load_config
     from pretrain.data.loader import resolve_seq_len
-    from pretrain.models.bert.model import build_model
+    from pretrain.models.registry import build_model
 
     cfg = load_config(config_path, overrides)
     reader = ShardReader(cfg.data.path, split="train")
@@ -103,11 +103,11 @@ def load_model(config_path: str, overrides: Sequence[str] = ()):
     with torch.device("meta"):
         model = build_model(
             cfg.model, vocab_size=int(tokenizer["vocab_size"]), pad_id=int(tokenizer["special_ids"]["pad"]),
-            pair_head=cfg.model.pair_head == "auto" and reader.has_pairs,
+            rows_have_pairs=reader.has_pairs,
         )  # fmt: skip
     seq_len = resolve_seq_len(
         cfg.data, shards_seq_len=reader.seq_len, shards_dir=cfg.data.path,
-        max_positions=model.config.max_position_embeddings,
+        max_positions=model.max_positions,
     )  # fmt: skip
     return cfg, model, seq_len
 

@@ -33,10 +33,10 @@ import time
 # Run as a script, bench/ is sys.path[0] and bench/data_pipeline.py would shadow the package.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-MODELS = {
-    "tiny": {"hidden_size": 128, "num_layers": 2, "num_heads": 2, "intermediate_size": 512},
-    "mini": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024},
-}
+from pretrain.models.bert.config import PRESETS  # noqa: E402
+
+# The BERT sizes both sides train (the trainer's own presets; --model picks one).
+MODELS = ("tiny", "mini")
 BATCH, SEQ_LEN = 32, 128
 OPTIM = {"weight_decay": 0.01, "eps": 1e-6, "grad_clip": 1.0}
 EVAL_MASK_SEED = 1234
@@ -315,7 +315,7 @@ def main() -> None:
     work = os.path.abspath(args.work)
     shards, task = build_inputs(work, args.vocab_size)
     eval_set = masked_eval_set(shards, args.eval_rows)
-    shape = MODELS[args.model]
+    shape = PRESETS[args.model]
     tag = f"{args.model}-{args.steps}steps-lr{args.lr:g}"
     results: dict = {"ours": [], "hf": []}
     for seed in range(args.seeds):

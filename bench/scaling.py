@@ -50,12 +50,12 @@ def load_model(name: str, vocab_size: int) -> Model:
     import torch
 
     from pretrain.config import load_config
-    from pretrain.models.bert.model import build_model
+    from pretrain.models.registry import build_model
 
     path, overrides, seq_len = MODELS[name]
     cfg = load_config(os.path.join(REPO, path), overrides)
     with torch.device("meta"):
-        model = build_model(cfg.model, vocab_size=vocab_size, pad_id=0, pair_head=True)
+        model = build_model(cfg.model, vocab_size=vocab_size, pad_id=0, rows_have_pairs=True)
     return Model(model.count_parameters(), seq_len, model.flops_per_token(seq_len, cfg.masking.probability))
 
 

@@ -26,7 +26,6 @@ if __package__ in (None, ""):  # `python bench/trainer.py`: bench/data_pipeline.
 
 from bench.harness import load_model, run_hf, run_ours, write_config  # noqa: E402
 
-MODEL = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024}
 BATCH = 32
 
 
@@ -42,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         config = write_config(os.path.join(tmp, "bench.yaml"), {
             "run_dir": os.path.join(tmp, "run"), "precision": "fp32", "data": {"path": args.shards},
-            "model": {**MODEL, "max_position_embeddings": 512, "pair_head": "none"},
+            "model": {"preset": "mini", "max_position_embeddings": 512, "pair_head": "none"},
             "train": {"max_steps": args.steps, "micro_batch_size": BATCH, "grad_accum_steps": 1,
                       "resume": "none", "log_every_steps": 10},
             "optim": {"lr": 1e-4}, "zero": {"stage": 0},

@@ -18,7 +18,7 @@ from pretrain.data.loader import TrainLoader, ValidationLoader, resolve_seq_len
 from pretrain.data.masking import MaskingCollator
 from pretrain.data.sampler import GlobalBatchSampler
 from pretrain.metrics import MetricsLogger
-from pretrain.models.bert.model import build_model
+from pretrain.models.registry import build_model
 from pretrain.runtime.collectives import Collectives, StepAgreement
 from pretrain.runtime.distributed import DistInfo, set_determinism
 from pretrain.runtime.engine import initialize_engine
@@ -118,12 +118,12 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     torch.manual_seed(t.seed)
     model = build_model(
         cfg.model, vocab_size=vocab_size, pad_id=special_ids["pad"],
-        pair_head=cfg.model.pair_head == "auto" and train_reader.has_pairs,
+        rows_have_pairs=train_reader.has_pairs,
         tokenizer_source=f"the tokenizer of the shards in {cfg.data.path}",
     )  # fmt: skip
     seq_len = resolve_seq_len(
         cfg.data, shards_seq_len=train_reader.seq_len, shards_dir=cfg.data.path,
-        max_positions=model.config.max_position_embeddings,
+        max_positions=model.max_positions,
     )  # fmt: skip
     flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
     # Before the engine: a replaced tokenizer dir must not cost a ZeRO build to be found out.
@@ -136,7 +136,12 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu)
 
     collator = MaskingCollator(
-        cfg.masking, special_ids=special_ids, vocab_size=vocab_size, seed=t.seed, seq_len=seq_len
+        cfg.masking,
+        special_ids=special_ids,
+        vocab_size=vocab_size,
+        seed=t.seed,
+        seq_len=seq_len,
+        batch_keys=model.batch_keys,
     )
     global_batch = t.global_batch(world)
     sampler = GlobalBatchSampler(

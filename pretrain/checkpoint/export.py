@@ -1,18 +1,19 @@
 """`mlm-train export RUN_DIR|CHECKPOINT_DIR OUT_DIR [--tag TAG]`: a checkpoint -> a Hugging Face model dir.
 
 Everything comes from the validated checkpoint itself: the fp32 master weights (ZeRO stage 0-3, fp32,
-bf16 or fp16; pretrain/checkpoint/consolidate.py, every file read weights-only), the model shape from its
-record, the resolved config and the tokenizer the weights were trained with (both copied into the
-checkpoint by the save). The weights are loaded into BertForMaskedLM (or BertForPreTraining when an
-NSP/SOP head was trained) and OUT_DIR is written with `save_pretrained` (safetensors), the tokenizer and
-a model card (README.md). OUT_DIR loads with `AutoModelForMaskedLM.from_pretrained` and
+bf16 or fp16; consolidate.py, every file read weights-only), the model's `transformers` config
+(hf_config.json), the resolved config and the tokenizer the weights were trained with (all written into
+the checkpoint by the save). The weights are loaded with `strict=True` into the `transformers` class the
+HF config names, one of its architecture's export classes (BERT: BertForMaskedLM, or BertForPreTraining
+when an NSP/SOP head was trained) and OUT_DIR is written with `save_pretrained` (safetensors), the
+tokenizer and a model card (README.md). OUT_DIR loads with `AutoModelForMaskedLM.from_pretrained` and
 `pipeline("fill-mask")`. Every failure is one line on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -25,9 +26,16 @@ from data_pipeline.integrity import commit_temp_dir
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.checkpoint.consolidate import fp32_weights
 from pretrain.checkpoint.manager import CheckpointError, resolve_checkpoint
-from pretrain.checkpoint.record import CONFIG_FILE, TOKENIZER_DIR, TRAINER_STATE_JSON, load_state
+from pretrain.checkpoint.record import (
+    CONFIG_FILE,
+    HF_CONFIG_FILE,
+    TOKENIZER_DIR,
+    TRAINER_STATE_JSON,
+    load_state,
+)
 from pretrain.config import ConfigError, load_config
 from pretrain.metrics import read_records
+from pretrain.models.registry import get_architecture
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +48,53 @@ def _last_eval(run_dir: str, step: int) -> dict | None:
     return evals[-1] if evals else None
 
 
-def _model_config(cfg_model, identity: dict):
-    """The run's model section with the shape the checkpoint records (init_from is not needed again)."""
+def _hf_config(tag_dir: str, files: dict, arch, model_cfg, identity: dict, pad_id: int):
+    """The `transformers` config of the checkpoint's model: its hf_config.json (JSON only: no code runs
+    from it), whose model_type must be the architecture's and whose `architectures` one of its export
+    classes; for checkpoints written before they held one, rebuilt by the architecture from the record.
+
+    Raises CheckpointError naming the file when it is not such a config.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if HF_CONFIG_FILE not in files:
+        rebuild = getattr(arch.implementation(), "hf_config_from_identity", None)
+        if rebuild is None:
+            raise CheckpointError(
+                f"{tag_dir} holds no {HF_CONFIG_FILE} (not saved by the trainer); cannot export"
+            )
+        try:
+            return rebuild(model_cfg, identity, pad_id=pad_id)
+        except ConfigError as e:
+            raise CheckpointError(f"{tag_dir}: {e}") from e
+    path = os.path.join(tag_dir, HF_CONFIG_FILE)
     try:
-        return dataclasses.replace(
-            cfg_model, preset=None, init_from=None, hidden_size=identity["model.hidden_size"],
-            num_layers=identity["model.num_layers"], num_heads=identity["model.num_heads"],
-            intermediate_size=identity["model.intermediate_size"],
-            max_position_embeddings=identity["model.max_position_embeddings"],
-        )  # fmt: skip
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"the checkpoint record's model shape is incomplete or invalid ({e})") from e
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON config ({e})") from e
+    if not isinstance(data, dict) or data.get("model_type") != arch.hf_model_type:
+        found = data.get("model_type") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"{path}: model_type {found!r} is not {arch.hf_model_type!r} (model.arch {arch.name})"
+        )
+    classes = data.get("architectures")
+    if not (isinstance(classes, list) and len(classes) == 1 and classes[0] in arch.export_classes):
+        raise CheckpointError(
+            f"{path}: architectures {classes!r} is not one of {', '.join(arch.export_classes)}"
+        )
+    try:
+        return CONFIG_MAPPING[arch.hf_model_type].from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid {arch.hf_model_type} config ({e})") from e
 
 
-def _model_card(cfg, m, class_name: str, state: dict, eval_record: dict | None, tag_dir: str) -> str:
+def _model_card(
+    cfg, identity: dict, class_name: str, state: dict, eval_record: dict | None, tag_dir: str
+) -> str:
+    shape = ", ".join(
+        f"{k.removeprefix('model.')} {v}" for k, v in identity.items() if k.startswith("model.")
+    )
     metrics = "\n".join(f"- {k}: {v}" for k, v in (eval_record or {}).items()) or "- (no evaluation recorded)"
     return f"""---
 library_name: transformers
@@ -65,8 +106,7 @@ tags: [bert, fill-mask, mlm-pretrain]
 - Checkpoint: `{tag_dir}`
 - Optimizer steps: {state.get("step")}; training tokens: {state.get("tokens")}; samples: \
 {state.get("consumed_samples")}
-- Shape: {m.num_layers} layers, hidden {m.hidden_size}, {m.num_heads} heads, intermediate \
-{m.intermediate_size}; precision {cfg.precision}; ZeRO stage {cfg.zero.stage}
+- Model: {shape}; precision {cfg.precision}; ZeRO stage {cfg.zero.stage}
 - Masking: {cfg.masking.probability:.0%} of tokens (whole words: {cfg.masking.whole_word})
 
 ## Final evaluation (validation split)
@@ -90,8 +130,6 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     import transformers
     from transformers import AutoTokenizer
 
-    from pretrain.models.bert.model import build_model
-
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output dir")
     tag_dir, record = resolve_checkpoint(path, tag=tag)
@@ -106,18 +144,14 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     tokenizer = AutoTokenizer.from_pretrained(
         os.path.join(tag_dir, TOKENIZER_DIR), local_files_only=True, trust_remote_code=False
     )
-    model_cfg = _model_config(cfg.model, identity)
-    model = build_model(
-        model_cfg, vocab_size=identity.get("model.vocab_size", len(tokenizer)),
-        pad_id=tokenizer.pad_token_id, pair_head=bool(identity.get("model.pair_head")),
-    )  # fmt: skip
+    arch = get_architecture(cfg.model.arch)
+    hf_config = _hf_config(tag_dir, files, arch, cfg.model, identity, tokenizer.pad_token_id)
+    class_name = hf_config.architectures[0]
+    hf_model = getattr(transformers, class_name)(hf_config)
     try:
-        model.load_state_dict(weights, strict=True)
+        hf_model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{tag_dir}: the weights do not fit the recorded model shape ({e})") from e
-    class_name = model.export_class_name
-    hf_model = getattr(transformers, class_name)(model.hf_config)
-    hf_model.load_state_dict(model.state_dict(), strict=True)
+        raise CheckpointError(f"{tag_dir}: the weights do not fit the recorded model ({e})") from e
 
     state = load_state(tag_dir, TRAINER_STATE_JSON.removesuffix(".json"))
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -128,7 +162,7 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
         hf_model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         card = _model_card(
-            cfg, model_cfg, class_name, state, _last_eval(run_dir, int(state.get("step", 0))), tag_dir
+            cfg, identity, class_name, state, _last_eval(run_dir, int(state.get("step", 0))), tag_dir
         )
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)

@@ -1,8 +1,9 @@
 """What a checkpoint's weights belong to, and which changes a resume refuses, warns about or ignores.
 
-The identity (recorded in COMPLETE.json by every save) is the model shape, the tokenizer fingerprint,
-the data build identity (`Manifest.data_identity()`: build settings and sources without the partition
-fields), the sequence length trained on and the seed (sample order and masks are functions of it). A
+The identity (recorded in COMPLETE.json by every save) is the model architecture and shape, the tokenizer
+fingerprint, the data build identity (`Manifest.data_identity()`: build settings and sources without the
+partition fields), the sequence length trained on and the seed (sample order and masks are functions of
+it). A
 resume onto another identity is refused with one line naming each change and the
 `train.resume_allow_changed` name that accepts it. Other config changes (optimizer, masking, batch,
 precision, ...) are real but may be deliberate: resume logs them in one warning line. Budgets, cadences
@@ -25,20 +26,12 @@ __all__ = [
     "tokenizer_files",
 ]
 
-# identity key -> the name train.resume_allow_changed takes to accept a change of it
-_GROUP = {
-    "model.vocab_size": "model",
-    "model.hidden_size": "model",
-    "model.num_layers": "model",
-    "model.num_heads": "model",
-    "model.intermediate_size": "model",
-    "model.max_position_embeddings": "model",
-    "model.pair_head": "model",
-    "tokenizer": "tokenizer",
-    "data": "data",
-    "data.seq_len": "seq_len",
-    "train.seed": "seed",
-}
+# identity key -> the name train.resume_allow_changed takes to accept a change of it (every "model.*" key,
+# the architecture and its shape, is "model")
+_GROUP = {"tokenizer": "tokenizer", "data": "data", "data.seq_len": "seq_len", "train.seed": "seed"}
+_GROUP_ORDER = ("model", "tokenizer", "data", "seq_len", "seed")
+# Records written before the architecture registry name no architecture: they are all BERT's.
+_ARCH_BEFORE_REGISTRY = "bert"
 _WHAT = {"tokenizer": "tokenizer (fingerprint)", "data": "data (build identity)"}
 # Config keys (or prefixes ending in '.') whose change cannot make a resumed run train something else.
 HARMLESS = (
@@ -47,11 +40,6 @@ HARMLESS = (
     "train.resume_allow_changed", "train.log_every_steps",
     "checkpoint.", "eval.", "metrics.", "health.", "debug.",
 )  # fmt: skip
-# Config keys the identity already covers (refused there, not warned about twice).
-_IN_IDENTITY = (
-    "data.seq_len", "train.seed", "model.hidden_size", "model.num_layers", "model.num_heads",
-    "model.intermediate_size", "model.max_position_embeddings", "model.pair_head",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,12 +47,15 @@ class RunDescription:
     """What each checkpoint of a run records besides the training state, and what its resume accepts.
 
     identity: see `run_identity`; config: the resolved config as plain dicts (written into the
-    checkpoint as config.yaml); tokenizer_dir / tokenizer_files: the tokenizer copied into the
-    checkpoint; allow_changed: the identity changes a resume accepts (train.resume_allow_changed).
+    checkpoint as config.yaml); hf_config: the model's `transformers` config as JSON text (written as
+    hf_config.json: export rebuilds the model from it); tokenizer_dir / tokenizer_files: the tokenizer
+    copied into the checkpoint; allow_changed: the identity changes a resume accepts
+    (train.resume_allow_changed).
     """
 
     identity: dict = field(default_factory=dict)
     config: dict | None = None
+    hf_config: str | None = None
     tokenizer_dir: str | None = None
     tokenizer_files: tuple[str, ...] = ()
     allow_changed: tuple[str, ...] = ()
@@ -79,36 +70,37 @@ def describe_run(cfg, model, manifest, *, seq_len: int) -> RunDescription:
     from pretrain.config import config_to_dict
 
     tokenizer_dir = os.path.join(cfg.data.path, "tokenizer")
-    identity = run_identity(model, manifest, seq_len=seq_len, seed=cfg.train.seed)
+    identity = run_identity(cfg.model.arch, model, manifest, seq_len=seq_len, seed=cfg.train.seed)
     return RunDescription(
         identity=identity,
         config=config_to_dict(cfg),
+        hf_config=model.hf_config.to_json_string(use_diff=False),
         tokenizer_dir=tokenizer_dir,
         tokenizer_files=tuple(tokenizer_files(tokenizer_dir, identity["tokenizer"])),
         allow_changed=tuple(cfg.train.resume_allow_changed),
     )
 
 
-def run_identity(model, manifest, *, seq_len: int, seed: int) -> dict:
-    """The identity of a run: the built `model`'s shape, the shards' `manifest` tokenizer fingerprint
-    and data build identity, the sequence length trained on and the seed. JSON values, flat keys.
+def run_identity(arch: str, model, manifest, *, seq_len: int, seed: int) -> dict:
+    """The identity of a run: the architecture `arch` and the built `model`'s shape (`model.shape()`), the
+    shards' `manifest` tokenizer fingerprint and data build identity, the sequence length trained on and
+    the seed. JSON values, flat keys ("model.arch", "model.hidden_size", ..., "tokenizer", "data", ...).
 
     Raises data_pipeline.errors.DataError when the manifest records no build identity.
     """
-    c = model.config
     return {
-        "model.vocab_size": c.vocab_size,
-        "model.hidden_size": c.hidden_size,
-        "model.num_layers": c.num_hidden_layers,
-        "model.num_heads": c.num_attention_heads,
-        "model.intermediate_size": c.intermediate_size,
-        "model.max_position_embeddings": c.max_position_embeddings,
-        "model.pair_head": bool(model.has_pair_head),
+        "model.arch": arch,
+        **{f"model.{key}": value for key, value in model.shape().items()},
         "tokenizer": manifest.tokenizer["hash"],
         "data": manifest.data_identity(),
         "data.seq_len": int(seq_len),
         "train.seed": int(seed),
     }
+
+
+def _group(key: str) -> str:
+    """The train.resume_allow_changed name that accepts a change of identity key `key`."""
+    return "model" if key.startswith("model.") else _GROUP.get(key, key)
 
 
 def _show(key: str, value) -> str:
@@ -124,15 +116,16 @@ def check_resume_identity(tag_dir: str, saved: dict, current: dict, allowed) -> 
     (names from config.RESUME_ALLOWABLE_CHANGES). Raises CheckpointError otherwise: one line naming each
     change (old vs new value) and the train.resume_allow_changed names that would accept them.
     """
+    saved, current = ({"model.arch": _ARCH_BEFORE_REGISTRY, **identity} for identity in (saved, current))
     changes, names = [], []
-    for key in sorted(
-        set(saved) | set(current), key=lambda k: (list(_GROUP).index(k) if k in _GROUP else 99, k)
-    ):
+    order = {name: i for i, name in enumerate(_GROUP_ORDER)}
+    keys = [*current, *(k for k in saved if k not in current)]  # identity order within a group
+    for key in sorted(keys, key=lambda k: order.get(_group(k), len(order))):
         old, new = saved.get(key), current.get(key)
         if old == new:
             continue
         changes.append(f"{_WHAT.get(key, key)} {_show(key, old)} -> {_show(key, new)}")
-        name = _GROUP.get(key, key)
+        name = _group(key)
         if name not in allowed and name not in names:
             names.append(name)
     if names:
@@ -154,20 +147,21 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _ignored(key: str) -> bool:
-    if key in _IN_IDENTITY:
+def _ignored(key: str, identity_keys) -> bool:
+    if key in identity_keys:  # refused (or accepted) by the identity check, not warned about twice
         return True
     return any(key == h or (h.endswith(".") and key.startswith(h)) for h in HARMLESS)
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
+def config_changes(saved: dict, current: dict, identity_keys=()) -> list[str]:
     """'key old -> new' for every config key (dotted) that differs between the checkpoint's resolved
-    config `saved` and this run's `current` one, leaving out HARMLESS keys and the identity's."""
+    config `saved` and this run's `current` one, leaving out HARMLESS keys and `identity_keys` (the run
+    identity's keys, which name config keys where they are one: model.arch, model.hidden_size, ...)."""
     old, new = _flatten(saved), _flatten(current)
     return [
         f"{key} {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
-        if not _ignored(key) and old.get(key) != new.get(key)
+        if not _ignored(key, identity_keys) and old.get(key) != new.get(key)
     ]
 
 

@@ -24,6 +24,7 @@ from pretrain.checkpoint.identity import RunDescription, check_resume_identity, 
 from pretrain.checkpoint.record import (
     COMPLETE_FILE,
     CONFIG_FILE,
+    HF_CONFIG_FILE,
     TOKENIZER_DIR,
     TRAINER_STATE_JSON,
     CheckpointError,
@@ -264,10 +265,13 @@ class CheckpointManager:
         return tag_dir
 
     def _write_run_files(self, tag_dir: str) -> None:
-        """Rank 0: the resolved config and a copy of the tokenizer, so that the checkpoint says what it
-        was trained with and export ships the tokenizer the weights belong to (fsynced)."""
+        """Rank 0: the resolved config, the model's HF config and a copy of the tokenizer, so that the
+        checkpoint says what it was trained with and export rebuilds the model and ships the tokenizer the
+        weights belong to (fsynced)."""
         if self.run.config is not None:
             write_atomic(os.path.join(tag_dir, CONFIG_FILE), yaml.safe_dump(self.run.config, sort_keys=False))
+        if self.run.hf_config is not None:
+            write_atomic(os.path.join(tag_dir, HF_CONFIG_FILE), self.run.hf_config)
         if self.run.tokenizer_dir is not None:
             dst_dir = os.path.join(tag_dir, TOKENIZER_DIR)
             os.makedirs(dst_dir, exist_ok=True)
@@ -355,7 +359,7 @@ class CheckpointManager:
         return state
 
     def _config_changes(self, tag_dir: str, record: dict) -> list[str]:
-        """The real config changes since the checkpoint (see run_identity.config_changes)."""
+        """The real config changes since the checkpoint (see identity.config_changes)."""
         if self.run.config is None or CONFIG_FILE not in record["files"]:
             return []
         path = os.path.join(tag_dir, CONFIG_FILE)
@@ -366,7 +370,7 @@ class CheckpointManager:
             raise CheckpointError(f"{path} is not readable YAML ({e}); the checkpoint is unusable") from e
         if not isinstance(saved, dict):
             raise CheckpointError(f"{path} is not a config mapping; the checkpoint is unusable")
-        return config_changes(saved, self.run.config)
+        return config_changes(saved, self.run.config, identity_keys=self.run.identity)
 
     def _load_engine(self, engine, tag_dir: str, record: dict) -> None:
         """engine.load_checkpoint (weights-only), through a universal checkpoint when ZeRO partitions must

@@ -22,6 +22,7 @@ TRAINER_STATE_JSON = "trainer_state.json"
 TRAINER_STATE_TENSORS = "trainer_state.safetensors"
 RECORD_VERSION = 2
 CONFIG_FILE = "config.yaml"  # the resolved config of the run that wrote the checkpoint
+HF_CONFIG_FILE = "hf_config.json"  # the model's transformers config: export rebuilds the model from it
 TOKENIZER_DIR = "tokenizer"  # a copy of the shards' tokenizer the weights were trained with
 _TENSOR_REF = "__tensor__"
 _NDARRAY_REF = "__ndarray__"

@@ -4,12 +4,18 @@ The one torch-free part of pretrain the launcher imports (it validates a config 
 loader). Import from here: `from pretrain.config import Config, ConfigError, load_config`.
 """
 
-from pretrain.config.io import ConfigError, build_dataclass, read_config_dict
+from pretrain.config.files import read_config_dict
 from pretrain.config.loader import (
-    MODEL_PRESETS,
+    Config,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from pretrain.config.sections import (
     RESUME_ALLOWABLE_CHANGES,
     CheckpointConfig,
-    Config,
     DataConfig,
     DebugConfig,
     EvalConfig,
@@ -17,39 +23,15 @@ from pretrain.config.loader import (
     HealthConfig,
     MaskingConfig,
     MetricsConfig,
-    ModelConfig,
     OptimConfig,
     TrainConfig,
     ZeroConfig,
-    config_from_dict,
-    config_hash,
-    config_to_dict,
-    load_config,
-    save_config,
 )
+from pretrain.errors import ConfigError
 
 __all__ = [
-    "MODEL_PRESETS",
-    "RESUME_ALLOWABLE_CHANGES",
-    "CheckpointConfig",
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "DebugConfig",
-    "EvalConfig",
-    "Fp16Config",
-    "HealthConfig",
-    "MaskingConfig",
-    "MetricsConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "TrainConfig",
-    "ZeroConfig",
-    "build_dataclass",
-    "config_from_dict",
-    "config_hash",
-    "config_to_dict",
-    "load_config",
-    "read_config_dict",
-    "save_config",
-]
+    "RESUME_ALLOWABLE_CHANGES", "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DebugConfig",
+    "EvalConfig", "Fp16Config", "HealthConfig", "MaskingConfig", "MetricsConfig", "OptimConfig",
+    "TrainConfig", "ZeroConfig", "config_from_dict", "config_hash", "config_to_dict", "load_config",
+    "read_config_dict", "save_config",
+]  # fmt: skip

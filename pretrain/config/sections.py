@@ -191,7 +191,12 @@ class ZeroConfig:
 
 @dataclass
 class Fp16Config:
-    """Dynamic loss scaling of precision=fp16 (DeepSpeed's; ignored at other precisions)."""
+    """Dynamic loss scaling of precision=fp16 (DeepSpeed's; ignored at other precisions).
+
+    An fp16 step whose gradients overflow is skipped by DeepSpeed (no update, `skipped_steps` counted, the
+    LR schedule held) and is not a bad loss for `health.max_nonfinite_skips`; a NaN/Inf *loss* still is.
+    The raw `deepspeed.fp16.*` keys are generated from these; a contradicting one is refused.
+    """
 
     initial_scale_power: int = 16
     """The loss scale starts at 2**initial_scale_power."""
@@ -262,7 +267,14 @@ class MetricsConfig:
 
 @dataclass
 class HealthConfig:
-    """What the run does about non-finite losses and hung or dead peers."""
+    """What the run does about non-finite losses and hung or dead peers.
+
+    A step whose loss is NaN or Inf on any rank is reported at that step with the rank(s) named, and its
+    update is not applied: DeepSpeed's ZeRO 1-3 and bf16 optimizers drop a step whose gradient norm is not
+    finite (gradients cleared, `skipped_steps` counted), and under ZeRO-0 fp32, which has no such check,
+    the trainer drops the step's gradients itself. After more than `max_nonfinite_skips` bad steps in a
+    row the run stops with exit 1 without saving, so `latest` keeps pointing at the last good checkpoint.
+    """
 
     max_nonfinite_skips: int = 3
     """Consecutive optimizer steps with a NaN/Inf loss to skip (no update) before stopping with exit 1."""

@@ -20,7 +20,8 @@ def resolve_seq_len(data_cfg: DataConfig, *, shards_seq_len: int, shards_dir: st
     """The sequence length to train on: data.seq_len, or the shards' when unset.
 
     Raises ConfigError naming the shards dir when data.seq_len exceeds the shards' seq_len, or when
-    the length exceeds the model's position table (`max_positions`, model.max_position_embeddings).
+    the length exceeds the longest row the model takes (`max_positions`: BERT's
+    model.max_position_embeddings).
     """
     seq_len = shards_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
     if seq_len > shards_seq_len:

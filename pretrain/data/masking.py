@@ -61,7 +61,9 @@ class MaskingCollator:
 
     Takes the masking config section, the tokenizer's special ids (a `data_pipeline.tokenizer.load.SpecialIds`
     or the manifest's {"pad", "unk", "cls", "sep", "mask"} dict), the vocabulary size, the run's seed and
-    optionally `seq_len` (train on the first seq_len tokens of each row; None = the rows' length).
+    optionally `seq_len` (train on the first seq_len tokens of each row; None = the rows' length) and
+    `batch_keys` (the keys the model takes, `PretrainingModel.batch_keys`: the others are left out of the
+    batch; None keeps them all).
     Special tokens and padding are never selected; random replacements come from the non-special
     vocabulary.
     """
@@ -74,11 +76,13 @@ class MaskingCollator:
         vocab_size: int,
         seed: int,
         seq_len: int | None = None,
+        batch_keys: tuple[str, ...] | None = None,
     ) -> None:
         """Prepare the collator; raises DataError if the vocabulary has no non-special token."""
         self.cfg = masking_cfg
         self.seed = seed
         self.seq_len = seq_len
+        self.batch_keys = batch_keys
         self.pad_id = _pad_id(special_ids)
         self.mask_id = _mask_id(special_ids)
         self.special = np.array(_special_id_list(special_ids), dtype=np.int64)
@@ -101,7 +105,7 @@ class MaskingCollator:
         pair_label]), the global sample indices of those rows and the epoch. Returns int64 tensors:
         input_ids (masked), attention_mask, token_type_ids (all (batch, seq)), masked_positions (flat
         indices into batch*seq, ascending), masked_labels (original ids there) and pair_labels (batch,)
-        when the rows have pairs.
+        when the rows have pairs; of these, only the collator's `batch_keys`.
         """
         ids = np.asarray(rows["input_ids"], dtype=np.int64)
         word_start = np.asarray(rows["word_start"]).astype(bool)
@@ -138,6 +142,8 @@ class MaskingCollator:
             out["token_type_ids"] = torch.from_numpy(((positions >= b_start) & in_sequence).astype(np.int64))
         if "pair_label" in rows:
             out["pair_labels"] = torch.from_numpy(np.asarray(rows["pair_label"], dtype=np.int64))
+        if self.batch_keys is not None:
+            out = {key: value for key, value in out.items() if key in self.batch_keys}
         return out
 
     __call__ = collate

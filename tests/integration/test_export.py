@@ -46,7 +46,7 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
     Returns (engine, tag dir)."""
     from data_pipeline.shards.manifest import Manifest
     from pretrain.checkpoint.identity import describe_run
-    from pretrain.models.bert.model import build_model
+    from pretrain.models.registry import build_model
     from pretrain.runtime.engine import initialize_engine
 
     init_process_group()
@@ -62,7 +62,7 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
     vocab = manifest.tokenizer["vocab_size"]
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab_size=vocab, pad_id=manifest.tokenizer["special_ids"]["pad"],
-                        pair_head=pair_head)  # fmt: skip
+                        rows_have_pairs=pair_head)  # fmt: skip
     run = describe_run(cfg, model, manifest, seq_len=16)
     engine = initialize_engine(cfg, model, 1, on_gpu=False)
     g = torch.Generator().manual_seed(0)
@@ -233,3 +233,42 @@ def test_export_refuses_bad_sources(tmp_path, zero2_run, capsys):
     record = json.loads((tag_dir / "COMPLETE.json").read_text())
     (tag_dir / "COMPLETE.json").write_text(json.dumps({**record, "files": {}}))
     assert "'files' is {}" in _export_fails(capsys, tag_dir, tmp_path / "out")
+
+
+def _rewrite(tag_dir, name: str, data: dict | None) -> None:
+    """Replace (or, with None, remove) the checkpoint file `name` and rewrite COMPLETE.json to match, as a
+    crafted checkpoint would."""
+    path = tag_dir / name
+    if data is None:
+        path.unlink()
+    else:
+        path.write_text(json.dumps(data))
+    record = json.loads((tag_dir / "COMPLETE.json").read_text())
+    write_complete_record(str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"],
+                          identity=record["identity"])  # fmt: skip
+
+
+def test_export_builds_the_model_its_hf_config_names_and_refuses_another(tmp_path, zero2_run, capsys):
+    reference = tmp_path / "reference"
+    assert export_main([str(zero2_run), str(reference)]) == 0
+    capsys.readouterr()  # its progress bar
+    weights = load_file(reference / "model.safetensors")
+    tag_dir = shutil.copytree(zero2_run / "checkpoints" / "step-00000003", tmp_path / "step-00000003")
+    saved = json.loads((tag_dir / "hf_config.json").read_text())
+    assert saved["model_type"] == "bert" and saved["architectures"] == ["BertForMaskedLM"]
+    # a record that lies about the model: another model type, a class that is no BERT export, another shape
+    for lie, expected in [
+        ({"model_type": "gpt2"}, "model_type 'gpt2' is not 'bert' (model.arch bert)"),
+        (
+            {"architectures": ["BertForQuestionAnswering"]},
+            "not one of BertForMaskedLM, BertForPreTraining",
+        ),
+        ({"vocab_size": saved["vocab_size"] + 1}, "the weights do not fit the recorded model"),
+    ]:
+        _rewrite(tag_dir, "hf_config.json", {**saved, **lie})
+        assert expected in _export_fails(capsys, tag_dir, tmp_path / "out")
+    # a checkpoint saved before checkpoints held their HF config: rebuilt from the record, same weights
+    _rewrite(tag_dir, "hf_config.json", None)
+    assert export_main([str(tag_dir), str(tmp_path / "legacy")]) == 0
+    legacy = load_file(tmp_path / "legacy" / "model.safetensors")
+    assert legacy.keys() == weights.keys() and all(torch.equal(legacy[k], weights[k]) for k in weights)

@@ -56,14 +56,12 @@ def test_identity_tells_shards_and_tokenizers_apart(tiny_shards, tiny_nsp_shards
     from data_pipeline.shards.manifest import Manifest
     from pretrain.checkpoint.identity import check_resume_identity, run_identity, tokenizer_files
 
-    class Model:  # run_identity reads the built model's config and head
-        config = type("C", (), {"vocab_size": 2000, "hidden_size": 128, "num_hidden_layers": 2,
-                                "num_attention_heads": 2, "intermediate_size": 512,
-                                "max_position_embeddings": 512})  # fmt: skip
-        has_pair_head = False
+    class Model:  # run_identity reads the built model's shape
+        def shape(self):
+            return {"vocab_size": 2000, "hidden_size": 128}
 
-    full = run_identity(Model, Manifest.load(str(tiny_shards)), seq_len=64, seed=0)
-    nsp = run_identity(Model, Manifest.load(str(tiny_nsp_shards)), seq_len=64, seed=0)
+    full = run_identity("bert", Model(), Manifest.load(str(tiny_shards)), seq_len=64, seed=0)
+    nsp = run_identity("bert", Model(), Manifest.load(str(tiny_nsp_shards)), seq_len=64, seed=0)
     assert full["tokenizer"] == nsp["tokenizer"] and full["data"] != nsp["data"]
     with pytest.raises(CheckpointError, match=r"data \(build identity\) .* -> .*allow_changed=\[data\]"):
         check_resume_identity("ckpt", full, nsp, allowed=())

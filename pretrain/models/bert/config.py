@@ -25,14 +25,19 @@ SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 @dataclass
 class BertModelConfig:
-    """The BERT encoder's shape; `preset` fills every shape field left unset."""
+    """The BERT encoder's shape; `preset` fills every shape field left unset.
+
+    Without `model.preset` and without `model.init_from`, the four shape keys must all be set. With
+    `init_from`, the checkpoint's own config sets the shape. `configs/models/<name>.yaml` are one-line
+    fragments to use as `base:`. Default when the `model` section is absent: `preset: base`.
+    """
 
     PRESETS: ClassVar[dict[str, dict[str, int]]] = PRESETS
 
     arch: Literal["bert"] = "bert"
     """The architecture: BERT (BertForMaskedLM, or BertForPreTraining with an NSP/SOP head)."""
     preset: PresetName | None = None
-    """Named size (the presets table below); explicit fields below override it."""
+    """Named size (the presets table below); explicit shape fields override it."""
     hidden_size: int | None = None
     """Width of the hidden states."""
     num_layers: int | None = None

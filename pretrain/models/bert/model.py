@@ -1,4 +1,5 @@
-"""The pretraining model: the `transformers` BERT encoder plus a sparse MLM head and an optional NSP/SOP head.
+"""BERT's pretraining model: the `transformers` BERT encoder plus a sparse MLM head and an optional NSP/SOP
+head (the `PretrainingModel` of `model.arch: bert`, pretrain/models/architecture.py).
 
 Parameter names equal those of `BertForPreTraining` (with a pair head) or `BertForMaskedLM` (without),
 so `model.state_dict()` loads into those classes with `strict=True` and export is a plain save. The MLM
@@ -8,8 +9,8 @@ tokens), which saves most of the head's FLOPs and memory against the dense HF he
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,24 +23,9 @@ from transformers.models.bert.modeling_bert import (
     BertPreTrainingHeads,
 )
 
-from pretrain.config import ConfigError, ModelConfig
-
-
-@dataclass
-class PretrainingOutput:
-    """Sums and counts of one micro-batch, so the trainer can normalise over micro-batches and ranks.
-
-    mlm_loss_sum: fp32 scalar, summed cross-entropy over the masked tokens; mlm_correct / num_masked:
-    int64 scalars. pair_loss_sum / pair_correct / num_pairs: the same for the NSP/SOP head (zeros when
-    the model has none or no pair labels were given).
-    """
-
-    mlm_loss_sum: torch.Tensor
-    mlm_correct: torch.Tensor
-    num_masked: torch.Tensor
-    pair_loss_sum: torch.Tensor
-    pair_correct: torch.Tensor
-    num_pairs: torch.Tensor
+from pretrain.errors import ConfigError
+from pretrain.models.bert.config import SHAPE_FIELDS, BertModelConfig
+from pretrain.models.outputs import PretrainingOutput
 
 
 class MLMPretrainingModel(BertPreTrainedModel):
@@ -59,6 +45,30 @@ class MLMPretrainingModel(BertPreTrainedModel):
         self.bert = BertModel(config, add_pooling_layer=pair_head)
         self.cls = BertPreTrainingHeads(config) if pair_head else BertOnlyMLMHead(config)
         self.post_init()
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """The collated batch keys `forward` takes: pair labels only with a pair head."""
+        keys = ("input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_labels")
+        return (*keys, "pair_labels") if self.has_pair_head else keys
+
+    @property
+    def max_positions(self) -> int:
+        """The longest row the model takes (its learned position table)."""
+        return self.config.max_position_embeddings
+
+    def shape(self) -> dict:
+        """What the run identity records of the model (see PretrainingModel.shape)."""
+        c = self.config
+        return {
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "num_layers": c.num_hidden_layers,
+            "num_heads": c.num_attention_heads,
+            "intermediate_size": c.intermediate_size,
+            "max_position_embeddings": c.max_position_embeddings,
+            "pair_head": bool(self.has_pair_head),
+        }
 
     @property
     def hf_config(self) -> BertConfig:
@@ -130,7 +140,7 @@ class MLMPretrainingModel(BertPreTrainedModel):
         return 6 * n_encoder + attention + masked_fraction * 6 * n_head
 
 
-def _bert_config(model_cfg: ModelConfig, vocab_size: int, pad_id: int) -> BertConfig:
+def _bert_config(model_cfg: BertModelConfig, vocab_size: int, pad_id: int) -> BertConfig:
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=model_cfg.hidden_size,
@@ -146,20 +156,22 @@ def _bert_config(model_cfg: ModelConfig, vocab_size: int, pad_id: int) -> BertCo
 
 
 def build_model(
-    model_cfg: ModelConfig,
+    model_cfg: BertModelConfig,
     *,
     vocab_size: int,
     pad_id: int,
-    pair_head: bool,
+    rows_have_pairs: bool,
     tokenizer_source: str = "the shards' tokenizer",
 ) -> MLMPretrainingModel:
     """Build the model from scratch, or from the HF BERT checkpoint dir `model_cfg.init_from`.
 
-    vocab_size / pad_id come from the shards' tokenizer (named by `tokenizer_source` in errors); pair_head
-    adds the NSP/SOP head. With init_from, the checkpoint's config sets the shape (dropouts and attention
+    vocab_size / pad_id come from the shards' tokenizer (named by `tokenizer_source` in errors); the
+    NSP/SOP head is added when the rows hold sentence pairs (`rows_have_pairs`) and model.pair_head is
+    auto. With init_from, the checkpoint's config sets the shape (dropouts and attention
     kernel come from model_cfg); heads missing from it are freshly initialised. Raises ConfigError when
     init_from is not a BERT checkpoint dir or its vocabulary size differs from vocab_size.
     """
+    pair_head = rows_have_pairs and model_cfg.pair_head == "auto"
     if model_cfg.init_from is None:
         config = _bert_config(model_cfg, vocab_size, pad_id)
         config._attn_implementation = model_cfg.attn_implementation
@@ -192,3 +204,20 @@ def build_model(
     wanted = model.state_dict().keys()
     model.load_state_dict({k: v for k, v in source.state_dict().items() if k in wanted}, strict=True)
     return model
+
+
+def hf_config_from_identity(model_cfg: BertModelConfig, identity: dict, *, pad_id: int) -> BertConfig:
+    """The HF config of a checkpoint written before checkpoints held theirs (hf_config.json): rebuilt from
+    the run's model section, the shape its record names (`identity`, the "model.*" keys) and the
+    tokenizer's pad id.
+
+    Raises ConfigError when the recorded shape is incomplete or invalid.
+    """
+    try:
+        shape = {name: identity[f"model.{name}"] for name in (*SHAPE_FIELDS, "max_position_embeddings")}
+        vocab_size, pair_head = identity["model.vocab_size"], bool(identity["model.pair_head"])
+    except KeyError as e:
+        raise ConfigError(f"the checkpoint record's model shape lacks {e}") from None
+    cfg = dataclasses.replace(model_cfg, preset=None, init_from=None, pair_head="auto", **shape)
+    with torch.device("meta"):  # shapes only: the weights come from the checkpoint
+        return build_model(cfg, vocab_size=vocab_size, pad_id=pad_id, rows_have_pairs=pair_head).hf_config

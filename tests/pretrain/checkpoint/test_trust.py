@@ -202,3 +202,12 @@ def test_a_raised_max_steps_takes_effect_at_the_resumed_step(tmp_path, caplog, s
     assert "learning rate at the resumed update 3: 0 from the checkpoint's schedule -> 0.006" in caplog.text
     train_steps(longer, 3, 1)  # the schedule goes on from there
     assert longer.get_lr() == [pytest.approx(1e-2 * lr_factor(4, optim, 6), rel=1e-12)]
+
+
+def test_another_architecture_is_a_model_change_and_old_records_are_bert():
+    from pretrain.checkpoint.identity import check_resume_identity
+
+    before_registry = dict(IDENTITY)  # a record saved before identities named the architecture
+    assert check_resume_identity("ckpt", before_registry, {**IDENTITY, "model.arch": "bert"}, ()) == []
+    with pytest.raises(CheckpointError, match=r"model.arch 'bert' -> 'other'.*allow_changed=\[model\]"):
+        check_resume_identity("ckpt", before_registry, {**IDENTITY, "model.arch": "other"}, ())

@@ -135,3 +135,13 @@ def test_whole_word_masking_on_real_wordpiece_text(wordpiece_rows):
     # A "##" continuation is masked exactly when the piece before it (same word) is, except at row start.
     inner = pieces[:, 2:63]
     np.testing.assert_array_equal(sel[:, 2:63][inner], sel[:, 1:62][inner])
+
+
+def test_the_batch_holds_only_the_keys_the_model_takes(pair_rows):
+    keys = ("input_ids", "attention_mask", "masked_positions", "masked_labels")
+    collator = MaskingCollator(
+        MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=3, batch_keys=keys
+    )
+    out = collator.collate(pair_rows, np.arange(len(pair_rows["length"])), 0)
+    assert tuple(out) == keys  # no token_type_ids, no pair_labels
+    assert torch.equal(out["input_ids"], collate(pair_rows, seed=3)["input_ids"])  # the same masks

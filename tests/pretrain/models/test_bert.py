@@ -5,12 +5,18 @@ import pytest
 import torch
 from transformers import BertForMaskedLM, BertForPreTraining
 
-from pretrain.config import ConfigError, MaskingConfig, ModelConfig
+from pretrain.config import ConfigError, MaskingConfig
 from pretrain.data.masking import MaskingCollator
+from pretrain.models.bert.config import BertModelConfig
 from pretrain.models.bert.model import build_model
 from tests.helpers.rows import SPECIAL_IDS, VOCAB_SIZE, make_rows
 
-TINY = ModelConfig(preset="tiny", dropout=0.0, attention_dropout=0.0)
+TINY = BertModelConfig(preset="tiny", dropout=0.0, attention_dropout=0.0)
+
+
+def bert(pairs: bool = False):
+    """The tiny BERT without dropout, with an NSP/SOP head when `pairs`."""
+    return build_model(TINY, vocab_size=VOCAB_SIZE, pad_id=0, rows_have_pairs=pairs)
 
 
 def batch(pairs: bool):
@@ -27,7 +33,7 @@ def dense_labels(b):
 
 def test_sparse_mlm_loss_equals_bert_for_masked_lm():
     torch.manual_seed(0)
-    model = build_model(TINY, vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False).eval()
+    model = bert().eval()
     assert model.export_class_name == "BertForMaskedLM"
     reference = BertForMaskedLM(model.hf_config).eval()
     reference.load_state_dict(model.state_dict(), strict=True)
@@ -50,7 +56,7 @@ def test_sparse_mlm_loss_equals_bert_for_masked_lm():
 
 def test_pair_head_losses_equal_bert_for_pretraining_and_gradients_flow():
     torch.manual_seed(0)
-    model = build_model(TINY, vocab_size=VOCAB_SIZE, pad_id=0, pair_head=True).eval()
+    model = bert(pairs=True).eval()
     assert model.export_class_name == "BertForPreTraining"
     reference = BertForPreTraining(model.hf_config).eval()
     reference.load_state_dict(model.state_dict(), strict=True)
@@ -80,10 +86,13 @@ def test_pair_head_losses_equal_bert_for_pretraining_and_gradients_flow():
 
 def test_init_from_hf_checkpoint_loads_its_weights(tmp_path):
     torch.manual_seed(3)
-    source = BertForMaskedLM(build_model(TINY, vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False).hf_config)
+    source = BertForMaskedLM(bert().hf_config)
     source.save_pretrained(tmp_path / "ckpt")
     model = build_model(
-        ModelConfig(init_from=str(tmp_path / "ckpt")), vocab_size=VOCAB_SIZE, pad_id=0, pair_head=True
+        BertModelConfig(init_from=str(tmp_path / "ckpt")),
+        vocab_size=VOCAB_SIZE,
+        pad_id=0,
+        rows_have_pairs=True,
     )
     ours = model.state_dict()
     for name, tensor in source.state_dict().items():
@@ -92,22 +101,22 @@ def test_init_from_hf_checkpoint_loads_its_weights(tmp_path):
 
 
 def test_init_from_with_another_vocabulary_names_both_sizes(tmp_path):
-    source = BertForMaskedLM(build_model(TINY, vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False).hf_config)
+    source = BertForMaskedLM(bert().hf_config)
     source.save_pretrained(tmp_path / "ckpt")
     with pytest.raises(ConfigError, match=r"vocab_size 500 but /data/shards/tokenizer has 800"):
         build_model(
-            ModelConfig(init_from=str(tmp_path / "ckpt")),
+            BertModelConfig(init_from=str(tmp_path / "ckpt")),
             vocab_size=800,
             pad_id=0,
-            pair_head=False,
+            rows_have_pairs=False,
             tokenizer_source="/data/shards/tokenizer",
         )
     with pytest.raises(ConfigError, match="no config.json"):
-        build_model(ModelConfig(init_from=str(tmp_path)), vocab_size=800, pad_id=0, pair_head=False)
+        build_model(BertModelConfig(init_from=str(tmp_path)), vocab_size=800, pad_id=0, rows_have_pairs=False)
 
 
 def test_flops_per_token_counts_encoder_attention_and_sparse_head():
-    model = build_model(ModelConfig(preset="mini"), vocab_size=30000, pad_id=0, pair_head=False)
+    model = build_model(BertModelConfig(preset="mini"), vocab_size=30000, pad_id=0, rows_have_pairs=False)
     h, layers, seq = 256, 4, 128
     per_layer = 4 * h * h + 4 * h + 2 * h * 1024 + 1024 + h + 4 * h  # attention, FFN, 2 LayerNorms
     head = h * h + 3 * h + h * 30000
@@ -117,7 +126,7 @@ def test_flops_per_token_counts_encoder_attention_and_sparse_head():
 
 
 def test_batch_without_masked_tokens_gives_zero_sums():
-    model = build_model(TINY, vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False)
+    model = bert()
     b = batch(pairs=False)
     none = torch.zeros(0, dtype=torch.int64)
     with torch.no_grad():
@@ -135,7 +144,9 @@ def test_attention_runs_through_torch_sdpa_in_every_layer(monkeypatch):
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
-    model = build_model(ModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False)
+    model = build_model(
+        BertModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, rows_have_pairs=False
+    )
     assert model.config._attn_implementation == "sdpa"
     b = batch(pairs=False)
     model(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"], b["masked_labels"])
@@ -159,7 +170,9 @@ def test_the_deterministic_switch_sets_torch_cublas_and_attention_and_the_model_
         grads = []
         for _ in range(2):  # every op of a training step has a deterministic kernel (none raises)
             torch.manual_seed(0)
-            model = build_model(ModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, pair_head=False)
+            model = build_model(
+                BertModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, rows_have_pairs=False
+            )
             b = batch(pairs=False)
             out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"],
                         b["masked_labels"])  # fmt: skip

@@ -105,10 +105,10 @@ def test_schedule_warms_up_then_decays_to_min_lr(schedule):
 
 
 def test_no_weight_decay_on_biases_and_layernorm():
-    from pretrain.models.bert.model import build_model
+    from pretrain.models.registry import build_model
 
     cfg = make_cfg()
-    model = build_model(cfg.model, vocab_size=100, pad_id=0, pair_head=False)
+    model = build_model(cfg.model, vocab_size=100, pad_id=0, rows_have_pairs=False)
     decay, no_decay = parameter_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in decay["params"])
@@ -117,7 +117,7 @@ def test_no_weight_decay_on_biases_and_layernorm():
 
 
 def test_engine_on_cpu_follows_the_schedule_and_steps_once_per_accumulation(monkeypatch):
-    from pretrain.models.bert.model import build_model
+    from pretrain.models.registry import build_model
     from pretrain.runtime.distributed import init_distributed
     from pretrain.runtime.engine import initialize_engine
 
@@ -126,7 +126,7 @@ def test_engine_on_cpu_follows_the_schedule_and_steps_once_per_accumulation(monk
     info = init_distributed(timeout_minutes=1.0)
     cfg = make_cfg(optim={"lr": 1e-3, "warmup_steps": 2}, train={"grad_accum_steps": 2, "max_steps": 4})
     torch.manual_seed(0)
-    model = build_model(cfg.model, vocab_size=60, pad_id=0, pair_head=False)
+    model = build_model(cfg.model, vocab_size=60, pad_id=0, rows_have_pairs=False)
     engine = initialize_engine(cfg, model, info.world_size, on_gpu=False)
     lrs = []
     for _ in range(3):
