@@ -92,23 +92,20 @@ def load_model(config_path: str, overrides: Sequence[str] = ()):
     """
     import torch
 
-    from data_pipeline.shards.format import ShardReader
     from pretrain.config import load_config
-    from pretrain.data.loader import resolve_seq_len
+    from pretrain.data.row_source import open_row_sources, resolve_seq_len
     from pretrain.models.registry import build_model
 
     cfg = load_config(config_path, overrides)
-    reader = ShardReader(cfg.data.path, split="train")
-    tokenizer = reader.manifest.tokenizer
+    source, _ = open_row_sources(cfg.data)
     with torch.device("meta"):
         model = build_model(
-            cfg.model, vocab_size=int(tokenizer["vocab_size"]), pad_id=int(tokenizer["special_ids"]["pad"]),
-            rows_have_pairs=reader.has_pairs,
-        )  # fmt: skip
-    seq_len = resolve_seq_len(
-        cfg.data, shards_seq_len=reader.seq_len, shards_dir=cfg.data.path,
-        max_positions=model.max_positions,
-    )  # fmt: skip
+            cfg.model,
+            vocab_size=source.vocab_size,
+            pad_id=source.special_ids["pad"],
+            rows_have_pairs=source.has_pairs,
+        )
+    seq_len = resolve_seq_len(cfg.data, source, max_positions=model.max_positions)
     return cfg, model, seq_len
 
 

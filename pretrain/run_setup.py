@@ -1,6 +1,6 @@
-"""Everything a training run is built from, in order: readers -> model -> run identity (tokenizer check) ->
-run_dir check -> engine -> collator, sampler, loaders -> checkpoint manager (and resume) -> monitors and
-metrics. `build_run` returns it as one `Run`; the loop in pretrain/trainer.py only trains it."""
+"""Everything a training run is built from, in order: row sources -> model -> run identity (tokenizer
+check) -> run_dir check -> engine -> collator, sampler, loaders -> checkpoint manager (and resume) ->
+monitors and metrics. `build_run` returns it as one `Run`; the loop in pretrain/trainer.py only trains it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from data_pipeline.errors import os_error_line
 from pretrain.checkpoint.identity import describe_run
 from pretrain.checkpoint.manager import CheckpointManager
 from pretrain.config import Config, ConfigError, config_hash, save_config
-from pretrain.data.loader import TrainLoader, ValidationLoader, resolve_seq_len
+from pretrain.data.loader import TrainLoader, ValidationLoader
 from pretrain.data.masking import MaskingCollator
+from pretrain.data.row_source import open_row_sources, resolve_seq_len
 from pretrain.data.sampler import GlobalBatchSampler
 from pretrain.metrics import MetricsLogger
 from pretrain.models.registry import build_model
@@ -28,7 +29,7 @@ from pretrain.runtime.health import NonFiniteMonitor, Stage0StepGuard
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """A built run and its progress: what the loop needs, nothing more.
 
@@ -60,21 +61,6 @@ class Run:
         consumed = self.loader_state["consumed_samples"]
         return {"step": self.step, "tokens": self.tokens, "consumed_samples": consumed,
                 "loader": self.loader_state, "nonfinite": self.monitor.state_dict()}  # fmt: skip
-
-
-def open_data(cfg: Config):
-    """(train reader, validation reader, vocab size, special ids dict) of the shards at data.path.
-
-    Raises data_pipeline.errors.DataError naming the file when the manifest or a shard is missing or
-    has the wrong size.
-    """
-    from data_pipeline.shards.format import ShardReader
-
-    train_reader = ShardReader(cfg.data.path, split="train")
-    val_reader = ShardReader(cfg.data.path, split="validation")
-    tokenizer = train_reader.manifest.tokenizer
-    vocab_size, special_ids = tokenizer["vocab_size"], tokenizer["special_ids"]
-    return train_reader, val_reader, int(vocab_size), dict(special_ids)
 
 
 def check_run_dir_writable(run_dir: str, agreement: StepAgreement, rank: int) -> None:
@@ -114,20 +100,17 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     rank, world, t = info.rank, info.world_size, cfg.train
     comm = Collectives(info.device)
     agreement = StepAgreement(comm)
-    train_reader, val_reader, vocab_size, special_ids = open_data(cfg)
+    train_source, val_source = open_row_sources(cfg.data)
     torch.manual_seed(t.seed)
     model = build_model(
-        cfg.model, vocab_size=vocab_size, pad_id=special_ids["pad"],
-        rows_have_pairs=train_reader.has_pairs,
-        tokenizer_source=f"the tokenizer of the shards in {cfg.data.path}",
+        cfg.model, vocab_size=train_source.vocab_size, pad_id=train_source.special_ids["pad"],
+        rows_have_pairs=train_source.has_pairs,
+        tokenizer_source=f"the tokenizer of {train_source.name}",
     )  # fmt: skip
-    seq_len = resolve_seq_len(
-        cfg.data, shards_seq_len=train_reader.seq_len, shards_dir=cfg.data.path,
-        max_positions=model.max_positions,
-    )  # fmt: skip
+    seq_len = resolve_seq_len(cfg.data, train_source, max_positions=model.max_positions)
     flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
     # Before the engine: a replaced tokenizer dir must not cost a ZeRO build to be found out.
-    description = describe_run(cfg, model, train_reader.manifest, seq_len=seq_len)
+    description = describe_run(cfg, model, train_source, seq_len=seq_len)
     check_run_dir_writable(cfg.run_dir, agreement, rank)
     if info.is_main:
         log.info(
@@ -137,18 +120,24 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
 
     collator = MaskingCollator(
         cfg.masking,
-        special_ids=special_ids,
-        vocab_size=vocab_size,
+        special_ids=train_source.special_ids,
+        vocab_size=train_source.vocab_size,
         seed=t.seed,
         seq_len=seq_len,
         batch_keys=model.batch_keys,
     )
     global_batch = t.global_batch(world)
     sampler = GlobalBatchSampler(
-        len(train_reader), global_batch_size=global_batch, micro_batch_size=t.micro_batch_size,
+        len(train_source), global_batch_size=global_batch, micro_batch_size=t.micro_batch_size,
         seed=t.seed, rank=rank, world_size=world,
     )  # fmt: skip
-    val_loader = ValidationLoader(val_reader, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
+    # train_step takes the sampler's last micro-batch of a step to be DeepSpeed's accumulation boundary.
+    if sampler.grad_accum_steps != engine.gradient_accumulation_steps():
+        raise RuntimeError(
+            f"the sampler accumulates {sampler.grad_accum_steps} micro-batches per step but the DeepSpeed "
+            f"engine {engine.gradient_accumulation_steps()}; the two must come from one train config"
+        )
+    val_loader = ValidationLoader(val_source, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
         cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
         run=description, collectives=comm,
@@ -158,7 +147,7 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
 
     state = checkpoints.resume(engine, t.resume) or {}
     step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
-    reader = faults.reader(train_reader, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
+    reader = faults.reader(train_source, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
     pin = info.device if on_gpu else None  # pin_memory() raises without CUDA
     loader = TrainLoader(reader, sampler, collator, cfg.data.prefetch_batches, pin_device=pin)
     if state:
@@ -174,6 +163,21 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     # ZeRO-0 fp32 is DeepSpeed's one path without a norm or an overflow check: we supply both.
     guard = Stage0StepGuard(engine.optimizer) if cfg.zero.stage == 0 and cfg.precision == "fp32" else None
     return Run(
-        cfg, info, comm, agreement, engine, loader, val_loader, checkpoints, monitor, metrics, faults, guard,
-        global_batch, flops_per_token, step, tokens, loader.state_dict(),
-    )  # fmt: skip
+        cfg=cfg,
+        info=info,
+        comm=comm,
+        agreement=agreement,
+        engine=engine,
+        loader=loader,
+        val_loader=val_loader,
+        checkpoints=checkpoints,
+        monitor=monitor,
+        metrics=metrics,
+        faults=faults,
+        guard=guard,
+        global_batch=global_batch,
+        flops_per_token=flops_per_token,
+        step=step,
+        tokens=tokens,
+        loader_state=loader.state_dict(),
+    )

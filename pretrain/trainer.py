@@ -9,7 +9,7 @@ forward). DeepSpeed averages gradients over ranks, so each micro-batch back-prop
 
 Host syncs and collectives: the loader counts tokens on the CPU batch; losses, counts and accuracies are
 summed on the device; a step sends two collectives of its own (the counts before the first forward, and
-the end-of-step agreement that carries the sums and every rank's wishes, pretrain/runtime/collectives.py) and
+the end-of-step agreement that carries the sums and every rank's flags, pretrain/runtime/collectives.py) and
 fetches from the device once, after the agreement. (DeepSpeed's fp16/bf16/ZeRO optimizers check for
 overflow on the host themselves, as does Stage0StepGuard for ZeRO-0 fp32.)
 
@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pretrain.config import Config
 from pretrain.data.loader import LoaderStep, TrainLoader, ValidationLoader
-from pretrain.metrics import memory_stats, mfu
 from pretrain.run_setup import Run, build_run
 from pretrain.runtime.collectives import Agreement, Collectives, to_host
 from pretrain.runtime.distributed import DistInfo
@@ -39,6 +37,7 @@ from pretrain.runtime.engine import loss_scale
 from pretrain.runtime.faults import StepFault
 from pretrain.runtime.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedError, Stage0StepGuard
 from pretrain.runtime.signals import EXIT_PREEMPTED, PreemptionHandler
+from pretrain.step_record import StepResult, step_record
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +69,6 @@ def evaluate(engine, loader: ValidationLoader, comm: Collectives) -> dict:
     if pairs:
         record["eval_pair_accuracy"] = pair_correct / pairs
     return record
-
-
-@dataclass
-class StepResult:
-    """One optimizer step as it stands before the end-of-step agreement (nothing fetched yet).
-
-    sums: float64 [MLM loss sum, pair loss sum, masked tokens predicted right] of this rank, on the
-    device; counts: float64 [tokens, masked tokens, pairs] over all ranks, on the device; bad_loss: 0-dim
-    bool, this rank's loss was NaN/Inf; grad_norm: DeepSpeed's (a device tensor or a float) or ours
-    (ZeRO-0 fp32), None when unknown; lr: the rate the update used; loss_scale: the fp16 scale the
-    backward used (None otherwise); skipped: the optimizer dropped the update (overflow or non-finite).
-    """
-
-    sums: torch.Tensor
-    counts: torch.Tensor
-    bad_loss: torch.Tensor
-    grad_norm: float | torch.Tensor | None
-    lr: float
-    loss_scale: float | None
-    skipped: bool
 
 
 def train_step(
@@ -163,8 +142,8 @@ def _first_data(run: Run) -> LoaderStep | None:
     return data
 
 
-def _agree_end_of_step(run: Run, result: StepResult, wishes: dict) -> tuple[Agreement, float | None]:
-    """The one host sync of the step: this rank's sums and `wishes` (plus the step's own: a bad loss,
+def _agree_end_of_step(run: Run, result: StepResult, flags: dict) -> tuple[Agreement, float | None]:
+    """The one host sync of the step: this rank's sums and `flags` (plus the step's own: a bad loss,
     the fp16 scale floor) agreed with every rank's in one all-reduce; returns the agreement and the
     step's gradient norm on the host."""
     norm = result.grad_norm
@@ -173,8 +152,8 @@ def _agree_end_of_step(run: Run, result: StepResult, wishes: dict) -> tuple[Agre
     if norm_on_device:
         fetch.append(norm.detach().to(run.comm.device, torch.float64).reshape(1))
     at_floor = result.loss_scale is not None and result.loss_scale <= run.cfg.fp16.min_loss_scale
-    wishes = {**wishes, "nonfinite": result.bad_loss, "scale_floor": result.skipped and at_floor}
-    agreed = run.agreement.agree(result.sums, wishes, fetch=torch.cat(fetch))
+    flags = {**flags, "nonfinite": result.bad_loss, "scale_floor": result.skipped and at_floor}
+    agreed = run.agreement.agree(result.sums, flags, fetch=torch.cat(fetch))
     return agreed, agreed.fetched[3] if norm_on_device else (None if norm is None else float(norm))
 
 
@@ -193,41 +172,6 @@ def _check_health(run: Run, agreed: Agreement) -> None:
             "skipped so far; stopping. The last good checkpoint is kept: lower optim.lr, raise "
             "optim.warmup_steps or use bf16 before resuming"
         )
-
-
-def _step_record(
-    run: Run, result: StepResult, agreed: Agreement, norm, step_start: float, trained: LoaderStep, samples
-) -> dict:
-    """Count the step's tokens into the run and return its metrics record (metrics.jsonl); `samples`:
-    the step's global sample indices (debug.log_sample_indices) or None."""
-    step_tokens, g_masked, g_pairs = agreed.fetched[:3]
-    run.tokens += int(step_tokens)
-    mlm_sum, pair_sum, correct = agreed.sums
-    mlm_loss = mlm_sum / max(g_masked, 1.0)
-    pair_loss = pair_sum / g_pairs if g_pairs else 0.0
-    elapsed = time.perf_counter() - step_start
-    record = {
-        "step": run.step, "loss": mlm_loss + pair_loss, "mlm_loss": mlm_loss,
-        "mlm_accuracy": correct / max(g_masked, 1.0), "lr": result.lr, "grad_norm": norm,
-        "tokens_per_s": step_tokens / elapsed, "samples_per_s": run.global_batch / elapsed,
-        "tokens": run.tokens, "skipped_steps": int(run.engine.skipped_steps),
-        "nonfinite_skipped": run.monitor.total_skipped, **memory_stats(run.info.device),
-    }  # fmt: skip
-    if samples is not None:
-        record["epoch"], record["samples"] = trained.epoch, samples
-    if g_pairs:
-        record["pair_loss"] = pair_loss
-    if result.loss_scale is not None:
-        record["loss_scale"] = result.loss_scale
-    utilisation = mfu(
-        record["tokens_per_s"],
-        run.flops_per_token,
-        run.info.world_size,
-        run.cfg.metrics.peak_tflops_per_device,
-    )
-    if utilisation is not None:
-        record["mfu"] = utilisation
-    return record
 
 
 def _log_eval(run: Run) -> int:
@@ -259,14 +203,15 @@ def _one_step(run: Run, data: LoaderStep, preemption: PreemptionHandler, started
     run.step, run.loader_state = run.step + 1, data.state_after
     samples = run.comm.gather_indices(data.rank_indices) if debug.log_sample_indices else None
     upcoming, error = _next_data(run.loader) if run.step < t.max_steps else (None, None)
-    wishes = {
+    flags = {
         "preempt": preemption.requested, "save": run.checkpoints.should_save(run.step),
         "out_of_time": t.max_minutes is not None and time.monotonic() - started >= t.max_minutes * 60,
         "error": error is not None,
     }  # fmt: skip
-    agreed, norm = _agree_end_of_step(run, result, wishes)
+    agreed, norm = _agree_end_of_step(run, result, flags)
     _check_health(run, agreed)
-    return agreed, _step_record(run, result, agreed, norm, step_start, data, samples), upcoming, error
+    record = step_record(run, result, agreed, norm, time.perf_counter() - step_start, data, samples)
+    return agreed, record, upcoming, error
 
 
 def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
@@ -292,8 +237,8 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
             if cfg.eval.every_steps and run.step % cfg.eval.every_steps == 0:
                 last_eval = _log_eval(run)
             preempted = preemption.agreed(agreed.any("preempt"))
-            wished = preempted or agreed.any("save")
-            run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, wished=wished)
+            requested = preempted or agreed.any("save")
+            run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, requested=requested)
             if preempted:
                 exit_code = EXIT_PREEMPTED
                 break

@@ -204,7 +204,9 @@ class ShardReader:
     `len(reader)`, `reader.seq_len`, `reader.manifest`, `reader.has_pairs`; `reader[i]` returns a dict of
     views (input_ids, word_start, length[, segment_b_start, pair_label]); `reader.take(indices)` stacks rows
     and checks them (`row_problem`), so a damaged shard stops training with its name instead of an
-    IndexError (or a device-side assert) deep in the model.
+    IndexError (or a device-side assert) deep in the model. The tokenizer facts (`vocab_size`,
+    `special_ids`, `tokenizer_fingerprint`, `tokenizer_dir`), `data_identity()` and `name` make it the
+    trainer's row source (pretrain/data/row_source.py).
 
     Raises DataError naming the file on a missing or damaged manifest, a missing shard, a size mismatch
     or a record batch whose schema (row width, id type, columns) is not the manifest's.
@@ -221,6 +223,10 @@ class ShardReader:
         self.seq_len = self.manifest.seq_len
         self.has_pairs = has_pairs(self.manifest.mode)
         self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
+        self.special_ids = {name: int(i) for name, i in self.manifest.tokenizer["special_ids"].items()}
+        self.tokenizer_fingerprint = str(self.manifest.tokenizer["hash"])
+        self.tokenizer_dir = os.path.join(shards_dir, "tokenizer")
+        self.name = f"the shards in {shards_dir}"
         schema = shard_schema(self.seq_len, self.manifest.id_dtype, self.has_pairs)
         self._blocks: list[dict[str, np.ndarray]] = []
         self._origin: list[tuple[str, int]] = []  # per block: shard path, the block's first row in it
@@ -252,6 +258,10 @@ class ShardReader:
 
     def __len__(self) -> int:
         return self._len
+
+    def data_identity(self) -> str:
+        """What the rows are made of (the build identity of the manifest; see Manifest.data_identity)."""
+        return self.manifest.data_identity()
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Row `index` (negative counts from the end) as numpy views; IndexError when out of range."""

@@ -61,38 +61,37 @@ class RunDescription:
     allow_changed: tuple[str, ...] = ()
 
 
-def describe_run(cfg, model, manifest, *, seq_len: int) -> RunDescription:
-    """The RunDescription of training `cfg` with the built `model` on the shards of `manifest`.
+def describe_run(cfg, model, source, *, seq_len: int) -> RunDescription:
+    """The RunDescription of training `cfg` with the built `model` on the row source `source`.
 
-    Raises CheckpointError when the shards' tokenizer dir is not the one they were built with, and
-    DataError when the manifest lacks a build identity or the tokenizer dir cannot be loaded.
+    Raises CheckpointError when the source's tokenizer dir is not the one its rows were built with,
+    and DataError when the source has no build identity or the tokenizer dir cannot be loaded.
     """
     from pretrain.config import config_to_dict
 
-    tokenizer_dir = os.path.join(cfg.data.path, "tokenizer")
-    identity = run_identity(cfg.model.arch, model, manifest, seq_len=seq_len, seed=cfg.train.seed)
+    identity = run_identity(cfg.model.arch, model, source, seq_len=seq_len, seed=cfg.train.seed)
     return RunDescription(
         identity=identity,
         config=config_to_dict(cfg),
         hf_config=model.hf_config.to_json_string(use_diff=False),
-        tokenizer_dir=tokenizer_dir,
-        tokenizer_files=tuple(tokenizer_files(tokenizer_dir, identity["tokenizer"])),
+        tokenizer_dir=source.tokenizer_dir,
+        tokenizer_files=tuple(tokenizer_files(source.tokenizer_dir, identity["tokenizer"])),
         allow_changed=tuple(cfg.train.resume_allow_changed),
     )
 
 
-def run_identity(arch: str, model, manifest, *, seq_len: int, seed: int) -> dict:
+def run_identity(arch: str, model, source, *, seq_len: int, seed: int) -> dict:
     """The identity of a run: the architecture `arch` and the built `model`'s shape (`model.shape()`), the
-    shards' `manifest` tokenizer fingerprint and data build identity, the sequence length trained on and
-    the seed. JSON values, flat keys ("model.arch", "model.hidden_size", ..., "tokenizer", "data", ...).
+    row source's tokenizer fingerprint and data identity, the sequence length trained on and the seed.
+    JSON values, flat keys ("model.arch", "model.hidden_size", ..., "tokenizer", "data", ...).
 
-    Raises data_pipeline.errors.DataError when the manifest records no build identity.
+    Raises data_pipeline.errors.DataError when the source records no build identity.
     """
     return {
         "model.arch": arch,
         **{f"model.{key}": value for key, value in model.shape().items()},
-        "tokenizer": manifest.tokenizer["hash"],
-        "data": manifest.data_identity(),
+        "tokenizer": source.tokenizer_fingerprint,
+        "data": source.data_identity(),
         "data.seq_len": int(seq_len),
         "train.seed": int(seed),
     }

@@ -171,18 +171,18 @@ class CheckpointManager:
         trainer_state: Callable[[], dict],
         step: int,
         *,
-        wished: bool = False,
+        requested: bool = False,
         last: bool = False,
     ) -> str | None:
         """Save `step` when it is due; returns the tag directory, or None when no save was due.
 
         The one save decision of the training loop: a step saves when the ranks agreed it should
-        (`wished`: any rank's `should_save`, or a preemption) or when it is the run's last step (`last`),
+        (`requested`: any rank's `should_save`, or a preemption) or when it is the run's last step (`last`),
         and never twice (a step already saved, e.g. the one a run resumed at, is not saved again).
         `trainer_state` is called only when saving. Every rank calls this with the same arguments.
         Raises what `save` raises.
         """
-        if not (wished or last) or self.last_saved_step == step:
+        if not (requested or last) or self.last_saved_step == step:
             return None
         return self.save(engine, trainer_state(), step)
 

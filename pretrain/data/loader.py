@@ -12,29 +12,7 @@ import numpy as np
 import torch
 
 from data_pipeline.errors import DataError
-from pretrain.config import ConfigError, DataConfig
 from pretrain.data.sampler import GlobalBatchSampler
-
-
-def resolve_seq_len(data_cfg: DataConfig, *, shards_seq_len: int, shards_dir: str, max_positions: int) -> int:
-    """The sequence length to train on: data.seq_len, or the shards' when unset.
-
-    Raises ConfigError naming the shards dir when data.seq_len exceeds the shards' seq_len, or when
-    the length exceeds the longest row the model takes (`max_positions`: BERT's
-    model.max_position_embeddings).
-    """
-    seq_len = shards_seq_len if data_cfg.seq_len is None else data_cfg.seq_len
-    if seq_len > shards_seq_len:
-        raise ConfigError(
-            f"data.seq_len={seq_len} but the shards in {shards_dir} hold rows of {shards_seq_len} tokens; "
-            f"lower data.seq_len or rebuild the shards with --seq-len {seq_len}"
-        )
-    if seq_len > max_positions:
-        raise ConfigError(
-            f"sequence length {seq_len} (shards in {shards_dir}) exceeds model.max_position_embeddings="
-            f"{max_positions}; raise it or train on shorter rows (data.seq_len)"
-        )
-    return seq_len
 
 
 @dataclass
@@ -64,7 +42,7 @@ def step_counts(micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
 class TrainLoader:
     """Reads and masks the sampler's micro-batches in a background thread, `prefetch_batches` steps ahead.
 
-    Takes a `data_pipeline.shards.format.ShardReader`, a GlobalBatchSampler, a MaskingCollator, the number of
+    Takes a row source (pretrain/data/row_source.py), a GlobalBatchSampler, a MaskingCollator, the number of
     steps to prepare ahead and optionally the CUDA device to pin the tensors for (`pin_device`, e.g.
     'cuda:3': only where CUDA is present, so the trainer's `.to(device, non_blocking=True)` copies overlap
     with compute; the thread selects that device first, as torch's DataLoader does, so pinning creates
@@ -166,7 +144,7 @@ class TrainLoader:
 class ValidationLoader:
     """Deterministic micro-batches over the validation split: the same samples and masks every evaluation.
 
-    Takes a ShardReader over the validation split, a MaskingCollator (masks use epoch 0), the per-rank
+    Takes a row source over the validation split, a MaskingCollator (masks use epoch 0), the per-rank
     batch size, this rank, the world size and an optional cap on batches per rank. Every rank gets the
     same number of batches (ZeRO-3 forwards need all ranks): global batches of batch x world consecutive
     samples, rank r taking the r-th slice; a remainder smaller than that is left out. If the split is

@@ -10,9 +10,9 @@ stray CPU tensor could not crash a run either; it would only be slow.) Outside t
 makes its own calls for gradients and its overflow check.
 
 The end of an optimizer step is agreed in ONE all-reduce (`StepAgreement`): the step's sums (losses,
-counts, accuracies, summed on the device) and every component's wish (non-finite loss, preemption, out
-of time, save, ...) travel together and are fetched to the host once. Components state a local wish and
-act on the agreed result; adding a flag is adding its name to `STEP_FLAGS`.
+counts, accuracies, summed on the device) and the flags every component raised (non-finite loss,
+preemption, out of time, save, ...) travel together and are fetched to the host once. Components raise a
+local flag and act on the agreed result; adding a flag is adding its name to `STEP_FLAGS`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 STEP_FLAGS: tuple[str, ...] = ("nonfinite", "preempt", "out_of_time", "save", "scale_floor", "error")
-"""The wishes a rank can state at the end of an optimizer step; each is agreed per rank (who wished it).
+"""The flags a rank can raise at the end of an optimizer step; each is agreed per rank (who raised it).
 
 nonfinite: this rank's loss was NaN/Inf (health.py); preempt: it received SIGTERM/SIGUSR1
 (signals.py); out_of_time: train.max_minutes passed on its clock; save: its checkpoint schedule
@@ -121,19 +121,19 @@ class Collectives:
 @dataclass
 class Agreement:
     """The agreed end of an optimizer step: the sums over all ranks, the extra values fetched with them,
-    and for each flag of STEP_FLAGS the ranks that wished it."""
+    and for each flag of STEP_FLAGS the ranks that raised it."""
 
     sums: list[float]
     fetched: list[float]
-    wished_by: dict[str, list[int]]
+    raised_by: dict[str, list[int]]
 
     def any(self, flag: str) -> bool:
-        """Whether any rank wished `flag`."""
-        return bool(self.wished_by[flag])
+        """Whether any rank raised `flag`."""
+        return bool(self.raised_by[flag])
 
     def ranks(self, flag: str) -> list[int]:
-        """The ranks that wished `flag`, ascending."""
-        return self.wished_by[flag]
+        """The ranks that raised `flag`, ascending."""
+        return self.raised_by[flag]
 
 
 class StepAgreement:
@@ -141,7 +141,7 @@ class StepAgreement:
 
     Takes the `Collectives` to send through and the flag names (default STEP_FLAGS). The vector sent is
     float64 on the training device: the step's sums, then one slot per flag and rank (a rank sets its own
-    slot, so the sum names who wished what). At 512 ranks and six flags that is 24 KiB per step.
+    slot, so the sum names who raised what). At 512 ranks and six flags that is 24 KiB per step.
     """
 
     def __init__(self, collectives: Collectives, flags: tuple[str, ...] = STEP_FLAGS) -> None:
@@ -152,10 +152,11 @@ class StepAgreement:
     def agree(
         self,
         sums: torch.Tensor,
-        wishes: Mapping[str, bool | torch.Tensor],
+        raised: Mapping[str, bool | torch.Tensor],
         fetch: torch.Tensor | None = None,
     ) -> Agreement:
-        """Sum `sums` and the ranks' `wishes` over all ranks and fetch them, with `fetch`, in one host sync.
+        """Sum `sums` and the flags the ranks `raised` over all ranks and fetch them, with `fetch`, in one
+        host sync.
 
         Takes a 1-D tensor of this rank's sums on the training device (the same length on every rank),
         {flag: bool or 0-dim device tensor} (unnamed flags are False) and optionally a 1-D device tensor
@@ -165,17 +166,17 @@ class StepAgreement:
         """
         device = self.collectives.device
         self.collectives._check_device(sums)
-        unknown = sorted(set(wishes) - set(self.flags))
+        unknown = sorted(set(raised) - set(self.flags))
         if unknown:
             raise KeyError(f"unknown end-of-step flag(s) {unknown}; known: {list(self.flags)}")
         world, rank = self.collectives.world_size, self.collectives.rank
         slots = torch.zeros(len(self.flags), world, dtype=torch.float64, device=device)
         for i, name in enumerate(self.flags):
-            wish = wishes.get(name, False)
-            if isinstance(wish, torch.Tensor):
-                self.collectives._check_device(wish)
-                slots[i, rank] = wish.to(torch.float64)  # stays on the device: no sync
-            elif wish:
+            flag = raised.get(name, False)
+            if isinstance(flag, torch.Tensor):
+                self.collectives._check_device(flag)
+                slots[i, rank] = flag.to(torch.float64)  # stays on the device: no sync
+            elif flag:
                 slots[i, rank] = 1.0
         vector = torch.cat([sums.to(torch.float64).reshape(-1), slots.reshape(-1)])
         self.collectives.sum_(vector)
@@ -184,7 +185,7 @@ class StepAgreement:
         values = to_host(torch.cat([vector, extra.to(torch.float64).reshape(-1)]))
         n = sums.numel()
         flat = values[n : n + len(self.flags) * world]
-        wished_by = {
+        raised_by = {
             name: [r for r in range(world) if flat[i * world + r] > 0] for i, name in enumerate(self.flags)
         }
-        return Agreement(values[:n], values[n + len(self.flags) * world :], wished_by)
+        return Agreement(values[:n], values[n + len(self.flags) * world :], raised_by)

@@ -58,7 +58,7 @@ class Faults:
         return StepFault(step in self.nan_loss, step in self.nonfinite_grad)
 
     def reader(self, reader, *, micro_batches_per_step: int, first_step: int):
-        """`reader`, or a wrapper whose `take` fails for the micro-batches of the data_error steps.
+        """The row source `reader`, or a wrapper whose `take` fails for the data_error steps' micro-batches.
 
         The loader thread calls `take` once per micro-batch in step order, starting with step
         `first_step` (1-based), so the failure surfaces in the consumer exactly at that step's data.
@@ -69,19 +69,26 @@ class Faults:
 
 
 class _FailingReader:
-    """Delegates to a ShardReader; raises DataError on the first `take` of each failing step."""
+    """A row source that delegates to another and raises DataError on the first `take` of each failing
+    step; every other member of the source is the wrapped one's."""
 
-    def __init__(self, reader, steps: frozenset[int], per_step: int, first_step: int) -> None:
-        self._reader = reader
+    def __init__(self, source, steps: frozenset[int], per_step: int, first_step: int) -> None:
+        self._source = source
         self._step_of_call = {(s - first_step) * per_step: s for s in steps if s >= first_step}
         self._calls = 0
 
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
     def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """The reader's rows, or DataError when this call is the first of a failing step."""
+        """The source's rows, or DataError when this call is the first of a failing step."""
         call, self._calls = self._calls, self._calls + 1
         if call in self._step_of_call:
             raise DataError(
                 f"injected fault (debug.data_error_steps): could not read the data of step "
                 f"{self._step_of_call[call]}"
             )
-        return self._reader.take(indices)
+        return self._source.take(indices)

@@ -4,7 +4,7 @@ timeout that ends hung jobs.
 How the loop (pretrain/trainer.py) uses it, per optimizer step: `train_step` runs every forward,
 backward and the update, then states `NonFiniteMonitor.is_bad` of its summed loss as a device tensor
 (no host sync); the optimizers have already dropped a non-finite update themselves (DeepSpeed's overflow
-check, `Stage0StepGuard` for ZeRO-0 fp32). The end-of-step agreement carries every rank's wish, and
+check, `Stage0StepGuard` for ZeRO-0 fp32). The end-of-step agreement carries every rank's flags, and
 `NonFiniteMonitor.update` then counts the agreed bad ranks and raises past the policy, before the step's
 metrics record, eval or save. Nothing here decides whether a step runs or is skipped."""
 
@@ -38,8 +38,8 @@ class NonFiniteMonitor:
     """Applies the skip policy to NaN/Inf losses and names the rank(s) that had them.
 
     Takes the number of consecutive bad steps to skip before giving up (`max_consecutive_skips`; 0 stops
-    at the first) and this rank. Each rank states its wish with `is_bad(loss)` (a device tensor, no host
-    sync); the trainer agrees the wishes of all ranks at the end of the step (pretrain/runtime/collectives.py)
+    at the first) and this rank. Each rank raises its flag with `is_bad(loss)` (a device tensor, no host
+    sync); the trainer agrees the flags of all ranks at the end of the step (pretrain/runtime/collectives.py)
     and hands the ranks that had a bad loss to `update`, which counts and raises. The bad step's update
     itself is dropped by the optimizers (DeepSpeed's overflow check, Stage0StepGuard). An fp16 overflow
     with a finite loss is DeepSpeed's loss scaling at work, not a bad loss. `state_dict()` (JSON ints)

@@ -1,7 +1,7 @@
 """Preemption: SIGTERM/SIGUSR1 set a local flag; all ranks agree on it at the same step, save once, exit 75.
 
 The handler only sets a flag (no I/O, no collectives), so a second signal arriving during the save
-cannot interrupt or corrupt it. `requested` is this rank's wish; the trainer agrees it with the other
+cannot interrupt or corrupt it. `requested` is this rank's flag; the trainer agrees it with the other
 ranks' at the end of each step (collectives.py) and hands the result to `agreed`, so every rank
 stops after the same step even when only one rank was signalled.
 """

@@ -1,6 +1,8 @@
-"""Rows in the shard schema, in memory, and a reader with `ShardReader`'s read API."""
+"""Rows in the shard schema, in memory, and a row source over them (pretrain/data/row_source.py)."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -36,12 +38,17 @@ def make_rows(num_rows: int, seq_len: int, *, pairs: bool = False, seed: int = 0
 
 
 class ArrayReader:
-    """`ShardReader`'s read API (len, seq_len, take) over in-memory rows."""
+    """A row source (pretrain.data.row_source.RowSource) over in-memory rows; records what was taken."""
 
-    def __init__(self, rows: dict[str, np.ndarray]) -> None:
+    def __init__(self, rows: dict[str, np.ndarray], name: str = "the in-memory rows") -> None:
         self.rows = rows
         self.seq_len = rows["input_ids"].shape[1]
         self.has_pairs = "pair_label" in rows
+        self.vocab_size = VOCAB_SIZE
+        self.special_ids = dict(SPECIAL_IDS)
+        self.tokenizer_fingerprint = hashlib.sha256(b"test tokenizer").hexdigest()
+        self.tokenizer_dir = ""
+        self.name = name
         self.taken: list[np.ndarray] = []
 
     def __len__(self) -> int:
@@ -51,3 +58,9 @@ class ArrayReader:
         idx = np.asarray(indices, dtype=np.int64)
         self.taken.append(idx)
         return {k: v[idx] for k, v in self.rows.items()}
+
+    def data_identity(self) -> str:
+        digest = hashlib.sha256()
+        for name in sorted(self.rows):
+            digest.update(name.encode() + np.ascontiguousarray(self.rows[name]).tobytes())
+        return digest.hexdigest()

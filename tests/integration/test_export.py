@@ -44,7 +44,7 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
     """3 steps of a tiny BERT on `shards`, saved by CheckpointManager as the trainer saves it.
 
     Returns (engine, tag dir)."""
-    from data_pipeline.shards.manifest import Manifest
+    from data_pipeline.shards import ShardReader
     from pretrain.checkpoint.identity import describe_run
     from pretrain.models.registry import build_model
     from pretrain.runtime.engine import initialize_engine
@@ -58,12 +58,13 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
         "optim": {"lr": 1e-2}, "checkpoint": {"every_steps": 3},
         "fp16": {"initial_scale_power": 4},  # fp16: a scale the summed loss does not overflow at once
     })  # fmt: skip
-    manifest = Manifest.load(str(shards))
-    vocab = manifest.tokenizer["vocab_size"]
+    source = ShardReader(str(shards))
+    vocab = source.vocab_size
     torch.manual_seed(0)
-    model = build_model(cfg.model, vocab_size=vocab, pad_id=manifest.tokenizer["special_ids"]["pad"],
-                        rows_have_pairs=pair_head)  # fmt: skip
-    run = describe_run(cfg, model, manifest, seq_len=16)
+    model = build_model(
+        cfg.model, vocab_size=vocab, pad_id=source.special_ids["pad"], rows_have_pairs=pair_head
+    )
+    run = describe_run(cfg, model, source, seq_len=16)
     engine = initialize_engine(cfg, model, 1, on_gpu=False)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):

@@ -53,15 +53,15 @@ def test_resume_refuses_another_seed_and_follows_a_raised_max_steps(tiny_shards,
 
 
 def test_identity_tells_shards_and_tokenizers_apart(tiny_shards, tiny_nsp_shards, tmp_path):
-    from data_pipeline.shards.manifest import Manifest
+    from data_pipeline.shards import ShardReader
     from pretrain.checkpoint.identity import check_resume_identity, run_identity, tokenizer_files
 
     class Model:  # run_identity reads the built model's shape
         def shape(self):
             return {"vocab_size": 2000, "hidden_size": 128}
 
-    full = run_identity("bert", Model(), Manifest.load(str(tiny_shards)), seq_len=64, seed=0)
-    nsp = run_identity("bert", Model(), Manifest.load(str(tiny_nsp_shards)), seq_len=64, seed=0)
+    full = run_identity("bert", Model(), ShardReader(str(tiny_shards)), seq_len=64, seed=0)
+    nsp = run_identity("bert", Model(), ShardReader(str(tiny_nsp_shards)), seq_len=64, seed=0)
     assert full["tokenizer"] == nsp["tokenizer"] and full["data"] != nsp["data"]
     with pytest.raises(CheckpointError, match=r"data \(build identity\) .* -> .*allow_changed=\[data\]"):
         check_resume_identity("ckpt", full, nsp, allowed=())

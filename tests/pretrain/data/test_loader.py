@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.config import ConfigError, DataConfig, MaskingConfig
-from pretrain.data.loader import TrainLoader, ValidationLoader, resolve_seq_len
+from pretrain.config import MaskingConfig
+from pretrain.data.loader import TrainLoader, ValidationLoader
 from pretrain.data.masking import MaskingCollator
 from pretrain.data.sampler import GlobalBatchSampler
 from tests.helpers.rows import SPECIAL_IDS, VOCAB_SIZE, ArrayReader, make_rows
@@ -180,21 +180,3 @@ def test_two_rank_loaders_feed_the_same_masked_batches_as_one():
         assert torch.equal(torch.cat(mine), torch.cat([mb["input_ids"] for mb in one.micro_batches]))
         positions = [torch.cat([mb["masked_labels"] for mb in g[step].micro_batches]) for g in got]
         assert torch.equal(torch.cat(positions), torch.cat([mb["masked_labels"] for mb in one.micro_batches]))
-
-
-def test_seq_len_beyond_the_shards_or_the_model_is_refused():
-    assert resolve_seq_len(DataConfig(path="s"), shards_seq_len=128, shards_dir="s", max_positions=512) == 128
-    assert (
-        resolve_seq_len(
-            DataConfig(path="s", seq_len=64), shards_seq_len=128, shards_dir="s", max_positions=512
-        )
-        == 64
-    )
-    with pytest.raises(
-        ConfigError, match="data.seq_len=256 but the shards in /d/shards hold rows of 128 tokens"
-    ):
-        resolve_seq_len(
-            DataConfig(path="s", seq_len=256), shards_seq_len=128, shards_dir="/d/shards", max_positions=512
-        )
-    with pytest.raises(ConfigError, match="exceeds model.max_position_embeddings=512"):
-        resolve_seq_len(DataConfig(path="s"), shards_seq_len=1024, shards_dir="/d/shards", max_positions=512)

@@ -87,21 +87,21 @@ def _agreement_worker(rank: int, port: int, results) -> None:
     comm = Collectives("cpu")
     agreement = StepAgreement(comm)
     sums = torch.tensor([1.5, 10.0 * (rank + 1)], dtype=torch.float64)
-    wishes = {"nonfinite": torch.tensor(rank == 1), "save": rank == 0, "preempt": False}
-    agreed = agreement.agree(sums, wishes, fetch=torch.tensor([7.0 + rank]))
+    raised = {"nonfinite": torch.tensor(rank == 1), "save": rank == 0, "preempt": False}
+    agreed = agreement.agree(sums, raised, fetch=torch.tensor([7.0 + rank]))
     results[rank] = (
         agreed.sums, agreed.fetched, {f: agreed.ranks(f) for f in STEP_FLAGS}, comm.any(rank == 1),
         comm.gather_indices(np.array([rank, rank + 10])), comm.issued,
     )  # fmt: skip
 
 
-def test_two_ranks_agree_sums_and_wishes_in_one_all_reduce():
+def test_two_ranks_agree_sums_and_flags_in_one_all_reduce():
     results = mp.Manager().dict()
     mp.spawn(_agreement_worker, args=(free_port(), results), nprocs=2, join=True)
     for rank in (0, 1):
-        sums, fetched, wished_by, any_flag, gathered, issued = results[rank]
+        sums, fetched, raised_by, any_flag, gathered, issued = results[rank]
         assert sums == [3.0, 30.0] and fetched == [7.0 + rank]  # summed; fetched as they were
-        assert wished_by == {**{f: [] for f in STEP_FLAGS}, "nonfinite": [1], "save": [0]}
+        assert raised_by == {**{f: [] for f in STEP_FLAGS}, "nonfinite": [1], "save": [0]}
         assert any_flag and gathered == [0, 10, 1, 11]
         assert issued == 3  # agreement, any, gather
 

@@ -1,0 +1,72 @@
+"""The row source: what the trainer reads training rows through, and how a run opens its sources.
+
+One shards directory (data_pipeline.shards.ShardReader) is one source. Another storage, or a weighted
+mixture of shard sets, is one new class with these members: the sampler, the loaders, masking,
+the run identity and resume only use what the protocol names.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from pretrain.config import ConfigError, DataConfig
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """Fixed-length rows by global index, plus the facts a run is checked and identified by.
+
+    `take(indices)` returns the rows stacked (input_ids, word_start, length[, segment_b_start,
+    pair_label]) and raises DataError naming the damaged file and row; `seq_len` is the row width,
+    `has_pairs` whether rows carry a sentence pair; `vocab_size`, `special_ids` ({"pad", "unk", "cls",
+    "sep", "mask"}), `tokenizer_fingerprint` and `tokenizer_dir` describe the tokenizer the ids belong
+    to; `data_identity()` is a hex digest of what the rows are made of (another corpus or build
+    setting gives another); `name` says where the rows come from, for error messages.
+    """
+
+    seq_len: int
+    has_pairs: bool
+    vocab_size: int
+    special_ids: dict[str, int]
+    tokenizer_fingerprint: str
+    tokenizer_dir: str
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def data_identity(self) -> str: ...
+
+
+def open_row_sources(data_cfg: DataConfig) -> tuple[RowSource, RowSource]:
+    """(train source, validation source) of data.path.
+
+    Raises data_pipeline.errors.DataError naming the file when the manifest or a shard is missing or
+    has the wrong size.
+    """
+    from data_pipeline.shards import ShardReader
+
+    return ShardReader(data_cfg.path, split="train"), ShardReader(data_cfg.path, split="validation")
+
+
+def resolve_seq_len(data_cfg: DataConfig, source: RowSource, *, max_positions: int) -> int:
+    """The sequence length to train on: data.seq_len, or the source's row width when unset.
+
+    Raises ConfigError naming the source when data.seq_len exceeds its rows, or when the length exceeds
+    the longest row the model takes (`max_positions`: BERT's model.max_position_embeddings).
+    """
+    seq_len = source.seq_len if data_cfg.seq_len is None else data_cfg.seq_len
+    if seq_len > source.seq_len:
+        raise ConfigError(
+            f"data.seq_len={seq_len} but {source.name} hold rows of {source.seq_len} tokens; "
+            f"lower data.seq_len or rebuild the shards with --seq-len {seq_len}"
+        )
+    if seq_len > max_positions:
+        raise ConfigError(
+            f"sequence length {seq_len} ({source.name}) exceeds model.max_position_embeddings="
+            f"{max_positions}; raise it or train on shorter rows (data.seq_len)"
+        )
+    return seq_len
