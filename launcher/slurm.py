@@ -159,16 +159,25 @@ class SlurmOptions:
         ]
 
 
+_PLACEHOLDER = re.compile(r"{{(\w+)}}")
+
+
 def render(template: str, values: dict[str, str]) -> str:
-    """Fill `{{name}}` placeholders of launcher/templates/<template> with values the caller has already
-    quoted for where they land (`sbatch_quote`, `shell_quote`); raise LaunchError on an unfilled one."""
+    """launcher/templates/<template> with each `{{name}}` replaced by `values[name]`, which the caller has
+    already quoted for where it lands (`sbatch_quote`, `shell_quote`).
+
+    One pass over the template: a value is inserted as it is and never scanned again, so `{{name}}` inside
+    a value stays text (filled in again, it would land inside the value's quotes and toggle them). Raises
+    LaunchError when the template has a placeholder without a value or a value has no placeholder.
+    """
     text = (TEMPLATES / template).read_text(encoding="utf-8")
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    missing = sorted(set(re.findall(r"{{(\w+)}}", text)))
-    if missing:
-        raise LaunchError(f"template {template}: no value for {', '.join(missing)}")
-    return text
+    names = set(_PLACEHOLDER.findall(text))
+    problems = [f"no value for {', '.join(sorted(names - values.keys()))}"] if names - values.keys() else []
+    if values.keys() - names:
+        problems.append(f"no placeholder for {', '.join(sorted(values.keys() - names))}")
+    if problems:
+        raise LaunchError(f"template {template}: {'; '.join(problems)}")
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)  # a function: no `\1` escapes
 
 
 def parse_time_seconds(limit: str) -> int:

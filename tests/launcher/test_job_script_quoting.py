@@ -4,6 +4,7 @@ mlm-data shadowed on PATH by recording stubs; #SBATCH lines are read the way sba
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import slurm_data
+from launcher import slurm, slurm_data
 from launcher.cli import main
 from launcher.job_config import LaunchError
 from launcher.slurm import SlurmOptions, render_train_script, sbatch_arguments
@@ -33,6 +34,13 @@ STUBS = {
 MARKER = "pwned"
 # Every kind of shell and sbatch metacharacter; each would create a file named MARKER if it ran.
 EVIL = f"a b $(touch {MARKER}) `touch {MARKER}` ;touch {MARKER}; 'q' \"d\" #c \\ %j end"
+
+
+def placeholders(*templates: str) -> str:
+    """Every `{{name}}` of the given job-script templates (all of them when none is given), as one string."""
+    paths = [slurm.TEMPLATES / t for t in templates] or sorted(slurm.TEMPLATES.glob("*.sbatch"))
+    names = {name for path in paths for name in re.findall(r"{{(\w+)}}", path.read_text())}
+    return "".join("{{" + name + "}}" for name in sorted(names))
 
 
 def nothing_ran(*dirs: Path) -> bool:
@@ -185,3 +193,90 @@ def test_a_log_dir_that_cannot_be_created_is_one_line(write_config, tmp_path, st
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot create the job's log directory" in err
     assert calls(stubs, "sbatch") == []  # nothing submitted
+
+
+def test_a_placeholder_in_the_container_image_runs_nothing(write_config, tmp_path, stubs, capsys):
+    # The old render filled `{{node_command}}` in again inside the quoted --container-image: the quotes
+    # toggled and the trainer argument's `$(touch pwned)` ran when the job started.
+    argv = ["slurm", "--nodes", "1", "--cpu", "--container-image", "{{node_command}}", "--dry-run", "--"]
+    train_args = ["--config", str(write_config()), f"data.path=$(touch {MARKER})"]
+    assert main([*argv, *train_args]) == 0
+    result = run_script(capsys.readouterr().out, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert nothing_ran(tmp_path, Path.cwd())
+    (srun,) = calls(stubs, "srun")
+    assert srun[1] == "--container-image={{node_command}}"
+    assert srun[-4:] == [*train_args, "train.resume=auto"]
+
+
+def test_placeholders_inside_values_stay_text_in_the_train_script(tmp_path, stubs, monkeypatch):
+    # Every name of the template in every value (the old render refused most of these, taking a name left
+    # in a value for a placeholder without a value, and ran the ones filled in after their value).
+    evil = EVIL + placeholders("train.sbatch")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"train": {"micro_batch_size": 4}}))
+    opts = SlurmOptions(job_name=evil, partition=evil, container_image="img" + evil, container_mounts=evil,
+                        extra_sbatch=[f"--comment={evil}"], time="10:00")  # fmt: skip
+    run_dir = str(tmp_path / f"run {placeholders('train.sbatch')}")
+    train_args = ["--config", str(config), f"run_dir={run_dir}", f"data.path={evil}"]
+    script = render_train_script(opts, 2, 1, True, train_args)
+
+    assert sbatch_arguments(script) == [
+        f"--job-name={evil}", "--nodes=2", "--ntasks-per-node=1", "--time=10:00", "--requeue",
+        "--open-mode=append", "--signal=B:USR1@60", f"--chdir={workdir}",
+        f"--output={run_dir}/slurm/%x-%j.out", f"--partition={evil}", f"--comment={evil}",
+    ]  # fmt: skip
+    result = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert nothing_ran(tmp_path)
+    (srun,) = calls(stubs, "srun")
+    assert srun[:4] == ["--kill-on-bad-exit=1", f"--container-image=img{evil}", f"--container-mounts={evil}",
+                        f"--container-workdir={workdir}"]  # fmt: skip
+    assert srun[-6:] == ["--", *train_args, "train.resume=auto"]
+
+
+def test_placeholders_inside_values_stay_text_in_the_data_scripts(tmp_path, stubs, monkeypatch):
+    # `--out DIR{{build_args}}`: the parts directory was filled in before the build arguments (and the merge
+    # job's part paths before `out`), so the later value landed inside the earlier one's quotes.
+    evil = EVIL.replace("\\", "") + placeholders()  # --output cannot hold a backslash (tested above)
+    out = tmp_path / f"out {evil}"
+    tool = tmp_path / f"tools {EVIL}" / "mlm-data"
+    tool.parent.mkdir()
+    tool.write_text(STUBS["mlm-data"])
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(slurm_data, "mlm_data_command", lambda opts: str(tool))
+    build_args = ["--input", f"corpus {evil}/*.txt", "--tokenizer", evil]
+    build, merge = render_data_scripts(SlurmOptions(job_name=evil, partition=evil), 3, out, build_args)
+
+    parts = [f"{out}.parts/part-{i:05d}" for i in range(3)]
+    logs = f"{out}.parts/logs".replace("%", "%%")
+    assert sbatch_arguments(build) == [
+        f"--job-name={evil}-build", "--array=0-2", "--ntasks=1", "--time=01:00:00", f"--chdir={Path.cwd()}",
+        f"--output={logs}/%x-%A_%a.out", f"--partition={evil}",
+    ]  # fmt: skip
+    assert sbatch_arguments(merge)[0] == f"--job-name={evil}-merge"
+    assert sbatch_arguments(merge)[-2:] == [f"--output={logs}/%x-%j.out", f"--partition={evil}"]
+    for script in (build, merge):
+        result = run_script(script, tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert nothing_ran(tmp_path, Path.cwd())
+    assert calls(stubs, "mlm-data") == [
+        ["build", *build_args, "--num-partitions", "3", "--partition-index", "1", "--out", parts[1]],
+        ["merge", *parts, "--out", str(out)],
+    ]
+
+
+def test_render_fills_each_placeholder_once_and_refuses_a_template_its_values_do_not_fit(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(slurm, "TEMPLATES", tmp_path)
+    (tmp_path / "t.sbatch").write_text("a={{a}} b={{b}} a={{a}}\n")
+    values = {"a": "{{b}} \\1 \\g<0>", "b": "{{a}} {{c}}"}  # re.sub would read the backslashes as groups
+    assert slurm.render("t.sbatch", values) == "a={{b}} \\1 \\g<0> b={{a}} {{c}} a={{b}} \\1 \\g<0>\n"
+    with pytest.raises(LaunchError, match=r"^template t.sbatch: no value for b$"):
+        slurm.render("t.sbatch", {"a": "x"})
+    with pytest.raises(LaunchError, match=r"^template t.sbatch: no placeholder for c$"):
+        slurm.render("t.sbatch", {"a": "x", "b": "y", "c": "z"})
