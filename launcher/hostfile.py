@@ -11,6 +11,7 @@ from pathlib import Path
 
 from data_pipeline.integrity import write_atomic
 from launcher.job_config import LaunchError
+from launcher.slurm import line_break
 
 # One DNS label (RFC 1123): ASCII letters, digits and hyphens, 1-63 of them, no hyphen at either end.
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -105,18 +106,26 @@ _HOSTFILE_LINE = re.compile(r"(\S+)\s+slots=(\d+)")  # DeepSpeed's own pattern (
 def read_hostfile(path: Path) -> list[str]:
     """The hosts of a DeepSpeed hostfile (`host slots=N` lines; blank and `#` lines skipped), in order.
 
-    Raises LaunchError naming the file (and line) when it is missing, unreadable, lists no host, names a
-    host twice, names something that is no host name (`check_host`) or has a line of another form:
-    DeepSpeed itself would go on with local GPUs only when the file is missing, train with another world
-    size than the one checked against the config, and pass the first word of a line to ssh as it is.
+    Lines end where DeepSpeed's readlines() ends them: at a newline, a carriage return or both. Raises
+    LaunchError naming the file (and line) when it is missing, unreadable, lists no host, names a host
+    twice, names something that is no host name (`check_host`), holds another line break (`line_break`:
+    U+2028, U+000B, ...) or has a line of another form: DeepSpeed itself would go on with local GPUs only
+    when the file is missing, train with another world size than the one checked against the config
+    (it reads `a slots=1<U+2028>b slots=1` as host a alone), and pass the first word of a line to ssh.
     """
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:  # universal newlines, as DeepSpeed's open(): "\r\n" and "\r" arrive as "\n"
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or err
         raise LaunchError(f"hostfile {path}: {reason}; write one with `mlm-launch hostfile`") from None
     hosts: list[str] = []
     for number, line in enumerate(lines, 1):
+        hidden = line_break(line)
+        if hidden is not None:
+            raise LaunchError(
+                f"{path}:{number}: {line[:80]!r} holds the line break U+{ord(hidden):04X}, which DeepSpeed "
+                "does not split at; write one `host slots=N` per line"
+            )
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -191,3 +191,15 @@ def test_write_hostfile_writes_only_host_names(tmp_path):
     with pytest.raises(LaunchError, match=rf"^{path}:2: host 'a;b' is not a host name"):
         write_hostfile(["node1", "a;b"], 2, path)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("ch", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_a_line_break_deepspeed_does_not_split_at_is_refused(tmp_path, ch):
+    # DeepSpeed reads the file with readlines() (newlines only) and would see one host, node1, where
+    # str.splitlines() saw two: a world size other than the one checked against the config.
+    hostfile = tmp_path / "hf"
+    hostfile.write_text(f"node0 slots=1\nnode1 slots=1{ch}node2 slots=1\n", encoding="utf-8")
+    with pytest.raises(LaunchError, match=rf"^{hostfile}:2: .*U\+{ord(ch):04X}"):
+        read_hostfile(hostfile)
+    hostfile.write_text("node0 slots=1\r\nnode1\tslots=1\rnode2 slots=1\n")  # what DeepSpeed splits at
+    assert read_hostfile(hostfile) == ["node0", "node1", "node2"]

@@ -16,7 +16,7 @@ import yaml
 from launcher import slurm, slurm_data
 from launcher.cli import main
 from launcher.job_config import LaunchError
-from launcher.slurm import SlurmOptions, render_train_script, sbatch_arguments
+from launcher.slurm import SlurmOptions, check_line, render_train_script, sbatch_arguments
 from launcher.slurm_data import render_data_scripts
 
 RECORD = f"""#!/bin/bash
@@ -280,3 +280,63 @@ def test_render_fills_each_placeholder_once_and_refuses_a_template_its_values_do
         slurm.render("t.sbatch", {"a": "x"})
     with pytest.raises(LaunchError, match=r"^template t.sbatch: no placeholder for c$"):
         slurm.render("t.sbatch", {"a": "x", "b": "y", "c": "z"})
+
+
+# Every code point str.splitlines() ends a line at, found by trying each one (the launcher's own parser and
+# every Python reader of a job script split there; sbatch and bash split at the newline alone).
+LINE_BREAKS = [chr(c) for c in range(0x110000) if len(f"a{chr(c)}b".splitlines()) > 1]
+
+
+def test_every_character_splitlines_breaks_at_is_refused():
+    assert {"\n", "\r", "\u2028", "\u2029", "\x85"} <= set(LINE_BREAKS)
+    for ch in LINE_BREAKS:
+        with pytest.raises(LaunchError, match=rf"^--job-name 'a.*b' contains .* U\+{ord(ch):04X}; "):
+            check_line(f"a{ch}b", "--job-name")
+    assert check_line("gpu é 中 \u00a0 \u200b x", "--job-name")  # other characters are the user's business
+
+
+@pytest.mark.parametrize("ch", LINE_BREAKS, ids=[f"U+{ord(c):04X}" for c in LINE_BREAKS])
+def test_a_line_break_hidden_in_the_job_name_adds_no_sbatch_line(write_config, tmp_path, stubs, capsys, ch):
+    # U+2028 passed check_line (it is no control character), sbatch reads the line whole, but our parser
+    # split it and took `#SBATCH --output=...` for an option: submit() created that directory.
+    evil_dir = tmp_path / "evil"
+    job_name = f"x{ch}#SBATCH --output={evil_dir}/%j #"
+    argv = ["slurm", "--nodes", "1", "--cpu", "--job-name", job_name, "--", "--config", str(write_config())]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("mlm-launch: error: --job-name ") and f"U+{ord(ch):04X}" in captured.err
+    assert not evil_dir.exists() and calls(stubs, "sbatch") == []
+
+
+@pytest.mark.parametrize("ch", ["\u2028", "\u2029"])
+@pytest.mark.parametrize("flag", [*FLAGS, "--container-image", "--container-mounts", "run_dir", "data.path"])
+def test_line_separators_are_refused_in_every_value(write_config, tmp_path, capsys, flag, ch):
+    value = f"a{ch}b" if flag != "--time" else f"10:00{ch}"
+    ours = [flag, value] if flag.startswith("--") else []
+    theirs = {"run_dir": [f"run_dir={tmp_path / value}"], "data.path": [f"data.path={value}"]}.get(flag, [])
+    argv = ["slurm", "--nodes", "1", "--cpu", *ours, "--dry-run", "--", "--config", str(write_config())]
+    assert main([*argv, *theirs]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and f"U+{ord(ch):04X}" in captured.err
+    assert {"data.path": "the trainer argument"}.get(flag, flag) in captured.err
+
+
+@pytest.mark.parametrize("flag", ["--job-name", "--out", "--partition"])
+def test_slurm_data_refuses_a_line_separator(tmp_path, capsys, flag):
+    value = str(tmp_path / "x\u2028y") if flag == "--out" else "x\u2028y"
+    extra = [] if flag == "--out" else ["--out", str(tmp_path / "out")]
+    argv = ["slurm-data", "--partitions", "2", flag, value, *extra, "--dry-run", "--", "--input", "c\u2029"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "U+2028" in err
+
+
+def test_the_sbatch_parser_splits_where_sbatch_does_and_refuses_other_breaks():
+    # sbatch reads lines up to a newline; a hidden break inside one is refused, not split or skipped.
+    assert sbatch_arguments('#SBATCH --job-name="a b"\n#SBATCH --nodes=2\necho\n#SBATCH --qos=x\n') == [
+        "--job-name=a b",
+        "--nodes=2",
+    ]
+    with pytest.raises(LaunchError, match=r"line 2 of the job script .* U\+2028"):
+        sbatch_arguments('#!/bin/bash\n#SBATCH --job-name="x\u2028#SBATCH --output=/tmp/x/%j #"\n')
