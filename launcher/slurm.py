@@ -38,8 +38,8 @@ def line_break(text: str) -> str | None:
 
 
 def check_line(value: str, what: str) -> str:
-    """Return `value` if it is one printable line; LaunchError naming `what` for any control character or
-    anything else `line_break` finds (U+2028, U+2029).
+    """Return `value` if it is one printable line; LaunchError naming `what` for any control character, a
+    lone surrogate (an undecodable byte) or anything else `line_break` finds (U+2028, U+2029).
 
     A newline in a value rendered into a job script would end the `#SBATCH` block (sbatch stops at the
     first line that is not a comment), so the options after it would be silently ignored; a break only
@@ -51,6 +51,11 @@ def check_line(value: str, what: str) -> str:
             raise LaunchError(
                 f"{what} {value!r} contains the control character U+{ord(ch):04X}; values rendered into a "
                 "job script must be one printable line"
+            )
+        if unicodedata.category(ch) == "Cs":  # how Python passes on an argv byte that is not UTF-8
+            raise LaunchError(
+                f"{what} {value!r} contains U+{ord(ch):04X}, a byte that is not UTF-8 (job scripts are "
+                "UTF-8 text); pass the value in UTF-8"
             )
     ch = line_break(value)
     if ch is not None:

@@ -340,3 +340,16 @@ def test_the_sbatch_parser_splits_where_sbatch_does_and_refuses_other_breaks():
     ]
     with pytest.raises(LaunchError, match=r"line 2 of the job script .* U\+2028"):
         sbatch_arguments('#!/bin/bash\n#SBATCH --job-name="x\u2028#SBATCH --output=/tmp/x/%j #"\n')
+
+
+@pytest.mark.parametrize("flag", ["--job-name", "--partition", "data.path"])
+def test_an_undecodable_byte_is_one_line_not_a_traceback(write_config, stubs, capsys, flag):
+    # Python hands an argv byte that is not UTF-8 (`$'\xff'`) over as a lone surrogate, which sbatch's
+    # UTF-8 stdin cannot take: it used to end in UnicodeEncodeError after the checks.
+    value = "a\udcffb"
+    ours, theirs = ([flag, value], []) if flag.startswith("--") else ([], [f"{flag}={value}"])
+    argv = ["slurm", "--nodes", "1", "--cpu", *ours, "--", "--config", str(write_config()), *theirs]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "U+DCFF" in err and "not UTF-8" in err
+    assert calls(stubs, "sbatch") == []
