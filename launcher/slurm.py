@@ -203,9 +203,9 @@ def render(template: str, values: dict[str, str]) -> str:
     """
     text = (TEMPLATES / template).read_text(encoding="utf-8")
     names = set(_PLACEHOLDER.findall(text))
-    problems = [f"no value for {', '.join(sorted(names - values.keys()))}"] if names - values.keys() else []
-    if values.keys() - names:
-        problems.append(f"no placeholder for {', '.join(sorted(values.keys() - names))}")
+    missing, unused = sorted(names - values.keys()), sorted(values.keys() - names)
+    problems = [f"no value for {', '.join(missing)}"] if missing else []
+    problems += [f"no placeholder for {', '.join(unused)}"] if unused else []
     if problems:
         raise LaunchError(f"template {template}: {'; '.join(problems)}")
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)  # a function: no `\1` escapes
