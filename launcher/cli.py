@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from launcher.hostfile import allocation_nodes, expand_nodelist, read_hostfile, write_hostfile
+from launcher.hostfile import allocation_nodes, check_host, expand_nodelist, read_hostfile, write_hostfile
 from launcher.job_config import LaunchError, read_job_config
 from launcher.local import NodeSpec, deepspeed_command, run_node, torchrun_command
 from launcher.slurm import SlurmOptions, render_train_script, submit
@@ -155,6 +155,8 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
             cpu=args.cpu,
         )
         return run_node(spec, rest, echo=lambda line: print(f"[node {spec.node_rank}] {line}", flush=True))
+    if args.master_addr is not None:  # DeepSpeed puts it into the shell command pdsh runs on every node
+        check_host(args.master_addr, "--master-addr")
     spec = NodeSpec(
         args.nproc,
         args.nnodes,

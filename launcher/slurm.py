@@ -23,11 +23,28 @@ _PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 _SBATCH_SPLITTERS = ("hetjob", "packjob")
 
 
+def line_break(text: str) -> str | None:
+    """The first character of `text` that `str.splitlines()` ends a line at, or None.
+
+    Asks splitlines itself rather than a list of characters, so the rule is every break it knows
+    (newline, carriage return, U+000B, U+000C, U+001C-U+001E, U+0085, U+2028, U+2029, and any later
+    Python's), never an incomplete copy.
+    """
+    first = text.splitlines(keepends=True)[:1]
+    if not first:
+        return None
+    end = len(first[0].splitlines()[0])  # the first line without its break
+    return first[0][end] if end < len(first[0]) else None
+
+
 def check_line(value: str, what: str) -> str:
-    """Return `value` if it is one printable line; LaunchError naming `what` for any control character.
+    """Return `value` if it is one printable line; LaunchError naming `what` for any control character, a
+    lone surrogate (an undecodable byte) or anything else `line_break` finds (U+2028, U+2029).
 
     A newline in a value rendered into a job script would end the `#SBATCH` block (sbatch stops at the
-    first line that is not a comment), so the options after it would be silently ignored.
+    first line that is not a comment), so the options after it would be silently ignored; a break only
+    Python splits at (U+2028) would make our own reading of the block (`sbatch_arguments`) differ from
+    sbatch's.
     """
     for ch in value:
         if unicodedata.category(ch) == "Cc":
@@ -35,6 +52,17 @@ def check_line(value: str, what: str) -> str:
                 f"{what} {value!r} contains the control character U+{ord(ch):04X}; values rendered into a "
                 "job script must be one printable line"
             )
+        if unicodedata.category(ch) == "Cs":  # how Python passes on an argv byte that is not UTF-8
+            raise LaunchError(
+                f"{what} {value!r} contains U+{ord(ch):04X}, a byte that is not UTF-8 (job scripts are "
+                "UTF-8 text); pass the value in UTF-8"
+            )
+    ch = line_break(value)
+    if ch is not None:
+        raise LaunchError(
+            f"{what} {value!r} contains the line separator U+{ord(ch):04X}; values rendered into a job "
+            "script must be one printable line"
+        )
     return value
 
 
@@ -70,10 +98,13 @@ def sbatch_arguments(script: str) -> list[str]:
 
     sbatch reads `#SBATCH` lines up to the first line that is neither blank nor a comment; in each it
     splits arguments at unquoted whitespace, drops quotes, takes `\\x` as `x` and stops at an unquoted
-    `#`. Used to find the log directory to create, and by the tests to check the block stays whole.
+    `#`. Lines end at a newline, as for sbatch; a line of the block holding anything else `check_line`
+    refuses (U+2028, which splitlines would break at) raises LaunchError. Used to find the log directory
+    to create, and by the tests to check the block stays whole.
     """
     arguments = []
-    for line in script.splitlines():
+    for number, line in enumerate(script.split("\n"), 1):
+        check_line(line, f"line {number} of the job script")
         if not line.startswith("#SBATCH"):
             if line.strip() and not line.lstrip().startswith("#"):
                 break
@@ -159,16 +190,25 @@ class SlurmOptions:
         ]
 
 
+_PLACEHOLDER = re.compile(r"{{(\w+)}}")
+
+
 def render(template: str, values: dict[str, str]) -> str:
-    """Fill `{{name}}` placeholders of launcher/templates/<template> with values the caller has already
-    quoted for where they land (`sbatch_quote`, `shell_quote`); raise LaunchError on an unfilled one."""
+    """launcher/templates/<template> with each `{{name}}` replaced by `values[name]`, which the caller has
+    already quoted for where it lands (`sbatch_quote`, `shell_quote`).
+
+    One pass over the template: a value is inserted as it is and never scanned again, so `{{name}}` inside
+    a value stays text (filled in again, it would land inside the value's quotes and toggle them). Raises
+    LaunchError when the template has a placeholder without a value or a value has no placeholder.
+    """
     text = (TEMPLATES / template).read_text(encoding="utf-8")
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    missing = sorted(set(re.findall(r"{{(\w+)}}", text)))
-    if missing:
-        raise LaunchError(f"template {template}: no value for {', '.join(missing)}")
-    return text
+    names = set(_PLACEHOLDER.findall(text))
+    missing, unused = sorted(names - values.keys()), sorted(values.keys() - names)
+    problems = [f"no value for {', '.join(missing)}"] if missing else []
+    problems += [f"no placeholder for {', '.join(unused)}"] if unused else []
+    if problems:
+        raise LaunchError(f"template {template}: {'; '.join(problems)}")
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)  # a function: no `\1` escapes
 
 
 def parse_time_seconds(limit: str) -> int:
