@@ -86,8 +86,9 @@ def run_baseline(corpus: str, tokenizer_dir: str, cores: int) -> tuple[float, fl
     """(b): tokens per wall second and per CPU second of the bare tokenizer pinned to `cores` CPUs with
     as many Rayon threads."""
     cmd = [sys.executable, os.path.abspath(__file__), "--baseline-child", corpus, tokenizer_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_env(cores),
-                         preexec_fn=_pinned(cores))  # fmt: skip
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, env=_env(cores), preexec_fn=_pinned(cores)
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["tokens"] / result["seconds"], result["tokens"] / result["cpu"]
 
@@ -105,11 +106,26 @@ def run_build(corpus: str, tokenizer_dir: str, out: str, cores: int) -> tuple[in
     from data_pipeline.shards.manifest import Manifest
 
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [MLM_DATA, "build", "--input", corpus, "--tokenizer", tokenizer_dir, "--out", out,
-           "--seq-len", str(SEQ_LEN), "--mode", "full-sentences", "--workers", str(cores)]  # fmt: skip
+    cmd = [
+        MLM_DATA,
+        "build",
+        "--input",
+        corpus,
+        "--tokenizer",
+        tokenizer_dir,
+        "--out",
+        out,
+        "--seq-len",
+        str(SEQ_LEN),
+        "--mode",
+        "full-sentences",
+        "--workers",
+        str(cores),
+    ]
     start, cpu = time.perf_counter(), _children_cpu()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_pinned(cores))  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(cores)
+    )
     parent, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         with contextlib.suppress(psutil.Error):  # a process ended between listing and sampling
@@ -157,9 +173,19 @@ def run_case(corpus: str, tokenizer: str, tiny: str, work: str, cores: int, repe
         _, fixed, fixed_cpu, _ = run_build(tiny, tokenizer, os.path.join(work, "tiny-shards"), cores)
         steady = tokens / max(seconds - fixed, 1e-9)
         steady_cpu = tokens / max(cpu - fixed_cpu, 1e-9)
-        rows.append({"baseline": baseline, "build": tokens / seconds, "steady": steady, "fixed": fixed,
-                     "fixed_cpu": fixed_cpu, "ratio": steady / baseline, "seconds": seconds, "peak": peak,
-                     "cpu_ratio": steady_cpu / baseline_cpu})  # fmt: skip
+        rows.append(
+            {
+                "baseline": baseline,
+                "build": tokens / seconds,
+                "steady": steady,
+                "fixed": fixed,
+                "fixed_cpu": fixed_cpu,
+                "ratio": steady / baseline,
+                "seconds": seconds,
+                "peak": peak,
+                "cpu_ratio": steady_cpu / baseline_cpu,
+            }
+        )
     summary = {"rows": rows}
     # Best against best: on a shared machine the fastest of several runs is the nearest to an idle one.
     tokens_per_s = max(r["steady"] for r in rows)

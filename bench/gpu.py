@@ -77,10 +77,19 @@ TINY = Case("tiny-64", "tiny", 64, 8, 10, 3)  # --tiny: CI smoke mode, any devic
 # Dense (no sparsity) bf16 = fp16 tensor-core TFLOP/s per GPU, NVIDIA data sheets. The first fragment
 # contained in torch.cuda.get_device_name() wins, so the more specific names come first.
 PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.4), ("H200", 989.4), ("H100", 989.4),
-    ("H800", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1),
-    ("L40", 181.0), ("L4", 121.0),
-)  # fmt: skip
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("GH200", 989.4),
+    ("H200", 989.4),
+    ("H100", 989.4),
+    ("H800", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.1),
+    ("L40", 181.0),
+    ("L4", 121.0),
+)
 TARGET = {"case": "base-128", "precision": "bf16", "tokens_per_s": 740_000, "ratio": 2.0}
 
 
@@ -99,8 +108,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--corpus", help="text corpus dir (default: `mlm-data sample-corpus`)")
     p.add_argument("--tokenizer", help="tokenizer dir (default: a WordPiece trained on the corpus)")
     p.add_argument("--shards", help="use this shards dir for every case (its seq_len is used)")
-    p.add_argument("--config", default=os.path.join(REPO, "configs", "bert-base-seq128.yaml"),
-                   help="recipe our side starts from (default configs/bert-base-seq128.yaml)")  # fmt: skip
+    p.add_argument(
+        "--config",
+        default=os.path.join(REPO, "configs", "bert-base-seq128.yaml"),
+        help="recipe our side starts from (default configs/bert-base-seq128.yaml)",
+    )
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], help="override the recipe's zero.stage")
     p.add_argument("--micro-batch", type=int, help="override every case's micro batch")
     p.add_argument("--steps", type=int, help="override every case's step count (clamped to one epoch)")
@@ -137,17 +149,24 @@ def _device(args: argparse.Namespace) -> tuple[str, float | None]:
 def _sections(args, case: Case, precision: str, shards: str, run_dir: str, steps: int, peak) -> dict:
     """The bench's keys over the recipe: this case's model, batch, precision, no saves or evals between."""
     sections = {
-        "run_dir": run_dir, "precision": precision, "data": {"path": shards, "seq_len": None},
+        "run_dir": run_dir,
+        "precision": precision,
+        "data": {"path": shards, "seq_len": None},
         "model": {"preset": case.preset, "pair_head": "none"},
         # The HF collator masks single tokens; whole-word masking would only cost our loader thread.
         "masking": {"whole_word": False},
-        "train": {"max_steps": steps, "micro_batch_size": args.micro_batch or case.micro_batch,
-                  "grad_accum_steps": 1, "global_batch_size": None, "resume": "none",
-                  "log_every_steps": steps},
+        "train": {
+            "max_steps": steps,
+            "micro_batch_size": args.micro_batch or case.micro_batch,
+            "grad_accum_steps": 1,
+            "global_batch_size": None,
+            "resume": "none",
+            "log_every_steps": steps,
+        },
         "checkpoint": {"every_steps": None, "every_minutes": None},
         "eval": {"every_steps": None, "max_batches": 1},
         "metrics": {"tensorboard": False, "peak_tflops_per_device": peak},
-    }  # fmt: skip
+    }
     if args.zero_stage is not None:
         sections["zero"] = {"stage": args.zero_stage}
     return sections
@@ -194,8 +213,16 @@ def run_case(args, case: Case, precision: str, shards: str, peak: float | None, 
         os.makedirs(logs, exist_ok=True)
         stem = os.path.join(logs, f"{case.name}-{precision}")
         ours = run_ours(args.config, overrides, skip=skip, device=args.device, log_path=f"{stem}-ours.log")
-        hf = run_hf(cfg, model, seq_len, skip=skip, device=args.device, workers=workers,
-                    work_dir=os.path.join(tmp, "hf"), log_path=f"{stem}-hf.log")  # fmt: skip
+        hf = run_hf(
+            cfg,
+            model,
+            seq_len,
+            skip=skip,
+            device=args.device,
+            workers=workers,
+            work_dir=os.path.join(tmp, "hf"),
+            log_path=f"{stem}-hf.log",
+        )
     for label, side in (("mlm-pretrain (python -m pretrain)", ours), ("HF Trainer + BertForMaskedLM", hf)):
         rate = side.tokens_per_s
         print(
@@ -207,28 +234,43 @@ def run_case(args, case: Case, precision: str, shards: str, peak: float | None, 
     print(f"   ratio ours / HF: {ratio:.2f}x", flush=True)
     loader = hf.extra.get("loader_tokens_per_s", 0.0)
     if loader < 1.5 * hf.tokens_per_s:
-        print(f"   warning: the HF DataLoader alone delivers {loader:,.0f} tokens/s, under 1.5x its training "
-              f"rate: the peer may be input-bound; raise --hf-workers")  # fmt: skip
+        print(
+            f"   warning: the HF DataLoader alone delivers {loader:,.0f} tokens/s, under 1.5x its training "
+            f"rate: the peer may be input-bound; raise --hf-workers"
+        )
     return {
-        "case": case.name, "precision": precision, "seq_len": seq_len,
-        "micro_batch": cfg.train.micro_batch_size, "steps": steps, "skip": skip,
-        "zero_stage": cfg.zero.stage, "parameters": model.count_parameters(),
-        "flops_per_token": narrow, "flops_per_token_6n": six_n, "peak_tflops": peak,
-        "ours": vars(ours), "hf": vars(hf), "ratio": ratio,
-    }  # fmt: skip
+        "case": case.name,
+        "precision": precision,
+        "seq_len": seq_len,
+        "micro_batch": cfg.train.micro_batch_size,
+        "steps": steps,
+        "skip": skip,
+        "zero_stage": cfg.zero.stage,
+        "parameters": model.count_parameters(),
+        "flops_per_token": narrow,
+        "flops_per_token_6n": six_n,
+        "peak_tflops": peak,
+        "ours": vars(ours),
+        "hf": vars(hf),
+        "ratio": ratio,
+    }
 
 
 def _summary(results: list[dict], device: str) -> None:
     """A Markdown table of every case (for docs/training.md), then the target and this run's figures."""
-    print("\n| case | precision | mlm-pretrain tokens/s | HF tokens/s | ratio | MFU ours (formula / 6N) "
-          "| peak memory ours / HF (GiB) |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    print(
+        "\n| case | precision | mlm-pretrain tokens/s | HF tokens/s | ratio | MFU ours (formula / 6N) "
+        "| peak memory ours / HF (GiB) |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
     for r in results:
         ours, hf, peak = r["ours"], r["hf"], r["peak_tflops"]
         rate = ours["tokens_per_s"]
         mfu = f"{_mfu(rate, r['flops_per_token'], peak)} / {_mfu(rate, r['flops_per_token_6n'], peak)}"
         memory = f"{ours['peak_memory_gib']:.2f} / {hf['peak_memory_gib']:.2f}"
-        print(f"| {r['case']} | {r['precision']} | {rate:,.0f} | {hf['tokens_per_s']:,.0f} | "
-              f"{r['ratio']:.2f}x | {mfu} | {memory} |")  # fmt: skip
+        print(
+            f"| {r['case']} | {r['precision']} | {rate:,.0f} | {hf['tokens_per_s']:,.0f} | "
+            f"{r['ratio']:.2f}x | {mfu} | {memory} |"
+        )
     t = TARGET
     line = f"target ({t['case']} {t['precision']}, one H100): >= {t['tokens_per_s']:,} tokens/s, "
     line += f">= {t['ratio']}x HF"
@@ -245,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.work, exist_ok=True)
         device, peak = _device(args)
         workers = args.hf_workers if args.hf_workers is not None else (6 if args.device == "cuda" else 0)
-        print(f"device: {args.device} {device}; peak "
-              f"{'unknown (MFU n/a; pass --peak-tflops)' if not peak else f'{peak:g} TFLOP/s'}")  # fmt: skip
+        print(
+            f"device: {args.device} {device}; peak "
+            f"{'unknown (MFU n/a; pass --peak-tflops)' if not peak else f'{peak:g} TFLOP/s'}"
+        )
         cases, precisions = _selection(args)
         shards: dict[int, str] = {}
         results = []
@@ -259,10 +303,13 @@ def main(argv: list[str] | None = None) -> int:
                     path = args.shards
                 elif case.seq_len not in shards:
                     path = shards[case.seq_len] = build_shards(
-                        args.work, case.seq_len, corpus=args.corpus, tokenizer=args.tokenizer,
+                        args.work,
+                        case.seq_len,
+                        corpus=args.corpus,
+                        tokenizer=args.tokenizer,
                         vocab_size=2000 if args.tiny else 30000,
                         max_corpus_bytes=1_000_000 if args.tiny and not args.corpus else None,
-                    )  # fmt: skip
+                    )
                 else:
                     path = shards[case.seq_len]
                 results.append(run_case(args, case, precision, path, peak, workers))

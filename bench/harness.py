@@ -132,8 +132,15 @@ def timed_window(records: list[dict], skip: int) -> tuple[dict, dict]:
     return steps[skip], steps[max(steps)]
 
 
-def run_ours(config_path: str, overrides: Sequence[str] = (), *, skip: int, device: str, log_path: str,
-             timeout: float | None = None) -> SideResult:  # fmt: skip
+def run_ours(
+    config_path: str,
+    overrides: Sequence[str] = (),
+    *,
+    skip: int,
+    device: str,
+    log_path: str,
+    timeout: float | None = None,
+) -> SideResult:
     """Run `python -m pretrain --config config_path overrides...` and return its SideResult.
 
     Throughput is (cumulative tokens at the last step - at step `skip`) / (wall time between those two
@@ -165,8 +172,18 @@ def run_ours(config_path: str, overrides: Sequence[str] = (), *, skip: int, devi
     )
 
 
-def run_hf(cfg, model, seq_len: int, *, skip: int, device: str, workers: int, work_dir: str, log_path: str,
-           timeout: float | None = None) -> SideResult:  # fmt: skip
+def run_hf(
+    cfg,
+    model,
+    seq_len: int,
+    *,
+    skip: int,
+    device: str,
+    workers: int,
+    work_dir: str,
+    log_path: str,
+    timeout: float | None = None,
+) -> SideResult:
     """Run the HF Trainer recipe (`python -m bench.hf_mlm`) on what `cfg` trains; returns its SideResult.
 
     `cfg`, `model` and `seq_len` come from `load_model`: the peer gets the same shards and row length,
@@ -179,15 +196,47 @@ def run_hf(cfg, model, seq_len: int, *, skip: int, device: str, workers: int, wo
     result_path = os.path.join(work_dir, "hf_result.json")
     o, t = cfg.optim, cfg.train
     cmd = [
-        sys.executable, "-m", "bench.hf_mlm", "--shards", cfg.data.path, "--seq-len", str(seq_len),
-        "--bert-config", bert_config,
-        "--precision", cfg.precision, "--batch", str(t.micro_batch_size), "--steps", str(t.max_steps),
-        "--skip", str(skip), "--device", device, "--workers", str(workers), "--seed", str(t.seed),
-        "--mlm-probability", str(cfg.masking.probability), "--lr", str(o.lr),
-        "--weight-decay", str(o.weight_decay), "--betas", str(o.betas[0]), str(o.betas[1]),
-        "--eps", str(o.eps), "--grad-clip", str(o.grad_clip), "--out", result_path,
-        "--output-dir", os.path.join(work_dir, "hf-trainer"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bench.hf_mlm",
+        "--shards",
+        cfg.data.path,
+        "--seq-len",
+        str(seq_len),
+        "--bert-config",
+        bert_config,
+        "--precision",
+        cfg.precision,
+        "--batch",
+        str(t.micro_batch_size),
+        "--steps",
+        str(t.max_steps),
+        "--skip",
+        str(skip),
+        "--device",
+        device,
+        "--workers",
+        str(workers),
+        "--seed",
+        str(t.seed),
+        "--mlm-probability",
+        str(cfg.masking.probability),
+        "--lr",
+        str(o.lr),
+        "--weight-decay",
+        str(o.weight_decay),
+        "--betas",
+        str(o.betas[0]),
+        str(o.betas[1]),
+        "--eps",
+        str(o.eps),
+        "--grad-clip",
+        str(o.grad_clip),
+        "--out",
+        result_path,
+        "--output-dir",
+        os.path.join(work_dir, "hf-trainer"),
+    ]
     _run_logged(cmd, child_env(device), log_path, "the HF Trainer recipe (python -m bench.hf_mlm)", timeout)
     with open(result_path, encoding="utf-8") as f:
         result = json.load(f)

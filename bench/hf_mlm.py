@@ -124,15 +124,32 @@ def run(args: argparse.Namespace) -> dict:
     if model.config._attn_implementation != "sdpa":
         raise RuntimeError(f"BertForMaskedLM chose {model.config._attn_implementation!r} attention, not sdpa")
     training_args = TrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.batch, max_steps=args.steps,
-        learning_rate=args.lr, weight_decay=args.weight_decay, adam_beta1=args.betas[0],
-        adam_beta2=args.betas[1], adam_epsilon=args.eps, max_grad_norm=args.grad_clip, warmup_steps=0,
-        optim="adamw_torch_fused", bf16=args.precision == "bf16", fp16=args.precision == "fp16",
-        tf32=True if cuda else None, use_cpu=not cuda, dataloader_num_workers=args.workers,
-        dataloader_pin_memory=cuda, dataloader_persistent_workers=args.workers > 0,
-        dataloader_drop_last=True, logging_strategy="no", save_strategy="no", eval_strategy="no",
-        report_to="none", disable_tqdm=True, seed=args.seed,
-    )  # fmt: skip
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.betas[0],
+        adam_beta2=args.betas[1],
+        adam_epsilon=args.eps,
+        max_grad_norm=args.grad_clip,
+        warmup_steps=0,
+        optim="adamw_torch_fused",
+        bf16=args.precision == "bf16",
+        fp16=args.precision == "fp16",
+        tf32=True if cuda else None,
+        use_cpu=not cuda,
+        dataloader_num_workers=args.workers,
+        dataloader_pin_memory=cuda,
+        dataloader_persistent_workers=args.workers > 0,
+        dataloader_drop_last=True,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=args.seed,
+    )
     collator = DataCollatorForLanguageModeling(
         tokenizer, mlm_probability=args.mlm_probability, pad_to_multiple_of=rows.seq_len
     )

@@ -50,10 +50,33 @@ def build_shards(
     if tokenizer is None:
         tokenizer = os.path.join(work, f"tok-{vocab_size}")
         if not os.path.exists(os.path.join(tokenizer, "tokenizer.json")):
-            mlm_data("tokenizer", "--input", corpus, "--kind", "wordpiece", "--vocab-size", str(vocab_size),
-                     "--out", tokenizer, "--overwrite")  # fmt: skip
+            mlm_data(
+                "tokenizer",
+                "--input",
+                corpus,
+                "--kind",
+                "wordpiece",
+                "--vocab-size",
+                str(vocab_size),
+                "--out",
+                tokenizer,
+                "--overwrite",
+            )
     out = os.path.join(work, f"shards-{seq_len}")
     workers = workers or min(8, os.cpu_count() or 1)
-    mlm_data("build", "--input", corpus, "--tokenizer", tokenizer, "--out", out, "--seq-len", str(seq_len),
-             "--mode", "full-sentences", "--workers", str(workers))  # fmt: skip
+    mlm_data(
+        "build",
+        "--input",
+        corpus,
+        "--tokenizer",
+        tokenizer,
+        "--out",
+        out,
+        "--seq-len",
+        str(seq_len),
+        "--mode",
+        "full-sentences",
+        "--workers",
+        str(workers),
+    )
     return out

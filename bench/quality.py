@@ -64,13 +64,46 @@ def build_inputs(work: str, vocab_size: int) -> tuple[str, str]:
     corpus, tok, shards, task = (os.path.join(work, n) for n in ("corpus", "tokenizer", "shards", "task"))
     steps = [
         (corpus, [data, "sample-corpus", corpus]),
-        (tok, [data, "tokenizer", "--input", corpus, "--kind", "wordpiece", "--vocab-size", str(vocab_size),
-               "--out", tok, "--overwrite"]),
-        (shards, [data, "build", "--input", corpus, "--tokenizer", tok, "--out", shards, "--seq-len",
-                  str(SEQ_LEN), "--mode", "full-sentences", "--workers", "2", "--validation-fraction", "0.02",
-                  "--overwrite"]),
+        (
+            tok,
+            [
+                data,
+                "tokenizer",
+                "--input",
+                corpus,
+                "--kind",
+                "wordpiece",
+                "--vocab-size",
+                str(vocab_size),
+                "--out",
+                tok,
+                "--overwrite",
+            ],
+        ),
+        (
+            shards,
+            [
+                data,
+                "build",
+                "--input",
+                corpus,
+                "--tokenizer",
+                tok,
+                "--out",
+                shards,
+                "--seq-len",
+                str(SEQ_LEN),
+                "--mode",
+                "full-sentences",
+                "--workers",
+                "2",
+                "--validation-fraction",
+                "0.02",
+                "--overwrite",
+            ],
+        ),
         (task, [data, "sample-task", task]),
-    ]  # fmt: skip
+    ]
     for out, cmd in steps:
         if not os.path.exists(out + ".done"):
             subprocess.run(["rm", "-rf", out], check=True)
@@ -87,18 +120,39 @@ def train_ours(shards: str, out: str, shape: dict, seed: int, steps: int, lr: fl
 
     run_dir = os.path.join(out, "run")
     cfg = {
-        "run_dir": run_dir, "precision": "fp32", "data": {"path": shards},
-        "model": {**shape, "max_position_embeddings": SEQ_LEN, "pair_head": "none", "dropout": 0.1,
-                  "attention_dropout": 0.1},
+        "run_dir": run_dir,
+        "precision": "fp32",
+        "data": {"path": shards},
+        "model": {
+            **shape,
+            "max_position_embeddings": SEQ_LEN,
+            "pair_head": "none",
+            "dropout": 0.1,
+            "attention_dropout": 0.1,
+        },
         "masking": {"probability": 0.15, "whole_word": False},
-        "train": {"max_steps": steps, "micro_batch_size": BATCH, "grad_accum_steps": 1, "seed": seed,
-                  "resume": "none", "log_every_steps": 50},
-        "optim": {"lr": lr, "warmup_steps": warmup, "schedule": "linear", "min_lr_ratio": 0.0,
-                  "weight_decay": OPTIM["weight_decay"], "eps": OPTIM["eps"],
-                  "grad_clip": OPTIM["grad_clip"]},
-        "zero": {"stage": 0}, "checkpoint": {"every_steps": None, "keep_last": 1},
-        "eval": {"every_steps": None, "max_batches": 1}, "metrics": {"tensorboard": False},
-    }  # fmt: skip
+        "train": {
+            "max_steps": steps,
+            "micro_batch_size": BATCH,
+            "grad_accum_steps": 1,
+            "seed": seed,
+            "resume": "none",
+            "log_every_steps": 50,
+        },
+        "optim": {
+            "lr": lr,
+            "warmup_steps": warmup,
+            "schedule": "linear",
+            "min_lr_ratio": 0.0,
+            "weight_decay": OPTIM["weight_decay"],
+            "eps": OPTIM["eps"],
+            "grad_clip": OPTIM["grad_clip"],
+        },
+        "zero": {"stage": 0},
+        "checkpoint": {"every_steps": None, "keep_last": 1},
+        "eval": {"every_steps": None, "max_batches": 1},
+        "metrics": {"tensorboard": False},
+    }
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "config.yaml")
     with open(path, "w") as f:
@@ -166,21 +220,37 @@ def _hf_worker(job: dict) -> None:
 
     s = job["shape"]
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=s["hidden_size"], num_hidden_layers=s["num_layers"],
-        num_attention_heads=s["num_heads"], intermediate_size=s["intermediate_size"],
-        max_position_embeddings=SEQ_LEN, pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=0.1,
+        vocab_size=len(tokenizer),
+        hidden_size=s["hidden_size"],
+        num_hidden_layers=s["num_layers"],
+        num_attention_heads=s["num_heads"],
+        intermediate_size=s["intermediate_size"],
+        max_position_embeddings=SEQ_LEN,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
-    )  # fmt: skip
+    )
     torch.manual_seed(job["seed"])
     model = BertForMaskedLM(config)
     args = TrainingArguments(
-        output_dir=os.path.join(job["out"], "trainer"), per_device_train_batch_size=BATCH,
-        max_steps=job["steps"], learning_rate=job["lr"], warmup_steps=job["warmup"],
-        lr_scheduler_type="linear", weight_decay=OPTIM["weight_decay"], adam_epsilon=OPTIM["eps"],
-        max_grad_norm=OPTIM["grad_clip"], seed=job["seed"], data_seed=job["seed"], logging_strategy="no",
-        save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=os.path.join(job["out"], "trainer"),
+        per_device_train_batch_size=BATCH,
+        max_steps=job["steps"],
+        learning_rate=job["lr"],
+        warmup_steps=job["warmup"],
+        lr_scheduler_type="linear",
+        weight_decay=OPTIM["weight_decay"],
+        adam_epsilon=OPTIM["eps"],
+        max_grad_norm=OPTIM["grad_clip"],
+        seed=job["seed"],
+        data_seed=job["seed"],
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, pad_to_multiple_of=SEQ_LEN)
     trainer = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collator)
     result = trainer.train()
@@ -247,8 +317,12 @@ def downstream(model_dir: str, task_dir: str, seed: int, epochs: float, lr: floa
     from pretrain.finetune.data import load_task
     from pretrain.finetune.train import FinetuneSettings, run_finetuning
 
-    data = load_task(os.path.join(task_dir, "train.jsonl"), os.path.join(task_dir, "validation.jsonl"),
-                     text_column="text", label_column="label")  # fmt: skip
+    data = load_task(
+        os.path.join(task_dir, "train.jsonl"),
+        os.path.join(task_dir, "validation.jsonl"),
+        text_column="text",
+        label_column="label",
+    )
     settings = FinetuneSettings(epochs=epochs, lr=lr, progress=False)
     run = run_finetuning(model_dir, data, settings, [seed])["pretrained"]["per_seed"][0]
     return {"downstream_accuracy": run["accuracy"], "downstream_f1_macro": run["f1_macro"]}
@@ -302,8 +376,9 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=512, help="held-out rows the evaluator masks")
     parser.add_argument("--finetune-epochs", type=float, default=3.0)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every process (1: steady on a "
-                        "shared machine)")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads of every process (1: steady on a shared machine)"
+    )
     parser.add_argument("--hf-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hf_worker:

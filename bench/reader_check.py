@@ -38,10 +38,16 @@ def main() -> None:
         take = min(timeit.repeat(lambda calls=calls: reader.take(next(calls)), number=args.calls, repeat=5))
         take /= args.calls
         checks = iter(outputs * (6 * args.calls // 100 + 1))
-        check = min(
-            timeit.repeat(lambda checks=checks: row_problem(next(checks), reader.vocab_size, reader.seq_len),
-                          number=args.calls, repeat=5)
-        ) / args.calls  # fmt: skip
+        check = (
+            min(
+                timeit.repeat(
+                    lambda checks=checks: row_problem(next(checks), reader.vocab_size, reader.seq_len),
+                    number=args.calls,
+                    repeat=5,
+                )
+            )
+            / args.calls
+        )
         print(
             f"seq_len {reader.seq_len}, batch {batch}: take() {take * 1e6:.1f} us, of which the row check "
             f"{check * 1e6:.1f} us ({100 * check / take:.1f}%)"

@@ -108,8 +108,10 @@ def communication_table(models: dict[str, Model]) -> list[str]:
     """
     flop_rate = TARGET_BASE_TOKENS_PER_S * models["BERT-base"].flops_per_token
     links = " | ".join(f"time at {g} Gb/s per node" for g in LINKS_GBIT)
-    rows = [f"| model | ZeRO | GPUs (nodes) | sent per GPU per step | {links} | break-even tokens/GPU/step |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = [
+        f"| model | ZeRO | GPUs (nodes) | sent per GPU per step | {links} | break-even tokens/GPU/step |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, model in models.items():
         rate = flop_rate / model.flops_per_token
         for stage in range(4):
@@ -126,28 +128,36 @@ def communication_table(models: dict[str, Model]) -> list[str]:
 def accumulation_table(models: dict[str, Model], accum: int, gpus: int) -> list[str]:
     """Markdown rows: bytes per GPU per optimizer step with `accum` micro-batches per step, at `gpus`."""
     link = LINKS_GBIT[0]
-    rows = [f"| model | ZeRO | per GPU per step, A = 1 | A = {accum} | time at {link} Gb/s, A = {accum} |",
-            "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = [
+        f"| model | ZeRO | per GPU per step, A = 1 | A = {accum} | time at {link} Gb/s, A = {accum} |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, model in models.items():
         for stage in range(4):
             one, many = (step_bytes_per_gpu(stage, model.params, gpus, a) for a in (1, accum))
-            rows.append(f"| {name} | {stage} | {_fmt_bytes(one)} | {_fmt_bytes(many)} "
-                        f"| {seconds(many, link) * 1e3:.0f} ms |")  # fmt: skip
+            rows.append(
+                f"| {name} | {stage} | {_fmt_bytes(one)} | {_fmt_bytes(many)} "
+                f"| {seconds(many, link) * 1e3:.0f} ms |"
+            )
     return rows
 
 
 def checkpoint_table(models: dict[str, Model]) -> list[str]:
     """Markdown rows: checkpoint bytes per stage and the busiest node's write time at each link speed."""
     links = " | ".join(f"node 0 at {g} Gb/s" for g in LINKS_GBIT)
-    rows = [f"| model | ZeRO | GPUs | checkpoint total | rank 0 writes | node 0 writes | {links} |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = [
+        f"| model | ZeRO | GPUs | checkpoint total | rank 0 writes | node 0 writes | {links} |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, model in models.items():
         for stage in range(4):
             for gpus in GPUS:
                 total, rank, node = checkpoint_bytes(stage, model.params, gpus)
                 cells = " | ".join(f"{seconds(node, g) * 1e3:.0f} ms" for g in LINKS_GBIT)
-                rows.append(f"| {name} | {stage} | {gpus} | {_fmt_bytes(total)} | {_fmt_bytes(rank)} "
-                            f"| {_fmt_bytes(node)} | {cells} |")  # fmt: skip
+                rows.append(
+                    f"| {name} | {stage} | {gpus} | {_fmt_bytes(total)} | {_fmt_bytes(rank)} "
+                    f"| {_fmt_bytes(node)} | {cells} |"
+                )
     return rows
 
 
@@ -155,11 +165,14 @@ def preprocessing_table(tib: float, tokens_per_core_s: float, bytes_per_token: f
     """Markdown rows: wall time of `mlm-data build` over `tib` TiB as K array tasks of 32 cores each."""
     tokens = tib * 2**40 / bytes_per_token
     core_s = tokens / tokens_per_core_s
-    rows = [f"{tib:g} TiB of text = {tokens:.3g} tokens at {bytes_per_token:.2f} bytes/token; "
-            f"{core_s / 3600:,.0f} core-hours at {tokens_per_core_s / 1e6:.2f} M tokens/s per core; "
-            f"shards {3 * tokens / 1e12:.2f} TB (uint16 ids + uint8 word starts)", "",
-            "| array tasks K (32 cores each) | wall time | input read per task |",
-            "| --- | --- | --- |"]  # fmt: skip
+    rows = [
+        f"{tib:g} TiB of text = {tokens:.3g} tokens at {bytes_per_token:.2f} bytes/token; "
+        f"{core_s / 3600:,.0f} core-hours at {tokens_per_core_s / 1e6:.2f} M tokens/s per core; "
+        f"shards {3 * tokens / 1e12:.2f} TB (uint16 ids + uint8 word starts)",
+        "",
+        "| array tasks K (32 cores each) | wall time | input read per task |",
+        "| --- | --- | --- |",
+    ]
     for k in (1, 8, 32, 128):
         wall = core_s / (k * 32)
         read = 32 * tokens_per_core_s * bytes_per_token
@@ -178,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     models = {name: load_model(name, args.vocab_size) for name in MODELS}
     for name, m in models.items():
-        print(f"{name}: {m.params:,} parameters (vocabulary {args.vocab_size}, NSP head), "
-              f"{m.flops_per_token / 1e6:.0f} M training FLOPs per token at seq {m.seq_len}")  # fmt: skip
+        print(
+            f"{name}: {m.params:,} parameters (vocabulary {args.vocab_size}, NSP head), "
+            f"{m.flops_per_token / 1e6:.0f} M training FLOPs per token at seq {m.seq_len}"
+        )
     print()
     print("\n".join(communication_table(models)) + "\n")
     print("\n".join(accumulation_table(models, args.accum, GPUS[-1])) + "\n")

@@ -145,8 +145,15 @@ def built_shards(work: str) -> None:
 
     for kind in ("wordpiece", "sentencepiece-unigram"):
         out = os.path.join(work, f"shards-{kind}")
-        run_build(BuildConfig(inputs=[FIXTURE], tokenizer=os.path.join(work, kind), out=out, seq_len=128,
-                              validation_fraction=0.0))  # fmt: skip
+        run_build(
+            BuildConfig(
+                inputs=[FIXTURE],
+                tokenizer=os.path.join(work, kind),
+                out=out,
+                seq_len=128,
+                validation_fraction=0.0,
+            )
+        )
         manifest = Manifest.load(out)
         reader = ShardReader(out, "train")
         rows = reader.take(range(len(reader)))
@@ -186,8 +193,10 @@ def word_starts(documents: list[str], work: str, repeat: int) -> None:
         print(json.dumps(row))
         fixture_docs = documents[: len(documents) // repeat]
         specials, vocab = tokenizer.special_ids.to_dict(), tokenizer.vocab_size
-        for label, encoded in (("tokenizer", tokenizer.encode_batch(fixture_docs)),
-                               ("segmented", encoder.encode_batch(fixture_docs))):  # fmt: skip
+        for label, encoded in (
+            ("tokenizer", tokenizer.encode_batch(fixture_docs)),
+            ("segmented", encoder.encode_batch(fixture_docs)),
+        ):
             masked_shares(specials, vocab, packed_rows(tokenizer, encoded), f"{kind}, {label} word starts")
 
 

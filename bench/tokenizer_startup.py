@@ -97,9 +97,14 @@ def make_dirs(corpus: str, work: str) -> list[str]:
         os.makedirs(source, exist_ok=True)
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(), model_writer=model, vocab_size=8000, minloglevel=2,
-            input_sentence_size=200_000, shuffle_input_sentence=True, **options,
-        )  # fmt: skip
+            sentence_iterator=lines(),
+            model_writer=model,
+            vocab_size=8000,
+            minloglevel=2,
+            input_sentence_size=200_000,
+            shuffle_input_sentence=True,
+            **options,
+        )
         with open(os.path.join(source, file), "wb") as fh:
             fh.write(model.getvalue())
         cls.from_pretrained(source).save_pretrained(paths[name])

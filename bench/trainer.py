@@ -39,20 +39,40 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=5, help="steps excluded from the timing (warm-up)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
-        config = write_config(os.path.join(tmp, "bench.yaml"), {
-            "run_dir": os.path.join(tmp, "run"), "precision": "fp32", "data": {"path": args.shards},
-            "model": {"preset": "mini", "max_position_embeddings": 512, "pair_head": "none"},
-            "train": {"max_steps": args.steps, "micro_batch_size": BATCH, "grad_accum_steps": 1,
-                      "resume": "none", "log_every_steps": 10},
-            "optim": {"lr": 1e-4}, "zero": {"stage": 0},
-            "checkpoint": {"every_steps": None}, "eval": {"every_steps": None, "max_batches": 1},
-            "metrics": {"tensorboard": False},
-        })  # fmt: skip
+        config = write_config(
+            os.path.join(tmp, "bench.yaml"),
+            {
+                "run_dir": os.path.join(tmp, "run"),
+                "precision": "fp32",
+                "data": {"path": args.shards},
+                "model": {"preset": "mini", "max_position_embeddings": 512, "pair_head": "none"},
+                "train": {
+                    "max_steps": args.steps,
+                    "micro_batch_size": BATCH,
+                    "grad_accum_steps": 1,
+                    "resume": "none",
+                    "log_every_steps": 10,
+                },
+                "optim": {"lr": 1e-4},
+                "zero": {"stage": 0},
+                "checkpoint": {"every_steps": None},
+                "eval": {"every_steps": None, "max_batches": 1},
+                "metrics": {"tensorboard": False},
+            },
+        )
         cfg, model, seq_len = load_model(config)
         ours = run_ours(config, skip=args.skip, device="cpu", log_path=os.path.join(tmp, "ours.log"))
         print(f"mlm-pretrain (python -m pretrain): {ours.tokens_per_s:,.0f} tokens/s", flush=True)
-        hf = run_hf(cfg, model, seq_len, skip=args.skip, device="cpu", workers=0,
-                    work_dir=os.path.join(tmp, "hf"), log_path=os.path.join(tmp, "hf.log"))  # fmt: skip
+        hf = run_hf(
+            cfg,
+            model,
+            seq_len,
+            skip=args.skip,
+            device="cpu",
+            workers=0,
+            work_dir=os.path.join(tmp, "hf"),
+            log_path=os.path.join(tmp, "hf.log"),
+        )
     print(f"HF Trainer + BertForMaskedLM: {hf.tokens_per_s:,.0f} tokens/s")
     print(f"ratio ours / HF: {ours.tokens_per_s / hf.tokens_per_s:.2f}x")
 

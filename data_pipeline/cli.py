@@ -39,13 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--lowercase", action="store_true")
     p.add_argument(
-        "--byte-fallback", action="store_true",
+        "--byte-fallback",
+        action="store_true",
         help="SentencePiece: characters outside the vocabulary become their UTF-8 bytes, not [UNK]",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--character-coverage", type=float, default=0.9995,
+        "--character-coverage",
+        type=float,
+        default=0.9995,
         help="SentencePiece: share of the training characters the alphabet covers, 0.98-1 (0.9995 suits CJK)",
-    )  # fmt: skip
+    )
     p.add_argument("--overwrite", action="store_true")
     _add_source_flags(p)
 
@@ -65,9 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-index", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
     p.add_argument(
-        "--max-skipped-fraction", type=float, default=DEFAULT_MAX_SKIPPED_FRACTION,
+        "--max-skipped-fraction",
+        type=float,
+        default=DEFAULT_MAX_SKIPPED_FRACTION,
         help="fail when files with extensions we do not read exceed this share of the input bytes (0.1)",
-    )  # fmt: skip
+    )
     p.add_argument("--accept-skipped", action="store_true", help="build even if many input files are skipped")
     _add_source_flags(p)
 
@@ -89,9 +94,12 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
     p.add_argument("--one-per-line", action="store_true", help=".txt: one document per line")
     p.add_argument(
-        "--ext", action="append", default=[], metavar="EXT[=FORMAT]",
+        "--ext",
+        action="append",
+        default=[],
+        metavar="EXT[=FORMAT]",
         help="also read files ending in EXT (as txt, or FORMAT jsonl/parquet); '' = no extension; repeatable",
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,9 +130,11 @@ def _sample_task(args) -> int:
 
     stats = write_sample_task(args.out_dir)
     train, val = stats["train"], stats["validation"]
-    print(f"wrote {args.out_dir}/train.jsonl ({train['examples']} examples) and validation.jsonl "
-          f"({val['examples']}); {len(train['classes'])} classes; majority class "
-          f"'{val['majority_class']}' scores {val['majority_accuracy']:.3f} on validation")  # fmt: skip
+    print(
+        f"wrote {args.out_dir}/train.jsonl ({train['examples']} examples) and validation.jsonl "
+        f"({val['examples']}); {len(train['classes'])} classes; majority class "
+        f"'{val['majority_class']}' scores {val['majority_accuracy']:.3f} on validation"
+    )
     return 0
 
 
@@ -133,11 +143,18 @@ def _tokenizer(args) -> int:
     from data_pipeline.tokenizer.training import train_tokenizer
 
     report = train_tokenizer(
-        args.input, args.kind, args.vocab_size, args.out, lowercase=args.lowercase,
-        overwrite=args.overwrite, text_field=args.text_field, one_per_line=args.one_per_line,
-        extensions=parse_extensions(args.ext), byte_fallback=args.byte_fallback,
+        args.input,
+        args.kind,
+        args.vocab_size,
+        args.out,
+        lowercase=args.lowercase,
+        overwrite=args.overwrite,
+        text_field=args.text_field,
+        one_per_line=args.one_per_line,
+        extensions=parse_extensions(args.ext),
+        byte_fallback=args.byte_fallback,
         character_coverage=args.character_coverage,
-    )  # fmt: skip
+    )
     print(f"tokenizer saved to {args.out}; {json.dumps(report.to_dict()['counts'])}")
     return 0
 
@@ -158,13 +175,25 @@ def _build(args) -> int:
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     cfg = BuildConfig(
-        inputs=args.input, tokenizer=args.tokenizer, out=args.out, seq_len=args.seq_len, mode=args.mode,
-        workers=args.workers, validation_fraction=args.validation_fraction, seed=args.seed,
-        rows_per_shard=args.rows_per_shard, text_field=args.text_field, one_per_line=args.one_per_line,
-        clean=clean, num_partitions=args.num_partitions, partition_index=args.partition_index,
-        overwrite=args.overwrite, extensions=parse_extensions(args.ext),
-        max_skipped_fraction=args.max_skipped_fraction, accept_skipped=args.accept_skipped,
-    )  # fmt: skip
+        inputs=args.input,
+        tokenizer=args.tokenizer,
+        out=args.out,
+        seq_len=args.seq_len,
+        mode=args.mode,
+        workers=args.workers,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        rows_per_shard=args.rows_per_shard,
+        text_field=args.text_field,
+        one_per_line=args.one_per_line,
+        clean=clean,
+        num_partitions=args.num_partitions,
+        partition_index=args.partition_index,
+        overwrite=args.overwrite,
+        extensions=parse_extensions(args.ext),
+        max_skipped_fraction=args.max_skipped_fraction,
+        accept_skipped=args.accept_skipped,
+    )
     s = run_build(cfg)
     if s.get("up_to_date"):
         print(f"{args.out} already holds this build (manifest.json present); nothing to do")

@@ -53,9 +53,11 @@ def run_units(
     pending: set[Future] = set()
     units = iter(units)
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context(start_method), initializer=_init_worker,
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(start_method),
+        initializer=_init_worker,
         initargs=(threads_per_worker(workers), init, init_args),
-    ) as pool:  # fmt: skip
+    ) as pool:
         try:
             while True:
                 while len(pending) < limit:

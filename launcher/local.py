@@ -69,12 +69,19 @@ def trainer_command(train_args: list[str], module: str = "pretrain") -> list[str
 def torchrun_command(spec: NodeSpec, train_args: list[str]) -> list[str]:
     """The equivalent torchrun line (static rendezvous, with a timeout instead of a hang)."""
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc-per-node={spec.nproc}", f"--nnodes={spec.nnodes}", f"--node-rank={spec.node_rank}",
-        f"--master-addr={spec.master_addr}", f"--master-port={spec.master_port}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={spec.nproc}",
+        f"--nnodes={spec.nnodes}",
+        f"--node-rank={spec.node_rank}",
+        f"--master-addr={spec.master_addr}",
+        f"--master-port={spec.master_port}",
         f"--rdzv-conf=timeout={spec.rdzv_timeout_s}",
-        "-m", "pretrain", *train_args,
-    ]  # fmt: skip
+        "-m",
+        "pretrain",
+        *train_args,
+    ]
 
 
 def deepspeed_command(

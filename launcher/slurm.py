@@ -76,8 +76,10 @@ def sbatch_quote(value: str, what: str) -> str:
     """
     check_line(value, what)
     if any(word in value.lower() for word in _SBATCH_SPLITTERS):
-        raise LaunchError(f"{what} {value!r} contains {'/'.join(_SBATCH_SPLITTERS)}, which sbatch reads as a "
-                          "heterogeneous-job separator; choose another value")  # fmt: skip
+        raise LaunchError(
+            f"{what} {value!r} contains {'/'.join(_SBATCH_SPLITTERS)}, which sbatch reads as a "
+            "heterogeneous-job separator; choose another value"
+        )
     if _PLAIN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -163,8 +165,16 @@ class SlurmOptions:
 
     def __post_init__(self) -> None:
         """Raise LaunchError naming the flag whose value holds a control character."""
-        for name in ("partition", "time", "job_name", "account", "qos", "constraint", "container_image",
-                     "container_mounts"):  # fmt: skip
+        for name in (
+            "partition",
+            "time",
+            "job_name",
+            "account",
+            "qos",
+            "constraint",
+            "container_image",
+            "container_mounts",
+        ):
             value = getattr(self, name)
             if value is not None:
                 check_line(value, "--" + name.replace("_", "-"))

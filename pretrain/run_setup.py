@@ -59,8 +59,13 @@ class Run:
     def trainer_state(self) -> dict:
         """What a checkpoint records of the run's progress (JSON values; see CheckpointManager.save)."""
         consumed = self.loader_state["consumed_samples"]
-        return {"step": self.step, "tokens": self.tokens, "consumed_samples": consumed,
-                "loader": self.loader_state, "nonfinite": self.monitor.state_dict()}  # fmt: skip
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "consumed_samples": consumed,
+            "loader": self.loader_state,
+            "nonfinite": self.monitor.state_dict(),
+        }
 
 
 def check_run_dir_writable(run_dir: str, agreement: StepAgreement, rank: int) -> None:
@@ -103,10 +108,12 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     train_source, val_source = open_row_sources(cfg.data)
     torch.manual_seed(t.seed)
     model = build_model(
-        cfg.model, vocab_size=train_source.vocab_size, pad_id=train_source.special_ids["pad"],
+        cfg.model,
+        vocab_size=train_source.vocab_size,
+        pad_id=train_source.special_ids["pad"],
         rows_have_pairs=train_source.has_pairs,
         tokenizer_source=f"the tokenizer of {train_source.name}",
-    )  # fmt: skip
+    )
     seq_len = resolve_seq_len(cfg.data, train_source, max_positions=model.max_positions)
     flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
     # Before the engine: a replaced tokenizer dir must not cost a ZeRO build to be found out.
@@ -128,9 +135,13 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     )
     global_batch = t.global_batch(world)
     sampler = GlobalBatchSampler(
-        len(train_source), global_batch_size=global_batch, micro_batch_size=t.micro_batch_size,
-        seed=t.seed, rank=rank, world_size=world,
-    )  # fmt: skip
+        len(train_source),
+        global_batch_size=global_batch,
+        micro_batch_size=t.micro_batch_size,
+        seed=t.seed,
+        rank=rank,
+        world_size=world,
+    )
     # train_step takes the sampler's last micro-batch of a step to be DeepSpeed's accumulation boundary.
     if sampler.grad_accum_steps != engine.gradient_accumulation_steps():
         raise RuntimeError(
@@ -139,9 +150,14 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
         )
     val_loader = ValidationLoader(val_source, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
-        cfg.run_dir, cfg.checkpoint, rank=rank, world_size=world, config_hash=config_hash(cfg),
-        run=description, collectives=comm,
-    )  # fmt: skip
+        cfg.run_dir,
+        cfg.checkpoint,
+        rank=rank,
+        world_size=world,
+        config_hash=config_hash(cfg),
+        run=description,
+        collectives=comm,
+    )
     monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank)
     faults = Faults.for_rank(cfg.debug, rank)
 
@@ -157,9 +173,13 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
         os.makedirs(cfg.run_dir, exist_ok=True)
         save_config(cfg, os.path.join(cfg.run_dir, "config.yaml"))
     metrics = MetricsLogger(
-        cfg.run_dir, is_main=info.is_main, max_steps=t.max_steps, log_every_steps=t.log_every_steps,
-        tensorboard=cfg.metrics.tensorboard, start_step=step,
-    )  # fmt: skip
+        cfg.run_dir,
+        is_main=info.is_main,
+        max_steps=t.max_steps,
+        log_every_steps=t.log_every_steps,
+        tensorboard=cfg.metrics.tensorboard,
+        start_step=step,
+    )
     # ZeRO-0 fp32 is DeepSpeed's one path without a norm or an overflow check: we supply both.
     guard = Stage0StepGuard(engine.optimizer) if cfg.zero.stage == 0 and cfg.precision == "fp32" else None
     return Run(

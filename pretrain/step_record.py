@@ -50,12 +50,19 @@ def step_record(
     mlm_loss = mlm_sum / max(g_masked, 1.0)
     pair_loss = pair_sum / g_pairs if g_pairs else 0.0
     record = {
-        "step": run.step, "loss": mlm_loss + pair_loss, "mlm_loss": mlm_loss,
-        "mlm_accuracy": correct / max(g_masked, 1.0), "lr": result.lr, "grad_norm": norm,
-        "tokens_per_s": step_tokens / elapsed, "samples_per_s": run.global_batch / elapsed,
-        "tokens": run.tokens, "skipped_steps": int(run.engine.skipped_steps),
-        "nonfinite_skipped": run.monitor.total_skipped, **memory_stats(run.info.device),
-    }  # fmt: skip
+        "step": run.step,
+        "loss": mlm_loss + pair_loss,
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": correct / max(g_masked, 1.0),
+        "lr": result.lr,
+        "grad_norm": norm,
+        "tokens_per_s": step_tokens / elapsed,
+        "samples_per_s": run.global_batch / elapsed,
+        "tokens": run.tokens,
+        "skipped_steps": int(run.engine.skipped_steps),
+        "nonfinite_skipped": run.monitor.total_skipped,
+        **memory_stats(run.info.device),
+    }
     if samples is not None:
         record["epoch"], record["samples"] = trained.epoch, samples
     if g_pairs:

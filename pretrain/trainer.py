@@ -64,8 +64,11 @@ def evaluate(engine, loader: ValidationLoader, comm: Collectives) -> dict:
     engine.train()
     loss_sum, correct, masked, pair_correct, pairs = to_host(comm.sum_(sums))
     loss = loss_sum / max(masked, 1.0)
-    record = {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0))),
-              "eval_accuracy": correct / max(masked, 1.0)}  # fmt: skip
+    record = {
+        "eval_loss": loss,
+        "eval_perplexity": float(np.exp(min(loss, 50.0))),
+        "eval_accuracy": correct / max(masked, 1.0),
+    }
     if pairs:
         record["eval_pair_accuracy"] = pair_correct / pairs
     return record
@@ -107,9 +110,14 @@ def train_step(
         sums += torch.stack([v.to(torch.float64) for v in stats])
     norm = engine.get_global_grad_norm()
     return StepResult(
-        sums, counts, NonFiniteMonitor.is_bad(sums[0] + sums[1]), computed_norm if norm is None else norm,
-        lr, scale, engine.skipped_steps > skipped_before,
-    )  # fmt: skip
+        sums,
+        counts,
+        NonFiniteMonitor.is_bad(sums[0] + sums[1]),
+        computed_norm if norm is None else norm,
+        lr,
+        scale,
+        engine.skipped_steps > skipped_before,
+    )
 
 
 def _next_data(loader: TrainLoader) -> tuple[LoaderStep | None, BaseException | None]:
@@ -204,10 +212,11 @@ def _one_step(run: Run, data: LoaderStep, preemption: PreemptionHandler, started
     samples = run.comm.gather_indices(data.rank_indices) if debug.log_sample_indices else None
     upcoming, error = _next_data(run.loader) if run.step < t.max_steps else (None, None)
     flags = {
-        "preempt": preemption.requested, "save": run.checkpoints.should_save(run.step),
+        "preempt": preemption.requested,
+        "save": run.checkpoints.should_save(run.step),
         "out_of_time": t.max_minutes is not None and time.monotonic() - started >= t.max_minutes * 60,
         "error": error is not None,
-    }  # fmt: skip
+    }
     agreed, norm = _agree_end_of_step(run, result, flags)
     _check_health(run, agreed)
     record = step_record(run, result, agreed, norm, time.perf_counter() - step_start, data, samples)

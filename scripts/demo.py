@@ -31,8 +31,20 @@ RANKS = 2
 # Fine-tuning budget of the last stage: the same for the pretrained model and the random-init baseline.
 # One thread per run, like the training ranks (two OpenMP threads of one process lose several-fold on 2
 # busy cores), and two runs at a time, one per core: the same results as one at a time, in 58 s, not 96 s.
-FINETUNE_ARGS = ["--seeds", "2", "--epochs", "3", "--lr", "5e-4", "--max-seq-len", str(SEQ_LEN),
-                 "--threads", "1", "--jobs", "2"]  # fmt: skip
+FINETUNE_ARGS = [
+    "--seeds",
+    "2",
+    "--epochs",
+    "3",
+    "--lr",
+    "5e-4",
+    "--max-seq-len",
+    str(SEQ_LEN),
+    "--threads",
+    "1",
+    "--jobs",
+    "2",
+]
 
 
 def _tool(name: str) -> str:
@@ -83,8 +95,10 @@ def _max_steps_override() -> list[str]:
     if not value:
         return []
     if not value.isdigit() or int(value) < 1:
-        print(f"[demo] DEMO_MAX_STEPS={value!r} is not a positive integer (e.g. DEMO_MAX_STEPS=600)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"[demo] DEMO_MAX_STEPS={value!r} is not a positive integer (e.g. DEMO_MAX_STEPS=600)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return [f"train.max_steps={int(value)}"]
 
@@ -112,21 +126,53 @@ def main() -> int:
     _stage(
         "tokenizer",
         demo / ".tokenizer.done",
-        [data, "tokenizer", "--input", str(corpus), "--kind", "wordpiece", "--vocab-size", str(VOCAB_SIZE),
-         "--out", str(tokenizer)],
+        [
+            data,
+            "tokenizer",
+            "--input",
+            str(corpus),
+            "--kind",
+            "wordpiece",
+            "--vocab-size",
+            str(VOCAB_SIZE),
+            "--out",
+            str(tokenizer),
+        ],
         clean=tokenizer,
-    )  # fmt: skip
+    )
     _stage(
         "shards",
         demo / ".shards.done",
-        [data, "build", "--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(shards),
-         "--seq-len", str(SEQ_LEN), "--mode", "full-sentences", "--workers", "2"],
+        [
+            data,
+            "build",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(shards),
+            "--seq-len",
+            str(SEQ_LEN),
+            "--mode",
+            "full-sentences",
+            "--workers",
+            "2",
+        ],
         clean=shards,
-    )  # fmt: skip
+    )
     train_cmd = [
-        _tool("torchrun"), f"--nproc-per-node={RANKS}", f"--master-port={free_port()}", "-m", "pretrain",
-        "--config", str(CONFIG), f"run_dir={run_dir}", f"data.path={shards}", *steps,
-    ]  # fmt: skip
+        _tool("torchrun"),
+        f"--nproc-per-node={RANKS}",
+        f"--master-port={free_port()}",
+        "-m",
+        "pretrain",
+        "--config",
+        str(CONFIG),
+        f"run_dir={run_dir}",
+        f"data.path={shards}",
+        *steps,
+    ]
     print(f"[demo] training on {RANKS} CPU ranks with ZeRO-2: {' '.join(train_cmd)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     result = subprocess.run(train_cmd, env=env)
@@ -137,19 +183,32 @@ def main() -> int:
     trained = f"the run at step {evals[-1]['step']}" if evals else None  # training ends with an eval
     if evals:
         first, last = evals[0], evals[-1]
-        print(f"[demo] initial eval loss {first['eval_loss']:.3f} (step {first['step']}), "
-              f"final eval loss {last['eval_loss']:.3f} (step {last['step']}), "
-              f"final masked-token accuracy {last['eval_accuracy']:.3f}")  # fmt: skip
+        print(
+            f"[demo] initial eval loss {first['eval_loss']:.3f} (step {first['step']}), "
+            f"final eval loss {last['eval_loss']:.3f} (step {last['step']}), "
+            f"final masked-token accuracy {last['eval_accuracy']:.3f}"
+        )
     task, finetune = demo / "task", demo / "finetune"
     _stage("downstream task", demo / ".task.done", [data, "sample-task", str(task)], clean=task)
     _stage(
         "fine-tuning, pretrained vs random-init",
         demo / ".finetune.done",
-        [*_finetune_command(), str(run_dir), "--train", str(task / "train.jsonl"), "--validation",
-         str(task / "validation.jsonl"), *FINETUNE_ARGS, "--baseline", "random-init", "--out", str(finetune)],
+        [
+            *_finetune_command(),
+            str(run_dir),
+            "--train",
+            str(task / "train.jsonl"),
+            "--validation",
+            str(task / "validation.jsonl"),
+            *FINETUNE_ARGS,
+            "--baseline",
+            "random-init",
+            "--out",
+            str(finetune),
+        ],
         clean=finetune,
         made_from=trained,
-    )  # fmt: skip
+    )
     _print_downstream(finetune / "report.json")
     print(f"[demo] checkpoints: {run_dir / 'checkpoints'}")
     print(f"[demo] TensorBoard logs: tensorboard --logdir {run_dir / 'tensorboard'}")
@@ -164,11 +223,13 @@ def _print_downstream(report_path: Path) -> None:
         r = report[which]
         return f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}"
 
-    print(f"[demo] downstream (which stdlib package a docstring is from: {len(task['labels'])} classes, "
-          f"{task['train_examples']} train / {task['validation_examples']} validation docstrings, "
-          f"{len(report['pretrained']['per_seed'])} seeds each): accuracy pretrained {cell('pretrained')}, "
-          f"random-init {cell('random_init')}, majority class {task['majority_class_accuracy']:.3f}; "
-          f"report: {report_path}")  # fmt: skip
+    print(
+        f"[demo] downstream (which stdlib package a docstring is from: {len(task['labels'])} classes, "
+        f"{task['train_examples']} train / {task['validation_examples']} validation docstrings, "
+        f"{len(report['pretrained']['per_seed'])} seeds each): accuracy pretrained {cell('pretrained')}, "
+        f"random-init {cell('random_init')}, majority class {task['majority_class_accuracy']:.3f}; "
+        f"report: {report_path}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,17 @@ def tiny_corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiny-data")
     write_sample_corpus(str(root / "corpus"), max_bytes=1_000_000)
-    mlm_data("tokenizer", "--input", str(root / "corpus"), "--kind", "wordpiece", "--vocab-size", "2000",
-             "--out", str(root / "tokenizer"))  # fmt: skip
+    mlm_data(
+        "tokenizer",
+        "--input",
+        str(root / "corpus"),
+        "--kind",
+        "wordpiece",
+        "--vocab-size",
+        "2000",
+        "--out",
+        str(root / "tokenizer"),
+    )
     return root / "corpus", root / "tokenizer"
 
 

@@ -67,7 +67,7 @@ def merge_parts(part_dirs: list[str], out: str) -> Manifest:
         counts=counts,
         build={**first.build, "partition": None, "merged_from": [os.path.abspath(p) for p in part_dirs],
                "merged_partitions": len(part_dirs), "identity": identity},
-    )  # fmt: skip
+    )
     merged.save(out)
     return merged
 

@@ -156,7 +156,7 @@ def init_pairing(work: str, index: dict, seed: int, seq_len: int, special_ids, i
         split: dict(zip(index[split][0], pools[split].starts[:-1].tolist(), strict=True)) for split in SPLITS
     }
     _STATE.update(work=work, pools=pools, starts=starts, seed=seed, seq_len=seq_len,
-                  special_ids=special_ids, id_dtype=id_dtype)  # fmt: skip
+                  special_ids=special_ids, id_dtype=id_dtype)
 
 
 def close_pairing() -> None:
@@ -177,7 +177,7 @@ def pair_chunk(task: tuple[WorkUnit, int]) -> None:
             read_documents(path), mode="nsp", seq_len=_STATE["seq_len"], special_ids=_STATE["special_ids"],
             id_dtype=_STATE["id_dtype"], rng=np.random.default_rng([_STATE["seed"], unit.file, unit.part,
             chunk, s]), pool=_STATE["pools"][split], first_doc=_STATE["starts"][split][path],
-        )  # fmt: skip
+        )
         arrays.update({f"{split}/{k}": v for k, v in rows.items()})
     path = chunk_path(_STATE["work"], unit, chunk, PAIRS_SUFFIX)
     with atomic_open(path) as f:

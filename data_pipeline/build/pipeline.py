@@ -314,7 +314,7 @@ class _Progress:
 def _pack(
     cfg: BuildConfig, tok: LoadedTokenizer, units: list[WorkUnit], work: str, id_dtype: str, markers,
     inputs: InputSet, segmenter: dict | None,
-) -> Manifest:  # fmt: skip
+) -> Manifest:
     pairs = has_pairs(cfg.mode)
     schema = shard_schema(cfg.seq_len, id_dtype, pairs)
     rows_suffix = nsp_pairs.PAIRS_SUFFIX if cfg.mode == "nsp" else ".npz"
@@ -355,7 +355,7 @@ def _pack(
         build={"validation_fraction": cfg.validation_fraction, "seed": cfg.seed, "partition": partition,
                "clean_examples": report.examples, "identity": identity,
                "skipped": inputs.skipped_summary()},
-    )  # fmt: skip
+    )
 
 
 def _summary(manifest: Manifest, seconds: float) -> dict:

@@ -125,7 +125,7 @@ def begin_unit(work: str, unit: WorkUnit, stamp: dict) -> dict:
     """
     source = unit.source
     record = {"size": source.size, "mtime_ns": source.mtime_ns, "stamp": stamp,
-              "sha256": file_parts.range_sha256(source.path, *unit.block)}  # fmt: skip
+              "sha256": file_parts.range_sha256(source.path, *unit.block)}
     previous = _read_json(start_path(work, unit))
     if previous is None or [previous.get("sha256"), previous.get("stamp")] != [record["sha256"], stamp]:
         drop_unit(work, unit)  # chunks of an interrupted run over older contents must not be mixed in
@@ -184,7 +184,7 @@ def source_records(units: list[WorkUnit], markers: list[dict]) -> list[dict]:
         {"path": source.path, "bytes": source.size, "mtime_ns": mtime_ns,
          "sha256": file_parts.combine_digests(digests)}
         for source, mtime_ns, digests in by_file.values()
-    ]  # fmt: skip
+    ]
 
 
 def changed_input(recorded: list, files: list[SourceFile]) -> str | None:

@@ -49,7 +49,7 @@ def init(tokenizer, cfg, root: str, work: str, id_dtype: str, stamp: dict) -> No
     documents get segmenter word starts (None: the segmenter is not installed)."""
     encoder = segment.WordStartEncoder(tokenizer, segment=stamp["segmenter"] is not None)
     _STATE.update(tokenizer=tokenizer, encoder=encoder, cfg=cfg, root=root, work=work, id_dtype=id_dtype,
-                  stamp=stamp)  # fmt: skip
+                  stamp=stamp)
 
 
 def process_unit(unit: WorkUnit) -> dict:
@@ -122,7 +122,7 @@ def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report:
         rows = packing.pack_pairs(
             grouped, mode=cfg.mode, seq_len=cfg.seq_len, special_ids=_STATE["tokenizer"].special_ids,
             id_dtype=_STATE["id_dtype"], rng=rng,
-        )  # fmt: skip
+        )
         arrays.update({f"{split}/{k}": v for k, v in rows.items()})
     for key, n in encoder.counts.items():  # per chunk, so that a resumed build counts each document once
         report.add(key, n)

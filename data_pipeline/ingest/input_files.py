@@ -172,9 +172,12 @@ def expand_input_set(paths: Sequence[str], extensions: dict[str, str] | None = N
     if not inputs.files:
         raise DataError(
             f"no readable input files in {list(paths)}: expected {KNOWN_EXTENSIONS}"
-            + (f"; skipped {len(inputs.skipped)} files with other extensions: {HOW_TO_INCLUDE}"
-               if inputs.skipped else "")
-        )  # fmt: skip
+            + (
+                f"; skipped {len(inputs.skipped)} files with other extensions: {HOW_TO_INCLUDE}"
+                if inputs.skipped
+                else ""
+            )
+        )
     return inputs
 
 

@@ -67,8 +67,12 @@ def write_sample_corpus(out_dir: str, *, max_bytes: int | None = None, workers: 
             if not writer.write(document):
                 break  # leaving the block stops the workers, which parse ahead of the writer
     writer.close()
-    stats = {"files": writer.names, "documents": writer.documents, "bytes": writer.total,
-             "held_out_docstrings": held_out.skipped}  # fmt: skip
+    stats = {
+        "files": writer.names,
+        "documents": writer.documents,
+        "bytes": writer.total,
+        "held_out_docstrings": held_out.skipped,
+    }
     logger.info("sample corpus in %s: %s", out_dir, stats)
     return stats
 

@@ -140,6 +140,10 @@ def write_sample_task(out_dir: str, *, stdlib: str | None = None) -> dict:
     stats = summary(examples, dropped)
     path = os.path.join(out_dir, "task.json")
     write_json_atomic(path, stats, indent=2)
-    logger.info("sample task in %s: %d train, %d validation examples", out_dir,
-                stats["train"]["examples"], stats["validation"]["examples"])  # fmt: skip
+    logger.info(
+        "sample task in %s: %d train, %d validation examples",
+        out_dir,
+        stats["train"]["examples"],
+        stats["validation"]["examples"],
+    )
     return stats

@@ -150,9 +150,14 @@ class ShardSink:
         path = self.writer.path
         rows, tokens = self.writer.close()
         self.shards.append(
-            {"file": os.path.basename(path), "rows": rows, "tokens": tokens,
-             "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-        )  # fmt: skip
+            {
+                "file": os.path.basename(path),
+                "rows": rows,
+                "tokens": tokens,
+                "bytes": os.path.getsize(path),
+                "sha256": file_sha256(path),
+            }
+        )
         self.writer = None
 
 

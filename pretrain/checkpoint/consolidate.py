@@ -89,8 +89,10 @@ def _stage0_master(tag_dir: str, record: dict) -> dict[str, torch.Tensor]:
             "parameters; cannot find the fp32 master copy of each weight"
         )
     if masters is None:
-        masters = [_unflatten(path, group, [module.get(n) for n in group_names]) for group, group_names in
-                   zip(flat, names, strict=False)]  # fmt: skip
+        masters = [
+            _unflatten(path, group, [module.get(n) for n in group_names])
+            for group, group_names in zip(flat, names, strict=False)
+        ]
     return _with_masters(path, module, names, masters)
 
 

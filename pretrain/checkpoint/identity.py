@@ -35,11 +35,23 @@ _ARCH_BEFORE_REGISTRY = "bert"
 _WHAT = {"tokenizer": "tokenizer (fingerprint)", "data": "data (build identity)"}
 # Config keys (or prefixes ending in '.') whose change cannot make a resumed run train something else.
 HARMLESS = (
-    "run_dir", "data.path", "data.prefetch_batches", "model.preset", "model.init_from",
-    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.resume",
-    "train.resume_allow_changed", "train.log_every_steps",
-    "checkpoint.", "eval.", "metrics.", "health.", "debug.",
-)  # fmt: skip
+    "run_dir",
+    "data.path",
+    "data.prefetch_batches",
+    "model.preset",
+    "model.init_from",
+    "train.max_steps",
+    "train.max_tokens",
+    "train.max_minutes",
+    "train.resume",
+    "train.resume_allow_changed",
+    "train.log_every_steps",
+    "checkpoint.",
+    "eval.",
+    "metrics.",
+    "health.",
+    "debug.",
+)
 
 
 @dataclass(frozen=True)

@@ -245,9 +245,13 @@ class CheckpointManager:
         if self.rank == 0:
             try:
                 write_complete_record(
-                    tag_dir, step=step, world_size=self.world_size, config_hash=self.config_hash,
-                    identity=self.run.identity, master_param_groups=master_param_groups(engine),
-                )  # fmt: skip
+                    tag_dir,
+                    step=step,
+                    world_size=self.world_size,
+                    config_hash=self.config_hash,
+                    identity=self.run.identity,
+                    master_param_groups=master_param_groups(engine),
+                )
                 fsync_dir(tag_dir)
                 write_atomic(os.path.join(self.ckpt_dir, LATEST_FILE), tag + "\n")
             except OSError as e:

@@ -30,8 +30,24 @@ from pretrain.config.sections import (
 from pretrain.errors import ConfigError
 
 __all__ = [
-    "RESUME_ALLOWABLE_CHANGES", "CheckpointConfig", "Config", "ConfigError", "DataConfig", "DebugConfig",
-    "EvalConfig", "Fp16Config", "HealthConfig", "MaskingConfig", "MetricsConfig", "OptimConfig",
-    "TrainConfig", "ZeroConfig", "config_from_dict", "config_hash", "config_to_dict", "load_config",
-    "read_config_dict", "save_config",
-]  # fmt: skip
+    "RESUME_ALLOWABLE_CHANGES",
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DebugConfig",
+    "EvalConfig",
+    "Fp16Config",
+    "HealthConfig",
+    "MaskingConfig",
+    "MetricsConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "ZeroConfig",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+    "load_config",
+    "read_config_dict",
+    "save_config",
+]

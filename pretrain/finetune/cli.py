@@ -107,10 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="CPU threads for torch (default: torch's; 1 on a busy machine)"
     )
     p.add_argument(
-        "--jobs", type=int, default=1,
+        "--jobs",
+        type=int,
+        default=1,
         help="fine-tuning runs trained at once in CPU worker processes, each with --threads threads "
         "(same results as 1; e.g. --jobs 2 --threads 1 on 2 cores)",
-    )  # fmt: skip
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="output dir for report.json")
     return p
@@ -139,17 +141,27 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format=TOOL_LOG_FORMAT)
     settings = FinetuneSettings(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, device=args.device, bf16=args.bf16,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        device=args.device,
+        bf16=args.bf16,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
     try:
         _check_args(args)
         data = load_task(
-            args.train, args.validation, text_column=args.text_column, label_column=args.label_column,
-            text_pair_column=args.text_pair_column, validation_fraction=args.validation_fraction,
+            args.train,
+            args.validation,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            text_pair_column=args.text_pair_column,
+            validation_fraction=args.validation_fraction,
             split_seed=args.split_seed,
-        )  # fmt: skip
+        )
         import torch
 
         if args.device == "cuda" and not torch.cuda.is_available():

@@ -39,8 +39,14 @@ class FinetuneSettings:
 
 # Files one of which a tokenizer dir holds. Without any, transformers 5 quietly builds an empty
 # vocabulary of five special tokens from config.json alone: every word would become [UNK].
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 def load_tokenizer(model_dir: str, source: str):
@@ -113,15 +119,27 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
     if announce:
         missing = set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])}
         if any("pooler" in k for k in missing):
-            log.info("%s has no pooler (an MLM-only export): the pooler and the classifier head start from "
-                     "random weights", model_dir)  # fmt: skip
+            log.info(
+                "%s has no pooler (an MLM-only export): the pooler and the classifier head start from "
+                "random weights",
+                model_dir,
+            )
         elif missing:
             log.info("the classifier head starts from random weights (%s)", ", ".join(sorted(missing)))
     return model
 
 
-def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: FinetuneSettings, which: str,
-                  seed: int, announce: bool = False, title: str | None = None) -> dict:  # fmt: skip
+def finetune_once(
+    model_dir,
+    tokenizer,
+    data: TaskData,
+    encoded,
+    settings: FinetuneSettings,
+    which: str,
+    seed: int,
+    announce: bool = False,
+    title: str | None = None,
+) -> dict:
     """Fine-tune one model (`which`: pretrained or random_init) with `seed`; returns its metrics on the
     validation split plus seed, train_loss and train_seconds. Raises FinetuneInputError when the model
     does not load; `title` is printed (stderr) once it did."""
@@ -136,18 +154,32 @@ def finetune_once(model_dir, tokenizer, data: TaskData, encoded, settings: Finet
         # Batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic padding a batch then
         # costs its own length, not that of the longest text drawn into it.
         args = TrainingArguments(
-            output_dir=out, num_train_epochs=settings.epochs, learning_rate=settings.lr,
+            output_dir=out,
+            num_train_epochs=settings.epochs,
+            learning_rate=settings.lr,
             per_device_train_batch_size=settings.batch_size,
-            per_device_eval_batch_size=2 * settings.batch_size, weight_decay=settings.weight_decay,
-            warmup_steps=settings.warmup_ratio, lr_scheduler_type="linear",
-            seed=seed, data_seed=seed, use_cpu=use_cpu, bf16=settings.bf16, eval_strategy="no",
-            save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=not settings.progress,
-            dataloader_num_workers=0, train_sampling_strategy="group_by_length",
-        )  # fmt: skip
+            per_device_eval_batch_size=2 * settings.batch_size,
+            weight_decay=settings.weight_decay,
+            warmup_steps=settings.warmup_ratio,
+            lr_scheduler_type="linear",
+            seed=seed,
+            data_seed=seed,
+            use_cpu=use_cpu,
+            bf16=settings.bf16,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            disable_tqdm=not settings.progress,
+            dataloader_num_workers=0,
+            train_sampling_strategy="group_by_length",
+        )
         trainer = Trainer(
-            model=model, args=args, train_dataset=encoded["train"],
+            model=model,
+            args=args,
+            train_dataset=encoded["train"],
             data_collator=DataCollatorWithPadding(tokenizer),
-        )  # fmt: skip
+        )
         trainer.remove_callback(PrinterCallback)  # without bars it prints a dict per run; we log one line
         started = time.monotonic()
         result = trainer.train()
@@ -171,8 +203,14 @@ def _encode_splits(tokenizer, data: TaskData, max_seq_len: int) -> dict:
     return {split: _Encoded(tokenizer, getattr(data, split), max_seq_len) for split in _SPLITS}
 
 
-def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, seeds: list[int],
-                   models: tuple[str, ...] = ("pretrained",), jobs: int = 1) -> dict:  # fmt: skip
+def run_finetuning(
+    model_dir: str,
+    data: TaskData,
+    settings: FinetuneSettings,
+    seeds: list[int],
+    models: tuple[str, ...] = ("pretrained",),
+    jobs: int = 1,
+) -> dict:
     """Fine-tune each of `models` once per seed; returns {model: summary} (see finetune_metrics.summarise).
 
     jobs > 1 (CPU only) trains that many runs at once in worker processes, each with this process's torch
@@ -185,9 +223,16 @@ def run_finetuning(model_dir: str, data: TaskData, settings: FinetuneSettings, s
         encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
         for done, (which, seed) in enumerate(runs, 1):
             results[which, seed] = finetune_once(
-                model_dir, tokenizer, data, encoded, settings, which, seed, announce=done == 1,
+                model_dir,
+                tokenizer,
+                data,
+                encoded,
+                settings,
+                which,
+                seed,
+                announce=done == 1,
                 title=f"{which}, seed {seed} ({done}/{len(runs)})",
-            )  # fmt: skip
+            )
             _log_run(which, results[which, seed])
     else:
         results = _run_in_workers(runs, min(jobs, len(runs)), (model_dir, data, settings), settings.progress)

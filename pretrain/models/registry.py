@@ -12,10 +12,13 @@ from pretrain.models.bert.config import BertModelConfig
 
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(
-        "bert", BertModelConfig, "pretrain.models.bert.model", hf_model_type="bert",
+        "bert",
+        BertModelConfig,
+        "pretrain.models.bert.model",
+        hf_model_type="bert",
         export_classes=("BertForMaskedLM", "BertForPreTraining"),
     ),
-}  # fmt: skip
+}
 DEFAULT_ARCH = "bert"
 # The `model` config section of each architecture, for the config loader.
 MODEL_SECTIONS: dict[str, type] = {name: arch.config_class for name, arch in ARCHITECTURES.items()}

@@ -24,8 +24,17 @@ _CPU_SHM_COMM_OP = "deepspeed_shm_comm"  # ShareMemCommBuilder.NAME
 # The variables a launcher (torchrun, deepspeed, MPI) sets that make a process join a process group, the
 # MPI world sizes included because accelerate (inside the HF Trainer) reads them too. A child that must be
 # a world of one on its own gets an environment without them.
-LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                      "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # fmt: skip
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "PMI_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+)
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,12 @@ def test_overrides_reach_the_trainer_config_as_the_values_the_bench_meant(tmp_pa
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("run_dir: runs/x\ndata: {path: shards}\ntrain: {global_batch_size: 256}\n")
     sections = {
-        "run_dir": str(tmp_path / "run dir"), "precision": "bf16", "data": {"path": "on", "seq_len": None},
-        "train": {"global_batch_size": None, "max_steps": 7}, "metrics": {"peak_tflops_per_device": 989.4},
-    }  # fmt: skip
+        "run_dir": str(tmp_path / "run dir"),
+        "precision": "bf16",
+        "data": {"path": "on", "seq_len": None},
+        "train": {"global_batch_size": None, "max_steps": 7},
+        "metrics": {"peak_tflops_per_device": 989.4},
+    }
     cfg = load_config(str(recipe), dotted_overrides(sections))
     assert (cfg.run_dir, cfg.precision, cfg.data.path, cfg.data.seq_len) == (
         str(tmp_path / "run dir"),

@@ -20,8 +20,21 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_build_inspect_verify_through_the_console_script(mixed_format_dir, wordpiece_tokenizer_dir, tmp_path):
     out = str(tmp_path / "shards")
-    build = _run("build", "--input", mixed_format_dir, "--tokenizer", wordpiece_tokenizer_dir, "--out", out,
-                 "--seq-len", "32", "--mode", "sop", "--workers", "2")  # fmt: skip
+    build = _run(
+        "build",
+        "--input",
+        mixed_format_dir,
+        "--tokenizer",
+        wordpiece_tokenizer_dir,
+        "--out",
+        out,
+        "--seq-len",
+        "32",
+        "--mode",
+        "sop",
+        "--workers",
+        "2",
+    )
     assert build.returncode == 0, build.stderr
     assert "documents 60," in build.stdout and "tokens/s" in build.stdout  # all three formats were read
     info = _run("inspect", out, "--json")
@@ -33,8 +46,19 @@ def test_build_inspect_verify_through_the_console_script(mixed_format_dir, wordp
     text = _run("inspect", out, "--samples", "1")
     assert "[SEP]" in text.stdout and "|[CLS]" in text.stdout and "pair_label=" in text.stdout
     assert _run("verify", out).returncode == 0
-    again = _run("build", "--input", mixed_format_dir, "--tokenizer", wordpiece_tokenizer_dir, "--out", out,
-                 "--seq-len", "32", "--mode", "sop")  # fmt: skip
+    again = _run(
+        "build",
+        "--input",
+        mixed_format_dir,
+        "--tokenizer",
+        wordpiece_tokenizer_dir,
+        "--out",
+        out,
+        "--seq-len",
+        "32",
+        "--mode",
+        "sop",
+    )
     assert again.returncode == 0 and "already holds this build" in again.stdout
 
 
@@ -55,22 +79,41 @@ def test_missing_input_path(capsys, wordpiece_tokenizer_dir, tmp_path):
 def test_empty_corpus(capsys, wordpiece_tokenizer_dir, tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "blank.txt").write_text("\n\n   \n\n")
-    err = _bad_build(capsys, tmp_path / "out", "--input", str(tmp_path / "corpus"),
-                     "--tokenizer", wordpiece_tokenizer_dir)  # fmt: skip
+    err = _bad_build(
+        capsys, tmp_path / "out", "--input", str(tmp_path / "corpus"), "--tokenizer", wordpiece_tokenizer_dir
+    )
     assert "empty corpus" in err and str(tmp_path / "corpus") in err
     assert not any(n.endswith(".arrow") for n in os.listdir(tmp_path / "out"))
 
 
 def test_binary_input_file(capsys, wordpiece_tokenizer_dir, tmp_path):
     (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 50)
-    err = _bad_build(capsys, tmp_path / "out", "--input", str(tmp_path / "image.txt"),
-                     "--tokenizer", wordpiece_tokenizer_dir, "--workers", "2")  # fmt: skip
+    err = _bad_build(
+        capsys,
+        tmp_path / "out",
+        "--input",
+        str(tmp_path / "image.txt"),
+        "--tokenizer",
+        wordpiece_tokenizer_dir,
+        "--workers",
+        "2",
+    )
     assert "image.txt" in err
 
 
 def test_seq_len_too_small_for_nsp(capsys, sample_corpus_dir, wordpiece_tokenizer_dir, tmp_path):
-    err = _bad_build(capsys, tmp_path / "out", "--input", sample_corpus_dir,
-                     "--tokenizer", wordpiece_tokenizer_dir, "--mode", "nsp", "--seq-len", "6")  # fmt: skip
+    err = _bad_build(
+        capsys,
+        tmp_path / "out",
+        "--input",
+        sample_corpus_dir,
+        "--tokenizer",
+        wordpiece_tokenizer_dir,
+        "--mode",
+        "nsp",
+        "--seq-len",
+        "6",
+    )
     assert "--seq-len 6 is too small for --mode nsp" in err
 
 
@@ -107,8 +150,22 @@ def test_output_dir_holding_a_different_build_is_refused_unless_overwrite(
 
 def test_verify_exits_1_naming_the_bad_shard(mixed_format_dir, wordpiece_tokenizer_dir, tmp_path):
     out = tmp_path / "shards"
-    assert main(["build", "--input", mixed_format_dir, "--tokenizer", wordpiece_tokenizer_dir,
-                 "--out", str(out), "--seq-len", "32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build",
+                "--input",
+                mixed_format_dir,
+                "--tokenizer",
+                wordpiece_tokenizer_dir,
+                "--out",
+                str(out),
+                "--seq-len",
+                "32",
+            ]
+        )
+        == 0
+    )
     shard = out / "train-00000.arrow"
     shard.write_bytes(shard.read_bytes()[:-7])
     result = _run("verify", str(out))

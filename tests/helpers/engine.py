@@ -24,9 +24,12 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = No
     # The rendezvous goes in init_method, not in MASTER_PORT & co.: this process keeps the group (and
     # its port) for the rest of the session, and trainer subprocesses started later inherit os.environ.
     deepspeed.init_distributed(
-        dist_backend="gloo", auto_mpi_discovery=False, init_method=f"tcp://127.0.0.1:{port or free_port()}",
-        rank=rank, world_size=world_size,
-    )  # fmt: skip
+        dist_backend="gloo",
+        auto_mpi_discovery=False,
+        init_method=f"tcp://127.0.0.1:{port or free_port()}",
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 class TinyNet(torch.nn.Module):

@@ -20,9 +20,13 @@ def start(config: Path, overrides=(), ranks: int = 2, env: dict | None = None) -
     cmd, env = trainer_command(ranks), worker_env(env)
     log = open(config.parent / "output.log", "w")  # noqa: SIM115 - the child keeps it; closed on exit
     proc = subprocess.Popen(
-        [*cmd, "--config", str(config), *overrides], env=env, start_new_session=True,
-        stdout=log, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [*cmd, "--config", str(config), *overrides],
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log.close()
     proc.log_path = config.parent / "output.log"
     return proc

@@ -47,8 +47,21 @@ def mlm_data(*args: str) -> None:
 
 def build_shards(corpus: Path, tokenizer: Path, out: Path, mode: str) -> Path:
     """`mlm-data build` of `corpus` with `tokenizer` into `out` (seq_len 64, `mode` packing); returns out."""
-    mlm_data("build", "--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(out),
-             "--seq-len", str(SHARDS_SEQ_LEN), "--mode", mode, "--workers", "1")  # fmt: skip
+    mlm_data(
+        "build",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(out),
+        "--seq-len",
+        str(SHARDS_SEQ_LEN),
+        "--mode",
+        mode,
+        "--workers",
+        "1",
+    )
     return out
 
 
@@ -70,7 +83,7 @@ def write_config(tmp_path: Path, shards: Path, **sections) -> Path:
             "seed": 0,
             "log_every_steps": 10,
             "resume": "auto",
-        },  # fmt: skip
+        },
         "optim": {"lr": 2e-3, "warmup_steps": 5, "schedule": "linear"},
         "zero": {"stage": 2},
         "checkpoint": {"every_steps": 1000},
@@ -127,18 +140,34 @@ def trainer_command(ranks: int, launcher: str = "torchrun") -> list[str]:
     if ranks == 1:
         return [sys.executable, "-m", "pretrain"]
     if launcher == "deepspeed":
-        return [str(BIN / "deepspeed"), f"--num_gpus={ranks}", f"--master_port={free_port()}",
-                "--module", "pretrain"]  # fmt: skip
-    return [str(BIN / "torchrun"), f"--nproc-per-node={ranks}", f"--master-port={free_port()}",
-            "-m", "pretrain"]  # fmt: skip
+        return [
+            str(BIN / "deepspeed"),
+            f"--num_gpus={ranks}",
+            f"--master_port={free_port()}",
+            "--module",
+            "pretrain",
+        ]
+    return [
+        str(BIN / "torchrun"),
+        f"--nproc-per-node={ranks}",
+        f"--master-port={free_port()}",
+        "-m",
+        "pretrain",
+    ]
 
 
 def run_pretrain_configs(
     configs: list[Path], *, ranks: int = 2, timeout: float = 600, env: dict | None = None
 ) -> list[PretrainRun]:
     """Train `configs` one after another on one torchrun launch of `ranks` CPU processes."""
-    cmd = [str(BIN / "torchrun"), f"--nproc-per-node={ranks}", f"--master-port={free_port()}",
-           "-m", "tests.integration.multi_run", *map(str, configs)]  # fmt: skip
+    cmd = [
+        str(BIN / "torchrun"),
+        f"--nproc-per-node={ranks}",
+        f"--master-port={free_port()}",
+        "-m",
+        "tests.integration.multi_run",
+        *map(str, configs),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=worker_env(env))
     output = result.stdout + result.stderr
     runs = []

@@ -29,24 +29,55 @@ def test_chinese_tokenizer_shards_whole_word_training_export_fill_mask(kind, tmp
     tokenizer, shards, export = tmp_path / "tokenizer", tmp_path / "shards", tmp_path / "export"
     extra = ["--byte-fallback"] if kind.startswith("sentencepiece") else []
     mlm_data = str(BIN / "mlm-data")
-    _run(mlm_data, "tokenizer", "--input", str(ZH_FIXTURE), "--kind", kind, "--vocab-size", "1200",
-         "--out", str(tokenizer), *extra)  # fmt: skip
-    build = _run(mlm_data, "build", "--input", str(ZH_FIXTURE), "--tokenizer", str(tokenizer), "--out",
-                 str(shards), "--seq-len", "64", "--workers", "2", "--validation-fraction",
-                 "0.1")  # fmt: skip
+    _run(
+        mlm_data,
+        "tokenizer",
+        "--input",
+        str(ZH_FIXTURE),
+        "--kind",
+        kind,
+        "--vocab-size",
+        "1200",
+        "--out",
+        str(tokenizer),
+        *extra,
+    )
+    build = _run(
+        mlm_data,
+        "build",
+        "--input",
+        str(ZH_FIXTURE),
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(shards),
+        "--seq-len",
+        "64",
+        "--workers",
+        "2",
+        "--validation-fraction",
+        "0.1",
+    )
     assert "(word-segmented 12, unsegmented 0)" in build.stdout
     assert "written without spaces" not in build.stderr  # the segmenter is installed: no warning
 
     config = write_config(
-        tmp_path, shards,
-        model={"preset": None, "num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128,
-               "max_position_embeddings": 64},
+        tmp_path,
+        shards,
+        model={
+            "preset": None,
+            "num_layers": 2,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "intermediate_size": 128,
+            "max_position_embeddings": 64,
+        },
         train={"max_steps": 20, "grad_accum_steps": 1, "log_every_steps": 5},
         optim={"lr": 5e-3, "warmup_steps": 2},
         masking={"probability": 0.15, "whole_word": True},
         checkpoint={"every_steps": 20},
         eval={"every_steps": None},
-    )  # fmt: skip
+    )
     run = run_pretrain(config, ranks=1)
     assert run.returncode == 0, run.output[-3000:]
     losses = run.step_losses()

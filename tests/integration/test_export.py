@@ -50,14 +50,27 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
     from pretrain.runtime.engine import initialize_engine
 
     init_process_group()
-    cfg = config_from_dict({
-        "run_dir": str(run_dir), "data": {"path": str(shards)}, "precision": precision,
-        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-                  "max_position_embeddings": 64, "dropout": 0.0, "attention_dropout": 0.0},
-        "train": {"max_steps": 3, "micro_batch_size": 4}, "zero": {"stage": stage},
-        "optim": {"lr": 1e-2}, "checkpoint": {"every_steps": 3},
-        "fp16": {"initial_scale_power": 4},  # fp16: a scale the summed loss does not overflow at once
-    })  # fmt: skip
+    cfg = config_from_dict(
+        {
+            "run_dir": str(run_dir),
+            "data": {"path": str(shards)},
+            "precision": precision,
+            "model": {
+                "hidden_size": 32,
+                "num_layers": 2,
+                "num_heads": 2,
+                "intermediate_size": 64,
+                "max_position_embeddings": 64,
+                "dropout": 0.0,
+                "attention_dropout": 0.0,
+            },
+            "train": {"max_steps": 3, "micro_batch_size": 4},
+            "zero": {"stage": stage},
+            "optim": {"lr": 1e-2},
+            "checkpoint": {"every_steps": 3},
+            "fp16": {"initial_scale_power": 4},  # fp16: a scale the summed loss does not overflow at once
+        }
+    )
     source = ShardReader(str(shards))
     vocab = source.vocab_size
     torch.manual_seed(0)
@@ -69,9 +82,13 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
         ids = torch.randint(5, vocab, (4, 16), generator=g)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                 "token_type_ids": torch.zeros_like(ids), "masked_positions": torch.arange(0, 64, 5),
-                 "masked_labels": ids.flatten()[0:64:5]}  # fmt: skip
+        batch = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids),
+            "masked_positions": torch.arange(0, 64, 5),
+            "masked_labels": ids.flatten()[0:64:5],
+        }
         if pair_head:
             batch["pair_labels"] = torch.tensor([0, 1, 0, 1])
         out = engine(**batch)
@@ -171,8 +188,9 @@ def test_export_of_16_bit_runs_is_the_fp32_master_copy(tmp_path, shards, stage, 
         assert exported[name].dtype == torch.float32 and torch.equal(exported[name], master), name
     # the 16-bit weights are a rounding of the masters: an export of them would fail the check above
     word = "bert.embeddings.word_embeddings.weight"
-    assert not torch.equal(masters[word].to(torch.bfloat16 if precision == "bf16" else torch.float16).float(),
-                           masters[word])  # fmt: skip
+    assert not torch.equal(
+        masters[word].to(torch.bfloat16 if precision == "bf16" else torch.float16).float(), masters[word]
+    )
     decoder = exported.get("cls.predictions.decoder.weight", exported[word])  # tied: the same master
     assert torch.equal(decoder, masters[word])
 
@@ -209,16 +227,18 @@ def test_export_refuses_planted_and_crafted_pickles_in_one_line(tmp_path, zero2_
     victim = tag_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": PlantedPayload(str(marker))}, victim)
     record = json.loads((tag_dir / "COMPLETE.json").read_text())
-    write_complete_record(str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"],
-                          identity=record["identity"])  # fmt: skip
+    write_complete_record(
+        str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"], identity=record["identity"]
+    )
     err = _export_fails(capsys, tag_dir, tmp_path / "out")
     assert f"{victim} is not a plain tensor file" in err
     # 3. a plain pickle (not a torch zip) in the model-states file
     victim.unlink()
     shutil.copy(zero2_run / "checkpoints" / "step-00000003" / victim.name, victim)
     (tag_dir / "mp_rank_00_model_states.pt").write_bytes(pickle.dumps(PlantedPayload(str(marker))))
-    write_complete_record(str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"],
-                          identity=record["identity"])  # fmt: skip
+    write_complete_record(
+        str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"], identity=record["identity"]
+    )
     err = _export_fails(capsys, tag_dir, tmp_path / "out")
     assert "mp_rank_00_model_states.pt is not a plain tensor file" in err
     assert not marker.exists()
@@ -245,8 +265,9 @@ def _rewrite(tag_dir, name: str, data: dict | None) -> None:
     else:
         path.write_text(json.dumps(data))
     record = json.loads((tag_dir / "COMPLETE.json").read_text())
-    write_complete_record(str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"],
-                          identity=record["identity"])  # fmt: skip
+    write_complete_record(
+        str(tag_dir), step=3, world_size=1, config_hash=record["config_hash"], identity=record["identity"]
+    )
 
 
 def test_export_builds_the_model_its_hf_config_names_and_refuses_another(tmp_path, zero2_run, capsys):

@@ -32,16 +32,38 @@ def _task(tmp_path):
 
 
 def _finetune(model, train, validation, out):
-    argv = [str(model), "--train", str(train), "--validation", str(validation), "--seeds", "1",
-            "--epochs", "1", "--lr", "1e-3", "--max-seq-len", "32", "--threads", "1", "--no-progress",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        str(model),
+        "--train",
+        str(train),
+        "--validation",
+        str(validation),
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--max-seq-len",
+        "32",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert finetune_main(argv) == 0
     return json.loads((out / "report.json").read_text())
 
 
 def test_finetune_a_run_dir_equals_finetuning_its_export(tiny_shards, tmp_path, monkeypatch, caplog):
-    config = write_config(tmp_path, tiny_shards, train={"max_steps": 6, "grad_accum_steps": 1},
-                          checkpoint={"every_steps": 3}, eval={"every_steps": None})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        tiny_shards,
+        train={"max_steps": 6, "grad_accum_steps": 1},
+        checkpoint={"every_steps": 3},
+        eval={"every_steps": None},
+    )
     run = run_pretrain(config, ranks=1)
     assert run.returncode == 0, run.output[-3000:]
     train, validation = _task(tmp_path)

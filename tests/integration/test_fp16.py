@@ -45,31 +45,47 @@ def rule(stage: int) -> int:
 def training_config(root: Path, shards: Path, stage: int) -> Path:
     (root / f"train-{stage}").mkdir(parents=True)
     return write_config(
-        root / f"train-{stage}", shards, precision="fp16", zero={"stage": stage},
+        root / f"train-{stage}",
+        shards,
+        precision="fp16",
+        zero={"stage": stage},
         train={"max_steps": MAX_STEPS, "grad_accum_steps": 1, "deterministic": stage == 3},
-        fp16={"initial_scale_power": 8}, eval={"every_steps": 1000, "max_batches": 2},
+        fp16={"initial_scale_power": 8},
+        eval={"every_steps": 1000, "max_batches": 2},
         checkpoint={"every_steps": SAVE_EVERY, "keep_last": 10},
-        debug={"nonfinite_grad_steps": list(OVERFLOW_STEPS), "nonfinite_loss_steps": [NAN_STEP],
-               "fault_rank": 1, "log_collectives": True},
-    )  # fmt: skip
+        debug={
+            "nonfinite_grad_steps": list(OVERFLOW_STEPS),
+            "nonfinite_loss_steps": [NAN_STEP],
+            "fault_rank": 1,
+            "log_collectives": True,
+        },
+    )
 
 
 def floor_config(root: Path, shards: Path, stage: int) -> Path:
     (root / f"floor-{stage}").mkdir(parents=True)
     return write_config(
-        root / f"floor-{stage}", shards, precision="fp16", zero={"stage": stage},
-        train={"max_steps": 8, "grad_accum_steps": 1}, fp16={"initial_scale_power": 1, "min_loss_scale": 1},
-        checkpoint={"every_steps": 2, "keep_last": 10}, eval={"every_steps": 1000, "max_batches": 1},
+        root / f"floor-{stage}",
+        shards,
+        precision="fp16",
+        zero={"stage": stage},
+        train={"max_steps": 8, "grad_accum_steps": 1},
+        fp16={"initial_scale_power": 1, "min_loss_scale": 1},
+        checkpoint={"every_steps": 2, "keep_last": 10},
+        eval={"every_steps": 1000, "max_batches": 1},
         debug={"nonfinite_grad_steps": FLOOR_RUN_OVERFLOWS},
-    )  # fmt: skip
+    )
 
 
 def data_error_config(root: Path, shards: Path) -> Path:
     (root / "data-error").mkdir(parents=True)
     return write_config(
-        root / "data-error", shards, train={"max_steps": 6, "grad_accum_steps": 1},
-        eval={"every_steps": 1000, "max_batches": 1}, debug={"data_error_steps": [3], "fault_rank": 1},
-    )  # fmt: skip
+        root / "data-error",
+        shards,
+        train={"max_steps": 6, "grad_accum_steps": 1},
+        eval={"every_steps": 1000, "max_batches": 1},
+        debug={"data_error_steps": [3], "fault_rank": 1},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +173,15 @@ def trace(run_dir: Path) -> dict[int, tuple]:
     equal traces compare equal)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
-        r["step"]: ("nan" if math.isnan(r["loss"]) else r["loss"], r["loss_scale"], r["tokens"],
-                    r["skipped_steps"])
-        for r in records if "loss" in r
-    }  # fmt: skip
+        r["step"]: (
+            "nan" if math.isnan(r["loss"]) else r["loss"],
+            r["loss_scale"],
+            r["tokens"],
+            r["skipped_steps"],
+        )
+        for r in records
+        if "loss" in r
+    }
 
 
 def test_sigkill_and_resume_under_fp16_repeat_losses_and_loss_scales_bit_for_bit(fp16_runs, tmp_path):

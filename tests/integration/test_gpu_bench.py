@@ -19,9 +19,21 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
 
 def test_smoke_mode_trains_both_sides_and_prints_the_ratio(tiny_shards, tmp_path):
     # fp32 rather than the default bf16: same code path, and CPU bf16 matmuls are several times slower.
-    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--precisions", "fp32,fp16",
-           "--shards", str(tiny_shards), "--work", str(tmp_path),
-           "--json", str(tmp_path / "results.json")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(BENCH),
+        "--device",
+        "cpu",
+        "--tiny",
+        "--precisions",
+        "fp32,fp16",
+        "--shards",
+        str(tiny_shards),
+        "--work",
+        str(tmp_path),
+        "--json",
+        str(tmp_path / "results.json"),
+    ]
     # One thread per process, as the other integration tests run: the 2-core CI box is shared.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -48,8 +60,21 @@ def test_smoke_mode_trains_both_sides_and_prints_the_ratio(tiny_shards, tmp_path
 
 
 def test_a_shards_dir_too_small_for_the_case_is_one_clear_error(tiny_shards, tmp_path):
-    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--precisions", "fp32",
-           "--shards", str(tiny_shards), "--work", str(tmp_path), "--micro-batch", "100000"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(BENCH),
+        "--device",
+        "cpu",
+        "--tiny",
+        "--precisions",
+        "fp32",
+        "--shards",
+        str(tiny_shards),
+        "--work",
+        str(tmp_path),
+        "--micro-batch",
+        "100000",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert f"bench/gpu.py: error: {tiny_shards} holds" in out.stderr and "--micro-batch" in out.stderr

@@ -29,12 +29,14 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 @pytest.mark.parametrize("stage", [0, 2])
 def test_a_nan_step_is_detected_named_and_skipped_without_an_update(tiny_shards, tmp_path, stage):
     config = write_config(
-        tmp_path, tiny_shards, zero={"stage": stage},
+        tmp_path,
+        tiny_shards,
+        zero={"stage": stage},
         train={"max_steps": 5, "grad_accum_steps": 2},
         checkpoint={"every_steps": 1, "keep_last": 10},
         health={"max_nonfinite_skips": 1},
         debug={"nonfinite_loss_steps": [3], "fault_rank": 1},
-    )  # fmt: skip
+    )
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 0, run.output[-3000:]
     assert "non-finite loss at step 3 on rank(s) [1]: step skipped" in run.output
@@ -49,12 +51,13 @@ def test_a_nan_step_is_detected_named_and_skipped_without_an_update(tiny_shards,
 
 def test_more_bad_steps_than_allowed_stop_the_run_keeping_the_last_good_checkpoint(tiny_shards, tmp_path):
     config = write_config(
-        tmp_path, tiny_shards,
+        tmp_path,
+        tiny_shards,
         train={"max_steps": 8, "grad_accum_steps": 1},
         checkpoint={"every_steps": 2, "keep_last": 10},
         health={"max_nonfinite_skips": 1},
         debug={"nonfinite_loss_steps": [5, 6], "fault_rank": 0},
-    )  # fmt: skip
+    )
     run = run_pretrain(config, ranks=2)
     assert run.returncode == 1, run.output[-3000:]
     assert "non-finite loss at step 6 on rank(s) [0]: 2 bad step(s) in a row" in run.output

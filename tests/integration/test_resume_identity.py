@@ -22,9 +22,13 @@ OPTIM = {"lr": 2e-3, "warmup_steps": 1, "schedule": "linear"}
 
 def test_resume_refuses_another_seed_and_follows_a_raised_max_steps(tiny_shards, tmp_path):
     config = write_config(
-        tmp_path, tiny_shards, train={"max_steps": 3, "grad_accum_steps": 1}, optim=OPTIM,
-        checkpoint={"every_steps": 1000}, eval={"every_steps": 1000, "max_batches": 1},
-    )  # fmt: skip
+        tmp_path,
+        tiny_shards,
+        train={"max_steps": 3, "grad_accum_steps": 1},
+        optim=OPTIM,
+        checkpoint={"every_steps": 1000},
+        eval={"every_steps": 1000, "max_batches": 1},
+    )
     first = run_pretrain(config, ranks=1)
     assert first.returncode == 0, first.output[-3000:]
     assert first.metrics[-2]["step"] == 3  # the last step record, then the final evaluation

@@ -182,8 +182,10 @@ def test_training_job_completes_and_a_requeued_one_resumes_to_the_same_losses(ti
     wait_for_job(requeued, 300, until=reached_step_5)
     subprocess.run(["scontrol", "requeue", requeued], check=True)  # what preemption with requeue does
     fields = {job: wait_for_job(job, 400) for job in (plain, requeued)}
-    logs = {job: "".join(p.read_text() for p in (run / "slurm").glob("*.out")) for job, run in
-            ((plain, plain_run), (requeued, requeued_run))}  # fmt: skip
+    logs = {
+        job: "".join(p.read_text() for p in (run / "slurm").glob("*.out"))
+        for job, run in ((plain, plain_run), (requeued, requeued_run))
+    }
     assert fields[plain]["JobState"] == "COMPLETED", logs[plain][-3000:]
     assert fields[requeued]["JobState"] == "COMPLETED", logs[requeued][-3000:]
     assert int(fields[requeued]["Restarts"]) == 1 and "(restart 1)" in logs[requeued]

@@ -83,18 +83,35 @@ def test_train_script_keeps_hostile_values_whole_and_runs_none(tmp_path, stubs, 
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"train": {"micro_batch_size": 4}}))
     run_dir = str(tmp_path / f"run %x dir 'quoted' $(touch {MARKER})")
-    opts = SlurmOptions(job_name=evil, partition=evil, account=evil, qos=evil, constraint=evil,
-                        extra_sbatch=[f"--comment={evil}"], time="10:00")  # fmt: skip
+    opts = SlurmOptions(
+        job_name=evil,
+        partition=evil,
+        account=evil,
+        qos=evil,
+        constraint=evil,
+        extra_sbatch=[f"--comment={evil}"],
+        time="10:00",
+    )
     # data.path: a string key the trainer's config loader (which the launcher runs) accepts as is
     train_args = ["--config", str(config), f"run_dir={run_dir}", f"data.path={evil}"]
     script = render_train_script(opts, 2, 1, True, train_args)
 
     assert sbatch_arguments(script) == [
-        f"--job-name={evil}", "--nodes=2", "--ntasks-per-node=1", "--time=10:00", "--requeue",
-        "--open-mode=append", "--signal=B:USR1@60", f"--chdir={workdir}",
-        f"--output={run_dir.replace('%', '%%')}/slurm/%x-%j.out", f"--partition={evil}", f"--account={evil}",
-        f"--qos={evil}", f"--constraint={evil}", f"--comment={evil}",
-    ]  # fmt: skip
+        f"--job-name={evil}",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--time=10:00",
+        "--requeue",
+        "--open-mode=append",
+        "--signal=B:USR1@60",
+        f"--chdir={workdir}",
+        f"--output={run_dir.replace('%', '%%')}/slurm/%x-%j.out",
+        f"--partition={evil}",
+        f"--account={evil}",
+        f"--qos={evil}",
+        f"--constraint={evil}",
+        f"--comment={evil}",
+    ]
     result = run_script(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert nothing_ran(tmp_path)
@@ -116,9 +133,14 @@ def test_data_scripts_keep_hostile_paths_whole_and_run_none(tmp_path, stubs, mon
     parts = [f"{out}.parts/part-{i:05d}" for i in range(3)]
     logs = f"{out}.parts/logs".replace("%", "%%")
     assert sbatch_arguments(build) == [
-        f"--job-name={evil}-build", "--array=0-2", "--ntasks=1", "--time=01:00:00", f"--chdir={Path.cwd()}",
-        f"--output={logs}/%x-%A_%a.out", f"--partition={evil}",
-    ]  # fmt: skip
+        f"--job-name={evil}-build",
+        "--array=0-2",
+        "--ntasks=1",
+        "--time=01:00:00",
+        f"--chdir={Path.cwd()}",
+        f"--output={logs}/%x-%A_%a.out",
+        f"--partition={evil}",
+    ]
     assert sbatch_arguments(merge)[0] == f"--job-name={evil}-merge"
     assert sbatch_arguments(merge)[-2:] == [f"--output={logs}/%x-%j.out", f"--partition={evil}"]
     for script in (build, merge):
@@ -174,14 +196,30 @@ def test_a_backslash_in_the_log_dir_is_refused(tmp_path):
 
 
 def test_a_heterogeneous_job_separator_is_refused(write_config, capsys):
-    assert main(["slurm", "--nodes", "1", "--cpu", "--job-name", "my-hetjob", "--dry-run", "--",
-                 "--config", str(write_config())]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "slurm",
+                "--nodes",
+                "1",
+                "--cpu",
+                "--job-name",
+                "my-hetjob",
+                "--dry-run",
+                "--",
+                "--config",
+                str(write_config()),
+            ]
+        )
+        == 1
+    )
     assert "heterogeneous-job separator" in capsys.readouterr().err
 
 
 def test_plain_values_stay_unquoted(write_config):
-    script = render_train_script(SlurmOptions(partition="gpu", time="5:00"), 1, 1, True,
-                                 ["--config", str(write_config())])  # fmt: skip
+    script = render_train_script(
+        SlurmOptions(partition="gpu", time="5:00"), 1, 1, True, ["--config", str(write_config())]
+    )
     assert "#SBATCH --partition=gpu\n" in script and f"{sys.executable} -m launcher" in script
 
 
@@ -218,23 +256,41 @@ def test_placeholders_inside_values_stay_text_in_the_train_script(tmp_path, stub
     monkeypatch.chdir(workdir)
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"train": {"micro_batch_size": 4}}))
-    opts = SlurmOptions(job_name=evil, partition=evil, container_image="img" + evil, container_mounts=evil,
-                        extra_sbatch=[f"--comment={evil}"], time="10:00")  # fmt: skip
+    opts = SlurmOptions(
+        job_name=evil,
+        partition=evil,
+        container_image="img" + evil,
+        container_mounts=evil,
+        extra_sbatch=[f"--comment={evil}"],
+        time="10:00",
+    )
     run_dir = str(tmp_path / f"run {placeholders('train.sbatch')}")
     train_args = ["--config", str(config), f"run_dir={run_dir}", f"data.path={evil}"]
     script = render_train_script(opts, 2, 1, True, train_args)
 
     assert sbatch_arguments(script) == [
-        f"--job-name={evil}", "--nodes=2", "--ntasks-per-node=1", "--time=10:00", "--requeue",
-        "--open-mode=append", "--signal=B:USR1@60", f"--chdir={workdir}",
-        f"--output={run_dir}/slurm/%x-%j.out", f"--partition={evil}", f"--comment={evil}",
-    ]  # fmt: skip
+        f"--job-name={evil}",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--time=10:00",
+        "--requeue",
+        "--open-mode=append",
+        "--signal=B:USR1@60",
+        f"--chdir={workdir}",
+        f"--output={run_dir}/slurm/%x-%j.out",
+        f"--partition={evil}",
+        f"--comment={evil}",
+    ]
     result = run_script(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert nothing_ran(tmp_path)
     (srun,) = calls(stubs, "srun")
-    assert srun[:4] == ["--kill-on-bad-exit=1", f"--container-image=img{evil}", f"--container-mounts={evil}",
-                        f"--container-workdir={workdir}"]  # fmt: skip
+    assert srun[:4] == [
+        "--kill-on-bad-exit=1",
+        f"--container-image=img{evil}",
+        f"--container-mounts={evil}",
+        f"--container-workdir={workdir}",
+    ]
     assert srun[-6:] == ["--", *train_args, "train.resume=auto"]
 
 
@@ -254,9 +310,14 @@ def test_placeholders_inside_values_stay_text_in_the_data_scripts(tmp_path, stub
     parts = [f"{out}.parts/part-{i:05d}" for i in range(3)]
     logs = f"{out}.parts/logs".replace("%", "%%")
     assert sbatch_arguments(build) == [
-        f"--job-name={evil}-build", "--array=0-2", "--ntasks=1", "--time=01:00:00", f"--chdir={Path.cwd()}",
-        f"--output={logs}/%x-%A_%a.out", f"--partition={evil}",
-    ]  # fmt: skip
+        f"--job-name={evil}-build",
+        "--array=0-2",
+        "--ntasks=1",
+        "--time=01:00:00",
+        f"--chdir={Path.cwd()}",
+        f"--output={logs}/%x-%A_%a.out",
+        f"--partition={evil}",
+    ]
     assert sbatch_arguments(merge)[0] == f"--job-name={evil}-merge"
     assert sbatch_arguments(merge)[-2:] == [f"--output={logs}/%x-%j.out", f"--partition={evil}"]
     for script in (build, merge):

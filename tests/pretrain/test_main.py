@@ -111,8 +111,9 @@ def test_init_from_a_model_with_another_vocabulary_is_refused(tiny_shards, tmp_p
     from transformers import BertConfig, BertForMaskedLM
 
     other = tmp_path / "other-bert"
-    config = BertConfig(vocab_size=3000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64)  # fmt: skip
+    config = BertConfig(
+        vocab_size=3000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     BertForMaskedLM(config).save_pretrained(other)
     result = _run_cli(tmp_path, tiny_shards, f"model.init_from={other}")
     _assert_refused(result, tmp_path, "vocabulary mismatch", str(other), "3000", "2000")

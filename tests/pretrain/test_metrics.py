@@ -50,8 +50,11 @@ def test_resumed_run_drops_records_after_its_checkpoint_and_a_torn_line(tmp_path
     resumed.log_step(_step(4, 40.0))
     resumed.close()
     assert [(r["step"], r["loss"]) for r in _records(tmp_path / "metrics.jsonl")] == [
-        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)
-    ]  # fmt: skip
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 40.0),
+    ]
 
 
 def test_mfu_is_achieved_over_peak_flops():

@@ -37,7 +37,7 @@ def zh_corpus(tmp_path_factory) -> Path:
 
 def _build(inputs, tokenizer: str, out: Path, **kw) -> dict:
     cfg = BuildConfig(inputs=[str(i) for i in inputs], tokenizer=tokenizer, out=str(out), seq_len=SEQ_LEN,
-                      validation_fraction=0.0, **kw)  # fmt: skip
+                      validation_fraction=0.0, **kw)
     return run_build(cfg)
 
 
@@ -61,7 +61,7 @@ def masked_shares(shards: Path, span: bool, epochs: int = 10) -> np.ndarray:
     rows = _rows(shards)
     config = MaskingConfig(probability=0.15, whole_word=True, span=span)
     collator = MaskingCollator(config, special_ids=manifest.tokenizer["special_ids"],
-                               vocab_size=manifest.tokenizer["vocab_size"], seed=0)  # fmt: skip
+                               vocab_size=manifest.tokenizer["vocab_size"], seed=0)
     specials = list(manifest.tokenizer["special_ids"].values())
     in_row = np.arange(SEQ_LEN)[None, :] < rows["length"][:, None]
     candidates = (in_row & ~np.isin(rows["input_ids"], specials)).sum(axis=1)

@@ -205,7 +205,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_manifest(corpus, wordpiece_tokeni
         [MLM_DATA, "build", "--input", str(corpus), "--tokenizer", wordpiece_tokenizer_dir, "--out", str(out),
          "--workers", "2"],
         preexec_fn=small_files, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     err = result.stderr.strip().splitlines()
     assert err[-1].startswith("mlm-data build: error: ") and "File too large" in err[-1], result.stderr
@@ -220,7 +220,7 @@ def test_a_read_only_out_is_one_line(corpus, wordpiece_tokenizer_dir, tmp_path):
     probe = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "ro", "none",
          str(mount_point)], capture_output=True, text=True,
-    )  # fmt: skip
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a read-only tmpfs here: {probe.stderr.strip()}")
     out = mount_point / "shards"
@@ -231,7 +231,7 @@ def test_a_read_only_out_is_one_line(corpus, wordpiece_tokenizer_dir, tmp_path):
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
         capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert (

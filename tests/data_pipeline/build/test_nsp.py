@@ -34,7 +34,7 @@ def one_document_per_file(sample_documents, tmp_path_factory) -> tuple[str, list
 
 def _build(corpus: str, tokenizer: str, out, **kw) -> str:
     cfg = BuildConfig(inputs=[corpus], tokenizer=tokenizer, out=str(out), seq_len=SEQ_LEN, mode="nsp",
-                      validation_fraction=0.1, **kw)  # fmt: skip
+                      validation_fraction=0.1, **kw)
     run_build(cfg)
     return str(out)
 

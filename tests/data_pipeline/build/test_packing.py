@@ -66,7 +66,7 @@ def test_pair_rows_have_cls_a_sep_b_sep_and_balanced_labels(mode):
     rows = packing.pack_pairs(
         _pair_docs(), mode=mode, seq_len=seq_len, special_ids=SPECIAL, id_dtype="uint16",
         rng=np.random.default_rng(7),
-    )  # fmt: skip
+    )
     n = len(rows["length"])
     assert n > 100 and rows["input_ids"].shape == (n, seq_len)
     assert 0.4 < rows["pair_label"].mean() < 0.6
@@ -98,9 +98,9 @@ def packing_keys():
 def test_pair_packing_is_a_pure_function_of_the_seed():
     docs = _pair_docs(20, seed=3)
     a = packing.pack_pairs(docs, mode="nsp", seq_len=48, special_ids=SPECIAL, id_dtype="uint32",
-                           rng=np.random.default_rng(5))  # fmt: skip
+                           rng=np.random.default_rng(5))
     b = packing.pack_pairs(docs, mode="nsp", seq_len=48, special_ids=SPECIAL, id_dtype="uint32",
-                           rng=np.random.default_rng(5))  # fmt: skip
+                           rng=np.random.default_rng(5))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
 

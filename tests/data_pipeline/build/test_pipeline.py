@@ -38,7 +38,7 @@ def split_corpus(sample_documents, tmp_path_factory) -> str:
 
 def _build(corpus, tokenizer, out, **kw) -> dict:
     cfg = BuildConfig(inputs=[corpus], tokenizer=tokenizer, out=str(out), seq_len=SEQ_LEN,
-                      validation_fraction=0.1, rows_per_shard=500, **kw)  # fmt: skip
+                      validation_fraction=0.1, rows_per_shard=500, **kw)
     return run_build(cfg)
 
 

@@ -28,7 +28,7 @@ def many_file_corpus(sample_documents, tmp_path) -> str:
 
 def _args(corpus: str, tokenizer: str, out: Path) -> list[str]:
     return [MLM_DATA, "build", "--input", corpus, "--tokenizer", tokenizer, "--out", str(out),
-            "--seq-len", "40", "--mode", "nsp", "--workers", "2", "--rows-per-shard", "300"]  # fmt: skip
+            "--seq-len", "40", "--mode", "nsp", "--workers", "2", "--rows-per-shard", "300"]
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -44,7 +44,7 @@ def test_resume_after_kill_9_is_byte_identical(many_file_corpus, wordpiece_token
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(_args(many_file_corpus, wordpiece_tokenizer_dir, out), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = out / ".work"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

@@ -175,8 +175,10 @@ def test_expand_inputs_dirs_globs_and_skips(tmp_path, caplog):
     assert "skipped 3 input files: .csv x1, .md x1, hidden x1" in caplog.text
     skipped = expand_input_set([str(root)]).skipped
     assert [(os.path.relpath(s.path, root), s.reason) for s in skipped] == [
-        (".hidden", "hidden"), ("README.md", "extension"), ("sub/x.csv", "extension")
-    ]  # fmt: skip
+        (".hidden", "hidden"),
+        ("README.md", "extension"),
+        ("sub/x.csv", "extension"),
+    ]
     by_glob = expand_inputs([str(root / "**" / "*.txt*")])
     assert [os.path.basename(s.path) for s in by_glob] == ["b.txt", "d.txt.zst"]
     # Arguments keep their order; a file named twice appears once.
@@ -187,8 +189,9 @@ def test_expand_inputs_dirs_globs_and_skips(tmp_path, caplog):
 def test_source_file_records_size(tmp_path):
     path = write(tmp_path / "a.txt", b"12345")
     mtime_ns = os.stat(path).st_mtime_ns
-    assert expand_inputs([path]) == [SourceFile(path=path, format="txt", compression=None, size=5,
-                                                mtime_ns=mtime_ns)]  # fmt: skip
+    assert expand_inputs([path]) == [
+        SourceFile(path=path, format="txt", compression=None, size=5, mtime_ns=mtime_ns)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -301,11 +304,15 @@ def test_skipped_files_are_counted_and_too_many_fail_the_check(tmp_path):
     write(tmp_path / ".DS_Store", b"\0" * 5000)  # hidden: counted, never a reason to fail
     inputs = expand_input_set([str(tmp_path)])
     assert inputs.skipped_summary() == {
-        "files": 4, "bytes": 5850,
-        "by_extension": {"(no extension)": {"files": 2, "bytes": 800}, ".text": {"files": 1, "bytes": 50},
-                         "hidden": {"files": 1, "bytes": 5000}},
+        "files": 4,
+        "bytes": 5850,
+        "by_extension": {
+            "(no extension)": {"files": 2, "bytes": 800},
+            ".text": {"files": 1, "bytes": 50},
+            "hidden": {"files": 1, "bytes": 5000},
+        },
         "examples": [str(tmp_path / n) for n in (".DS_Store", "notes.text", "wiki_00", "wiki_01")],
-    }  # fmt: skip
+    }
     with pytest.raises(DataError) as err:
         inputs.check_skipped(0.10)
     message = str(err.value)
@@ -325,8 +332,11 @@ def test_skipped_files_are_counted_and_too_many_fail_the_check(tmp_path):
 
 def test_ext_flag_values(tmp_path):
     assert parse_extensions(["text", ".JSON=jsonl", "", "pq=parquet"]) == {
-        ".text": "txt", ".json": "jsonl", "": "txt", ".pq": "parquet"
-    }  # fmt: skip
+        ".text": "txt",
+        ".json": "jsonl",
+        "": "txt",
+        ".pq": "parquet",
+    }
     with pytest.raises(DataError, match="unknown format 'csv'"):
         parse_extensions([".tsv=csv"])
     with pytest.raises(DataError, match=r"\.gz is already read"):
@@ -351,8 +361,11 @@ def test_binary_without_nul_bytes_is_refused(tmp_path):
     # No NUL in the first 8 KiB (what the old check looked at), but bytes no text file holds.
     junk = bytes(b for b in os.urandom(50_000) if b) + b"\0"
     path = write(tmp_path / "image.txt", junk)
-    with pytest.raises(DataError, match=r"image\.txt: \d+% of the first \d+ characters are invalid UTF-8 or "
-                       r"control characters \(the limit is 30%\)"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"image\.txt: \d+% of the first \d+ characters are invalid UTF-8 or "
+        r"control characters \(the limit is 30%\)",
+    ):
         read_all(path)
     tail = write(tmp_path / "tail.txt", b"plain text. " * 1000 + bytes(range(1, 32)) * 2000)
     with pytest.raises(

@@ -36,15 +36,29 @@ def write_shards(out, shards: dict[str, list[dict]], manifest_seq_len: int = SEQ
             writer.write(piece)
         rows, tokens = writer.close()
         path = str(out / name)
-        listed.append({"file": name, "rows": rows, "tokens": tokens, "bytes": os.path.getsize(path),
-                       "sha256": file_sha256(path)})  # fmt: skip
+        listed.append(
+            {
+                "file": name,
+                "rows": rows,
+                "tokens": tokens,
+                "bytes": os.path.getsize(path),
+                "sha256": file_sha256(path),
+            }
+        )
     Manifest(
-        seq_len=manifest_seq_len, mode="nsp", id_dtype="uint16",
+        seq_len=manifest_seq_len,
+        mode="nsp",
+        id_dtype="uint16",
         tokenizer={"dir": "tokenizer", "hash": "x", "vocab_size": 500, "special_ids": {}},
-        splits={"train": {"rows": sum(s["rows"] for s in listed), "tokens": sum(s["tokens"] for s in listed),
-                          "shards": listed},
-                "validation": {"rows": 0, "tokens": 0, "shards": []}},
-    ).save(str(out))  # fmt: skip
+        splits={
+            "train": {
+                "rows": sum(s["rows"] for s in listed),
+                "tokens": sum(s["tokens"] for s in listed),
+                "shards": listed,
+            },
+            "validation": {"rows": 0, "tokens": 0, "shards": []},
+        },
+    ).save(str(out))
 
 
 @pytest.fixture
@@ -112,8 +126,14 @@ def test_data_identity_ignores_partition_fields_only():
 
     def manifest(**settings):
         identity = {"settings": {"seq_len": 64, **settings}, "tokenizer": "t", "files": [["a.txt", 3]]}
-        return Manifest(seq_len=64, mode="full-sentences", id_dtype="uint16", tokenizer={}, splits={},
-                        build={"identity": identity})  # fmt: skip
+        return Manifest(
+            seq_len=64,
+            mode="full-sentences",
+            id_dtype="uint16",
+            tokenizer={},
+            splits={},
+            build={"identity": identity},
+        )
 
     part0 = manifest(num_partitions=2, partition_index=0)
     part1 = manifest(num_partitions=2, partition_index=1)
@@ -160,6 +180,9 @@ def test_rows_of_specials_only_and_length_one_are_legal(tmp_path):
 
 def test_rows_wider_than_the_manifest_seq_len_are_refused_when_opened(tmp_path):
     write_shards(tmp_path, {"train-00000.arrow": [_rows(4, 0)]}, manifest_seq_len=8)
-    with pytest.raises(DataError, match=r"train-00000\.arrow: rows are 16 tokens wide but the manifest's "
-                       "seq_len is 8"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"train-00000\.arrow: rows are 16 tokens wide but the manifest's "
+        "seq_len is 8",
+    ):
         ShardReader(str(tmp_path))

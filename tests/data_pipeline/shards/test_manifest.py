@@ -129,8 +129,11 @@ def test_trainer_exits_1_with_one_line_on_a_bad_manifest(built_shards, tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     out = subprocess.run(
         [sys.executable, "-m", "pretrain", "--config", str(tmp_path / "config.yaml")],
-        capture_output=True, text=True, timeout=300, env={**env, "DS_ACCELERATOR": "cpu"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "DS_ACCELERATOR": "cpu"},
+    )
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]

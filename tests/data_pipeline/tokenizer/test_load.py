@@ -81,8 +81,10 @@ def test_our_dirs_load_without_transformers_start_up(wordpiece_tokenizer_dir, un
     )
     result = subprocess.run(
         [sys.executable, "-c", code, wordpiece_tokenizer_dir, unigram_tokenizer_dir],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.strip() == "False"
 
 

@@ -35,10 +35,19 @@ class PlantedPayload:
         return (open, (self.marker, "w"))
 
 
-IDENTITY = {"model.hidden_size": 16, "tokenizer": "a" * 64, "data": "b" * 64, "data.seq_len": 64,
-            "train.seed": 0}  # fmt: skip
-CONFIG = {"run_dir": "/runs/a", "train": {"max_steps": 10, "seed": 0}, "optim": {"lr": 0.01},
-          "eval": {"every_steps": 5}}  # fmt: skip
+IDENTITY = {
+    "model.hidden_size": 16,
+    "tokenizer": "a" * 64,
+    "data": "b" * 64,
+    "data.seq_len": 64,
+    "train.seed": 0,
+}
+CONFIG = {
+    "run_dir": "/runs/a",
+    "train": {"max_steps": 10, "seed": 0},
+    "optim": {"lr": 0.01},
+    "eval": {"every_steps": 5},
+}
 
 
 def manager(run_dir, identity=None, config=None, allow=()) -> CheckpointManager:
@@ -60,8 +69,14 @@ def saved(tmp_path, stage: int = 0, steps: int = 2, dtype: str = "fp32"):
 def rewrite_record(tag_dir, **fields) -> None:
     """Rewrite COMPLETE.json over the directory as it is now (checksums match again), keeping its identity."""
     record = json.loads((tag_dir / "COMPLETE.json").read_text())
-    write_complete_record(str(tag_dir), step=record["step"], world_size=1, config_hash="abc",
-                          identity=record["identity"], **fields)  # fmt: skip
+    write_complete_record(
+        str(tag_dir),
+        step=record["step"],
+        world_size=1,
+        config_hash="abc",
+        identity=record["identity"],
+        **fields,
+    )
 
 
 def test_unlisted_planted_pickle_is_refused_by_name_and_never_loaded(tmp_path, caplog):
@@ -82,9 +97,12 @@ def test_unlisted_planted_pickle_is_refused_by_name_and_never_loaded(tmp_path, c
 
 @pytest.mark.parametrize(
     ("stage", "dtype", "victim"),
-    [(0, "bf16", "mp_rank_00_model_states.pt"), (2, "fp32", "zero_pp_rank_0_mp_rank_00_optim_states.pt"),
-     (3, "fp32", "zero_pp_rank_0_mp_rank_00_model_states.pt")],
-)  # fmt: skip
+    [
+        (0, "bf16", "mp_rank_00_model_states.pt"),
+        (2, "fp32", "zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+        (3, "fp32", "zero_pp_rank_0_mp_rank_00_model_states.pt"),
+    ],
+)
 def test_listed_deepspeed_file_that_is_a_crafted_pickle_never_runs(tmp_path, stage, dtype, victim):
     _, ckpt_dir = saved(tmp_path, stage, steps=1, dtype=dtype)
     tag_dir = ckpt_dir / "step-00000001"
@@ -114,11 +132,17 @@ def _mutate(record: dict, how: str) -> object:
 
 @pytest.mark.parametrize(
     ("how", "message"),
-    [("files empty", "'files' is {}"), ("files a list", "'files' is"), ("entry a list", "the entry of"),
-     ("bytes a string", "the entry of"), ("step a string", "'step' is '2'"),
-     ("path escapes", "not a plain path inside"), ("record a list", "not an object"),
-     ("rng not listed", "does not list rng/rank-00000.json")],
-)  # fmt: skip
+    [
+        ("files empty", "'files' is {}"),
+        ("files a list", "'files' is"),
+        ("entry a list", "the entry of"),
+        ("bytes a string", "the entry of"),
+        ("step a string", "'step' is '2'"),
+        ("path escapes", "not a plain path inside"),
+        ("record a list", "not an object"),
+        ("rng not listed", "does not list rng/rank-00000.json"),
+    ],
+)
 def test_a_malformed_record_skips_only_that_checkpoint_by_name(tmp_path, caplog, how, message):
     _, ckpt_dir = saved(tmp_path)
     record_path = ckpt_dir / "step-00000002" / "COMPLETE.json"

@@ -50,9 +50,14 @@ def tiny_model_dir(tmp_path_factory, task_files):
     train_tokenizer([str(root / "corpus")], "wordpiece", 1000, str(root / "tokenizer"))
     tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
     config = BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(str(root / "model"))
     tok.save_pretrained(str(root / "model"))
@@ -66,8 +71,20 @@ def _report(out):
 def test_finetune_end_to_end_with_random_init_baseline(tmp_path, tiny_model_dir, task_files, capsys, caplog):
     train, validation, rows = task_files
     out = tmp_path / "out"
-    argv = [str(tiny_model_dir), "--train", str(train), "--validation", str(validation), "--seeds", "2",
-            "--baseline", "random-init", *COMMON, "--out", str(out)]  # fmt: skip
+    argv = [
+        str(tiny_model_dir),
+        "--train",
+        str(train),
+        "--validation",
+        str(validation),
+        "--seeds",
+        "2",
+        "--baseline",
+        "random-init",
+        *COMMON,
+        "--out",
+        str(out),
+    ]
     with caplog.at_level(logging.INFO, logger="mlm-finetune"):
         assert finetune_main(argv) == 0
     assert (
@@ -103,8 +120,22 @@ def test_finetune_end_to_end_with_random_init_baseline(tmp_path, tiny_model_dir,
 
     # The same seeds give the same runs, also when two worker processes train them at once (--jobs 2).
     again = tmp_path / "again"
-    argv = [str(tiny_model_dir), "--train", str(train), "--validation", str(validation), "--seeds", "2",
-            "--baseline", "random-init", *COMMON, "--jobs", "2", "--out", str(again)]  # fmt: skip
+    argv = [
+        str(tiny_model_dir),
+        "--train",
+        str(train),
+        "--validation",
+        str(validation),
+        "--seeds",
+        "2",
+        "--baseline",
+        "random-init",
+        *COMMON,
+        "--jobs",
+        "2",
+        "--out",
+        str(again),
+    ]
     assert finetune_main(argv) == 0
     for which in ("pretrained", "random_init"):
         runs = [_without_time(run) for run in _report(again)[which]["per_seed"]]
@@ -134,9 +165,24 @@ def test_sentence_pairs_report_matthews_correlation(tmp_path, tiny_model_dir, ta
         pairs.append({"a": texts[i]["text"], "b": texts[j]["text"], "same": same})
     pcsv.write_csv(pa.Table.from_pylist(pairs), tmp_path / "pairs.csv")
     out = tmp_path / "out"
-    argv = [str(tiny_model_dir), "--train", str(tmp_path / "pairs.csv"), "--text-column", "a",
-            "--text-pair-column", "b", "--label-column", "same", "--validation-fraction", "0.25",
-            "--seeds", "1", *COMMON, "--out", str(out)]  # fmt: skip
+    argv = [
+        str(tiny_model_dir),
+        "--train",
+        str(tmp_path / "pairs.csv"),
+        "--text-column",
+        "a",
+        "--text-pair-column",
+        "b",
+        "--label-column",
+        "same",
+        "--validation-fraction",
+        "0.25",
+        "--seeds",
+        "1",
+        *COMMON,
+        "--out",
+        str(out),
+    ]
     assert finetune_main(argv) == 0
     report = _report(out)
     assert report["task"]["labels"] == ["different", "same"]

@@ -174,8 +174,13 @@ def test_the_deterministic_switch_sets_torch_cublas_and_attention_and_the_model_
                 BertModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, rows_have_pairs=False
             )
             b = batch(pairs=False)
-            out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"],
-                        b["masked_labels"])  # fmt: skip
+            out = model(
+                b["input_ids"],
+                b["attention_mask"],
+                b["token_type_ids"],
+                b["masked_positions"],
+                b["masked_labels"],
+            )
             out.mlm_loss_sum.backward()
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
         assert torch.equal(grads[0], grads[1])

@@ -90,9 +90,13 @@ def _agreement_worker(rank: int, port: int, results) -> None:
     raised = {"nonfinite": torch.tensor(rank == 1), "save": rank == 0, "preempt": False}
     agreed = agreement.agree(sums, raised, fetch=torch.tensor([7.0 + rank]))
     results[rank] = (
-        agreed.sums, agreed.fetched, {f: agreed.ranks(f) for f in STEP_FLAGS}, comm.any(rank == 1),
-        comm.gather_indices(np.array([rank, rank + 10])), comm.issued,
-    )  # fmt: skip
+        agreed.sums,
+        agreed.fetched,
+        {f: agreed.ranks(f) for f in STEP_FLAGS},
+        comm.any(rank == 1),
+        comm.gather_indices(np.array([rank, rank + 10])),
+        comm.issued,
+    )
 
 
 def test_two_ranks_agree_sums_and_flags_in_one_all_reduce():

@@ -12,8 +12,12 @@ from pretrain.runtime.engine import deepspeed_config, lr_factor, parameter_group
 
 
 def make_cfg(**sections):
-    raw = {"run_dir": "/tmp/unused", "data": {"path": "/tmp/unused"}, "model": {"preset": "tiny"},
-           "train": {"micro_batch_size": 4, "grad_accum_steps": 3, "max_steps": 100}}  # fmt: skip
+    raw = {
+        "run_dir": "/tmp/unused",
+        "data": {"path": "/tmp/unused"},
+        "model": {"preset": "tiny"},
+        "train": {"micro_batch_size": 4, "grad_accum_steps": 3, "max_steps": 100},
+    }
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return config_from_dict(raw)
@@ -32,18 +36,27 @@ def test_generated_config_carries_batch_precision_zero_and_clipping():
 
 
 def test_fp16_gets_the_typed_dynamic_loss_scale_on_gpu_and_a_clear_error_on_cpu(monkeypatch):
-    cfg = make_cfg(precision="fp16", fp16={"initial_scale_power": 12, "loss_scale_window": 50,
-                                           "hysteresis": 3, "min_loss_scale": 4})  # fmt: skip
+    cfg = make_cfg(
+        precision="fp16",
+        fp16={"initial_scale_power": 12, "loss_scale_window": 50, "hysteresis": 3, "min_loss_scale": 4},
+    )
     assert deepspeed_config(cfg, 1, on_gpu=True)["fp16"] == {
-        "enabled": True, "loss_scale": 0, "initial_scale_power": 12, "loss_scale_window": 50,
-        "hysteresis": 3, "min_loss_scale": 4,
-    }  # fmt: skip
+        "enabled": True,
+        "loss_scale": 0,
+        "initial_scale_power": 12,
+        "loss_scale_window": 50,
+        "hysteresis": 3,
+        "min_loss_scale": 4,
+    }
     monkeypatch.delenv("MLM_TEST_CPU_FP16", raising=False)
     with pytest.raises(ConfigError, match="precision=fp16 needs a GPU.*bf16 or fp32"):
         deepspeed_config(cfg, 1, on_gpu=False)
     with pytest.raises(ConfigError, match=r"deepspeed.fp16.hysteresis=2 contradicts the value 3"):
-        deepspeed_config(make_cfg(precision="fp16", fp16={"hysteresis": 3},
-                                  deepspeed={"fp16": {"hysteresis": 2}}), 1, on_gpu=True)  # fmt: skip
+        deepspeed_config(
+            make_cfg(precision="fp16", fp16={"hysteresis": 3}, deepspeed={"fp16": {"hysteresis": 2}}),
+            1,
+            on_gpu=True,
+        )
 
 
 def test_the_cpu_fp16_test_device_is_opt_in(monkeypatch):
@@ -135,8 +148,13 @@ def test_engine_on_cpu_follows_the_schedule_and_steps_once_per_accumulation(monk
             ids = torch.randint(5, 60, (4, 16))
             pos = torch.arange(0, 64, 5)
             zeros, ones = torch.zeros_like(ids), torch.ones_like(ids)
-            out = engine(input_ids=ids, attention_mask=ones, token_type_ids=zeros,
-                         masked_positions=pos, masked_labels=ids.reshape(-1)[pos])  # fmt: skip
+            out = engine(
+                input_ids=ids,
+                attention_mask=ones,
+                token_type_ids=zeros,
+                masked_positions=pos,
+                masked_labels=ids.reshape(-1)[pos],
+            )
             engine.backward(out.mlm_loss_sum / pos.numel(), scale_wrt_gas=False)
             engine.step()
     assert engine.global_steps == 3
