@@ -10,8 +10,11 @@ import json
 import logging
 import sys
 
+from data_pipeline.build.settings import DEFAULTS as BUILD_DEFAULTS
+from data_pipeline.build.settings import BuildConfig
 from data_pipeline.errors import DataError, os_error_line
-from data_pipeline.ingest.input_files import DEFAULT_MAX_SKIPPED_FRACTION
+from data_pipeline.ingest.clean import CleanConfig
+from data_pipeline.shards.manifest_schema import MODES
 
 log = logging.getLogger("mlm-data")
 
@@ -53,25 +56,31 @@ def _parser() -> argparse.ArgumentParser:
     _add_source_flags(p)
 
     p = sub.add_parser("build", help="tokenize and pack a corpus into Arrow shards + manifest.json")
+    build = BUILD_DEFAULTS
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
     p.add_argument("--tokenizer", required=True, help="our tokenizer dir or any Hugging Face tokenizer dir")
     p.add_argument("--out", required=True)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--mode", choices=["full-sentences", "nsp", "sop"], default="full-sentences")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--validation-fraction", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0, help="split hash and NSP/SOP choices")
-    p.add_argument("--rows-per-shard", type=int, default=100_000)
-    p.add_argument("--normalization", default="NFC", help="NFC, NFKC, NFD, NFKD or none")
-    p.add_argument("--max-doc-chars", type=int, default=100_000, help="longer documents are split")
-    p.add_argument("--num-partitions", type=int, default=1)
-    p.add_argument("--partition-index", type=int, default=0)
+    p.add_argument("--seq-len", type=int, default=build.seq_len)
+    p.add_argument("--mode", choices=MODES, default=build.mode)
+    p.add_argument("--workers", type=int, default=build.workers)
+    p.add_argument("--validation-fraction", type=float, default=build.validation_fraction)
+    p.add_argument("--seed", type=int, default=build.seed, help="split hash and NSP/SOP choices")
+    p.add_argument("--rows-per-shard", type=int, default=build.rows_per_shard)
+    p.add_argument(
+        "--normalization", default=str(build.clean.normalization), help="NFC, NFKC, NFD, NFKD or none"
+    )
+    p.add_argument(
+        "--max-doc-chars", type=int, default=build.clean.max_doc_chars, help="longer documents are split"
+    )
+    p.add_argument("--num-partitions", type=int, default=build.num_partitions)
+    p.add_argument("--partition-index", type=int, default=build.partition_index)
     p.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
     p.add_argument(
         "--max-skipped-fraction",
         type=float,
-        default=DEFAULT_MAX_SKIPPED_FRACTION,
-        help="fail when files with extensions we do not read exceed this share of the input bytes (0.1)",
+        default=build.max_skipped_fraction,
+        help="fail when files with extensions we do not read exceed this share of the input bytes "
+        f"({build.max_skipped_fraction})",
     )
     p.add_argument("--accept-skipped", action="store_true", help="build even if many input files are skipped")
     _add_source_flags(p)
@@ -91,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
+    p.add_argument(
+        "--text-field", default=BUILD_DEFAULTS.text_field, help="JSONL field or Parquet column of the text"
+    )
     p.add_argument("--one-per-line", action="store_true", help=".txt: one document per line")
     p.add_argument(
         "--ext",
@@ -160,8 +171,7 @@ def _tokenizer(args) -> int:
 
 
 def _build(args) -> int:
-    from data_pipeline.build.pipeline import BuildConfig, run_build
-    from data_pipeline.ingest.clean import CleanConfig
+    from data_pipeline.build.pipeline import run_build
     from data_pipeline.ingest.input_files import parse_extensions
     from data_pipeline.tokenizer.segment import is_segmentation_count
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
@@ -32,9 +32,9 @@ from data_pipeline import parallel
 
 from data_pipeline.tokenizer import segment
 from data_pipeline.ingest.report import BuildReport
-from data_pipeline.ingest.clean import CleanConfig
+from data_pipeline.build.settings import BuildConfig
 from data_pipeline.errors import DataError
-from data_pipeline.ingest.input_files import DEFAULT_MAX_SKIPPED_FRACTION, InputSet, SourceFile, expand_input_set
+from data_pipeline.ingest.input_files import InputSet, SourceFile, expand_input_set
 from data_pipeline.integrity import temp_path, write_json_atomic
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest
 from data_pipeline.shards.manifest_schema import has_pairs
@@ -47,30 +47,6 @@ log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 IDENTITY_NAME = "build.json"
-
-
-@dataclass
-class BuildConfig:
-    """Everything `mlm-data build` takes (see `mlm-data build --help`)."""
-
-    inputs: list[str]
-    tokenizer: str
-    out: str
-    seq_len: int = 128
-    mode: str = "full-sentences"
-    workers: int = 1
-    validation_fraction: float = 0.01
-    seed: int = 0
-    rows_per_shard: int = 100_000
-    text_field: str = "text"
-    one_per_line: bool = False
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    num_partitions: int = 1
-    partition_index: int = 0
-    overwrite: bool = False
-    extensions: dict[str, str] = field(default_factory=dict)  # --ext: more extensions -> format
-    max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION  # of input bytes, unknown extensions
-    accept_skipped: bool = False
 
 
 # ---------------------------------------------------------------------------------------- parent side
