@@ -64,6 +64,33 @@ def test_dependencies_point_one_way():
                 assert target.startswith("pretrain.config"), f"{name} imports {target}"
 
 
+def test_the_launcher_reaches_only_the_torch_free_part_of_pretrain():
+    """What the launcher loads of pretrain, followed through every import: the config package, its error
+    type and the model registry with each architecture's config section (tests/launcher checks that
+    neither torch nor numpy is loaded)."""
+    modules = project_modules()
+    known = set(modules)
+    reached, todo = set(), [name for name in modules if name.startswith("launcher")]
+    while todo:
+        name = todo.pop()
+        for target in imports_of(name, modules[name], known) - reached:
+            reached.add(target)
+            todo.append(target)
+    torch_free = {
+        "pretrain",
+        "pretrain.errors",
+        "pretrain.models",
+        "pretrain.models.registry",
+        "pretrain.models.architecture",
+    }
+    for name in sorted(n for n in reached if n.startswith("pretrain")):
+        # an architecture's package (its __init__ imports nothing) and its config section
+        in_architecture = name.startswith("pretrain.models.") and (
+            name.endswith(".config") or (REPO / name.replace(".", "/") / "__init__.py").is_file()
+        )
+        assert name in torch_free or name.startswith("pretrain.config") or in_architecture, name
+
+
 def test_no_import_circles():
     modules = project_modules()
     known = set(modules)
