@@ -95,6 +95,39 @@ def check_run_dir_writable(run_dir: str, agreement: StepAgreement, rank: int) ->
         )
 
 
+def _build_model(cfg: Config, source) -> tuple:
+    """(the model of cfg.model, seeded by train.seed, for the rows of `source`; the sequence length)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(
+        cfg.model,
+        vocab_size=source.vocab_size,
+        pad_id=source.special_ids["pad"],
+        rows_have_pairs=source.has_pairs,
+        tokenizer_source=f"the tokenizer of {source.name}",
+    )
+    return model, resolve_seq_len(cfg.data, source, max_positions=model.max_positions)
+
+
+def _build_sampler(cfg: Config, num_samples: int, info: DistInfo, engine) -> GlobalBatchSampler:
+    """The sample order of this rank, checked against the engine's accumulation steps: train_step takes
+    the sampler's last micro-batch of a step to be DeepSpeed's accumulation boundary."""
+    t = cfg.train
+    sampler = GlobalBatchSampler(
+        num_samples,
+        global_batch_size=t.global_batch(info.world_size),
+        micro_batch_size=t.micro_batch_size,
+        seed=t.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    if sampler.grad_accum_steps != engine.gradient_accumulation_steps():
+        raise RuntimeError(
+            f"the sampler accumulates {sampler.grad_accum_steps} micro-batches per step but the DeepSpeed "
+            f"engine {engine.gradient_accumulation_steps()}; the two must come from one train config"
+        )
+    return sampler
+
+
 def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     """Build the run of `cfg` on this rank, resumed per train.resume; every rank calls it together.
 
@@ -106,16 +139,7 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     comm = Collectives(info.device)
     agreement = StepAgreement(comm)
     train_source, val_source = open_row_sources(cfg.data)
-    torch.manual_seed(t.seed)
-    model = build_model(
-        cfg.model,
-        vocab_size=train_source.vocab_size,
-        pad_id=train_source.special_ids["pad"],
-        rows_have_pairs=train_source.has_pairs,
-        tokenizer_source=f"the tokenizer of {train_source.name}",
-    )
-    seq_len = resolve_seq_len(cfg.data, train_source, max_positions=model.max_positions)
-    flops_per_token = model.flops_per_token(seq_len, cfg.masking.probability)
+    model, seq_len = _build_model(cfg, train_source)
     # Before the engine: a replaced tokenizer dir must not cost a ZeRO build to be found out.
     description = describe_run(cfg, model, train_source, seq_len=seq_len)
     check_run_dir_writable(cfg.run_dir, agreement, rank)
@@ -133,21 +157,7 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
         seq_len=seq_len,
         batch_keys=model.batch_keys,
     )
-    global_batch = t.global_batch(world)
-    sampler = GlobalBatchSampler(
-        len(train_source),
-        global_batch_size=global_batch,
-        micro_batch_size=t.micro_batch_size,
-        seed=t.seed,
-        rank=rank,
-        world_size=world,
-    )
-    # train_step takes the sampler's last micro-batch of a step to be DeepSpeed's accumulation boundary.
-    if sampler.grad_accum_steps != engine.gradient_accumulation_steps():
-        raise RuntimeError(
-            f"the sampler accumulates {sampler.grad_accum_steps} micro-batches per step but the DeepSpeed "
-            f"engine {engine.gradient_accumulation_steps()}; the two must come from one train config"
-        )
+    sampler = _build_sampler(cfg, len(train_source), info, engine)
     val_loader = ValidationLoader(val_source, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
         cfg.run_dir,
@@ -195,8 +205,8 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
         metrics=metrics,
         faults=faults,
         guard=guard,
-        global_batch=global_batch,
-        flops_per_token=flops_per_token,
+        global_batch=sampler.global_batch_size,
+        flops_per_token=model.flops_per_token(seq_len, cfg.masking.probability),
         step=step,
         tokens=tokens,
         loader_state=loader.state_dict(),
