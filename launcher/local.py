@@ -84,6 +84,30 @@ def torchrun_command(spec: NodeSpec, train_args: list[str]) -> list[str]:
     ]
 
 
+# What a POSIX shell reads as more than a literal character somewhere in a word: command separators,
+# redirections, subshells, expansions, quotes, escapes, history, brace expansion, comments. Glob characters
+# (*?[]) are left alone: they can only turn into existing file names, and lists like [data] need them.
+_SHELL_SPECIAL = frozenset(";&|<>()$`\\\"'!{}#")
+
+
+def check_remote_shell_words(train_args: list[str], where: str) -> None:
+    """Refuse trainer arguments (and the working directory) that a remote shell would run or re-split.
+
+    DeepSpeed's ssh/pdsh launch joins the working directory and the trainer's arguments into one command
+    line for a shell on every host, unquoted (an argument with a space only gets double quotes, inside
+    which `$(...)` still runs). Raises LaunchError naming the first such argument.
+    """
+    words = [("the working directory", os.getcwd())] + [("trainer argument", arg) for arg in train_args]
+    for what, word in words:
+        bad = sorted({c for c in word if c in _SHELL_SPECIAL or not c.isprintable()})
+        if bad:
+            raise LaunchError(
+                f"{where}: {what} {word!r} holds {''.join(bad)!r}, which the shell DeepSpeed starts on every "
+                "host over ssh would run or split; put such values in the config file, or launch each "
+                "node with --nnodes/--node-rank (no ssh)"
+            )
+
+
 def deepspeed_command(
     spec: NodeSpec, train_args: list[str], hostfile: str | None = None, master_addr: str | None = None
 ) -> list[str]:
@@ -98,6 +122,8 @@ def deepspeed_command(
     cmd = ["deepspeed"]
     if hostfile:
         cmd += ["--hostfile", hostfile]
+        if spec.nnodes == 1:  # DeepSpeed reaches the hosts over ssh/pdsh: every argument meets a shell
+            check_remote_shell_words(train_args, f"--launcher deepspeed --hostfile {hostfile}")
     if spec.nnodes > 1:
         if master_addr is None:
             raise LaunchError(

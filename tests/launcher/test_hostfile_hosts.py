@@ -203,3 +203,39 @@ def test_a_line_break_deepspeed_does_not_split_at_is_refused(tmp_path, ch):
         read_hostfile(hostfile)
     hostfile.write_text("node0 slots=1\r\nnode1\tslots=1\rnode2 slots=1\n")  # what DeepSpeed splits at
     assert read_hostfile(hostfile) == ["node0", "node1", "node2"]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        f"data.path=x;touch${{IFS}}{MARKER}",
+        f"run_dir=$(touch {MARKER})",
+        f"run_dir='`touch${{IFS}}{MARKER}`'",
+        f"run_dir='a b&&touch {MARKER}'",
+        "run_dir='a\tb'",
+    ],
+)
+def test_a_trainer_argument_a_remote_shell_would_run_is_refused_in_ssh_mode(tmp_path, write_config, override):
+    # DeepSpeed's pdsh runner joins the trainer's arguments unquoted into the command line a shell runs on
+    # every host (an argument with a space only gets double quotes, where $(...) still runs).
+    (tmp_path / "hf").write_text("node1 slots=1\nnode2 slots=1\n")
+    env = stub_path(tmp_path, "deepspeed", "ssh", "pdsh")
+    command = [sys.executable, "-m", "launcher", "local", "--cpu", "--launcher", "deepspeed"]
+    command += ["--hostfile", str(tmp_path / "hf"), "--", "--config", str(write_config()), override]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"mlm-launch: error: --launcher deepspeed --hostfile {tmp_path / 'hf'}: ")
+    assert f"trainer argument {override!r}" in out.stderr and out.stderr.count("\n") == 1
+    assert nothing_ran(tmp_path, "deepspeed", "ssh", "pdsh")
+
+
+def test_plain_overrides_still_reach_deepspeed_in_ssh_mode(tmp_path, write_config):
+    (tmp_path / "hf").write_text("node1 slots=1\nnode2 slots=1\n")
+    env = stub_path(tmp_path, "deepspeed")
+    command = [sys.executable, "-m", "launcher", "local", "--cpu", "--launcher", "deepspeed"]
+    command += ["--hostfile", str(tmp_path / "hf"), "--", "--config", str(write_config())]
+    command += ["train.resume_allow_changed=[data]", "optim.lr=1e-3"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    argv = (tmp_path / "deepspeed.argv").read_text().splitlines()
+    assert argv[-2:] == ["train.resume_allow_changed=[data]", "optim.lr=1e-3"]
