@@ -147,10 +147,10 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
         env = os.environ
         spec = NodeSpec(
             nproc=args.nproc,
-            nnodes=int(env.get("SLURM_NNODES", "1")),
-            node_rank=int(env.get("SLURM_NODEID", "0")),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", "29500")),
+            nnodes=_env_int("SLURM_NNODES", 1),
+            node_rank=_env_int("SLURM_NODEID", 0),
+            master_addr=check_host(env.get("MASTER_ADDR", "127.0.0.1"), "$MASTER_ADDR"),
+            master_port=_env_int("MASTER_PORT", 29500),
             rdzv_timeout_s=args.rdzv_timeout,
             cpu=args.cpu,
         )
@@ -179,6 +179,19 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
     env = {**os.environ, **({"DS_ACCELERATOR": "cpu"} if args.cpu else {})}
     os.execvpe(cmd[0], cmd, env)
     return 1  # not reached: exec replaces this process
+
+
+def _env_int(name: str, default: int) -> int:
+    """The non-negative integer in environment variable `name` (`default` when unset); LaunchError
+    naming the variable otherwise (the job script sets these from SLURM's)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not value.isascii() or not value.isdigit():
+        raise LaunchError(
+            f"${name}={value!r} is not a non-negative integer; the job script sets it from SLURM's"
+        )
+    return int(value)
 
 
 def _launch_world_size(spec: NodeSpec, hostfile: str | None) -> tuple[int, str]:

@@ -239,3 +239,22 @@ def test_plain_overrides_still_reach_deepspeed_in_ssh_mode(tmp_path, write_confi
     assert out.returncode == 0, out.stderr
     argv = (tmp_path / "deepspeed.argv").read_text().splitlines()
     assert argv[-2:] == ["train.resume_allow_changed=[data]", "optim.lr=1e-3"]
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("MASTER_ADDR", f"node1;touch {MARKER}", "$MASTER_ADDR: host 'node1;touch"),
+        ("MASTER_ADDR", "-oProxyCommand=x", "$MASTER_ADDR: host '-oProxyCommand=x'"),
+        ("SLURM_NNODES", "2x", "$SLURM_NNODES='2x' is not a non-negative integer"),
+        ("MASTER_PORT", "-1", "$MASTER_PORT='-1' is not a non-negative integer"),
+    ],
+)
+def test_slurm_node_refuses_what_the_job_environment_holds_that_is_no_host_or_number(
+    write_config, capsys, monkeypatch, name, value, message
+):
+    monkeypatch.setenv(name, value)
+    assert main(["slurm-node", "--cpu", "--", "--config", str(write_config())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mlm-launch: error: {message}"), err
+    assert err.count("\n") == 1
