@@ -73,6 +73,13 @@ class Config:
     def __post_init__(self) -> None:
         require(bool(self.run_dir), "run_dir is required (set it in the YAML or pass run_dir=PATH)")
         require(bool(self.data.path), "data.path is required (a shards directory from `mlm-data build`)")
+        warmup, steps = self.optim.warmup_steps, self.train.max_steps
+        if warmup > steps:
+            raise ConfigError(
+                f"optim.warmup_steps ({warmup}) is larger than train.max_steps ({steps}): the run would "
+                f"end at {steps / warmup:.2g} x optim.lr, still warming up; lower optim.warmup_steps "
+                f"(e.g. optim.warmup_steps={steps // 10}) or raise train.max_steps"
+            )
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
