@@ -73,13 +73,6 @@ class Config:
     def __post_init__(self) -> None:
         require(bool(self.run_dir), "run_dir is required (set it in the YAML or pass run_dir=PATH)")
         require(bool(self.data.path), "data.path is required (a shards directory from `mlm-data build`)")
-        warmup, steps = self.optim.warmup_steps, self.train.max_steps
-        if warmup > steps:
-            raise ConfigError(
-                f"optim.warmup_steps ({warmup}) is larger than train.max_steps ({steps}): the run would "
-                f"end at {steps / warmup:.2g} x optim.lr, still warming up; lower optim.warmup_steps "
-                f"(e.g. optim.warmup_steps={steps // 10}) or raise train.max_steps"
-            )
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
@@ -88,6 +81,22 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     Returns the resolved Config. Raises ConfigError naming the file, key or value that is wrong.
     """
     return config_from_dict(read_config_dict(path, overrides), source=path)
+
+
+def check_trainable(cfg: Config, source: str = "<dict>") -> None:
+    """The checks of a config about to train (mlm-train, mlm-launch) that a saved one need not pass, so a
+    checkpoint's config.yaml written before a check existed still loads for export and fine-tuning.
+
+    Raises ConfigError prefixed by `source`: optim.warmup_steps larger than train.max_steps (the run
+    would end still warming up, at a fraction of optim.lr, without a word).
+    """
+    warmup, steps = cfg.optim.warmup_steps, cfg.train.max_steps
+    if warmup > steps:
+        raise ConfigError(
+            f"{source}: optim.warmup_steps ({warmup}) is larger than train.max_steps ({steps}): the run "
+            f"would end at {steps / warmup:.2g} x optim.lr, still warming up; lower optim.warmup_steps "
+            f"(e.g. optim.warmup_steps={steps // 10}) or raise train.max_steps"
+        )
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pretrain.config import ConfigError, load_config, read_config_dict
+from pretrain.config import ConfigError, check_trainable, load_config, read_config_dict
 from pretrain.config.files import MAX_ALIASES, MAX_BASE_DEPTH, MAX_NESTING
 
 MINIMAL = "run_dir: runs/x\ndata:\n  path: shards\nmodel:\n  preset: tiny\n"
@@ -170,15 +170,18 @@ def test_a_control_character_in_a_string_key_is_refused_naming_the_key(tmp_path,
     assert key in _refused(tmp_path / "run.yaml", [f"{key}=ok\x00"])
 
 
-def test_warmup_longer_than_the_run_is_refused(tmp_path):
+def test_warmup_longer_than_the_run_is_refused_for_training(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(MINIMAL + "train: {max_steps: 100}\noptim: {warmup_steps: 10000}\n")
-    assert _refused(cfg) == (
+    loaded = load_config(str(cfg))  # a saved config.yaml of an older run still loads (export, fine-tuning)
+    with pytest.raises(ConfigError) as err:
+        check_trainable(loaded, str(cfg))
+    assert str(err.value) == (
         f"{cfg}: optim.warmup_steps (10000) is larger than train.max_steps (100): the run would end at "
         "0.01 x optim.lr, still warming up; lower optim.warmup_steps (e.g. optim.warmup_steps=10) or raise "
         "train.max_steps"
     )
-    assert load_config(str(cfg), ["optim.warmup_steps=100"]).optim.warmup_steps == 100  # equal is fine
+    check_trainable(load_config(str(cfg), ["optim.warmup_steps=100"]))  # equal is fine
 
 
 def test_the_documented_limits_are_the_code_s():
