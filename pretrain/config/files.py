@@ -16,6 +16,8 @@ import yaml
 
 from pretrain.errors import ConfigError
 
+MAX_BYTES = 1 << 20
+"""At most this many bytes in one config file (1 MiB; the shipped recipes are about 1 KiB)."""
 MAX_BASE_DEPTH = 32
 """At most this many files in one `base:` chain (the file itself included)."""
 MAX_ALIASES = 256
@@ -32,9 +34,9 @@ def read_config_dict(path: str, overrides: Sequence[str] = ()) -> dict:
 
     The one loader of config files: the trainer and the launcher (launcher/job_config.py) both read
     through it, so a file one accepts the other accepts too. Raises ConfigError naming the file or
-    override at fault (a missing file or one that is not a regular file, bytes that are not UTF-8,
-    invalid YAML, YAML over the limits above, a `base:` that is not one path, a cycle or a chain longer
-    than MAX_BASE_DEPTH).
+    override at fault (a missing file or one that is not a regular file, over MAX_BYTES, bytes that are
+    not UTF-8, invalid YAML, YAML over the limits above, a `base:` that is not one path, a cycle or a
+    chain longer than MAX_BASE_DEPTH).
     """
     raw = _read_yaml_with_bases(path)
     for item in overrides:
@@ -99,7 +101,9 @@ def _read_text(path: str) -> str:
         if not stat.S_ISREG(mode):
             raise ConfigError(f"{path}: is {_file_kind(mode)}, not a regular file; pass --config a YAML file")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read()
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_BYTES} bytes; a config file is small, is this one?")
     finally:
         os.close(fd)
     try:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pretrain.config import ConfigError, check_trainable, load_config, read_config_dict
-from pretrain.config.files import MAX_ALIASES, MAX_BASE_DEPTH, MAX_NESTING
+from pretrain.config.files import MAX_ALIASES, MAX_BASE_DEPTH, MAX_BYTES, MAX_NESTING
 
 MINIMAL = "run_dir: runs/x\ndata:\n  path: shards\nmodel:\n  preset: tiny\n"
 
@@ -118,6 +118,12 @@ def test_a_directory_is_not_reported_as_missing(tmp_path):
     assert _refused(tmp_path / "nope.yaml") == f"config file not found: {tmp_path / 'nope.yaml'}"
 
 
+def test_a_huge_file_is_refused_unread(tmp_path):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(MINIMAL + "deepspeed: {x: '" + "x" * MAX_BYTES + "'}\n")
+    assert _refused(huge) == f"{huge}: larger than {MAX_BYTES} bytes; a config file is small, is this one?"
+
+
 def test_a_file_that_is_not_utf8_names_the_byte_offset(tmp_path):
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes(b"run_dir: caf\xe9\ndata: {path: d}\n")
@@ -194,6 +200,7 @@ def test_the_documented_limits_are_the_code_s():
         f"**{MAX_NESTING} levels**",
         f"**{MAX_NODES:,} values**",
         f"**{MAX_BASE_DEPTH} files**",
+        f"**{MAX_BYTES // 2**20} MiB**",
     ):
         assert text in intro
 
