@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import yaml
 
+from pretrain.config.typed import refuse_control_characters
 from pretrain.errors import ConfigError
 
 MAX_BYTES = 1 << 20
@@ -55,11 +56,11 @@ def _read_yaml_with_bases(path: str) -> dict:
                 f"{top}: the `base:` chain is longer than {MAX_BASE_DEPTH} files (the next would be "
                 f"{path}); flatten it into fewer files"
             )
-        raw = _read_yaml(path)
         real = os.path.realpath(path)
         if real in seen:
             cycle = " -> ".join(seen + [real])
             raise ConfigError(f"{path}: `base:` files include each other in a cycle: {cycle}")
+        raw = _read_yaml(path)
         seen.append(real)
         base = raw.pop("base", None)
         chain.append(raw)
@@ -67,6 +68,10 @@ def _read_yaml_with_bases(path: str) -> dict:
             break
         if not isinstance(base, str):
             raise ConfigError(f"{path}: `base` must be a file path, got {base!r}")
+        try:
+            refuse_control_characters(base, "base")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
     merged = chain.pop()
     while chain:

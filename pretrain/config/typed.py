@@ -120,14 +120,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str):
-        _refuse_control_characters(value, key)
+        refuse_control_characters(value, key)
         return value
     if tp in (bool, dict, list) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {describe_type(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def _refuse_control_characters(value: str, key: str) -> None:
+def refuse_control_characters(value: str, key: str) -> None:
     """A string key (a path, a name, a choice) holding a control character (U+0000-U+001F, U+007F-U+009F:
     a NUL from a YAML `"\\0"` escape that os.makedirs would meet as a traceback, a newline, a tab, an
     escape sequence) is refused naming the key and the code point."""

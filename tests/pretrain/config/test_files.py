@@ -176,6 +176,12 @@ def test_a_control_character_in_a_string_key_is_refused_naming_the_key(tmp_path,
     assert key in _refused(tmp_path / "run.yaml", [f"{key}=ok\x00"])
 
 
+def test_a_nul_in_the_base_path_is_refused_naming_the_file(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text('base: "other\\0.yaml"\n' + MINIMAL)  # was "config file not found"
+    assert _refused(cfg).startswith(f"{cfg}: base: holds control character U+0000 at position 5")
+
+
 def test_warmup_longer_than_the_run_is_refused_for_training(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(MINIMAL + "train: {max_steps: 100}\noptim: {warmup_steps: 10000}\n")
