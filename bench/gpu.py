@@ -163,6 +163,8 @@ def _sections(args, case: Case, precision: str, shards: str, run_dir: str, steps
             "resume": "none",
             "log_every_steps": steps,
         },
+        # No warmup, as the HF side (bench/hf_mlm.py); the recipe's 10000 would outlast the run (refused).
+        "optim": {"warmup_steps": 0},
         "checkpoint": {"every_steps": None, "every_minutes": None},
         "eval": {"every_steps": None, "max_batches": 1},
         "metrics": {"tensorboard": False, "peak_tflops_per_device": peak},

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.config import Config, ConfigError, config_from_dict, read_config_dict
+from pretrain.config import Config, ConfigError, check_trainable, config_from_dict, read_config_dict
 
 
 class LaunchError(Exception):
@@ -72,7 +72,9 @@ def read_job_config(train_args: list[str]) -> JobConfig:
     try:
         raw = read_config_dict(str(path), overrides)
         _check_launch_keys(raw, path, {item.split("=", 1)[0] for item in overrides})
-        return JobConfig(path=path, config=config_from_dict(raw, source=str(path)))
+        config = config_from_dict(raw, source=str(path))
+        check_trainable(config, str(path))
+        return JobConfig(path=path, config=config)
     except ConfigError as err:
         message = " ".join(str(err).split())
         if "config file not found" in message:

@@ -85,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     on_gpu = prepare_environment()  # before anything imports deepspeed
 
-    from pretrain.config import load_config
+    from pretrain.config import check_trainable, load_config
     from pretrain.runtime.collectives import shutdown
     from pretrain.runtime.distributed import init_distributed
     from pretrain.runtime.engine import deepspeed_config
 
     try:
         cfg = load_config(args.config, args.overrides)
+        check_trainable(cfg, args.config)
         deepspeed_config(cfg, int(os.environ["WORLD_SIZE"]), on_gpu=on_gpu)  # refuse bad combos before init
         info = init_distributed(cfg.health.collective_timeout_minutes)
     except _bad_input() as exc:

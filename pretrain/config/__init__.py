@@ -7,6 +7,7 @@ loader). Import from here: `from pretrain.config import Config, ConfigError, loa
 from pretrain.config.files import read_config_dict
 from pretrain.config.loader import (
     Config,
+    check_trainable,
     config_from_dict,
     config_hash,
     config_to_dict,
@@ -44,6 +45,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "ZeroConfig",
+    "check_trainable",
     "config_from_dict",
     "config_hash",
     "config_to_dict",

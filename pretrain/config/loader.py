@@ -83,6 +83,22 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(read_config_dict(path, overrides), source=path)
 
 
+def check_trainable(cfg: Config, source: str = "<dict>") -> None:
+    """The checks of a config about to train (mlm-train, mlm-launch) that a saved one need not pass, so a
+    checkpoint's config.yaml written before a check existed still loads for export and fine-tuning.
+
+    Raises ConfigError prefixed by `source`: optim.warmup_steps larger than train.max_steps (the run
+    would end still warming up, at a fraction of optim.lr, without a word).
+    """
+    warmup, steps = cfg.optim.warmup_steps, cfg.train.max_steps
+    if warmup > steps:
+        raise ConfigError(
+            f"{source}: optim.warmup_steps ({warmup}) is larger than train.max_steps ({steps}): the run "
+            f"would end at {steps / warmup:.2g} x optim.lr, still warming up; lower optim.warmup_steps "
+            f"(e.g. optim.warmup_steps={steps // 10}) or raise train.max_steps"
+        )
+
+
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
     """Build a validated Config from a plain nested dict (as in YAML); raises ConfigError."""
     try:

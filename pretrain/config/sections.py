@@ -156,7 +156,8 @@ class OptimConfig:
     eps: float = 1e-6
     """Adam epsilon."""
     warmup_steps: int = 0
-    """Linear warmup from 0 to lr over this many steps."""
+    """Linear warmup from 0 to lr over this many steps; at most train.max_steps (a run that ends still
+    warming up is refused)."""
     schedule: Literal["linear", "cosine", "polynomial", "constant"] = "linear"
     """Decay after warmup down to min_lr_ratio x lr at train.max_steps."""
     min_lr_ratio: float = 0.0

@@ -1,10 +1,11 @@
 """The strict build of a dataclass tree from plain dicts (as read from YAML): every key checked, unknown keys
 named with the closest valid one, every value checked against its type hint.
 
-Type hints it understands: int, float (finite; "1e-4" read as the number), bool, str, dict, list, a
-`list[X]` (X any of these, a dataclass included: each item is checked as its own section, `key[i].field`),
-Literal, tuple, optional (`X | None`), nested dataclasses, and a section whose dataclass is chosen by one
-of its keys: `Annotated[Base, ChosenBy("arch", {"bert": BertModelConfig, ...}, default="bert")]`.
+Type hints it understands: int, float (finite; "1e-4" read as the number), bool, str (no control
+characters), dict, list, a `list[X]` (X any of these, a dataclass included: each item is checked as its
+own section, `key[i].field`), Literal, tuple, optional (`X | None`), nested dataclasses, and a section
+whose dataclass is chosen by one of its keys:
+`Annotated[Base, ChosenBy("arch", {"bert": BertModelConfig, ...}, default="bert")]`.
 """
 
 from __future__ import annotations
@@ -118,9 +119,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return number
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if tp in (bool, str, dict, list) and isinstance(value, tp):
+    if tp is str and isinstance(value, str):
+        refuse_control_characters(value, key)
+        return value
+    if tp in (bool, dict, list) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {describe_type(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def refuse_control_characters(value: str, key: str) -> None:
+    """A string key (a path, a name, a choice) holding a control character (U+0000-U+001F, U+007F-U+009F:
+    a NUL from a YAML `"\\0"` escape that os.makedirs would meet as a traceback, a newline, a tab, an
+    escape sequence) is refused naming the key and the code point."""
+    for i, ch in enumerate(value):
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
+            raise ConfigError(
+                f"{key}: holds control character U+{ord(ch):04X} at position {i} of {value!r}; "
+                "a path or name cannot hold one, remove it"
+            )
 
 
 def describe_type(tp: Any) -> str:

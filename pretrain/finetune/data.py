@@ -2,14 +2,17 @@
 
 Read with pyarrow only (`datasets` is not needed). Text columns are read as strings; labels may be
 strings, integers or integral floats (a label is its string form, so `1` in one file equals `"1"` in
-another). Without a validation file the training file is split deterministically (stratified by label,
-seeded). Every problem raises FinetuneInputError with one line naming the file and what to do.
+another). CSV and TSV cells have no types: the label column is read as text, and is integers only when
+every label is an integer (or an integral number), so `true`, `1` and `0` stay three classes. Without
+a validation file the training file is split deterministically (stratified by label, seeded). Every
+problem raises FinetuneInputError with one line naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,8 +98,10 @@ def _read(path: str, kind: str, columns: list[str]) -> pa.Table:
     if kind in ("csv", "tsv"):
         import pyarrow.csv as pcsv
 
-        # Text must stay text even when a column happens to hold only numbers.
-        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns[:-1]})
+        # Text must stay text even when a column happens to hold only numbers; the labels are read as
+        # text too (pyarrow's inference reads `true`, `1` and `0` as booleans: three classes became two)
+        # and typed by _text_labels from the whole column.
+        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns})
         parse = pcsv.ParseOptions(delimiter="\t", quote_char=False) if kind == "tsv" else pcsv.ParseOptions()
         return pcsv.read_csv(path, parse_options=parse, convert_options=convert)
     if kind == "jsonl":
@@ -121,20 +126,21 @@ def _strings(table: pa.Table, column: str, path: str) -> list[str]:
 
 
 def _labels(table: pa.Table, column: str, path: str) -> list[str]:
-    """Label strings: ints as str(int), integral floats as their int, strings unchanged."""
+    """Label strings: ints as str(int), integral floats as their int, strings unchanged (CSV / TSV text
+    typed by the whole column first: _text_labels)."""
     values = table.column(column)
     if values.null_count:
         row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]) + 1
         raise FinetuneInputError(f"{path}: row {row}: label column {column!r} is empty (null)")
     items = values.to_pylist()
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        empty = next((row for row, v in enumerate(items, 1) if not v.strip()), None)
+        if empty is not None:
+            raise FinetuneInputError(f"{path}: row {empty}: label column {column!r} is empty")
+        if _FORMATS.get(os.path.splitext(path)[1].lower()) in ("csv", "tsv"):
+            return _text_labels(items, column, path)
     if pa.types.is_floating(values.type):
-        for row, v in enumerate(items, 1):
-            if not math.isfinite(v) or v != int(v):
-                raise FinetuneInputError(
-                    f"{path}: row {row}: label {v!r} in {column!r} is not a class (mlm-finetune does "
-                    "classification, not regression)"
-                )
-        return [str(int(v)) for v in items]
+        return _float_labels(items, column, path)
     if (
         pa.types.is_integer(values.type)
         or pa.types.is_string(values.type)
@@ -142,6 +148,33 @@ def _labels(table: pa.Table, column: str, path: str) -> list[str]:
     ):
         return [str(v).lower() if isinstance(v, bool) else str(v) for v in items]
     raise FinetuneInputError(f"{path}: label column {column!r} holds {values.type}; use strings or integers")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _text_labels(items: list[str], column: str, path: str) -> list[str]:
+    """Labels read from CSV / TSV text: integers when the whole column is integers (`01` is `1`, as
+    a Parquet or JSONL integer would be), the integral numbers of an all-number column likewise, else
+    the strings as written (`true`, `1` and `0` are three classes)."""
+    stripped = [v.strip() for v in items]
+    if all(_INTEGER.fullmatch(v) for v in stripped):
+        return [str(int(v)) for v in stripped]
+    try:
+        numbers = [float(v) for v in stripped]
+    except ValueError:
+        return items
+    return _float_labels(numbers, column, path)
+
+
+def _float_labels(items: list[float], column: str, path: str) -> list[str]:
+    for row, v in enumerate(items, 1):
+        if not math.isfinite(v) or v != int(v):
+            raise FinetuneInputError(
+                f"{path}: row {row}: label {v!r} in {column!r} is not a class (mlm-finetune does "
+                "classification, not regression)"
+            )
+    return [str(int(v)) for v in items]
 
 
 def _label_order(labels: list[str]) -> list[str]:
@@ -205,9 +238,11 @@ def load_task(
     ids = np.array([index[name] for name in labels], dtype=np.int64)
     if validation_path is None:
         tr, va = stratified_split(ids, validation_fraction, split_seed)
-        if len(va) == 0:
+        if len(va) == 0:  # no class has two rows: every row is a class of its own
             raise FinetuneInputError(
-                f"{train_path}: too few rows ({len(ids)}) to split off a validation set; pass --validation"
+                f"{train_path}: label column {label_column!r} holds {len(names)} classes in {len(ids)} rows, "
+                "one row each, so none can be split off into a validation set: it looks like free text "
+                "or ids, not labels; name the label column with --label-column (or pass --validation)"
             )
         train = Split([texts[i] for i in tr], _pick(pairs, tr), ids[tr])
         validation = Split([texts[i] for i in va], _pick(pairs, va), ids[va])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pretrain.finetune.cli import main as finetune_main
-from pretrain.finetune.data import load_task, stratified_split
+from pretrain.finetune.data import FinetuneInputError, load_task, stratified_split
 
 ROWS = [
     ("the event loop runs callbacks", "an awaitable", "asyncio"),
@@ -57,6 +57,57 @@ def test_integer_labels_sort_numerically_and_match_string_labels(tmp_path):
     task = load_task(str(train), str(validation), text_column="text", label_column="label")
     assert task.label_names == ["2", "10"]
     assert task.validation.labels.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_csv_labels_true_1_0_stay_three_classes(tmp_path, suffix):
+    # pyarrow's inference read `true`, `1` and `0` as booleans: three classes became two.
+    sep = "," if suffix == ".csv" else "\t"
+    rows = [("a", "true"), ("b", "1"), ("c", "0"), ("d", "true"), ("e", "1"), ("f", "0")]
+    path = tmp_path / f"train{suffix}"
+    path.write_text(f"text{sep}label\n" + "".join(f"{t}{sep}{label}\n" for t, label in rows))
+    task = load_task(str(path), str(path), text_column="text", label_column="label")
+    assert task.label_names == ["0", "1", "true"]
+    assert task.train.labels.tolist() == [2, 1, 0, 2, 1, 0]
+
+
+def test_csv_labels_are_integers_only_when_the_whole_column_is(tmp_path):
+    ints = tmp_path / "ints.csv"
+    ints.write_text("text,label\na,01\nb,2\nc,10\nd,-1\n")
+    assert load_task(str(ints), str(ints), text_column="text", label_column="label").label_names == [
+        "-1",
+        "1",
+        "2",
+        "10",
+    ]
+    floats = tmp_path / "floats.csv"  # integral numbers are their integer, as in Parquet / JSONL
+    floats.write_text("text,label\na,1.0\nb,2.0\nc,1\n")
+    validation = _write(tmp_path / "val.parquet", [("e", "x", 2), ("f", "x", 1)])
+    task = load_task(str(floats), str(validation), text_column="text", label_column="label")
+    assert task.label_names == ["1", "2"] and task.validation.labels.tolist() == [1, 0]
+    mixed = tmp_path / "mixed.csv"  # not all numbers: strings as written
+    mixed.write_text("text,label\na,01\nb,1\nc,yes\n")
+    task = load_task(str(mixed), str(mixed), text_column="text", label_column="label")
+    assert task.label_names == ["01", "1", "yes"]
+    for name, body, expected in [
+        ("half.csv", "text,label\na,0.5\nb,1\n", r"half.csv: row 1: label 0.5 in 'label' is not a class"),
+        ("empty.csv", "text,label\na,x\nb,\n", r"empty.csv: row 2: label column 'label' is empty"),
+    ]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(FinetuneInputError, match=expected):
+            load_task(str(tmp_path / name), None, text_column="text", label_column="label")
+
+
+def test_a_label_column_of_free_text_is_named_as_such_not_too_few_rows(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n" + "".join(f"row {i},sentence number {i}\n" for i in range(5000)))
+    with pytest.raises(FinetuneInputError) as err:
+        load_task(str(path), None, text_column="text", label_column="label")
+    assert str(err.value) == (
+        f"{path}: label column 'label' holds 5000 classes in 5000 rows, one row each, so none can be split "
+        "off into a validation set: it looks like free text or ids, not labels; name the label column with "
+        "--label-column (or pass --validation)"
+    )
 
 
 def test_split_is_stratified_and_deterministic():
