@@ -1,6 +1,7 @@
 """Everything a training run is built from, in order: row sources -> model -> run identity (tokenizer
-check) -> run_dir check -> engine -> collator, sampler, loaders -> checkpoint manager (and resume) ->
-monitors and metrics. `build_run` returns it as one `Run`; the loop in pretrain/trainer.py only trains it."""
+check) -> run_dir check and lock -> engine -> collator, sampler, loaders -> checkpoint manager (and
+resume) -> monitors and metrics. `build_run` returns it as one `Run`; the loop in pretrain/trainer.py
+only trains it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from data_pipeline.errors import os_error_line
 from pretrain.checkpoint.identity import describe_run
 from pretrain.checkpoint.manager import CheckpointManager
+from pretrain.checkpoint.run_lock import RunLock
 from pretrain.config import Config, ConfigError, config_hash, save_config
 from pretrain.data.loader import TrainLoader, ValidationLoader
 from pretrain.data.masking import MaskingCollator
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 class Run:
     """A built run and its progress: what the loop needs, nothing more.
 
+    `lock` is the run dir's lock (rank 0; None on the others), released by `release`.
     `step` (optimizer steps done), `tokens` (training tokens consumed) and `loader_state` (the loader
     after the last step trained; it runs one step ahead) are the progress the loop advances and a
     checkpoint records (`trainer_state`).
@@ -46,6 +49,7 @@ class Run:
     loader: TrainLoader
     val_loader: ValidationLoader
     checkpoints: CheckpointManager
+    lock: RunLock | None
     monitor: NonFiniteMonitor
     metrics: MetricsLogger
     faults: Faults
@@ -55,6 +59,11 @@ class Run:
     step: int
     tokens: int
     loader_state: dict
+
+    def release(self) -> None:
+        """Give back the run dir's lock (rank 0); idempotent."""
+        if self.lock is not None:
+            self.lock.release()
 
     def trainer_state(self) -> dict:
         """What a checkpoint records of the run's progress (JSON values; see CheckpointManager.save)."""
@@ -93,6 +102,31 @@ def check_run_dir_writable(run_dir: str, agreement: StepAgreement, rank: int) ->
             f"run_dir={run_dir} cannot be written on rank(s) {failed.ranks('error')} (see their log); "
             "choose a run_dir every rank can write"
         )
+
+
+def take_run_lock(run_dir: str, agreement: StepAgreement, rank: int) -> RunLock | None:
+    """Rank 0 takes `run_dir`'s lock (pretrain/checkpoint/run_lock.py); returns it (None on other ranks).
+
+    Every rank calls this (one collective). Raises ConfigError on every rank when another run holds it:
+    rank 0 names the holder, the others point to rank 0's log.
+    """
+    lock, error = None, None
+    if rank == 0:
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+        except ConfigError as exc:
+            error = exc
+    failed = agreement.agree(
+        torch.zeros(0, device=agreement.collectives.device), {"error": error is not None}
+    )
+    if error is not None:
+        raise error
+    if failed.any("error"):
+        if lock is not None:
+            lock.release()
+        raise ConfigError(f"run_dir={run_dir} is in use by another run (see rank 0's log)")
+    return lock
 
 
 def _build_model(cfg: Config, source) -> tuple:
@@ -135,7 +169,7 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     write, checked before the engine is built); nothing of a training step has run yet.
     """
     set_determinism(cfg.train.deterministic)
-    rank, world, t = info.rank, info.world_size, cfg.train
+    rank = info.rank
     comm = Collectives(info.device)
     agreement = StepAgreement(comm)
     train_source, val_source = open_row_sources(cfg.data)
@@ -143,6 +177,22 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     # Before the engine: a replaced tokenizer dir must not cost a ZeRO build to be found out.
     description = describe_run(cfg, model, train_source, seq_len=seq_len)
     check_run_dir_writable(cfg.run_dir, agreement, rank)
+    lock = take_run_lock(cfg.run_dir, agreement, rank)
+    try:
+        return _build_locked(
+            cfg, info, comm, agreement, lock, on_gpu, train_source, val_source, model, seq_len, description
+        )
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build_locked(
+    cfg, info, comm, agreement, lock, on_gpu, train_source, val_source, model, seq_len, description
+) -> Run:
+    """The rest of `build_run`, once the run dir's lock is held."""
+    rank, world, t = info.rank, info.world_size, cfg.train
     if info.is_main:
         log.info(
             "building the DeepSpeed engine: ZeRO-%d, %s, %d rank(s)", cfg.zero.stage, cfg.precision, world
@@ -201,6 +251,7 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
         loader=loader,
         val_loader=val_loader,
         checkpoints=checkpoints,
+        lock=lock,
         monitor=monitor,
         metrics=metrics,
         faults=faults,

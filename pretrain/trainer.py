@@ -226,11 +226,21 @@ def _one_step(run: Run, data: LoaderStep, preemption: PreemptionHandler, started
 def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
     """Train `cfg` on this rank; returns the exit code (0 done, EXIT_PREEMPTED after a signal-save).
 
-    Raises ConfigError / DataError / CheckpointError for bad input (before the first step),
-    NonFiniteLossError when losses stay NaN/Inf longer than the policy allows, LossScaleFloorError when
-    an fp16 step overflows at fp16.min_loss_scale, PeerFailedError when another rank's data failed.
+    Raises ConfigError / DataError / CheckpointError for bad input (before the first step; a run_dir
+    another run holds included), NonFiniteLossError when losses stay NaN/Inf longer than the policy
+    allows, LossScaleFloorError when an fp16 step overflows at fp16.min_loss_scale, PeerFailedError when
+    another rank's data failed. The run dir's lock (rank 0) is given back at the end, and on any error.
     """
-    run, t = build_run(cfg, info, on_gpu=on_gpu), cfg.train
+    run = build_run(cfg, info, on_gpu=on_gpu)
+    try:
+        return _train(run)
+    finally:
+        run.release()
+
+
+def _train(run: Run) -> int:
+    """The loop of `train` over the built `run`."""
+    cfg, info, t = run.cfg, run.info, run.cfg.train
     if run.step == 0:
         _log_eval(run)
     started, exit_code, last_eval = time.monotonic(), 0, run.step if _eval_due(cfg, run.step) else None

@@ -6,6 +6,8 @@ A shard is an Arrow IPC *stream* file (what `datasets.Dataset.from_file` reads) 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -267,6 +269,18 @@ class ShardReader:
     def data_identity(self) -> str:
         """What the rows are made of (the build identity of the manifest; see Manifest.data_identity)."""
         return self.manifest.data_identity()
+
+    def content_identity(self) -> str:
+        """Hex sha256 over the shard checksums the manifest lists, split by split in order: the rows'
+        content. Unlike `data_identity` it tells apart a corpus edited keeping its size and rebuilt with
+        --overwrite; a merge of K partitions lists its shards in partition order, so re-merging the same
+        partitions gives the same value."""
+        listing = {
+            split: [shard["sha256"] for shard in info["shards"]]
+            for split, info in sorted(self.manifest.splits.items())
+        }
+        canonical = json.dumps(listing, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Row `index` (negative counts from the end) as numpy views; IndexError when out of range."""

@@ -18,7 +18,9 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
+import time
 
 import torch
 
@@ -33,11 +35,63 @@ from pretrain.checkpoint.record import (
     TRAINER_STATE_JSON,
     load_state,
 )
+from pretrain.checkpoint.run_lock import process_is_gone
 from pretrain.config import ConfigError, load_config
 from pretrain.metrics import read_records
 from pretrain.models.registry import get_architecture
 
 log = logging.getLogger(__name__)
+# An export writes OUT_DIR's parent/.NAME.export-HOST-PID-RANDOM, then renames it to OUT_DIR. A killed
+# export leaves it: the next export to NAME removes it when its PID is gone from this host, or when it
+# is older than this (another host's).
+LEFTOVER_SECONDS = 24 * 3600
+
+
+def _temp_prefix(out_dir: str) -> str:
+    return f".{os.path.basename(os.path.abspath(out_dir))}.export-"
+
+
+def clear_export_leftovers(out_dir: str) -> list[str]:
+    """Remove the temp dirs that exports to `out_dir` left beside it when killed (by our temp naming:
+    `.NAME.export-HOST-PID-RANDOM`, PID gone from this host or older than LEFTOVER_SECONDS); returns them.
+    A live export's temp dir, and anything not named so, is left alone."""
+    parent, prefix = os.path.dirname(os.path.abspath(out_dir)), _temp_prefix(out_dir)
+    removed = []
+    for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        path = os.path.join(parent, name)
+        if not name.startswith(prefix) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            host, pid, _ = name[len(prefix) :].rsplit("-", 2)
+            pid = int(pid)
+            age = time.time() - os.stat(path).st_mtime
+        except (ValueError, OSError):
+            continue
+        if process_is_gone(host, pid) or age > LEFTOVER_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning(
+                "removed %s, left by an export to %s that did not finish (PID %d on %s)",
+                path,
+                out_dir,
+                pid,
+                host,
+            )
+            removed.append(path)
+    return removed
+
+
+def _refuse_target_in_checkpoints(tag_dir: str, out_dir: str) -> None:
+    """Raise CheckpointError when `out_dir` lies inside the checkpoints/ dir `tag_dir` belongs to: that dir
+    only holds checkpoints (resume scans it, pruning and save clean it)."""
+    ckpt_dir = os.path.realpath(os.path.dirname(tag_dir))
+    if os.path.basename(ckpt_dir) != "checkpoints":
+        return
+    target = os.path.realpath(out_dir)
+    if target == ckpt_dir or target.startswith(ckpt_dir + os.sep):
+        raise CheckpointError(
+            f"{out_dir} is inside {ckpt_dir}, which holds only checkpoints (resume and pruning manage it); "
+            f"export elsewhere, e.g. {os.path.join(os.path.dirname(ckpt_dir), 'export')}"
+        )
 
 
 def _last_eval(run_dir: str, step: int) -> dict | None:
@@ -125,7 +179,9 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     Raises CheckpointError (invalid checkpoint, a file that is not weights-only loadable, weights that
     do not fit the recorded shape), ConfigError (the checkpoint's config) or FileExistsError (out_dir
     exists and is not empty). Writes into a temp dir renamed into place, so a failed export leaves no
-    half-written out_dir; out_dir gets the permissions of a plain mkdir (the umask's).
+    half-written out_dir (and the temp dir a killed export left is removed by the next export to the same
+    out_dir, `clear_export_leftovers`); out_dir gets the permissions of a plain mkdir (the umask's).
+    Raises CheckpointError when out_dir lies inside the run's checkpoints/ dir.
     """
     import transformers
     from transformers import AutoTokenizer
@@ -133,6 +189,7 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output dir")
     tag_dir, record = resolve_checkpoint(path, tag=tag)
+    _refuse_target_in_checkpoints(tag_dir, out_dir)
     run_dir = os.path.dirname(os.path.dirname(tag_dir))  # RUN_DIR/checkpoints/step-XXXXXXXX
     files, identity = record["files"], record["identity"]
     if CONFIG_FILE not in files or not any(rel.startswith(f"{TOKENIZER_DIR}/") for rel in files):
@@ -156,7 +213,10 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     state = load_state(tag_dir, TRAINER_STATE_JSON.removesuffix(".json"))
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".export-{os.getpid()}-{secrets.token_hex(4)}")
+    clear_export_leftovers(out_dir)
+    tmp = os.path.join(
+        parent, f"{_temp_prefix(out_dir)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    )
     os.mkdir(tmp)  # not mkdtemp: that is 0700, an export is for others to read (the umask decides)
     try:
         hf_model.save_pretrained(tmp, safe_serialization=True)

@@ -2,8 +2,9 @@
 
 The identity (recorded in COMPLETE.json by every save) is the model architecture and shape, the tokenizer
 fingerprint, the data build identity (`Manifest.data_identity()`: build settings and sources without the
-partition fields), the sequence length trained on and the seed (sample order and masks are functions of
-it). A
+partition fields), the data content (`content_identity()`: the shards' sha256 list), the sequence length
+trained on and the seed (sample order and masks are functions of it). A key a record written before it
+existed lacks (`ADDED_LATER`) is not comparable: resume warns and goes on. A
 resume onto another identity is refused with one line naming each change and the
 `train.resume_allow_changed` name that accepts it. Other config changes (optimizer, masking, batch,
 precision, ...) are real but may be deliberate: resume logs them in one warning line. Budgets, cadences
@@ -12,12 +13,14 @@ and paths (`HARMLESS`) pass silently.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
 from pretrain.checkpoint.record import CheckpointError
 
 __all__ = [
+    "ADDED_LATER",
     "RunDescription",
     "check_resume_identity",
     "config_changes",
@@ -28,11 +31,24 @@ __all__ = [
 
 # identity key -> the name train.resume_allow_changed takes to accept a change of it (every "model.*" key,
 # the architecture and its shape, is "model")
-_GROUP = {"tokenizer": "tokenizer", "data": "data", "data.seq_len": "seq_len", "train.seed": "seed"}
+_GROUP = {
+    "tokenizer": "tokenizer",
+    "data": "data",
+    "data.content": "data",
+    "data.seq_len": "seq_len",
+    "train.seed": "seed",
+}
 _GROUP_ORDER = ("model", "tokenizer", "data", "seq_len", "seed")
 # Records written before the architecture registry name no architecture: they are all BERT's.
 _ARCH_BEFORE_REGISTRY = "bert"
-_WHAT = {"tokenizer": "tokenizer (fingerprint)", "data": "data (build identity)"}
+_WHAT = {
+    "tokenizer": "tokenizer (fingerprint)",
+    "data": "data (build identity)",
+    "data.content": "data (shard contents)",
+}
+# Identity keys that records of older versions lack: a missing one cannot be compared (warned, not refused).
+ADDED_LATER = ("data.content",)
+log = logging.getLogger(__name__)
 # Config keys (or prefixes ending in '.') whose change cannot make a resumed run train something else.
 HARMLESS = (
     "run_dir",
@@ -94,8 +110,9 @@ def describe_run(cfg, model, source, *, seq_len: int) -> RunDescription:
 
 def run_identity(arch: str, model, source, *, seq_len: int, seed: int) -> dict:
     """The identity of a run: the architecture `arch` and the built `model`'s shape (`model.shape()`), the
-    row source's tokenizer fingerprint and data identity, the sequence length trained on and the seed.
-    JSON values, flat keys ("model.arch", "model.hidden_size", ..., "tokenizer", "data", ...).
+    row source's tokenizer fingerprint, data identity and content identity, the sequence length trained on
+    and the seed. JSON values, flat keys ("model.arch", "model.hidden_size", ..., "tokenizer", "data",
+    "data.content", ...).
 
     Raises data_pipeline.errors.DataError when the source records no build identity.
     """
@@ -104,6 +121,7 @@ def run_identity(arch: str, model, source, *, seq_len: int, seed: int) -> dict:
         **{f"model.{key}": value for key, value in model.shape().items()},
         "tokenizer": source.tokenizer_fingerprint,
         "data": source.data_identity(),
+        "data.content": source.content_identity(),
         "data.seq_len": int(seq_len),
         "train.seed": int(seed),
     }
@@ -134,6 +152,14 @@ def check_resume_identity(tag_dir: str, saved: dict, current: dict, allowed) -> 
     for key in sorted(keys, key=lambda k: order.get(_group(k), len(order))):
         old, new = saved.get(key), current.get(key)
         if old == new:
+            continue
+        if key in ADDED_LATER and key not in saved:
+            log.warning(
+                "%s records no %s (saved by an older mlm-pretrain): that part of this run cannot be "
+                "compared with it; resuming on the other identity keys",
+                tag_dir,
+                key,
+            )
             continue
         changes.append(f"{_WHAT.get(key, key)} {_show(key, old)} -> {_show(key, new)}")
         name = _group(key)

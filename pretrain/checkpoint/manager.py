@@ -9,6 +9,7 @@ is never loaded. DeepSpeed's own `latest` file is never written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -50,6 +51,44 @@ log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step-(\d{8,})$")
 LATEST_FILE = "latest"
 UNIVERSAL_DIR = ".universal"  # elastic resume's temporary conversion (pretrain/checkpoint/elastic.py)
+REJECTED_DIR = ".rejected"  # checkpoint dirs we will not use but did not demonstrably write: moved here
+SAVING_SUFFIX = ".saving"  # CKPT_DIR/.TAG.saving: a save of TAG started and has not committed yet
+
+
+def saving_marker(ckpt_dir: str, tag: str) -> str:
+    """The marker a save of `tag` writes before its first file and removes once committed."""
+    return os.path.join(ckpt_dir, f".{tag}{SAVING_SUFFIX}")
+
+
+def clear_leftover(tag_dir: str) -> str:
+    """Make room for a save of `tag_dir`'s tag, or drop an unusable checkpoint dir; returns what was done.
+
+    Only a dir whose save marker (`saving_marker`) is still there is ours and half-written: it is
+    deleted. Anything else (a user's files, a complete checkpoint that fails validation) is moved to
+    CKPT_DIR/.rejected/TAG-YYYYmmddTHHMMSS, never deleted. Logged either way. Rank 0 only.
+    """
+    ckpt_dir, tag = os.path.split(tag_dir)
+    marker = saving_marker(ckpt_dir, tag)
+    if os.path.exists(marker):
+        shutil.rmtree(tag_dir, ignore_errors=True)
+        os.remove(marker)
+        log.warning("removed %s: a save of ours started it and never committed (%s)", tag_dir, marker)
+        return "removed"
+    rejected = os.path.join(ckpt_dir, REJECTED_DIR)
+    os.makedirs(rejected, exist_ok=True)
+    dst = os.path.join(rejected, f"{tag}-{time.strftime('%Y%m%dT%H%M%S')}")
+    base, n = dst, 1
+    while os.path.exists(dst):
+        dst, n = f"{base}~{n}", n + 1
+    os.rename(tag_dir, dst)
+    fsync_dir(ckpt_dir)
+    log.warning(
+        "moved %s aside to %s: it is not a valid checkpoint and no save of ours left it half-written; "
+        "look at it and delete it yourself",
+        tag_dir,
+        dst,
+    )
+    return "moved"
 
 
 def tag_for_step(step: int) -> str:
@@ -117,6 +156,12 @@ def resolve_checkpoint(path: str, *, tag: str | None = None, label: str | None =
         if found is not None:
             return found
     raise CheckpointError(f"{label}: no complete, valid checkpoint found there")
+
+
+def _remove_marker(marker: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(marker)
+    fsync_dir(os.path.dirname(marker))
 
 
 class CheckpointManager:
@@ -215,12 +260,16 @@ class CheckpointManager:
             os.makedirs(self.ckpt_dir, exist_ok=True)
         existing_complete = self._barrier_bool(self.rank == 0 and self._is_complete(tag_dir))
         if existing_complete:
+            if self.rank == 0 and os.path.exists(saving_marker(self.ckpt_dir, tag)):
+                _remove_marker(saving_marker(self.ckpt_dir, tag))  # it committed, then the process died
             log.info("checkpoint %s already complete; not rewritten", tag_dir)
             self.last_saved_step = step
             return tag_dir
-        if self.rank == 0 and os.path.exists(tag_dir):
-            log.warning("removing the incomplete checkpoint %s left by an interrupted save", tag_dir)
-            shutil.rmtree(tag_dir)
+        marker = saving_marker(self.ckpt_dir, tag)
+        if self.rank == 0:
+            if os.path.exists(tag_dir):
+                clear_leftover(tag_dir)
+            write_atomic(marker, f"{os.getpid()}\n")  # from here on, tag_dir is a save of ours
         self._barrier()
         error = None
         try:
@@ -236,6 +285,7 @@ class CheckpointManager:
         if self._barrier_bool(error is not None):
             if self.rank == 0:
                 shutil.rmtree(tag_dir, ignore_errors=True)
+                _remove_marker(marker)
             detail = f": {error}" if error is not None else " (another rank failed; see its log)"
             raise CheckpointError(
                 f"could not write checkpoint {tag_dir}{detail}; the previous checkpoint and "
@@ -254,11 +304,13 @@ class CheckpointManager:
                 )
                 fsync_dir(tag_dir)
                 write_atomic(os.path.join(self.ckpt_dir, LATEST_FILE), tag + "\n")
+                _remove_marker(marker)  # committed
             except OSError as e:
                 error = e
         if self._barrier_bool(error is not None):
             if self.rank == 0:
                 shutil.rmtree(tag_dir, ignore_errors=True)
+                _remove_marker(marker)
             raise CheckpointError(f"could not commit checkpoint {tag_dir}: {error}; `latest` unchanged")
         self._last_save_time = time.monotonic()
         self.last_saved_step = step
@@ -288,8 +340,9 @@ class CheckpointManager:
     def prune(self) -> list[str]:
         """Delete complete checkpoints beyond keep_last unless their step is a multiple of keep_every.
 
-        Incomplete directories older than the newest complete one are deleted too. Returns the deleted
-        tag directories. Rank 0 only.
+        Incomplete directories older than the newest complete one are cleared (`clear_leftover`: deleted
+        when a save of ours left them half-written, else moved to .rejected/). Returns the deleted or
+        moved tag directories. Rank 0 only.
         """
         deleted, kept = [], 0
         for tag in _tags_newest_first(self.ckpt_dir):
@@ -301,7 +354,11 @@ class CheckpointManager:
                     continue
             elif kept == 0:
                 continue  # newer than every complete one: may be a save in progress
-            shutil.rmtree(tag_dir, ignore_errors=True)
+            else:
+                clear_leftover(tag_dir)
+                deleted.append(tag_dir)
+                continue
+            shutil.rmtree(tag_dir, ignore_errors=True)  # a complete checkpoint of ours beyond retention
             deleted.append(tag_dir)
         return deleted
 

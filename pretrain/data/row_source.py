@@ -23,7 +23,9 @@ class RowSource(Protocol):
     `has_pairs` whether rows carry a sentence pair; `vocab_size`, `special_ids` ({"pad", "unk", "cls",
     "sep", "mask"}), `tokenizer_fingerprint` and `tokenizer_dir` describe the tokenizer the ids belong
     to; `data_identity()` is a hex digest of what the rows are made of (another corpus or build
-    setting gives another); `name` says where the rows come from, for error messages.
+    setting gives another), `content_identity()` a hex digest of the rows' bytes themselves (a corpus
+    edited keeping its size and rebuilt gives another); `name` says where the rows come from, for error
+    messages.
     """
 
     seq_len: int
@@ -39,6 +41,8 @@ class RowSource(Protocol):
     def take(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
 
     def data_identity(self) -> str: ...
+
+    def content_identity(self) -> str: ...
 
 
 def open_row_sources(data_cfg: DataConfig) -> tuple[RowSource, RowSource]:

@@ -60,6 +60,9 @@ class ArrayReader:
         return {k: v[idx] for k, v in self.rows.items()}
 
     def data_identity(self) -> str:
+        return self.content_identity()
+
+    def content_identity(self) -> str:
         digest = hashlib.sha256()
         for name in sorted(self.rows):
             digest.update(name.encode() + np.ascontiguousarray(self.rows[name]).tobytes())

@@ -294,3 +294,26 @@ def test_export_builds_the_model_its_hf_config_names_and_refuses_another(tmp_pat
     assert export_main([str(tag_dir), str(tmp_path / "legacy")]) == 0
     legacy = load_file(tmp_path / "legacy" / "model.safetensors")
     assert legacy.keys() == weights.keys() and all(torch.equal(legacy[k], weights[k]) for k in weights)
+
+
+def test_export_refuses_a_target_in_checkpoints_and_clears_a_killed_exports_leftover(
+    tmp_path, zero2_run, capsys
+):
+    import socket
+    import subprocess
+    import sys
+
+    inside = zero2_run / "checkpoints" / "model"
+    assert "holds only checkpoints" in _export_fails(capsys, zero2_run, inside)
+    # what a SIGKILLed export to `out` left beside it: our temp naming, a PID that is gone
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = tmp_path / f".out.export-{socket.gethostname()}-{proc.pid}-deadbeef"
+    live = tmp_path / f".out.export-{socket.gethostname()}-{os.getpid()}-cafecafe"  # an export running
+    other = tmp_path / f".other.export-{socket.gethostname()}-{proc.pid}-deadbeef"  # another target's
+    for leftover in (dead, live, other):
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(b"half")
+    assert export_main([str(zero2_run), str(tmp_path / "out")]) == 0
+    assert not dead.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [live.name]
