@@ -12,7 +12,13 @@ import numpy as np
 
 from data_pipeline.errors import DataError
 from data_pipeline.integrity import file_sha256, size_problem
-from data_pipeline.shards.format import batch_to_numpy, read_shard_batches, row_problem, shard_schema
+from data_pipeline.shards.format import (
+    batch_to_numpy,
+    read_shard_batches,
+    row_problem,
+    schema_mismatch,
+    shard_schema,
+)
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest
 from data_pipeline.shards.manifest_schema import has_pairs
 
@@ -83,7 +89,7 @@ def _check_rows(batches, schema, shard: dict, vocab_size: int, seq_len: int) -> 
     rows = tokens = 0
     for batch in batches:
         if not batch.schema.equals(schema):
-            return f"schema {batch.schema} differs from the expected {schema}"
+            return schema_mismatch(batch.schema, schema, seq_len)
         batch.validate(full=True)
         cols = batch_to_numpy(batch)
         bad = row_problem(cols, vocab_size, seq_len)

@@ -138,3 +138,26 @@ def test_trainer_exits_1_with_one_line_on_a_bad_manifest(built_shards, tmp_path)
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("mlm-train: error: ") and 'seq_len must be an integer, got "64"' in last
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("seq_len", 16, "rows are 32 tokens wide but the manifest's seq_len is 16"),
+        ("id_dtype", "uint32", "token ids are uint16 but the manifest's id_dtype is uint32"),
+    ],
+)
+def test_verify_says_one_line_per_shard_of_a_manifest_that_lies_about_the_schema(
+    built_shards, tmp_path, capsys, key, value, problem
+):
+    d = tmp_path / "shards"
+    shutil.copytree(built_shards, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest[key] = value
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    shards = [s["file"] for split in manifest["splits"].values() for s in split["shards"]]
+    assert main(["verify", str(d)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == len(shards) + 1, lines  # one per shard and the summary line
+    for line, name in zip(lines, shards, strict=False):
+        assert line == f"BAD {d / name}: {problem}"
