@@ -21,11 +21,13 @@ from data_pipeline.shards.format import (
 )
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest
 from data_pipeline.shards.manifest_schema import has_pairs
+from data_pipeline.shards.tokenizer_match import shards_tokenizer_problem
 
 
 def verify_shards(shards_dir: str) -> list[str]:
-    """Check every shard against the manifest (size, sha256, Arrow validity, schema, id range, lengths)
-    and that the manifest covers its whole build (`coverage_problem`).
+    """Check every shard against the manifest (size, sha256, Arrow validity, schema, id range, lengths),
+    that the manifest covers its whole build (`coverage_problem`) and that its tokenizer dir is the one
+    it describes (`shards_tokenizer_problem`: fingerprint, vocab_size, special ids).
 
     Returns one problem string per bad shard (naming the file), [] when all is well.
     Raises DataError when the manifest itself is missing or unreadable.
@@ -46,9 +48,13 @@ def verify_shards(shards_dir: str) -> list[str]:
                     problem = str(exc)
             if problem is not None:
                 problems.append(f"{path}: {problem}" if not problem.startswith(path) else problem)
+    manifest_path = os.path.join(shards_dir, MANIFEST_NAME)
     coverage = coverage_problem(manifest)
     if coverage is not None:
-        problems.append(f"{os.path.join(shards_dir, MANIFEST_NAME)}: {coverage}")
+        problems.append(f"{manifest_path}: {coverage}")
+    tokenizer = shards_tokenizer_problem(shards_dir, manifest)
+    if tokenizer is not None:
+        problems.append(f"{manifest_path}: {tokenizer}")
     return problems
 
 
