@@ -19,8 +19,8 @@ MODES = ("full-sentences", "nsp", "sop")
 SPLITS = ("train", "validation")
 ID_DTYPES = {"uint16": 1 << 16, "uint32": 1 << 32}  # id dtype -> ids it can hold
 SHARD_KEYS = ("file", "rows", "tokens", "bytes", "sha256")
-PAIR_MODES = ("nsp", "sop")
-SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask")  # tokenizer.special_ids: every role, each its own id  # the modes whose rows are two segments with a pair label
+PAIR_MODES = ("nsp", "sop")  # the modes whose rows are two segments with a pair label
+SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask")  # tokenizer.special_ids: every role, each its own id
 
 
 def has_pairs(mode: str) -> bool:

@@ -88,7 +88,9 @@ def describe_run(cfg, model, source, *, seq_len: int) -> RunDescription:
         hf_config=model.hf_config.to_json_string(use_diff=False),
         tokenizer_dir=source.tokenizer_dir,
         tokenizer_files=tuple(
-            tokenizer_files(source.tokenizer_dir, identity["tokenizer"], source.vocab_size, source.special_ids)
+            tokenizer_files(
+                source.tokenizer_dir, identity["tokenizer"], source.vocab_size, source.special_ids
+            )
         ),
         allow_changed=tuple(cfg.train.resume_allow_changed),
     )

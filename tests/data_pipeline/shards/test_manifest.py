@@ -98,8 +98,8 @@ CASES = {
         "tokenizer.special_ids.mask 1000000000000 is not below tokenizer.vocab_size 1000",
     ),
     "mask_is_cls": (_same_as_cls, "tokenizer.special_ids.mask {cls} is also tokenizer.special_ids.cls"),
-    "no_mask": (lambda m, d: m["tokenizer"]["special_ids"].pop("mask") and None, "special_ids.mask is missing"),
-    "special_role": (_set("tokenizer", "special_ids", "bos", value=5), "special_ids.bos is not a special token"),
+    "no_mask": (lambda m, d: m["tokenizer"]["special_ids"].pop("mask") and None, "ids.mask is missing"),
+    "special_role": (_set("tokenizer", "special_ids", "bos", value=5), "ids.bos is not a special token"),
 }
 
 
