@@ -4,6 +4,7 @@ The CLI runs in a subprocess with a timeout, so that a regression fails instead 
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -64,3 +65,16 @@ def test_build_and_tokenizer_skip_a_fifo_in_a_dir_and_refuse_one_named(
     trained = _mlm_data(*train, "--input", str(corpus), "--out", str(tmp_path / "tok"))
     assert trained.returncode == 0, trained.stderr
     assert "skipped 2 input files: not a regular file x2" in trained.stderr
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_a_fifo_in_a_tokenizer_dir_is_refused_by_name(wordpiece_tokenizer_dir, tmp_path, name):
+    # tokenizer_config.json taken for absent would load another tokenizer (its class, its specials)
+    from data_pipeline.tokenizer.load import load_tokenizer
+
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(wordpiece_tokenizer_dir, tokenizer)
+    (tokenizer / name).unlink()
+    os.mkfifo(tokenizer / name)
+    with pytest.raises(DataError, match=f"{tokenizer / name}: is a FIFO \\(named pipe\\), not a regular"):
+        load_tokenizer(str(tokenizer))
