@@ -8,7 +8,7 @@ import os
 import shutil
 
 from data_pipeline.errors import DataError
-from data_pipeline.integrity import commit_temp, temp_path
+from data_pipeline.integrity import commit_temp, commit_temp_dir, remove_quietly, temp_path
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest
 from data_pipeline.tokenizer.segment import describe_segmenter
 from data_pipeline.shards.format import SPLITS
@@ -56,7 +56,7 @@ def merge_parts(part_dirs: list[str], out: str) -> Manifest:
         identity["segmenter"] = next(s for s in segmenters if s)
     tok_dst = os.path.join(out, "tokenizer")
     if not os.path.exists(tok_dst):
-        shutil.copytree(os.path.join(part_dirs[0], first.tokenizer["dir"]), tok_dst)
+        _copy_dir(os.path.join(part_dirs[0], first.tokenizer["dir"]), tok_dst)
     merged = Manifest(
         seq_len=first.seq_len,
         mode=first.mode,
@@ -153,5 +153,33 @@ def _link(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copyfile(src, temp_path(dst))
-        commit_temp(temp_path(dst), dst)
+        _copy(src, dst)
+
+
+def _copy(src: str, dst: str) -> None:
+    """Copy `src` to `dst` (through its temp name). An OSError names the file it is about (shutil's
+    write errors name none), so that the CLI's one line (`os_error_line`) says which copy failed."""
+    tmp = temp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        commit_temp(tmp, dst)
+    except OSError as exc:
+        remove_quietly(tmp)
+        # shutil names both files of a failed copy (src, dst); only an error opening `src` is about it
+        named = src if exc.filename == src and exc.filename2 is None else dst
+        raise OSError(exc.errno, exc.strerror or str(exc), named) from exc
+
+
+def _copy_dir(src: str, dst: str) -> None:
+    """Copy the flat directory `src` (the tokenizer) to `dst` whole or not at all: into a temp dir, then
+    renamed (shutil.copytree would leave a partial `dst` a rerun takes for complete, and reports a full
+    disk as a list of tuples)."""
+    tmp = temp_path(dst)
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    for name in sorted(os.listdir(src)):
+        if not os.path.isfile(os.path.join(src, name)):
+            raise DataError(f"{os.path.join(src, name)}: not a file; a tokenizer dir holds only files")
+        _copy(os.path.join(src, name), os.path.join(tmp, name))
+    commit_temp_dir(tmp, dst)

@@ -29,11 +29,16 @@ def min_seq_len(mode: str) -> int:
     return 8 if has_pairs(mode) else 4
 
 
+MAX_SEQ_LEN = 1 << 20  # a row of more tokens than this is no sequence a BERT is trained on
+
+
 def check_seq_len(seq_len: int, mode: str) -> None:
-    """Raise DataError when `seq_len` is too small for `mode` (or beyond the int32 length column)."""
+    """Raise DataError when `seq_len` is too small for `mode` or larger than MAX_SEQ_LEN."""
     need = min_seq_len(mode)
-    if seq_len < need or seq_len > 1 << 20:
+    if seq_len < need:
         raise DataError(f"--seq-len {seq_len} is too small for --mode {mode}: need at least {need}")
+    if seq_len > MAX_SEQ_LEN:
+        raise DataError(f"--seq-len {seq_len} is too large: at most {MAX_SEQ_LEN} tokens per row")
 
 
 def join_documents(docs: list[tuple[np.ndarray, np.ndarray]], sep_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,9 @@ from data_pipeline.build.work_units import WorkUnit, chunk_path
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
+# A build whose tokenizer turns more than this share of the (cleaned, non-empty) documents into nothing
+# but special tokens is refused: what it would keep is no longer the corpus (docs/data_pipeline.md).
+MAX_WITHOUT_TOKENS_FRACTION = 0.5
 IDENTITY_NAME = "build.json"
 
 
@@ -56,8 +59,8 @@ def run_build(cfg: BuildConfig) -> dict:
     """Build shards per `cfg` (resuming an interrupted build of the same config); return a summary dict.
 
     Raises DataError (naming the culprit) on bad inputs, a bad tokenizer, a too-small seq_len, an empty
-    corpus or an output dir holding a different build (unless cfg.overwrite). No manifest is written
-    unless the build is complete.
+    corpus, a tokenizer that erases the text (`check_tokenizer_kept_the_text`) or an output dir holding
+    a different build (unless cfg.overwrite). No manifest is written unless the build is complete.
     """
     started = time.monotonic()
     packing.check_seq_len(cfg.seq_len, cfg.mode)
@@ -104,6 +107,7 @@ def run_build(cfg: BuildConfig) -> dict:
     if cfg.mode == "nsp":
         _pair_nsp(cfg, tok, units, work, id_dtype, markers, redo=bool(todo))
     manifest = _pack(cfg, tok, units, work, id_dtype, markers, inputs, segmenter)
+    check_tokenizer_kept_the_text(cfg.tokenizer, manifest.counts)
     if manifest.rows == 0:
         raise DataError(
             f"empty corpus: no text left in {' '.join(cfg.inputs)} after cleaning "
@@ -117,6 +121,21 @@ def run_build(cfg: BuildConfig) -> dict:
         log.warning("%s", warning)
     seconds = time.monotonic() - started
     return _summary(manifest, seconds)
+
+
+def check_tokenizer_kept_the_text(tokenizer: str, counts: dict) -> None:
+    """Raise DataError naming `tokenizer` when more than MAX_WITHOUT_TOKENS_FRACTION of the documents it
+    was given (`tokenized_documents`, after cleaning) became no token but special ones
+    (`documents_without_tokens`): a tokenizer whose normalizer maps the text to nothing would otherwise
+    build "successfully" into rows of [CLS] and [SEP]."""
+    given, erased = counts.get("tokenized_documents", 0), counts.get("documents_without_tokens", 0)
+    if given and erased > MAX_WITHOUT_TOKENS_FRACTION * given:
+        raise DataError(
+            f"the tokenizer {tokenizer} erases the text: {erased} of the {given} documents it was given "
+            f"({100 * erased / given:.0f}%) became no token but special ones ([UNK] included), and a build "
+            f"refuses more than {100 * MAX_WITHOUT_TOKENS_FRACTION:g}%; check its normalizer and "
+            "pre-tokenizer on a sample (or choose another tokenizer); no manifest written"
+        )
 
 
 def _pair_nsp(cfg: BuildConfig, tok, units: list[WorkUnit], work: str, id_dtype: str, markers, redo: bool):

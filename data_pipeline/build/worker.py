@@ -95,6 +95,7 @@ def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report:
     for s, split in enumerate(SPLITS):
         if not has_pairs(cfg.mode):
             encoded = _encode(encoder, docs[split])
+            _count_without_content(report, [e[0] for e in encoded], [1] * len(encoded))
             totals["tokens"] += sum(len(e[0]) for e in encoded)
             ids, ws = packing.join_documents(encoded, sep)
             arrays[f"{split}/ids"], arrays[f"{split}/ws"] = ids.astype(_STATE["id_dtype"]), ws
@@ -106,6 +107,7 @@ def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report:
             [x for doc in sentences for x in doc],
             [script for script, doc in zip(scripts, sentences, strict=True) for _ in doc],
         )
+        _count_without_content(report, [e[0] for e in flat], [len(doc) for doc in sentences])
         totals["tokens"] += sum(len(e[0]) for e in flat)
         grouped, at = [], 0
         for doc in sentences:
@@ -132,6 +134,26 @@ def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report:
     path = chunk_path(_STATE["work"], unit, chunk)
     with atomic_open(path) as f:
         np.savez(f, **arrays)
+
+
+def _count_without_content(report: BuildReport, ids: list[np.ndarray], pieces_per_doc: list[int]) -> None:
+    """Count into `report` the documents handed to the tokenizer (`tokenized_documents`) and those it
+    turned into no token but special ones, [UNK] included (`documents_without_tokens`: a tokenizer
+    whose normalizer erases the text). `ids` are the token ids of each piece (the document itself, or
+    its sentences), `pieces_per_doc` how many pieces each document has, in order."""
+    if not pieces_per_doc:
+        return
+    specials = np.array(sorted(set(_STATE["tokenizer"].special_ids.to_dict().values())), np.uint32)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.concatenate(ids) if len(ids) else np.zeros(0, np.uint32)
+    content = np.concatenate([[0], np.cumsum(np.isin(flat, specials, invert=True))])
+    doc_ends = np.cumsum(np.asarray([0, *pieces_per_doc], np.int64))  # piece index where each doc ends
+    token_ends = np.concatenate([[0], np.cumsum(lengths)])[doc_ends]  # token index where each doc ends
+    per_doc = np.diff(content[token_ends])
+    report.add("tokenized_documents", len(pieces_per_doc))
+    empty = int((per_doc == 0).sum())
+    if empty:
+        report.add("documents_without_tokens", empty)
 
 
 def _encode(encoder, texts: list[str], scripts: list | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -2,7 +2,8 @@
 
 Files, directories (walked recursively, symlinked directories followed, each directory read once) and
 globs expand into a deterministic list. What is not read is never silent: files with an extension we do
-not read and hidden (dot) names are listed with their sizes, and `InputSet.check_skipped` fails a build
+not read, hidden (dot) names and FIFOs, sockets and devices (never opened: a FIFO blocks its reader
+forever) are listed with their sizes, and `InputSet.check_skipped` fails a build
 whose skipped bytes are too large a share of its input. `--ext` (the `extensions` mapping) reads more
 extensions; a file without an extension named explicitly is read as text when its content is text.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +49,8 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file the inputs named or contained that is not read; `reason` 'extension' or 'hidden'."""
+    """A file the inputs named or contained that is not read; `reason` 'extension', 'hidden' or
+    'not-regular' (a FIFO, socket or device found in a directory or by a glob: never opened)."""
 
     path: str
     bytes: int
@@ -56,8 +59,8 @@ class SkippedFile:
     @property
     def label(self) -> str:
         """The extension (with a compression suffix) that made it unknown, or 'hidden'."""
-        if self.reason == "hidden":
-            return "hidden"
+        if self.reason in ("hidden", "not-regular"):
+            return "not a regular file" if self.reason == "not-regular" else "hidden"
         return _suffix_label(self.path) or "(no extension)"
 
 
@@ -143,8 +146,9 @@ def expand_input_set(paths: Sequence[str], extensions: dict[str, str] | None = N
 
     Raises:
         DataError: no paths; a missing path; a glob matching nothing; an explicitly named file with an
-            unknown extension (or, without an extension, content that is not text); an unreadable
-            file; or no readable input file at all.
+            unknown extension (or, without an extension, content that is not text); an explicitly
+            named FIFO, socket or device (never opened; found in a directory it is skipped and
+            counted); an unreadable file; or no readable input file at all.
     """
     if not paths:
         raise DataError("no input paths given: pass files, directories or globs of .txt/.jsonl/.parquet")
@@ -193,6 +197,7 @@ class _Found:
         self.extensions = extensions
         self.files: dict[str, SourceFile] = {}
         self.skipped: list[SkippedFile] = []
+        self._skipped_paths: set[str] = set()
         self._real: set[str] = set()
         self._dirs: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) -> first path it was walked as
 
@@ -219,6 +224,15 @@ class _Found:
         path = os.path.normpath(path)
         real = os.path.realpath(path)
         if path in self.files or real in self._real:
+            return
+        kind = special_file_kind(path)
+        if kind is not None:  # opening a FIFO blocks until a writer comes: never open one
+            if explicit:
+                raise DataError(
+                    f"{path}: input is a {kind}, not a regular file; reading it could block forever or never "
+                    "end: save the text to a file and pass that"
+                )
+            self._skip(path, "not-regular")
             return
         detected = detect_format(path, self.extensions)
         if detected is None and explicit and not _suffix_label(path):
@@ -249,7 +263,31 @@ class _Found:
             size = 0 if directory else os.stat(path).st_size
         except OSError:
             size = 0  # a broken link holds no bytes we could have read
-        self.skipped.append(SkippedFile(path + ("/" if directory else ""), size, reason))
+        entry = SkippedFile(path + ("/" if directory else ""), size, reason)
+        if entry.path not in self._skipped_paths:  # a dir and a glob reaching it: counted once
+            self._skipped_paths.add(entry.path)
+            self.skipped.append(entry)
+
+
+def special_file_kind(path: str) -> str | None:
+    """What `path` is when it is no regular file (symlinks followed, nothing opened): 'FIFO (named pipe)',
+    'socket', 'character device', 'block device'; None for a regular file, a directory or a path that
+    cannot be stat'ed (a broken link: the caller's own error)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
 
 
 def _suffix_label(path: str) -> str:

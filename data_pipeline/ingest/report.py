@@ -17,7 +17,9 @@ class BuildReport:
 
     Keys used: documents, empty_documents, short_documents, control_chars_removed, unicode_normalized,
     cjk_line_breaks_joined, overlong_documents_split, overlong_pieces, invalid_utf8_replaced, null_text,
-    files (see `sources`); a build adds the word-segmentation counts of `segment.WordStartEncoder`.
+    files (see `sources`); a build adds the word-segmentation counts of `segment.WordStartEncoder` and
+    tokenized_documents / documents_without_tokens (documents the tokenizer made no token of but special
+    ones, `worker._count_without_content`; more than half of them fails the build).
     """
 
     counts: dict[str, int] = field(default_factory=dict)

@@ -252,7 +252,7 @@ class ShardReader:
             for batch in read_shard_batches(path):
                 if not batch.schema.equals(schema):  # e.g. rows wider than the manifest's seq_len
                     raise DataError(
-                        f"{path}: {_schema_mismatch(batch.schema, schema, self.seq_len)}; the manifest "
+                        f"{path}: {schema_mismatch(batch.schema, schema, self.seq_len)}; the manifest "
                         "does not describe this shard: rebuild the shards"
                     )
                 starts.append(total)
@@ -334,10 +334,15 @@ class ShardReader:
         )
 
 
-def _schema_mismatch(found: pa.Schema, expected: pa.Schema, seq_len: int) -> str:
+def schema_mismatch(found: pa.Schema, expected: pa.Schema, seq_len: int) -> str:
+    """One line: how a record batch's schema `found` differs from the manifest's `expected` (the reader's
+    refusal and `mlm-data verify`'s problem line)."""
     ids = found.field("input_ids").type if "input_ids" in found.names else None
     width = ids.list_size if ids is not None and pa.types.is_fixed_size_list(ids) else None
     if width is not None and width != seq_len:
         return f"rows are {width} tokens wide but the manifest's seq_len is {seq_len}"
+    want = expected.field("input_ids").type.value_type
+    if width is not None and ids.value_type != want:
+        return f"token ids are {ids.value_type} but the manifest's id_dtype is {want}"
     line = lambda schema: "{" + ", ".join(f"{f.name}: {f.type}" for f in schema) + "}"  # noqa: E731
     return f"schema {line(found)} is not the manifest's {line(expected)}"

@@ -20,6 +20,7 @@ SPLITS = ("train", "validation")
 ID_DTYPES = {"uint16": 1 << 16, "uint32": 1 << 32}  # id dtype -> ids it can hold
 SHARD_KEYS = ("file", "rows", "tokens", "bytes", "sha256")
 PAIR_MODES = ("nsp", "sop")  # the modes whose rows are two segments with a pair label
+SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask")  # tokenizer.special_ids: every role, each its own id
 
 
 def has_pairs(mode: str) -> bool:
@@ -133,8 +134,24 @@ def _check_tokenizer(c: _Checker, tokenizer, id_dtype: str, shards_dir: str) -> 
     c.string(tokenizer.get("hash"), "tokenizer.hash")
     if "dir" in tokenizer:
         c.inside(tokenizer["dir"], "tokenizer.dir", shards_dir)
-    for key, token_id in c.mapping(tokenizer.get("special_ids", {}), "tokenizer.special_ids").items():
-        c.integer(token_id, f"tokenizer.special_ids.{key}")
+    special_ids = c.mapping(tokenizer.get("special_ids"), "tokenizer.special_ids")
+    holder: dict[int, str] = {}
+    for role in sorted(set(special_ids) | set(SPECIAL_ROLES), key=_role_order):
+        key = f"tokenizer.special_ids.{role}"
+        if role not in SPECIAL_ROLES:
+            c.fail(key, f"is not a special token role (expected {', '.join(SPECIAL_ROLES)})")
+        if role not in special_ids:
+            c.fail(key, "is missing")
+        token_id = c.integer(special_ids[role], key)
+        if token_id >= vocab_size:  # an IndexError in the embedding at the first step
+            c.fail(key, f"{token_id} is not below tokenizer.vocab_size {vocab_size}")
+        if token_id in holder:  # one id for two roles: masking would take one for the other
+            c.fail(key, f"{token_id} is also tokenizer.special_ids.{holder[token_id]}")
+        holder[token_id] = role
+
+
+def _role_order(role: str) -> tuple[int, str]:
+    return (SPECIAL_ROLES.index(role) if role in SPECIAL_ROLES else len(SPECIAL_ROLES), role)
 
 
 def _check_split(c: _Checker, split, key: str, shards_dir: str, seen: dict[str, str]) -> None:

@@ -12,14 +12,22 @@ import numpy as np
 
 from data_pipeline.errors import DataError
 from data_pipeline.integrity import file_sha256, size_problem
-from data_pipeline.shards.format import batch_to_numpy, read_shard_batches, row_problem, shard_schema
+from data_pipeline.shards.format import (
+    batch_to_numpy,
+    read_shard_batches,
+    row_problem,
+    schema_mismatch,
+    shard_schema,
+)
 from data_pipeline.shards.manifest import MANIFEST_NAME, Manifest
 from data_pipeline.shards.manifest_schema import has_pairs
+from data_pipeline.shards.tokenizer_match import shards_tokenizer_problem
 
 
 def verify_shards(shards_dir: str) -> list[str]:
-    """Check every shard against the manifest (size, sha256, Arrow validity, schema, id range, lengths)
-    and that the manifest covers its whole build (`coverage_problem`).
+    """Check every shard against the manifest (size, sha256, Arrow validity, schema, id range, lengths),
+    that the manifest covers its whole build (`coverage_problem`) and that its tokenizer dir is the one
+    it describes (`shards_tokenizer_problem`: fingerprint, vocab_size, special ids).
 
     Returns one problem string per bad shard (naming the file), [] when all is well.
     Raises DataError when the manifest itself is missing or unreadable.
@@ -40,9 +48,13 @@ def verify_shards(shards_dir: str) -> list[str]:
                     problem = str(exc)
             if problem is not None:
                 problems.append(f"{path}: {problem}" if not problem.startswith(path) else problem)
+    manifest_path = os.path.join(shards_dir, MANIFEST_NAME)
     coverage = coverage_problem(manifest)
     if coverage is not None:
-        problems.append(f"{os.path.join(shards_dir, MANIFEST_NAME)}: {coverage}")
+        problems.append(f"{manifest_path}: {coverage}")
+    tokenizer = shards_tokenizer_problem(shards_dir, manifest)
+    if tokenizer is not None:
+        problems.append(f"{manifest_path}: {tokenizer}")
     return problems
 
 
@@ -83,7 +95,7 @@ def _check_rows(batches, schema, shard: dict, vocab_size: int, seq_len: int) -> 
     rows = tokens = 0
     for batch in batches:
         if not batch.schema.equals(schema):
-            return f"schema {batch.schema} differs from the expected {schema}"
+            return schema_mismatch(batch.schema, schema, seq_len)
         batch.validate(full=True)
         cols = batch_to_numpy(batch)
         bad = row_problem(cols, vocab_size, seq_len)

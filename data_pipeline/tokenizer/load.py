@@ -19,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from data_pipeline.errors import DataError
+from data_pipeline.ingest.input_files import special_file_kind
 from data_pipeline.tokenizer.hf_dir import ROLES, load_without_transformers
 from data_pipeline.tokenizer.training import KINDS, SENTENCEPIECE_MODEL_FILE, SPECIAL_TOKENS, train_tokenizer
 
@@ -159,6 +160,11 @@ def load_tokenizer(path: str) -> LoadedTokenizer:
     """
     if not os.path.isdir(path):
         raise DataError(f"tokenizer directory {path} does not exist or is not a directory")
+    for name in TOKENIZER_FILES:  # a FIFO would block the load; taken for absent, it changes the tokenizer
+        kind = special_file_kind(os.path.join(path, name))
+        if kind is not None:
+            where = os.path.join(path, name)
+            raise DataError(f"{where}: is a {kind}, not a regular file; replace it by the file it stands for")
     files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
     if not any(
         name in files

@@ -103,7 +103,11 @@ def describe_run(cfg, model, source, *, seq_len: int) -> RunDescription:
         config=config_to_dict(cfg),
         hf_config=model.hf_config.to_json_string(use_diff=False),
         tokenizer_dir=source.tokenizer_dir,
-        tokenizer_files=tuple(tokenizer_files(source.tokenizer_dir, identity["tokenizer"])),
+        tokenizer_files=tuple(
+            tokenizer_files(
+                source.tokenizer_dir, identity["tokenizer"], source.vocab_size, source.special_ids
+            )
+        ),
         allow_changed=tuple(cfg.train.resume_allow_changed),
     )
 
@@ -202,13 +206,17 @@ def config_changes(saved: dict, current: dict, identity_keys=()) -> list[str]:
     ]
 
 
-def tokenizer_files(tokenizer_dir: str, fingerprint: str) -> list[str]:
+def tokenizer_files(
+    tokenizer_dir: str, fingerprint: str, vocab_size: int | None = None, special_ids: dict | None = None
+) -> list[str]:
     """The tokenizer files of `tokenizer_dir` (names), after checking that they are the tokenizer whose
-    `fingerprint` the shards' manifest recorded.
+    `fingerprint`, `vocab_size` and `special_ids` the shards' manifest recorded (the last two when given).
 
     Raises CheckpointError when they are not (the directory was changed after the build: the shards'
-    token ids belong to another tokenizer) and DataError when it holds no loadable tokenizer.
+    token ids belong to another tokenizer) and DataError when it holds no loadable tokenizer or the
+    manifest's vocab_size / special ids are not the tokenizer's (data_pipeline.shards.tokenizer_match).
     """
+    from data_pipeline.shards.tokenizer_match import check_tokenizer_matches
     from data_pipeline.tokenizer.load import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -218,4 +226,6 @@ def tokenizer_files(tokenizer_dir: str, fingerprint: str) -> list[str]:
             f"were built with {fingerprint[:12]} (manifest.json): the tokenizer was replaced after the "
             "build; restore it or rebuild the shards"
         )
+    if vocab_size is not None:
+        check_tokenizer_matches(tokenizer, vocab_size, special_ids or {})
     return list(tokenizer.files)

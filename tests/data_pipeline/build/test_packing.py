@@ -109,3 +109,10 @@ def test_pair_packing_is_a_pure_function_of_the_seed():
 def test_seq_len_too_small_for_the_mode_is_refused(mode, seq_len):
     with pytest.raises(DataError, match=f"--seq-len {seq_len} is too small for --mode {mode}"):
         packing.check_seq_len(seq_len, mode)
+
+
+@pytest.mark.parametrize("seq_len", [packing.MAX_SEQ_LEN + 1, 100_000_000_000])
+def test_seq_len_too_large_says_so_with_the_bound(seq_len):
+    with pytest.raises(DataError, match=f"--seq-len {seq_len} is too large: at most {packing.MAX_SEQ_LEN}"):
+        packing.check_seq_len(seq_len, "full-sentences")
+    packing.check_seq_len(packing.MAX_SEQ_LEN, "full-sentences")

@@ -1,5 +1,6 @@
 """Real builds over a multi-file corpus: worker-count independence, the token stream, verify, merge."""
 
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from data_pipeline.errors import DataError
 from data_pipeline.shards.inspect import summary
 from data_pipeline.shards.manifest import Manifest
 from data_pipeline.build.merge import merge_parts
+from data_pipeline.cli import main
 from data_pipeline.shards.format import ShardReader
 from data_pipeline.ingest.sources import Document, expand_inputs
 from data_pipeline.tokenizer.load import load_tokenizer
@@ -259,3 +261,27 @@ def test_merge_refuses_parts_of_different_builds(mixed_format_dir, wordpiece_tok
     with pytest.raises(DataError, match=f"{b}: seq_len 64 differs from {a}'s 32"):
         merge_parts([a, b], str(tmp_path / "merged"))
     assert not (tmp_path / "merged" / "manifest.json").exists()
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["tokenizer-copy", "shard-copy"])
+def test_merge_on_a_full_disk_is_one_line_naming_the_file(two_partitions, tmp_path, capsys, monkeypatch, linked):
+    out = tmp_path / "merged"
+    monkeypatch.setattr(os, "sendfile", _no_space)  # shutil.copyfile's write: what a full disk raises
+    if not linked:  # another filesystem: the shards are copied, not hard-linked
+        monkeypatch.setattr(os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
+    assert main(["merge", *two_partitions, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "mlm-data merge" in line]
+    assert len(lines) == 1 and "[(" not in err, err
+    what = "tokenizer.tmp/" if linked else "train-00000.arrow"
+    assert lines[0].startswith(f"mlm-data merge: error: {out}") and what in lines[0], lines[0]
+    assert "No space left on device; the disk is full" in lines[0]
+    assert not (out / "manifest.json").exists() and not (out / "tokenizer").exists()
+    monkeypatch.undo()  # space freed: the rerun completes
+    merge_parts(two_partitions, str(out))
+    assert verify_shards(str(out)) == []
+    assert sorted(os.listdir(out / "tokenizer")) == sorted(os.listdir(Path(two_partitions[0]) / "tokenizer"))

@@ -49,7 +49,12 @@ def write_shards(out, shards: dict[str, list[dict]], manifest_seq_len: int = SEQ
         seq_len=manifest_seq_len,
         mode="nsp",
         id_dtype="uint16",
-        tokenizer={"dir": "tokenizer", "hash": "x", "vocab_size": 500, "special_ids": {}},
+        tokenizer={
+            "dir": "tokenizer",
+            "hash": "x",
+            "vocab_size": 500,
+            "special_ids": {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4},
+        },
         splits={
             "train": {
                 "rows": sum(s["rows"] for s in listed),
@@ -167,7 +172,8 @@ def test_take_names_the_shard_and_row_of_a_row_the_trainer_cannot_use(tmp_path, 
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'train-00000.arrow'}: row 9 (train sample 9): {problem}")
     assert "mlm-data verify" in message
-    (found,) = verify_shards(str(tmp_path))
+    found, tokenizer = verify_shards(str(tmp_path))  # write_shards writes no tokenizer dir
+    assert tokenizer.endswith(f"directory {tmp_path / 'tokenizer'} does not exist or is not a directory")
     assert "train-00000.arrow" in found and f"row 9: {problem}" in found
 
 
