@@ -212,7 +212,7 @@ def test_a_line_break_deepspeed_does_not_split_at_is_refused(tmp_path, ch):
         f"run_dir=$(touch {MARKER})",
         f"run_dir='`touch${{IFS}}{MARKER}`'",
         f"run_dir='a b&&touch {MARKER}'",
-        "run_dir='a\tb'",
+        "data.path='a!b'",
     ],
 )
 def test_a_trainer_argument_a_remote_shell_would_run_is_refused_in_ssh_mode(tmp_path, write_config, override):
