@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from data_pipeline.errors import os_error_line
-from pretrain.checkpoint.identity import describe_run
+from pretrain.checkpoint.identity import describe_run, source_tokenizer_files
 from pretrain.checkpoint.manager import CheckpointManager
 from pretrain.checkpoint.run_lock import RunLock
 from pretrain.config import Config, ConfigError, config_hash, save_config
@@ -173,9 +173,11 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     comm = Collectives(info.device)
     agreement = StepAgreement(comm)
     train_source, val_source = open_row_sources(cfg.data)
+    # Before the model and the engine: a replaced tokenizer dir, or a manifest whose vocab_size is not
+    # the tokenizer's, must not cost an embedding or a ZeRO build to be found out.
+    tokenizer_files = source_tokenizer_files(train_source)
     model, seq_len = _build_model(cfg, train_source)
-    # Before the engine: a replaced tokenizer dir must not cost a ZeRO build to be found out.
-    description = describe_run(cfg, model, train_source, seq_len=seq_len)
+    description = describe_run(cfg, model, train_source, seq_len=seq_len, tokenizer_files=tokenizer_files)
     check_run_dir_writable(cfg.run_dir, agreement, rank)
     lock = take_run_lock(cfg.run_dir, agreement, rank)
     try:

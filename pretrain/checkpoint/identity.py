@@ -89,26 +89,31 @@ class RunDescription:
     allow_changed: tuple[str, ...] = ()
 
 
-def describe_run(cfg, model, source, *, seq_len: int) -> RunDescription:
-    """The RunDescription of training `cfg` with the built `model` on the row source `source`.
-
-    Raises CheckpointError when the source's tokenizer dir is not the one its rows were built with,
-    and DataError when the source has no build identity or the tokenizer dir cannot be loaded.
+def describe_run(cfg, model, source, *, seq_len: int, tokenizer_files: tuple[str, ...]) -> RunDescription:
+    """The RunDescription of training `cfg` with the built `model` on the row source `source`, whose
+    tokenizer dir holds `tokenizer_files` (`source_tokenizer_files(source)`, checked before the model is
+    built). Raises DataError when the source has no build identity.
     """
     from pretrain.config import config_to_dict
 
-    identity = run_identity(cfg.model.arch, model, source, seq_len=seq_len, seed=cfg.train.seed)
     return RunDescription(
-        identity=identity,
+        identity=run_identity(cfg.model.arch, model, source, seq_len=seq_len, seed=cfg.train.seed),
         config=config_to_dict(cfg),
         hf_config=model.hf_config.to_json_string(use_diff=False),
         tokenizer_dir=source.tokenizer_dir,
-        tokenizer_files=tuple(
-            tokenizer_files(
-                source.tokenizer_dir, identity["tokenizer"], source.vocab_size, source.special_ids
-            )
-        ),
+        tokenizer_files=tuple(tokenizer_files),
         allow_changed=tuple(cfg.train.resume_allow_changed),
+    )
+
+
+def source_tokenizer_files(source) -> tuple[str, ...]:
+    """The tokenizer files of the row source's tokenizer dir, after checking it is the tokenizer the rows
+    were built with (fingerprint, vocab_size, special ids: see `tokenizer_files`). Cheap next to a model:
+    run it first, so a manifest's false vocab_size never sizes an embedding."""
+    return tuple(
+        tokenizer_files(
+            source.tokenizer_dir, source.tokenizer_fingerprint, source.vocab_size, source.special_ids
+        )
     )
 
 

@@ -45,7 +45,7 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
 
     Returns (engine, tag dir)."""
     from data_pipeline.shards import ShardReader
-    from pretrain.checkpoint.identity import describe_run
+    from pretrain.checkpoint.identity import describe_run, source_tokenizer_files
     from pretrain.models.registry import build_model
     from pretrain.runtime.engine import initialize_engine
 
@@ -77,7 +77,7 @@ def train_and_save(run_dir, shards, stage: int, pair_head: bool = False, precisi
     model = build_model(
         cfg.model, vocab_size=vocab, pad_id=source.special_ids["pad"], rows_have_pairs=pair_head
     )
-    run = describe_run(cfg, model, source, seq_len=16)
+    run = describe_run(cfg, model, source, seq_len=16, tokenizer_files=source_tokenizer_files(source))
     engine = initialize_engine(cfg, model, 1, on_gpu=False)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
