@@ -140,8 +140,9 @@ def set_nccl_error_handling(env: dict | None = None) -> None:
 
 def allow_tf32() -> None:
     """Let fp32 matmuls and convolutions use TF32 tensor cores (CUDA only: these flags change nothing on
-    CPU). Under precision=fp32 on GPU that is about 8x the matmul rate for 10 mantissa bits per product
-    (accumulation stays fp32), as the HF peer of bench/gpu.py runs; bf16/fp16 matmuls are unaffected."""
+    CPU). Under precision=fp32 on GPU that is several times the fp32 matmul rate (tensor cores) for
+    10 mantissa bits per product (accumulation stays fp32), as the HF peer of bench/gpu.py runs;
+    bf16/fp16 matmuls are unaffected."""
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = True
