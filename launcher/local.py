@@ -3,6 +3,12 @@
 The default "spawn" launcher starts the rank processes itself so that the trainer's exit code survives
 (torchrun turns any worker failure, including the preemption code 75, into 1) and so that SIGTERM/SIGUSR1
 reach every rank: SLURM's warning signal must make the trainer save, not kill a wrapper.
+
+A rank that dies (any exit but 0 and 75) ends the node in seconds: the other ranks get SIGTERM, and
+those still running `kill_grace_s()` seconds later (default 30, env MLM_KILL_GRACE_S) get SIGKILL, since
+a rank blocked in a collective with the dead one (NCCL waits for its timeout, minutes) never reaches
+the point where it acts on SIGTERM. The node's exit code is the code of the rank that died first, and one
+line names that rank.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ from launcher.job_config import LaunchError
 
 EXIT_PREEMPTED = 75  # the trainer's documented exit code after a signal-triggered save (docs/architecture.md)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+KILL_GRACE_ENV = "MLM_KILL_GRACE_S"
+DEFAULT_KILL_GRACE_S = 30.0
+# For GPU ranks, unless the user's environment sets them: a failed or timed-out NCCL collective ends the
+# process (1 = TearDown) instead of blocking it. The same values as pretrain.runtime.distributed's
+# NCCL_ERROR_HANDLING (the launcher imports no torch-side module): TORCH_NCCL_* is the current name.
+NCCL_ERROR_HANDLING = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_ASYNC_ERROR_HANDLING": "1"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,35 @@ def rank_env(spec: NodeSpec, local_rank: int) -> dict[str, str]:
             CUDA_VISIBLE_DEVICES="",
             OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
         )
+    else:
+        env.update({k: v for k, v in NCCL_ERROR_HANDLING.items() if k not in os.environ})
     return env
+
+
+def kill_grace_s(environ=None) -> float:
+    """Seconds between the SIGTERM to the surviving ranks and their SIGKILL: MLM_KILL_GRACE_S or 30.
+
+    Raises LaunchError for a value that is not a number >= 0."""
+    raw = (os.environ if environ is None else environ).get(KILL_GRACE_ENV)
+    if raw is None:
+        return DEFAULT_KILL_GRACE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise LaunchError(f"{KILL_GRACE_ENV}={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
+def describe_exit(code: int) -> str:
+    """'exited with 1' or 'was killed by SIGKILL' for a Popen return code."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
 
 
 def trainer_command(train_args: list[str], module: str = "pretrain") -> list[str]:
@@ -162,7 +202,8 @@ def wait_for_master(addr: str, port: int, timeout_s: float, stopped=lambda: Fals
 
 
 def combine_exit_codes(codes: list[int]) -> int:
-    """One exit code for the node: the first real failure, else 75 if any rank was preempted, else 0."""
+    """One exit code for the node: the first real failure (pass the codes in the order the ranks ended),
+    else 75 if any rank was preempted, else 0."""
     failures = [c for c in codes if c not in (0, EXIT_PREEMPTED)]
     if failures:  # killed by signal N -> 128 + N, as a shell reports it
         return failures[0] if failures[0] > 0 else 128 - failures[0]
@@ -172,9 +213,12 @@ def combine_exit_codes(codes: list[int]) -> int:
 def run_node(spec: NodeSpec, train_args: list[str], echo=print, module: str = "pretrain") -> int:
     """Start this node's ranks, forward SIGTERM/SIGINT/SIGUSR1 to them, return the combined exit code.
 
-    A rank that fails makes the others stop (SIGTERM) so that a crashed job does not hang in a
-    collective. Raises LaunchError when a non-zero node rank cannot reach the master.
+    A rank that fails makes the others stop: SIGTERM at once, SIGKILL to those still running after
+    `kill_grace_s()` seconds, so that a crashed job does not hang in a collective; the exit code is then
+    the failed rank's, and a line names it. Raises LaunchError when a non-zero node rank cannot reach
+    the master, or for a bad MLM_KILL_GRACE_S.
     """
+    grace_s = kill_grace_s()
     procs: list[subprocess.Popen] = []
     stop_requested: list[int] = []
 
@@ -199,15 +243,29 @@ def run_node(spec: NodeSpec, train_args: list[str], echo=print, module: str = "p
             cmd = trainer_command(train_args, module)
             echo(" ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(cmd))
             procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
-        codes: dict[int, int] = {}
-        while len(codes) < len(procs):
+        ended: list[int] = []  # local ranks, in the order they ended
+        kill_at: float | None = None
+        while len(ended) < len(procs):
             for i, p in enumerate(procs):
-                if i not in codes and p.poll() is not None:
-                    codes[i] = p.returncode
-                    if p.returncode not in (0, EXIT_PREEMPTED):
+                if i not in ended and p.poll() is not None:
+                    ended.append(i)
+                    if p.returncode not in (0, EXIT_PREEMPTED) and kill_at is None:
+                        rank = spec.node_rank * spec.nproc + i
+                        echo(
+                            f"mlm-launch: rank {rank} (local rank {i}) {describe_exit(p.returncode)}; "
+                            f"stopping the other ranks (SIGTERM, SIGKILL after {grace_s:g} s)"
+                        )
                         forward(signal.SIGTERM, None)
+                        kill_at = time.monotonic() + grace_s
+            if kill_at is not None and time.monotonic() >= kill_at:
+                alive = [i for i, p in enumerate(procs) if p.poll() is None]
+                if alive:
+                    echo(f"mlm-launch: local rank(s) {alive} alive {grace_s:g} s after SIGTERM: SIGKILL")
+                    for i in alive:
+                        procs[i].kill()
+                kill_at = float("inf")  # once
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return combine_exit_codes([codes[i] for i in range(len(procs))])
+    return combine_exit_codes([procs[i].returncode for i in ended])

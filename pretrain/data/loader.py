@@ -32,8 +32,12 @@ class LoaderStep:
 
 
 def step_counts(micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """[non-pad tokens, masked tokens, pairs] of collated CPU micro-batches, as a float64 tensor."""
-    tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
+    """[non-pad tokens, masked tokens, pairs] of collated CPU micro-batches, as a float64 tensor (a batch
+    without `attention_mask` has no padding: every token counts)."""
+    tokens = sum(
+        int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+        for b in micro_batches
+    )
     masked = sum(b["masked_labels"].numel() for b in micro_batches)
     pairs = sum(b["pair_labels"].numel() for b in micro_batches if "pair_labels" in b)
     return torch.tensor([tokens, masked, pairs], dtype=torch.float64)

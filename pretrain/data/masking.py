@@ -103,9 +103,10 @@ class MaskingCollator:
 
         Takes `rows` from `ShardReader.take` (input_ids, word_start, length[, segment_b_start,
         pair_label]), the global sample indices of those rows and the epoch. Returns int64 tensors:
-        input_ids (masked), attention_mask, token_type_ids (all (batch, seq)), masked_positions (flat
-        indices into batch*seq, ascending), masked_labels (original ids there) and pair_labels (batch,)
-        when the rows have pairs; of these, only the collator's `batch_keys`.
+        input_ids (masked), attention_mask (only when some row is padded: an unpadded batch needs no
+        mask, and passing none spares the model a host sync), token_type_ids (all (batch, seq)),
+        masked_positions (flat indices into batch*seq, ascending), masked_labels (original ids there) and
+        pair_labels (batch,) when the rows have pairs; of these, only the collator's `batch_keys`.
         """
         ids = np.asarray(rows["input_ids"], dtype=np.int64)
         word_start = np.asarray(rows["word_start"]).astype(bool)
@@ -130,9 +131,10 @@ class MaskingCollator:
 
         masked_ids = np.where(use_mask, self.mask_id, np.where(use_random, random_ids, ids))
         flat_positions = np.flatnonzero(selected)
-        out = {
-            "input_ids": torch.from_numpy(masked_ids),
-            "attention_mask": torch.from_numpy(in_sequence.astype(np.int64)),
+        out = {"input_ids": torch.from_numpy(masked_ids)}
+        if not in_sequence.all():
+            out["attention_mask"] = torch.from_numpy(in_sequence.astype(np.int64))
+        out |= {
             "token_type_ids": torch.zeros((batch, seq), dtype=torch.int64),
             "masked_positions": torch.from_numpy(flat_positions.astype(np.int64)),
             "masked_labels": torch.from_numpy(ids.reshape(-1)[flat_positions]),

@@ -15,10 +15,13 @@ dynamic loss scaling (device-agnostic Python over torch ops) run on CPU in the t
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 _CPU_SHM_COMM_OP = "deepspeed_shm_comm"  # ShareMemCommBuilder.NAME
 # The variables a launcher (torchrun, deepspeed, MPI) sets that make a process join a process group, the
@@ -122,13 +125,73 @@ def set_determinism(enabled: bool) -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+# Set for GPU ranks (a launcher's value wins): a failed or timed-out NCCL collective tears the process
+# down (1 = TearDown: abort the communicators, then end the process) instead of leaving it blocked, so a
+# dead peer ends the job. TORCH_NCCL_* is the current name, NCCL_* the one older torch reads.
+NCCL_ERROR_HANDLING = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_ASYNC_ERROR_HANDLING": "1"}
+
+
+def set_nccl_error_handling(env: dict | None = None) -> None:
+    """Put NCCL_ERROR_HANDLING into `env` (default os.environ) where not already set."""
+    env = os.environ if env is None else env
+    for key, value in NCCL_ERROR_HANDLING.items():
+        env.setdefault(key, value)
+
+
+def allow_tf32() -> None:
+    """Let fp32 matmuls and convolutions use TF32 tensor cores (CUDA only: these flags change nothing on
+    CPU). Under precision=fp32 on GPU that is several times the fp32 matmul rate (tensor cores) for
+    10 mantissa bits per product (accumulation stays fp32), as the HF peer of bench/gpu.py runs;
+    bf16/fp16 matmuls are unaffected."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def loopback_hostname_problem(
+    world_size: int,
+    local_world_size: int,
+    env: dict | None = None,
+    resolve: Callable[[str], str] | None = None,
+    hostname: str | None = None,
+) -> str | None:
+    """The one line to print when gloo (the `cpu:gloo` half of the GPU process group) would fail across
+    nodes: a multi-node world (`world_size` > `local_world_size`), GLOO_SOCKET_IFNAME unset, and this
+    host's name resolving to a loopback address (Debian/Ubuntu map it to 127.0.1.1 in /etc/hosts), which
+    gloo then advertises to the other nodes. None when there is nothing to say. `env`, `resolve` (name
+    -> IPv4 address) and `hostname` default to os.environ, socket.gethostbyname and socket.gethostname.
+    """
+    env = os.environ if env is None else env
+    if world_size <= local_world_size or env.get("GLOO_SOCKET_IFNAME"):
+        return None
+    name = hostname if hostname is not None else socket.gethostname()
+    try:
+        address = (resolve or socket.gethostbyname)(name)
+    except OSError:
+        return None  # gloo's own error will name the host
+    if not address.startswith("127."):
+        return None
+    nccl = env.get("NCCL_SOCKET_IFNAME")
+    example = (
+        f"GLOO_SOCKET_IFNAME={nccl}"
+        if nccl
+        else "GLOO_SOCKET_IFNAME=<interface the nodes reach each other on, e.g. eth0>"
+    )
+    return (
+        f"this host's name {name!r} resolves to {address} (loopback), so gloo would tell the other nodes to "
+        f"reach it there; set {example} on every node"
+    )
+
+
 def prepare_environment() -> bool:
     """Set the environment DeepSpeed and torch.distributed read; returns True when CUDA is used.
 
     Without CUDA, sets DS_ACCELERATOR=cpu (unless the user chose one) and, with the CPU fp16 test
     device switched on (MLM_TEST_CPU_FP16=1), lets DeepSpeed run fp16 there. Without a launcher (no RANK
     / WORLD_SIZE in the environment), fills in a world of one on 127.0.0.1 with a free port, so a plain
-    `python -m pretrain` works. Call it before importing deepspeed.
+    `python -m pretrain` works. With CUDA, sets NCCL's async error handling (`set_nccl_error_handling`)
+    unless the launcher did. Call it before importing deepspeed.
     """
     import torch
 
@@ -142,13 +205,18 @@ def prepare_environment() -> bool:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     os.environ.setdefault("LOCAL_RANK", "0")
-    return on_gpu and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
+    on_gpu = on_gpu and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
+    if on_gpu:
+        set_nccl_error_handling()  # read when the NCCL process group is created
+    return on_gpu
 
 
 def init_distributed(timeout_minutes: float) -> DistInfo:
     """Create the process group (see `process_group_backend`) and return this process's DistInfo.
 
-    Takes the collective timeout in minutes (a hung peer ends the job instead of hanging forever).
+    Takes the collective timeout in minutes (a hung peer ends the job instead of hanging forever). On GPU
+    it also allows TF32 (`allow_tf32`) and warns, in one line, when gloo would fail across nodes
+    (`loopback_hostname_problem`).
     Raises RuntimeError when the launcher's environment is inconsistent (e.g. RANK >= WORLD_SIZE).
     """
     on_gpu = prepare_environment()
@@ -164,6 +232,11 @@ def init_distributed(timeout_minutes: float) -> DistInfo:
     backend = process_group_backend(on_gpu)
     if on_gpu:
         torch.cuda.set_device(local_rank)
+        allow_tf32()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        problem = loopback_hostname_problem(world, local_world)
+        if problem is not None and local_rank == 0:
+            log.warning("%s", problem)
     else:
         skip_cpu_inference_comm_op()
     deepspeed.init_distributed(

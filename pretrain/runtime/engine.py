@@ -18,6 +18,13 @@ from pretrain.runtime.distributed import cpu_fp16_test_device
 
 # Large enough that DeepSpeed never prints its own per-step lines; our metrics logger does that.
 _STEPS_PER_PRINT = 1 << 30
+# ZeRO-1/2 gradient buckets on GPU, in elements (DeepSpeed's default is 5e8, larger than BERT-base and
+# -large, so reduction could only start after the last gradient; 5e7 bf16 elements = 100 MB per bucket,
+# past the size where NCCL reaches its bus bandwidth, and small enough to overlap with the backward).
+GPU_BUCKET_ELEMENTS = 50_000_000
+# From this many micro-batches per step, bf16 gradients are accumulated in fp32 under ZeRO-2/3 (a bf16
+# sum of 8+ terms loses the small ones: bf16 keeps 8 significant bits).
+FP32_GRAD_ACCUM_FROM_STEPS = 8
 
 
 def deepspeed_config(cfg: Config, world_size: int, *, on_gpu: bool) -> dict:
@@ -80,7 +87,48 @@ def deepspeed_config(cfg: Config, world_size: int, *, on_gpu: bool) -> dict:
     if optimizer is not None:
         # DeepSpeed builds these (CPUAdam under offload: a ZeRO-tested optimizer; LAMB: ZeRO-0 only).
         generated["optimizer"] = optimizer
-    return merge_user_keys(generated, cfg.deepspeed)
+    return merge_user_keys(generated, overlay(tuning_defaults(cfg, on_gpu=on_gpu), cfg.deepspeed))
+
+
+def tuning_defaults(cfg: Config, *, on_gpu: bool) -> dict:
+    """DeepSpeed keys we set for speed that a user may override under `deepspeed:` (unlike the generated
+    keys, which a user key may only repeat).
+
+    Everywhere: DeepSpeed's throughput timer off (it calls the accelerator's synchronize() at the start and
+    the end of every micro-batch, deepspeed/utils/timer.py; our metrics logger measures throughput). On GPU
+    under ZeRO-1/2: `overlap_comm` (gradient reduction overlaps the backward; double buffers, about
+    2 x bucket x 2 bytes more memory) with GPU_BUCKET_ELEMENTS buckets; under bf16 and ZeRO-2/3 with
+    at least FP32_GRAD_ACCUM_FROM_STEPS micro-batches, `data_types.grad_accum_dtype: fp32` (ZeRO-0 has no
+    such mode and ZeRO-1 would switch to another optimizer, BF16_Optimizer, with another checkpoint
+    layout, so those are left alone). Nothing here changes CPU numerics.
+    """
+    defaults: dict = {"timers": {"throughput": {"enabled": False}}}
+    if not on_gpu:
+        return defaults
+    if cfg.zero.stage in (1, 2):
+        defaults["zero_optimization"] = {
+            "overlap_comm": True,
+            "reduce_bucket_size": GPU_BUCKET_ELEMENTS,
+            "allgather_bucket_size": GPU_BUCKET_ELEMENTS,
+        }
+    if (
+        cfg.precision == "bf16"
+        and cfg.zero.stage in (2, 3)
+        and cfg.train.grad_accum_steps >= FP32_GRAD_ACCUM_FROM_STEPS
+    ):
+        defaults["data_types"] = {"grad_accum_dtype": "fp32"}
+    return defaults
+
+
+def overlay(base: dict, top: dict) -> dict:
+    """`base` with `top`'s keys put over it, nested dicts merged key by key (`top` wins)."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _deepspeed_optimizer_section(cfg: Config, on_gpu: bool) -> dict | None:

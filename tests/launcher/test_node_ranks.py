@@ -1,15 +1,20 @@
 """Two per-node launches (node ranks 0 and 1) on loopback form one process group; exit codes survive."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from tests.helpers import free_port
 
 NODE = """
 import sys
 import time
+
+import pytest
 from launcher.local import NodeSpec, run_node
 spec = NodeSpec(nproc=1, nnodes=2, node_rank={rank}, master_port={port}, rdzv_timeout_s=60, cpu=True)
 sys.exit(run_node(spec, [{out!r}, "75"], module="tests.launcher.rendezvous_probe"))
@@ -36,3 +41,56 @@ def test_stop_signal_while_waiting_for_the_master_exits_75_without_starting_rank
     assert node.wait(timeout=30) == 75
     assert "before the ranks started" in node.stdout.read()
     assert not list(tmp_path.iterdir())  # no rank ran
+
+
+DEAD_RANK_NODE = """
+import sys
+from launcher.local import NodeSpec, run_node
+spec = NodeSpec(nproc=2, master_port={port}, cpu=True)
+sys.exit(run_node(spec, [{out!r}], module="tests.launcher.dead_rank_probe"))
+"""
+
+
+def test_a_rank_killed_with_sigkill_ends_the_node_in_seconds_and_its_code_is_the_nodes(tmp_path):
+    env = {**os.environ, "MLM_KILL_GRACE_S": "2"}
+    code = DEAD_RANK_NODE.format(port=free_port(), out=str(tmp_path))
+    node = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"pid{r}").exists() for r in (0, 1)):
+            assert node.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.2)
+        survivor = int((tmp_path / "pid0").read_text())
+        os.kill(int((tmp_path / "pid1").read_text()), signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert node.wait(timeout=60) == 128 + signal.SIGKILL  # the dead rank's code, not the survivor's
+        took = time.monotonic() - killed_at
+    finally:
+        if node.poll() is None:
+            node.kill()
+    out = node.stdout.read()
+    assert "rank 1 (local rank 1) was killed by SIGKILL" in out
+    assert "local rank(s) [0] alive 2 s after SIGTERM: SIGKILL" in out  # it ignored SIGTERM
+    assert took < 30, took  # the 2 s grace plus polling, far from any collective timeout
+    with pytest.raises(ProcessLookupError):
+        os.kill(survivor, 0)  # nothing left behind
+
+
+def test_kill_grace_is_30_s_unless_the_environment_says_otherwise():
+    from launcher.job_config import LaunchError
+    from launcher.local import kill_grace_s
+
+    assert kill_grace_s({}) == 30.0 and kill_grace_s({"MLM_KILL_GRACE_S": "0.5"}) == 0.5
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(LaunchError, match="MLM_KILL_GRACE_S"):
+            kill_grace_s({"MLM_KILL_GRACE_S": bad})
+
+
+def test_gpu_ranks_get_nccl_error_handling_unless_the_user_set_it(monkeypatch):
+    from launcher.local import NodeSpec, rank_env
+
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    monkeypatch.setenv("NCCL_ASYNC_ERROR_HANDLING", "3")
+    env = rank_env(NodeSpec(nproc=2), 1)
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and "NCCL_ASYNC_ERROR_HANDLING" not in env
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in rank_env(NodeSpec(nproc=2, cpu=True), 1)

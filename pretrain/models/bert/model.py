@@ -87,25 +87,32 @@ class MLMPretrainingModel(BertPreTrainedModel):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor,
-        masked_positions: torch.Tensor,
-        masked_labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
+        masked_labels: torch.Tensor | None = None,
         pair_labels: torch.Tensor | None = None,
     ) -> PretrainingOutput:
         """Losses and accuracies of one micro-batch.
 
-        Takes input_ids / attention_mask / token_type_ids of shape (batch, seq), masked_positions (flat
-        int64 indices into batch*seq) with their original token ids masked_labels, and optionally
-        pair_labels (batch,). Returns a PretrainingOutput of sums and counts.
+        Takes input_ids / token_type_ids of shape (batch, seq), attention_mask (batch, seq) or None when
+        no row of the batch is padded (the collator leaves it out then: transformers' SDPA path would
+        check `mask.all()` on the host and drop an all-ones mask anyway, masking_utils.py), masked_positions
+        (flat int64 indices into batch*seq) with their original token ids masked_labels (both required),
+        and optionally pair_labels (batch,). Returns a PretrainingOutput of sums and counts. Raises
+        TypeError without masked_positions or masked_labels.
         """
+        if masked_positions is None or masked_labels is None:
+            raise TypeError("forward() needs masked_positions and masked_labels")
         encoded = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         hidden = encoded.last_hidden_state
         masked_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
         logits = self.cls.predictions(masked_hidden).float()
         mlm_loss_sum = F.cross_entropy(logits, masked_labels, reduction="sum")
         mlm_correct = (logits.argmax(-1) == masked_labels).sum()
-        num_masked = torch.tensor(masked_labels.numel(), device=logits.device)
+        # torch.full fills on the device from a kernel argument: unlike torch.tensor(n, device=...) it
+        # copies nothing from host memory, so it never blocks the host on a GPU.
+        num_masked = torch.full((), masked_labels.numel(), dtype=torch.int64, device=logits.device)
 
         zero = torch.zeros((), device=logits.device)
         pair_loss_sum, pair_correct, num_pairs = zero, zero.long(), zero.long()
@@ -113,7 +120,7 @@ class MLMPretrainingModel(BertPreTrainedModel):
             pair_logits = self.cls.seq_relationship(encoded.pooler_output).float()
             pair_loss_sum = F.cross_entropy(pair_logits, pair_labels, reduction="sum")
             pair_correct = (pair_logits.argmax(-1) == pair_labels).sum()
-            num_pairs = torch.tensor(pair_labels.numel(), device=logits.device)
+            num_pairs = torch.full((), pair_labels.numel(), dtype=torch.int64, device=logits.device)
         return PretrainingOutput(
             mlm_loss_sum, mlm_correct, num_masked, pair_loss_sum, pair_correct, num_pairs
         )

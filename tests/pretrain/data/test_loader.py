@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain.config import MaskingConfig
-from pretrain.data.loader import TrainLoader, ValidationLoader
+from pretrain.data.loader import TrainLoader, ValidationLoader, step_counts
 from pretrain.data.masking import MaskingCollator
 from pretrain.data.sampler import GlobalBatchSampler
 from tests.helpers.rows import SPECIAL_IDS, VOCAB_SIZE, ArrayReader, make_rows
@@ -180,3 +180,16 @@ def test_two_rank_loaders_feed_the_same_masked_batches_as_one():
         assert torch.equal(torch.cat(mine), torch.cat([mb["input_ids"] for mb in one.micro_batches]))
         positions = [torch.cat([mb["masked_labels"] for mb in g[step].micro_batches]) for g in got]
         assert torch.equal(torch.cat(positions), torch.cat([mb["masked_labels"] for mb in one.micro_batches]))
+
+
+def test_step_counts_take_every_token_of_a_batch_without_attention_mask():
+    unpadded = {
+        "input_ids": torch.ones(3, 5, dtype=torch.int64),
+        "masked_labels": torch.ones(4, dtype=torch.int64),
+    }
+    padded = {
+        "input_ids": torch.ones(2, 5, dtype=torch.int64),
+        "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+        "masked_labels": torch.ones(2, dtype=torch.int64),
+    }
+    assert step_counts([unpadded, padded]).tolist() == [15.0 + 8.0, 6.0, 0.0]

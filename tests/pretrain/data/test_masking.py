@@ -88,7 +88,8 @@ def test_same_sample_same_mask_in_any_batch_or_rank():
     for part in (np.arange(8)[::-1].copy(), np.arange(8, 16)):
         sub = collate({k: v[part] for k, v in rows.items()}, indices=indices[part], epoch=2)
         assert torch.equal(sub["input_ids"], whole["input_ids"][part])
-        assert torch.equal(sub["attention_mask"], whole["attention_mask"][part])
+        sub_mask = sub.get("attention_mask", torch.ones_like(sub["input_ids"]))  # absent: no padding
+        assert torch.equal(sub_mask, whole["attention_mask"][part])
     # Another epoch or seed gives another mask.
     assert not torch.equal(collate(rows, indices=indices, epoch=3)["input_ids"], whole["input_ids"])
     assert not torch.equal(collate(rows, indices=indices, epoch=2, seed=4)["input_ids"], whole["input_ids"])
@@ -145,3 +146,16 @@ def test_the_batch_holds_only_the_keys_the_model_takes(pair_rows):
     out = collator.collate(pair_rows, np.arange(len(pair_rows["length"])), 0)
     assert tuple(out) == keys  # no token_type_ids, no pair_labels
     assert torch.equal(out["input_ids"], collate(pair_rows, seed=3)["input_ids"])  # the same masks
+
+
+def test_attention_mask_only_when_some_row_is_padded():
+    rows = {k: v[:8] for k, v in ROWS.items()}
+    padded = collate(rows, indices=np.arange(8), epoch=0)
+    assert padded["attention_mask"].sum() == int(rows["length"].sum())
+    shortest = int(rows["length"].min())
+    collator = MaskingCollator(
+        MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=3, seq_len=shortest
+    )
+    unpadded = collator.collate(rows, np.arange(8), 0)
+    assert "attention_mask" not in unpadded  # the model then passes no mask: no host check of it
+    assert torch.equal(unpadded["input_ids"], padded["input_ids"][:, :shortest])

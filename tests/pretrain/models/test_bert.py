@@ -188,3 +188,33 @@ def test_the_deterministic_switch_sets_torch_cublas_and_attention_and_the_model_
         torch.use_deterministic_algorithms(False)
         torch.backends.cuda.enable_cudnn_sdp(True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_an_unpadded_batch_gives_bit_identical_losses_and_gradients_without_the_mask(pairs):
+    """The collator leaves attention_mask out of an unpadded batch (no host check of it in transformers'
+    mask path); that must change no bit of the losses or the gradients on CPU."""
+    rows = make_rows(6, 24, pairs=pairs, seed=2)
+    shortest = int(rows["length"].min())
+    collator = MaskingCollator(
+        MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=1, seq_len=shortest
+    )
+    b = collator.collate(rows, np.arange(6), 0)
+    assert "attention_mask" not in b
+    torch.manual_seed(0)
+    model = build_model(
+        BertModelConfig(preset="tiny"), vocab_size=VOCAB_SIZE, pad_id=0, rows_have_pairs=pairs
+    ).train()
+    results = []
+    for mask in (None, torch.ones_like(b["input_ids"])):
+        torch.manual_seed(5)  # the same dropout masks in both passes
+        model.zero_grad(set_to_none=True)
+        out = model(**b, attention_mask=mask)
+        (out.mlm_loss_sum + out.pair_loss_sum).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((out, grads))
+    (without, g_without), (with_mask, g_with) = results
+    for field in ("mlm_loss_sum", "mlm_correct", "num_masked", "pair_loss_sum", "pair_correct", "num_pairs"):
+        assert torch.equal(getattr(without, field), getattr(with_mask, field)), field
+    assert without.num_masked.dtype == torch.int64 and int(without.num_masked) == b["masked_labels"].numel()
+    assert all(torch.equal(a, c) for a, c in zip(g_without, g_with, strict=True))

@@ -36,3 +36,38 @@ def test_cpu_start_up_compiles_no_deepspeed_op(tmp_path):
     assert results == ["RESULT gloo 1 None"]
     built = [str(p.relative_to(extensions)) for p in extensions.rglob("*")] if extensions.exists() else []
     assert built == []
+
+
+def test_a_loopback_hostname_on_a_multi_node_world_without_gloo_ifname_is_named_in_one_line():
+    from pretrain.runtime.distributed import loopback_hostname_problem
+
+    def resolve_to(address):
+        return lambda name: address
+
+    line = loopback_hostname_problem(16, 8, env={}, resolve=resolve_to("127.0.1.1"), hostname="node7")
+    assert line is not None and "\n" not in line
+    assert "'node7' resolves to 127.0.1.1" in line and "GLOO_SOCKET_IFNAME=" in line
+    with_nccl = loopback_hostname_problem(
+        16, 8, env={"NCCL_SOCKET_IFNAME": "ib0"}, resolve=resolve_to("127.0.1.1"), hostname="node7"
+    )
+    assert "set GLOO_SOCKET_IFNAME=ib0 on every node" in with_nccl
+    # Nothing to say: one node, the variable set, a routable address, a name that does not resolve.
+    assert loopback_hostname_problem(8, 8, env={}, resolve=resolve_to("127.0.1.1"), hostname="n") is None
+    set_env = {"GLOO_SOCKET_IFNAME": "eth0"}
+    assert (
+        loopback_hostname_problem(16, 8, env=set_env, resolve=resolve_to("127.0.1.1"), hostname="n") is None
+    )
+    assert loopback_hostname_problem(16, 8, env={}, resolve=resolve_to("10.0.0.7"), hostname="n") is None
+
+    def unresolvable(name):
+        raise OSError("no such host")
+
+    assert loopback_hostname_problem(16, 8, env={}, resolve=unresolvable, hostname="n") is None
+
+
+def test_nccl_error_handling_is_set_unless_the_launcher_chose():
+    from pretrain.runtime.distributed import set_nccl_error_handling
+
+    env = {"NCCL_ASYNC_ERROR_HANDLING": "3"}
+    set_nccl_error_handling(env)
+    assert env == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_ASYNC_ERROR_HANDLING": "3"}

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from pretrain.config import ConfigError, config_from_dict
-from pretrain.runtime.engine import deepspeed_config, lr_factor, parameter_groups
+from pretrain.runtime.engine import (
+    FP32_GRAD_ACCUM_FROM_STEPS,
+    GPU_BUCKET_ELEMENTS,
+    deepspeed_config,
+    lr_factor,
+    parameter_groups,
+)
 
 
 def make_cfg(**sections):
@@ -160,3 +166,88 @@ def test_engine_on_cpu_follows_the_schedule_and_steps_once_per_accumulation(monk
     assert engine.global_steps == 3
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3])  # warmup 2 steps, then linear decay to 0 at 4
     assert math.isfinite(float(engine.get_global_grad_norm()))
+
+
+def test_throughput_timer_is_off_everywhere_and_a_user_may_turn_it_on():
+    for on_gpu in (False, True):
+        assert deepspeed_config(make_cfg(), 1, on_gpu=on_gpu)["timers"] == {"throughput": {"enabled": False}}
+    user = {"timers": {"throughput": {"enabled": True, "synchronized": False}}}
+    assert deepspeed_config(make_cfg(deepspeed=user), 1, on_gpu=False)["timers"] == user["timers"]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_gpu_zero_1_2_overlap_gradient_reduction_in_buckets_smaller_than_the_model(stage):
+    ds = deepspeed_config(make_cfg(zero={"stage": stage}), 1, on_gpu=True)
+    tuned = {
+        "overlap_comm": True,
+        "reduce_bucket_size": GPU_BUCKET_ELEMENTS,
+        "allgather_bucket_size": GPU_BUCKET_ELEMENTS,
+    }
+    assert ds["zero_optimization"] == ({"stage": stage, **tuned} if stage in (1, 2) else {"stage": stage})
+    # CPU numerics stay as they were: nothing of this on CPU.
+    assert deepspeed_config(make_cfg(zero={"stage": stage}), 1, on_gpu=False)["zero_optimization"] == {
+        "stage": stage
+    }
+
+
+def test_a_user_key_overrides_a_tuning_default_but_not_a_generated_key():
+    user = {"zero_optimization": {"overlap_comm": False, "reduce_bucket_size": 1000}}
+    ds = deepspeed_config(make_cfg(zero={"stage": 2}, deepspeed=user), 1, on_gpu=True)
+    assert ds["zero_optimization"] == {
+        "stage": 2,
+        "overlap_comm": False,
+        "reduce_bucket_size": 1000,
+        "allgather_bucket_size": GPU_BUCKET_ELEMENTS,
+    }
+    with pytest.raises(ConfigError, match=r"deepspeed.zero_optimization.stage=1 contradicts the value 2"):
+        deepspeed_config(
+            make_cfg(zero={"stage": 2}, deepspeed={"zero_optimization": {"stage": 1}}), 1, on_gpu=True
+        )
+
+
+@pytest.mark.parametrize(
+    ("precision", "stage", "accum", "on_gpu", "fp32_accum"),
+    [
+        ("bf16", 2, FP32_GRAD_ACCUM_FROM_STEPS, True, True),
+        ("bf16", 3, 16, True, True),
+        ("bf16", 2, FP32_GRAD_ACCUM_FROM_STEPS - 1, True, False),
+        ("bf16", 1, 16, True, False),  # ZeRO-1 would switch to BF16_Optimizer (another checkpoint layout)
+        ("bf16", 0, 16, True, False),  # ZeRO-0 refuses the mix (NotImplementedError in deepspeed.initialize)
+        ("fp32", 2, 16, True, False),
+        ("bf16", 2, 16, False, False),  # CPU numerics unchanged
+    ],
+)
+def test_bf16_accumulates_many_micro_batches_in_fp32_under_zero_2_3_on_gpu(
+    precision, stage, accum, on_gpu, fp32_accum
+):
+    cfg = make_cfg(precision=precision, zero={"stage": stage}, train={"grad_accum_steps": accum})
+    ds = deepspeed_config(cfg, 1, on_gpu=on_gpu)
+    assert ds.get("data_types") == ({"grad_accum_dtype": "fp32"} if fp32_accum else None)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_builds_and_steps_the_gpu_dict_on_cpu(stage):
+    """The GPU tuning keys are ones DeepSpeed 0.19 takes: the dict generated for a GPU builds a real
+    engine (gloo) and its optimizer carries them (fp32 accumulation, overlapped reduction)."""
+    import deepspeed
+
+    from tests.helpers.engine import TinyNet, init_process_group
+
+    init_process_group()
+    accum = FP32_GRAD_ACCUM_FROM_STEPS
+    cfg = make_cfg(
+        precision="bf16", zero={"stage": stage}, train={"micro_batch_size": 2, "grad_accum_steps": accum}
+    )
+    ds = deepspeed_config(cfg, 1, on_gpu=True)
+    torch.manual_seed(0)
+    model = TinyNet()
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=ds)
+    assert engine.tput_timer.config.enabled is False
+    assert engine.optimizer.gradient_accumulation_dtype == (torch.bfloat16 if stage == 1 else torch.float32)
+    if stage in (1, 2):
+        assert engine.optimizer.overlap_comm is True
+        assert engine.optimizer.reduce_bucket_size == GPU_BUCKET_ELEMENTS
+    for _ in range(accum):
+        engine.backward(engine(torch.randn(2, 8).bfloat16()).float().pow(2).mean())
+        engine.step()
+    assert engine.global_steps == 1 and math.isfinite(float(engine.get_global_grad_norm()))
