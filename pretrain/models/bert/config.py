@@ -58,6 +58,16 @@ class BertModelConfig:
     """auto: add the NSP/SOP head when the shards hold sentence pairs; none: MLM only."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel of the transformers BERT encoder."""
+    pad_vocab_to_multiple_of: int = 1
+    """Round the embedding and output rows up to a multiple of this (64 on GPUs: the output projection's
+    matmul then runs on full tensor-core tiles). The extra rows are never an input id (masking draws
+    replacements from the tokenizer's ids only); the export keeps them (its config's vocab_size is the
+    padded one, which transformers loads with any tokenizer of at most that size). 1: no padding."""
+
+    def padded_vocab_size(self, vocab_size: int) -> int:
+        """The tokenizer's `vocab_size` rounded up to a multiple of pad_vocab_to_multiple_of."""
+        multiple = self.pad_vocab_to_multiple_of
+        return -(-vocab_size // multiple) * multiple
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -71,6 +81,10 @@ class BertModelConfig:
                 f"model: {', '.join('model.' + m for m in missing)} not set; "
                 f"set them or choose model.preset from {sorted(PRESETS)}",
             )
+        require(
+            self.pad_vocab_to_multiple_of >= 1,
+            f"model.pad_vocab_to_multiple_of must be >= 1, got {self.pad_vocab_to_multiple_of}",
+        )
         for name in SHAPE_FIELDS:
             value = getattr(self, name)
             require(value is None or value > 0, f"model.{name} must be > 0, got {value}")

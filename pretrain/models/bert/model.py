@@ -179,8 +179,9 @@ def build_model(
     init_from is not a BERT checkpoint dir or its vocabulary size differs from vocab_size.
     """
     pair_head = rows_have_pairs and model_cfg.pair_head == "auto"
+    padded = model_cfg.padded_vocab_size(vocab_size)
     if model_cfg.init_from is None:
-        config = _bert_config(model_cfg, vocab_size, pad_id)
+        config = _bert_config(model_cfg, padded, pad_id)
         config._attn_implementation = model_cfg.attn_implementation
         return MLMPretrainingModel(config, pair_head=pair_head)
 
@@ -195,10 +196,11 @@ def build_model(
         raise ConfigError(f"model.init_from={src}: cannot read its config.json: {exc}") from None
     if config.model_type != "bert":
         raise ConfigError(f"model.init_from={src}: model_type is {config.model_type!r}, expected 'bert'")
-    if config.vocab_size != vocab_size:
+    if config.vocab_size not in (vocab_size, padded):  # a padded export continues with its padding
+        also = f" (padded to {padded} by model.pad_vocab_to_multiple_of)" if padded != vocab_size else ""
         raise ConfigError(
             f"vocabulary mismatch: model.init_from={src} has vocab_size {config.vocab_size} but "
-            f"{tokenizer_source} has {vocab_size}; build the shards with that checkpoint's tokenizer "
+            f"{tokenizer_source} has {vocab_size}{also}; build the shards with that checkpoint's tokenizer "
             f"(mlm-data build --tokenizer {src}) or start from scratch"
         )
     config.hidden_dropout_prob = model_cfg.dropout

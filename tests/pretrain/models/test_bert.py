@@ -218,3 +218,42 @@ def test_an_unpadded_batch_gives_bit_identical_losses_and_gradients_without_the_
         assert torch.equal(getattr(without, field), getattr(with_mask, field)), field
     assert without.num_masked.dtype == torch.int64 and int(without.num_masked) == b["masked_labels"].numel()
     assert all(torch.equal(a, c) for a, c in zip(g_without, g_with, strict=True))
+
+
+def test_a_padded_vocabulary_keeps_the_loss_of_the_real_ids_and_exports_as_bert(tmp_path):
+    # 500 ids padded to 512 rows: the HF class loads the weights strictly and gives the same loss; a
+    # continued run takes the padded export as its init_from.
+    cfg = BertModelConfig(preset="tiny", dropout=0.0, attention_dropout=0.0, pad_vocab_to_multiple_of=64)
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=VOCAB_SIZE, pad_id=0, rows_have_pairs=False).eval()
+    assert model.hf_config.vocab_size == 512 and model.shape()["vocab_size"] == 512
+    reference = BertForMaskedLM(model.hf_config).eval()
+    reference.load_state_dict(model.state_dict(), strict=True)
+    b = batch(pairs=False)
+    out = model(
+        b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"], b["masked_labels"]
+    )
+    ref = reference(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        token_type_ids=b["token_type_ids"],
+        labels=dense_labels(b),
+    )
+    torch.testing.assert_close(out.mlm_loss_sum / out.num_masked, ref.loss, rtol=1e-6, atol=1e-6)
+    reference.save_pretrained(tmp_path / "export")
+    again = build_model(
+        BertModelConfig(init_from=str(tmp_path / "export"), pad_vocab_to_multiple_of=64),
+        vocab_size=VOCAB_SIZE,
+        pad_id=0,
+        rows_have_pairs=False,
+    )
+    assert again.hf_config.vocab_size == 512
+    with pytest.raises(ConfigError, match=r"has 800 \(padded to 832"):
+        build_model(
+            BertModelConfig(init_from=str(tmp_path / "export"), pad_vocab_to_multiple_of=64),
+            vocab_size=800,
+            pad_id=0,
+            rows_have_pairs=False,
+        )
+    with pytest.raises(ConfigError, match="pad_vocab_to_multiple_of must be >= 1"):
+        BertModelConfig(preset="tiny", pad_vocab_to_multiple_of=0)
