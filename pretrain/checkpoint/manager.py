@@ -37,6 +37,8 @@ from pretrain.checkpoint.record import (
     write_complete_record,
 )
 from pretrain.checkpoint.safe_load import deepspeed_loads_weights_only
+from pretrain.config.files import read_yaml_mapping
+from pretrain.errors import ConfigError
 from pretrain.runtime.collectives import Collectives
 from pretrain.runtime.engine_state import (
     apply_lr_schedule,
@@ -424,13 +426,10 @@ class CheckpointManager:
         if self.run.config is None or CONFIG_FILE not in record["files"]:
             return []
         path = os.path.join(tag_dir, CONFIG_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as e:
-            raise CheckpointError(f"{path} is not readable YAML ({e}); the checkpoint is unusable") from e
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{path} is not a config mapping; the checkpoint is unusable")
+        try:  # the config loader's bounded reader: a checkpoint is untrusted like any config
+            saved = read_yaml_mapping(path)
+        except ConfigError as e:
+            raise CheckpointError(f"{e}; the checkpoint is unusable") from None
         return config_changes(saved, self.run.config, identity_keys=self.run.identity)
 
     def _load_engine(self, engine, tag_dir: str, record: dict) -> None:

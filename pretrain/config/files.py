@@ -60,7 +60,7 @@ def _read_yaml_with_bases(path: str) -> dict:
         if real in seen:
             cycle = " -> ".join(seen + [real])
             raise ConfigError(f"{path}: `base:` files include each other in a cycle: {cycle}")
-        raw = _read_yaml(path)
+        raw = read_yaml_mapping(path)
         seen.append(real)
         base = raw.pop("base", None)
         chain.append(raw)
@@ -79,8 +79,9 @@ def _read_yaml_with_bases(path: str) -> dict:
     return merged
 
 
-def _read_yaml(path: str) -> dict:
-    """One config file's top-level mapping; ConfigError naming the file for anything unreadable."""
+def read_yaml_mapping(path: str) -> dict:
+    """One YAML file's top-level mapping, read within the bounds above (size, aliases, nesting, expanded
+    values) and without blocking on a FIFO; ConfigError naming the file for anything unreadable."""
     text = _read_text(path)
     try:
         raw = _load_bounded(text, path)

@@ -235,3 +235,18 @@ def test_another_architecture_is_a_model_change_and_old_records_are_bert():
     assert check_resume_identity("ckpt", before_registry, {**IDENTITY, "model.arch": "bert"}, ()) == []
     with pytest.raises(CheckpointError, match=r"model.arch 'bert' -> 'other'.*allow_changed=\[model\]"):
         check_resume_identity("ckpt", before_registry, {**IDENTITY, "model.arch": "other"}, ())
+
+
+def test_a_checkpoint_config_that_is_a_yaml_alias_bomb_is_refused_by_name(tmp_path):
+    # The saved config.yaml is read with the config loader's bounds: a listed, checksummed alias bomb
+    # is refused in one line instead of expanding to 9^9 strings.
+    _, checkpoints = saved(tmp_path, steps=1)
+    tag = checkpoints / "step-00000001"
+    bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        bomb += f"{level}: &{level} [{', '.join(['*' + previous] * 9)}]\n"
+    (tag / "config.yaml").write_text(bomb)
+    rewrite_record(tag)
+    with pytest.raises(CheckpointError, match=r"config.yaml: .*alias.*the checkpoint is unusable"):
+        manager(tmp_path).resume(make_engine(), "auto")
