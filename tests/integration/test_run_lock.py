@@ -25,7 +25,11 @@ HOLD = (
 
 def test_a_second_run_is_refused_and_a_killed_holders_lock_taken_over(tiny_shards, tmp_path):
     config = write_config(
-        tmp_path, tiny_shards, train={"max_steps": 1, "grad_accum_steps": 1}, eval={"max_batches": 1}
+        tmp_path,
+        tiny_shards,
+        train={"max_steps": 1, "grad_accum_steps": 1},
+        optim={"warmup_steps": 1},
+        eval={"max_batches": 1},
     )
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -40,7 +40,9 @@ def test_two_rank_zero2_run_learns_and_leaves_a_complete_run_dir(tiny_shards, tm
 
 
 def test_nsp_shards_train_the_pair_head_on_one_process(tiny_nsp_shards, tmp_path):
-    config = write_config(tmp_path, tiny_nsp_shards, train={"max_steps": 4, "grad_accum_steps": 1})
+    config = write_config(
+        tmp_path, tiny_nsp_shards, train={"max_steps": 4, "grad_accum_steps": 1}, optim={"warmup_steps": 2}
+    )
     run = run_pretrain(config, ranks=1)
     assert run.returncode == 0, run.output[-3000:]
     steps = [r for r in run.metrics if "loss" in r]
@@ -49,7 +51,11 @@ def test_nsp_shards_train_the_pair_head_on_one_process(tiny_nsp_shards, tmp_path
 
 
 def test_the_deepspeed_launcher_trains_the_same_losses_as_torchrun(tiny_shards, tmp_path):
-    settings = {"train": {"max_steps": 4, "grad_accum_steps": 1}, "eval": {"every_steps": None}}
+    settings = {
+        "train": {"max_steps": 4, "grad_accum_steps": 1},
+        "optim": {"warmup_steps": 2},
+        "eval": {"every_steps": None},
+    }
     runs = {}
     for launcher in ("deepspeed", "torchrun"):
         (tmp_path / launcher).mkdir()
