@@ -75,7 +75,7 @@ def _read_yaml_with_bases(path: str) -> dict:
         path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
     merged = chain.pop()
     while chain:
-        merged = _deep_merge(merged, chain.pop())
+        merged = deep_merge(merged, chain.pop())
     return merged
 
 
@@ -244,11 +244,12 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return where + (f" ({context})" if context else "")
 
 
-def _deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: dict, top: dict) -> dict:
+    """`base` with `top`'s keys put over it, nested dicts merged key by key (`top` wins)."""
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged

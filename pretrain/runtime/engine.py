@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from pretrain.config import Config, ConfigError, OptimConfig
+from pretrain.config.files import deep_merge
 from pretrain.runtime.distributed import cpu_fp16_test_device
 
 # Large enough that DeepSpeed never prints its own per-step lines; our metrics logger does that.
@@ -87,7 +88,7 @@ def deepspeed_config(cfg: Config, world_size: int, *, on_gpu: bool) -> dict:
     if optimizer is not None:
         # DeepSpeed builds these (CPUAdam under offload: a ZeRO-tested optimizer; LAMB: ZeRO-0 only).
         generated["optimizer"] = optimizer
-    return merge_user_keys(generated, overlay(tuning_defaults(cfg, on_gpu=on_gpu), cfg.deepspeed))
+    return merge_user_keys(generated, deep_merge(tuning_defaults(cfg, on_gpu=on_gpu), cfg.deepspeed))
 
 
 def tuning_defaults(cfg: Config, *, on_gpu: bool) -> dict:
@@ -118,17 +119,6 @@ def tuning_defaults(cfg: Config, *, on_gpu: bool) -> dict:
     ):
         defaults["data_types"] = {"grad_accum_dtype": "fp32"}
     return defaults
-
-
-def overlay(base: dict, top: dict) -> dict:
-    """`base` with `top`'s keys put over it, nested dicts merged key by key (`top` wins)."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = overlay(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _deepspeed_optimizer_section(cfg: Config, on_gpu: bool) -> dict | None:

@@ -31,13 +31,10 @@ def dense_labels(b):
     return labels.view_as(b["input_ids"])
 
 
-def test_sparse_mlm_loss_equals_bert_for_masked_lm():
-    torch.manual_seed(0)
-    model = bert().eval()
-    assert model.export_class_name == "BertForMaskedLM"
+def with_bert_for_masked_lm(model, b):
+    """(BertForMaskedLM holding `model`'s weights, our output on batch `b`, its output on `b`)."""
     reference = BertForMaskedLM(model.hf_config).eval()
     reference.load_state_dict(model.state_dict(), strict=True)
-    b = batch(pairs=False)
     out = model(
         b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"], b["masked_labels"]
     )
@@ -47,6 +44,15 @@ def test_sparse_mlm_loss_equals_bert_for_masked_lm():
         token_type_ids=b["token_type_ids"],
         labels=dense_labels(b),
     )
+    return reference, out, ref
+
+
+def test_sparse_mlm_loss_equals_bert_for_masked_lm():
+    torch.manual_seed(0)
+    model = bert().eval()
+    assert model.export_class_name == "BertForMaskedLM"
+    b = batch(pairs=False)
+    reference, out, ref = with_bert_for_masked_lm(model, b)
     assert int(out.num_masked) == len(b["masked_labels"]) > 0
     torch.testing.assert_close(out.mlm_loss_sum / out.num_masked, ref.loss, rtol=1e-6, atol=1e-6)
     dense_pred = ref.logits.view(-1, VOCAB_SIZE)[b["masked_positions"]].argmax(-1)
@@ -227,18 +233,8 @@ def test_a_padded_vocabulary_keeps_the_loss_of_the_real_ids_and_exports_as_bert(
     torch.manual_seed(0)
     model = build_model(cfg, vocab_size=VOCAB_SIZE, pad_id=0, rows_have_pairs=False).eval()
     assert model.hf_config.vocab_size == 512 and model.shape()["vocab_size"] == 512
-    reference = BertForMaskedLM(model.hf_config).eval()
-    reference.load_state_dict(model.state_dict(), strict=True)
     b = batch(pairs=False)
-    out = model(
-        b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"], b["masked_labels"]
-    )
-    ref = reference(
-        input_ids=b["input_ids"],
-        attention_mask=b["attention_mask"],
-        token_type_ids=b["token_type_ids"],
-        labels=dense_labels(b),
-    )
+    reference, out, ref = with_bert_for_masked_lm(model, b)
     torch.testing.assert_close(out.mlm_loss_sum / out.num_masked, ref.loss, rtol=1e-6, atol=1e-6)
     reference.save_pretrained(tmp_path / "export")
     again = build_model(
