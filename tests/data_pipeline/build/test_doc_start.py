@@ -1,7 +1,10 @@
 """The doc_start column of a real `mlm-data build` (format 2), and shards of format 1 still read."""
 
 import numpy as np
+import pytest
 
+from data_pipeline.build.merge import merge_parts
+from data_pipeline.errors import DataError
 from data_pipeline.shards import ShardReader
 from data_pipeline.shards.inspect import DOCUMENT_MARK, decoded_samples, summary
 from data_pipeline.shards.manifest import FORMAT_VERSION, Manifest
@@ -42,3 +45,10 @@ def test_shards_of_format_1_read_the_same_rows_without_doc_start(tiny_shards, tm
         np.testing.assert_array_equal(column, new_rows[key])
     assert summary(str(old))["format_version"] == 1
     assert not any(DOCUMENT_MARK in line for line in decoded_samples(str(old), 3))
+
+
+def test_merge_refuses_parts_of_different_shard_formats(tiny_shards, tmp_path):
+    old = format_1_copy(tiny_shards, tmp_path / "old")
+    with pytest.raises(DataError, match=f"{old}: format_version 1 differs from {tiny_shards}'s 2"):
+        merge_parts([str(tiny_shards), str(old)], str(tmp_path / "merged"))
+    assert not (tmp_path / "merged").exists()
