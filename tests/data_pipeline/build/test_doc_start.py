@@ -1,9 +1,14 @@
 """The doc_start column of a real `mlm-data build` (format 2), and shards of format 1 still read."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
+from data_pipeline.build import pipeline
 from data_pipeline.build.merge import merge_parts
+from data_pipeline.build.pipeline import BuildConfig, run_build
 from data_pipeline.errors import DataError
 from data_pipeline.shards import ShardReader
 from data_pipeline.shards.inspect import DOCUMENT_MARK, decoded_samples, summary
@@ -52,3 +57,43 @@ def test_merge_refuses_parts_of_different_shard_formats(tiny_shards, tmp_path):
     with pytest.raises(DataError, match=f"{old}: format_version 1 differs from {tiny_shards}'s 2"):
         merge_parts([str(tiny_shards), str(old)], str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()
+
+
+def test_a_build_interrupted_by_an_older_mlm_data_tokenizes_its_chunks_again(
+    sample_documents, wordpiece_tokenizer_dir, tmp_path, monkeypatch
+):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"part-{i}.txt").write_text("\n\n".join(sample_documents[i * 20 : i * 20 + 20]))
+    cfg = BuildConfig(
+        inputs=[str(corpus)], tokenizer=wordpiece_tokenizer_dir, out=str(tmp_path / "out"), seq_len=48
+    )
+    reference = tmp_path / "reference"
+    run_build(dataclasses.replace(cfg, out=str(reference)))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("stopped after tokenizing")
+
+    with monkeypatch.context() as patch:  # every unit tokenized, then the build stops
+        patch.setattr(pipeline, "_pack", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_build(cfg)
+    # What an mlm-data from before doc_start left: chunks without document lengths, stamps without the
+    # chunk layout.
+    work = tmp_path / "out" / ".work"
+    for marker in [*work.glob("unit-*.done"), *work.glob("unit-*.start")]:
+        record = json.loads(marker.read_text())
+        record["stamp"].pop("chunk_layout")
+        marker.write_text(json.dumps(record))
+    chunks = sorted(work.glob("unit-*.npz"))
+    assert chunks
+    for chunk in chunks:
+        with np.load(chunk) as data:
+            kept = {k: data[k] for k in data.files if not k.endswith("/doc_tokens")}
+        np.savez(chunk, **kept)
+    run_build(cfg)
+    built, expected = ShardReader(str(tmp_path / "out")), ShardReader(str(reference))
+    rows = built.take(np.arange(len(built)))
+    for key, column in expected.take(np.arange(len(expected))).items():
+        np.testing.assert_array_equal(rows[key], column)
