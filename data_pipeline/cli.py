@@ -239,13 +239,16 @@ def _verify(args) -> int:
 
 
 def _inspect(args) -> int:
-    from data_pipeline.shards.inspect import PAIR_LABEL_NAMES, decoded_samples, summary
+    from data_pipeline.shards.inspect import DOCUMENT_MARK, PAIR_LABEL_NAMES, decoded_samples, summary
 
     info = summary(args.dir)
     if args.json:
         print(json.dumps(info, sort_keys=True))
         return 0
-    print(f"{args.dir}: mode {info['mode']}, seq_len {info['seq_len']}, vocab {info['vocab_size']}")
+    print(
+        f"{args.dir}: mode {info['mode']}, seq_len {info['seq_len']}, vocab {info['vocab_size']}, "
+        f"format {info['format_version']}"
+    )
     print(f"sequences {info['sequences']}, tokens {info['tokens']}, fill ratio {info['fill_ratio']:.4f}")
     for name, split in info["splits"].items():
         pairs = ""
@@ -254,7 +257,7 @@ def _inspect(args) -> int:
             pairs = f", {PAIR_LABEL_NAMES[info['mode']]} {share:.3f} ({split['pair_label_1']} rows)"
         rows = f"{split['sequences']} sequences, {split['tokens']} tokens, {split['shards']} shards"
         print(f"  {name}: {rows}{pairs}")
-    print("samples ('|' marks a word start):")
+    print(f"samples ('|' marks a word start, '{DOCUMENT_MARK}' a document start):")
     for line in decoded_samples(args.dir, args.samples):
         print("  " + line)
     return 0

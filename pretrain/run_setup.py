@@ -18,7 +18,7 @@ from pretrain.checkpoint.run_lock import RunLock
 from pretrain.config import Config, ConfigError, config_hash, save_config
 from pretrain.data.loader import TrainLoader, ValidationLoader
 from pretrain.data.masking import MaskingCollator
-from pretrain.data.row_source import open_row_sources, resolve_seq_len
+from pretrain.data.row_source import check_document_starts, open_row_sources, resolve_seq_len
 from pretrain.data.sampler import GlobalBatchSampler
 from pretrain.metrics import MetricsLogger
 from pretrain.models.registry import build_model
@@ -177,6 +177,8 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     # the tokenizer's, must not cost an embedding or a ZeRO build to be found out.
     tokenizer_files = source_tokenizer_files(train_source)
     model, seq_len = _build_model(cfg, train_source)
+    for source in (train_source, val_source):  # before the engine: old shards cannot serve this model
+        check_document_starts(source, model.batch_keys, cfg.model.arch)
     description = describe_run(cfg, model, train_source, seq_len=seq_len, tokenizer_files=tokenizer_files)
     check_run_dir_writable(cfg.run_dir, agreement, rank)
     lock = take_run_lock(cfg.run_dir, agreement, rank)

@@ -18,7 +18,7 @@ def merge_parts(part_dirs: list[str], out: str) -> Manifest:
     """Join the K partition builds of one build into `out`: shards hard-linked (copied across
     filesystems) in partition order, one manifest.
 
-    Raises DataError naming the part whose tokenizer, seq_len, mode, id dtype or data identity
+    Raises DataError naming the part whose tokenizer, seq_len, mode, id dtype, shard format or data identity
     (`Manifest.data_identity`) differs from the first part's, a partition index given twice or missing
     (every index 0..K-1 exactly once), a part that is unfinished, or an `out` that already holds a
     manifest.
@@ -67,6 +67,7 @@ def merge_parts(part_dirs: list[str], out: str) -> Manifest:
         counts=counts,
         build={**first.build, "partition": None, "merged_from": [os.path.abspath(p) for p in part_dirs],
                "merged_partitions": len(part_dirs), "identity": identity},
+        format_version=first.format_version,  # the parts' shards are linked as they are
     )
     merged.save(out)
     return merged
@@ -76,7 +77,7 @@ def _check_one_build(part_dirs: list[str], manifests: list[Manifest]) -> None:
     """Raise DataError naming the first part that is not from the same build as the first part."""
     first = manifests[0]
     for path, m in zip(part_dirs, manifests, strict=True):
-        for key in ("seq_len", "mode", "id_dtype"):
+        for key in ("seq_len", "mode", "id_dtype", "format_version"):
             mine, theirs = getattr(m, key), getattr(first, key)
             if mine != theirs:
                 raise DataError(

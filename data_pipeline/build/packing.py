@@ -2,14 +2,18 @@
 
 full-sentences: documents are joined into one stream, each followed by [SEP]; the stream is cut into
 rows of [CLS] + (seq_len - 1) tokens, so only the very last row of a split is padded
-(`join_documents` + `FullSentencePacker`, vectorised with numpy).
+(`join_documents` + `FullSentencePacker`, vectorised with numpy). `doc_start` marks where each document
+(with its [SEP]) starts in a row: the row's first token always, where the [CLS] opens the first document
+of the row, or the rest of a document cut off at the end of the previous row; then the first token after
+each [SEP] (`document_starts` of the stream). So attention and positions can be kept to one document.
 
 nsp / sop: per document, sentences are gathered into chunks up to a target length (seq_len - 3, or with
 probability 0.1 a random shorter target) and cut into segments A and B: [CLS] A [SEP] B [SEP]. NSP takes
 B from a random other document of a `DocumentPool` half of the time (label 1): in a build, every document
 of the split (`nsp_pairs.CorpusDocuments`), as BERT's create_pretraining_data does; SOP swaps A and B
 half of the time (label 1). The random choices come from a generator the caller seeds per work unit
-chunk, so the rows do not depend on the worker count.
+chunk, so the rows do not depend on the worker count. A pair row is one unit of attention (NSP and SOP
+need the segments to see each other), so its `doc_start` is 1 at the [CLS] only.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ def join_documents(docs: list[tuple[np.ndarray, np.ndarray]], sep_id: int) -> tu
     return ids, ws
 
 
+def document_starts(doc_tokens: np.ndarray) -> np.ndarray:
+    """The stream's doc_start (uint8, 1 at each document's first token) from the tokens of each document in
+    it, [SEP] included (`join_documents` adds one [SEP] to each document)."""
+    doc_tokens = np.asarray(doc_tokens, dtype=np.int64)
+    starts = np.zeros(int(doc_tokens.sum()), np.uint8)
+    starts[np.cumsum(doc_tokens)[:-1]] = 1
+    if len(starts):
+        starts[0] = 1
+    return starts
+
+
 class FullSentencePacker:
     """Cuts a token stream (fed in pieces) into rows of [CLS] + seq_len - 1 tokens; pads only in `finish`."""
 
@@ -69,29 +84,37 @@ class FullSentencePacker:
         self.id_dtype = np.dtype(id_dtype)
         self._carry_ids = np.zeros(0, np.uint32)
         self._carry_ws = np.zeros(0, np.uint8)
+        self._carry_ds = np.zeros(0, np.uint8)
 
-    def feed(self, ids: np.ndarray, ws: np.ndarray) -> dict[str, np.ndarray]:
-        """Append stream tokens; return the rows completed so far (maybe zero rows)."""
+    def feed(self, ids: np.ndarray, ws: np.ndarray, ds: np.ndarray) -> dict[str, np.ndarray]:
+        """Append stream tokens (ids, word starts, document starts); return the rows completed so far
+        (maybe zero rows)."""
         ids = np.concatenate([self._carry_ids, ids])
         ws = np.concatenate([self._carry_ws, ws])
+        ds = np.concatenate([self._carry_ds, ds])
         body = self.seq_len - 1
         n = len(ids) // body
-        self._carry_ids, self._carry_ws = ids[n * body :], ws[n * body :]
-        return self._rows(ids[: n * body].reshape(n, body), ws[: n * body].reshape(n, body), body)
+        self._carry_ids, self._carry_ws, self._carry_ds = ids[n * body :], ws[n * body :], ds[n * body :]
+        cut = [x[: n * body].reshape(n, body) for x in (ids, ws, ds)]
+        return self._rows(*cut, body)
 
     def finish(self) -> dict[str, np.ndarray]:
         """The last, padded row (zero rows if nothing is left)."""
         body = self.seq_len - 1
         k = len(self._carry_ids)
         if k == 0:
-            return self._rows(np.zeros((0, body), np.uint32), np.zeros((0, body), np.uint8), body)
+            empty = np.zeros((0, body), np.uint8)
+            return self._rows(np.zeros((0, body), np.uint32), empty, empty, body)
         ids = np.full((1, body), self.pad_id, np.uint32)
         ws = np.zeros((1, body), np.uint8)
-        ids[0, :k], ws[0, :k] = self._carry_ids, self._carry_ws
-        self._carry_ids, self._carry_ws = self._carry_ids[:0], self._carry_ws[:0]
-        return self._rows(ids, ws, k)
+        ds = np.zeros((1, body), np.uint8)
+        ids[0, :k], ws[0, :k], ds[0, :k] = self._carry_ids, self._carry_ws, self._carry_ds
+        self._carry_ids, self._carry_ws, self._carry_ds = (
+            self._carry_ids[:0], self._carry_ws[:0], self._carry_ds[:0]
+        )
+        return self._rows(ids, ws, ds, k)
 
-    def _rows(self, ids: np.ndarray, ws: np.ndarray, used: int) -> dict[str, np.ndarray]:
+    def _rows(self, ids: np.ndarray, ws: np.ndarray, ds: np.ndarray, used: int) -> dict[str, np.ndarray]:
         n = len(ids)
         out_ids = np.empty((n, self.seq_len), self.id_dtype)
         out_ids[:, 0] = self.cls_id
@@ -99,7 +122,16 @@ class FullSentencePacker:
         out_ws = np.empty((n, self.seq_len), np.uint8)
         out_ws[:, 0] = 1
         out_ws[:, 1:] = ws
-        return {"input_ids": out_ids, "word_start": out_ws, "length": np.full(n, used + 1, np.int32)}
+        out_ds = np.empty((n, self.seq_len), np.uint8)
+        out_ds[:, 1:] = ds
+        # The [CLS] belongs to the row's first document: one that starts right after it starts at 0.
+        out_ds[:, 0], out_ds[:, 1] = 1, 0
+        return {
+            "input_ids": out_ids,
+            "word_start": out_ws,
+            "doc_start": out_ds,
+            "length": np.full(n, used + 1, np.int32),
+        }
 
 
 Sentence = tuple[np.ndarray, np.ndarray]
@@ -170,7 +202,8 @@ def pack_pairs(
 
     NSP's random-next segments come from `pool` (default: `documents` themselves), never from the
     document itself, which is number `first_doc + d` of the pool for `documents[d]`.
-    Returns columns input_ids, word_start (seq_len wide, padded), length, segment_b_start, pair_label.
+    Returns columns input_ids, word_start, doc_start (seq_len wide, padded; doc_start 1 at the [CLS]
+    only), length, segment_b_start, pair_label.
     """
     max_tokens = seq_len - 3
     documents = [split_long_sentences(doc, sentence_limit(seq_len)) for doc in documents]
@@ -248,6 +281,8 @@ def _pair_rows(rows, seq_len: int, special_ids, id_dtype: str) -> dict[str, np.n
     n = len(rows)
     ids = np.full((n, seq_len), special_ids.pad, np.dtype(id_dtype))
     ws = np.zeros((n, seq_len), np.uint8)
+    doc_start = np.zeros((n, seq_len), np.uint8)
+    doc_start[:, 0] = 1  # the pair is one unit of attention: its segments must see each other
     length = np.empty(n, np.int32)
     b_start = np.empty(n, np.int32)
     label = np.empty(n, np.int8)
@@ -266,6 +301,7 @@ def _pair_rows(rows, seq_len: int, special_ids, id_dtype: str) -> dict[str, np.n
     return {
         "input_ids": ids,
         "word_start": ws,
+        "doc_start": doc_start,
         "length": length,
         "segment_b_start": b_start,
         "pair_label": label,

@@ -50,6 +50,7 @@ WORK_DIR = ".work"
 # but special tokens is refused: what it would keep is no longer the corpus (docs/data_pipeline.md).
 MAX_WITHOUT_TOKENS_FRACTION = 0.5
 IDENTITY_NAME = "build.json"
+CHUNK_LAYOUT = 2  # what a work unit's chunk files hold; 2: document lengths for the doc_start column
 
 
 # ---------------------------------------------------------------------------------------- parent side
@@ -84,7 +85,9 @@ def run_build(cfg: BuildConfig) -> dict:
     id_dtype = id_dtype_for(tok.vocab_size)
     identity = _identity(cfg, tok, files, root)
     segmenter = segment.segmenter_identity()
-    stamp = {"segmenter": segmenter}  # a unit tokenized with another segmenter is tokenized again
+    # A unit tokenized with another segmenter, or into chunks of an older layout (before chunks held
+    # where documents start, CHUNK_LAYOUT 2), is tokenized again.
+    stamp = {"segmenter": segmenter, "chunk_layout": CHUNK_LAYOUT}
     work = _prepare_out(cfg, identity, [f for _, f in chosen], segmenter)
     if work is None:
         log.info("%s already holds this build; nothing to do", cfg.out)
@@ -327,7 +330,9 @@ def _pack(
                     if pairs:
                         sink.write({k: data[f"{split}/{k}"] for k in schema.names})
                     else:
-                        sink.write(packer.feed(data[f"{split}/ids"].astype(np.uint32), data[f"{split}/ws"]))
+                        ids, ws = data[f"{split}/ids"].astype(np.uint32), data[f"{split}/ws"]
+                        ds = packing.document_starts(data[f"{split}/doc_tokens"])
+                        sink.write(packer.feed(ids, ws, ds))
         if not pairs:
             sink.write(packer.finish())
         splits[split] = sink.finish()

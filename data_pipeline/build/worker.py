@@ -99,6 +99,9 @@ def _write_chunk(unit: WorkUnit, chunk: int, docs: dict[str, list[str]], report:
             totals["tokens"] += sum(len(e[0]) for e in encoded)
             ids, ws = packing.join_documents(encoded, sep)
             arrays[f"{split}/ids"], arrays[f"{split}/ws"] = ids.astype(_STATE["id_dtype"]), ws
+            # Each document's tokens with its [SEP]: where documents start in the stream (8 bytes a
+            # document rather than a byte a token).
+            arrays[f"{split}/doc_tokens"] = np.fromiter((len(e[0]) + 1 for e in encoded), np.int64, len(encoded))
             continue
         scripts = encoder.document_scripts(docs[split])  # counted once per document
         sentences = [segment.split_sentences(text) for text in docs[split]]

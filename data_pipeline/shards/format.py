@@ -1,7 +1,8 @@
 """THE Arrow schema of a shard, `ShardWriter` (temp name, then rename) and `ShardReader` (memory-mapped).
 
 A shard is an Arrow IPC *stream* file (what `datasets.Dataset.from_file` reads) of fixed-length rows:
-`input_ids`, `word_start`, `length` and, for nsp/sop builds, `segment_b_start` and `pair_label`.
+`input_ids`, `word_start`, `doc_start` (format 2 on), `length` and, for nsp/sop builds,
+`segment_b_start` and `pair_label`.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ def id_dtype_for(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 65536 else "uint32"
 
 
-def shard_schema(seq_len: int, id_dtype: str, with_pairs: bool) -> pa.Schema:
-    """The one schema of every shard: fixed-size-list token columns of `seq_len`, pair columns optional."""
+def shard_schema(seq_len: int, id_dtype: str, with_pairs: bool, with_doc_start: bool = True) -> pa.Schema:
+    """The one schema of every shard: fixed-size-list token columns of `seq_len`, pair columns optional;
+    `with_doc_start=False` is the schema of format 1 shards (no `doc_start`), which readers still read."""
     fields = [
         pa.field("input_ids", pa.list_(pa.from_numpy_dtype(np.dtype(id_dtype)), seq_len), nullable=False),
         pa.field("word_start", pa.list_(pa.uint8(), seq_len), nullable=False),
-        pa.field("length", pa.int32(), nullable=False),
     ]
+    if with_doc_start:
+        fields.append(pa.field("doc_start", pa.list_(pa.uint8(), seq_len), nullable=False))
+    fields.append(pa.field("length", pa.int32(), nullable=False))
     if with_pairs:
         fields.append(pa.field("segment_b_start", pa.int32(), nullable=False))
         fields.append(pa.field("pair_label", pa.int8(), nullable=False))
@@ -46,7 +50,8 @@ def _primitive(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
 
 
 def rows_to_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBatch:
-    """Turn 2-D `input_ids`/`word_start` and 1-D other columns (numpy) into a record batch of `schema`."""
+    """Turn 2-D token columns (`input_ids`, `word_start`, `doc_start`) and 1-D other columns (numpy) into a
+    record batch of `schema`."""
     arrays = []
     for field in schema:
         values = rows[field.name]
@@ -187,9 +192,10 @@ def batch_to_numpy(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
 def row_problem(cols: dict[str, np.ndarray], vocab_size: int, seq_len: int) -> tuple[int, str] | None:
     """The first row of `cols` (as from `batch_to_numpy` or `ShardReader.take`) the trainer cannot use.
 
-    Checks token ids < vocab_size, length within 1..seq_len and pair_label in {0, 1} (a row whose
-    tokens are all unmaskable is still a row: masking is not the reader's business). Returns
-    (row index, problem) or None. Cheap: a few whole-array reductions, searched only on failure.
+    Checks token ids < vocab_size, length within 1..seq_len, doc_start (when present) 0 or 1 and 1 at
+    each row's first token, and pair_label in {0, 1} (a row whose tokens are all unmaskable is still a
+    row: masking is not the reader's business). Returns (row index, problem) or None. Cheap: a few
+    whole-array reductions, searched only on failure.
     """
     ids, length = cols["input_ids"], cols["length"]
     if ids.size and int(ids.max()) >= vocab_size:
@@ -199,6 +205,11 @@ def row_problem(cols: dict[str, np.ndarray], vocab_size: int, seq_len: int) -> t
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         return r, f"length {int(length[r])} outside 1..{seq_len}"
+    doc_start = cols.get("doc_start")
+    if doc_start is not None and doc_start.size and (int(doc_start.max()) > 1 or not doc_start[:, 0].all()):
+        bad = (doc_start > 1).any(axis=1) | (doc_start[:, 0] != 1)
+        r = int(np.flatnonzero(bad)[0])
+        return r, "doc_start is not 0/1 with 1 at the row's first token"
     if "pair_label" in cols and cols["pair_label"].size and int(np.abs(cols["pair_label"]).max()) > 1:
         r = int(np.flatnonzero((cols["pair_label"] != 0) & (cols["pair_label"] != 1))[0])
         return r, f"pair_label {int(cols['pair_label'][r])} is not 0 or 1"
@@ -208,8 +219,9 @@ def row_problem(cols: dict[str, np.ndarray], vocab_size: int, seq_len: int) -> t
 class ShardReader:
     """Rows of one split of a shards directory by global index, as numpy views of memory-mapped shards.
 
-    `len(reader)`, `reader.seq_len`, `reader.manifest`, `reader.has_pairs`; `reader[i]` returns a dict of
-    views (input_ids, word_start, length[, segment_b_start, pair_label]); `reader.take(indices)` stacks rows
+    `len(reader)`, `reader.seq_len`, `reader.manifest`, `reader.has_pairs`, `reader.has_document_starts`
+    (format 2 shards: rows carry `doc_start`); `reader[i]` returns a dict of views (input_ids,
+    word_start[, doc_start], length[, segment_b_start, pair_label]); `reader.take(indices)` stacks rows
     and checks them (`row_problem`), so a damaged shard stops training with its name instead of an
     IndexError (or a device-side assert) deep in the model. The tokenizer facts (`vocab_size`,
     `special_ids`, `tokenizer_fingerprint`, `tokenizer_dir`), `data_identity()` and `name` make it the
@@ -229,12 +241,13 @@ class ShardReader:
         self.split = split
         self.seq_len = self.manifest.seq_len
         self.has_pairs = has_pairs(self.manifest.mode)
+        self.has_document_starts = self.manifest.has_doc_start
         self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
         self.special_ids = {name: int(i) for name, i in self.manifest.tokenizer["special_ids"].items()}
         self.tokenizer_fingerprint = str(self.manifest.tokenizer["hash"])
         self.tokenizer_dir = os.path.join(shards_dir, "tokenizer")
         self.name = f"the shards in {shards_dir}"
-        schema = shard_schema(self.seq_len, self.manifest.id_dtype, self.has_pairs)
+        schema = shard_schema(self.seq_len, self.manifest.id_dtype, self.has_pairs, self.has_document_starts)
         self._blocks: list[dict[str, np.ndarray]] = []
         self._origin: list[tuple[str, int]] = []  # per block: shard path, the block's first row in it
         starts = []

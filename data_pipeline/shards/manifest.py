@@ -13,7 +13,10 @@ from data_pipeline.integrity import write_json_atomic
 from data_pipeline.shards.manifest_schema import check_manifest_data
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# Format 2 added the `doc_start` column (where each packed document starts in a row); format 1 shards,
+# without it, still load and train everything that keeps attention across the whole row.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 # Settings that say which slice of a partitioned build a directory holds, not what the data is made of.
 PARTITION_FIELDS = ("num_partitions", "partition_index")
 
@@ -31,6 +34,11 @@ class Manifest:
     counts: dict = field(default_factory=dict)
     build: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def has_doc_start(self) -> bool:
+        """True when the shards carry the `doc_start` column (format 2 on)."""
+        return self.format_version >= 2
 
     @property
     def rows(self) -> int:
@@ -67,8 +75,9 @@ class Manifest:
         """Read and check `shards_dir/manifest.json` (see `manifest_schema.check_manifest_data`).
 
         Raises DataError naming the file when it is missing (an incomplete or foreign directory),
-        not JSON, of another format version, and naming the key when one is missing, unknown, of the
-        wrong type, or names a file outside `shards_dir`.
+        not JSON, of a format version this version cannot read (not in READABLE_FORMAT_VERSIONS), and
+        naming the key when one is missing, unknown, of the wrong type, or names a file outside
+        `shards_dir`.
         """
         path = os.path.join(shards_dir, MANIFEST_NAME)
         if not os.path.isfile(path):
@@ -81,7 +90,12 @@ class Manifest:
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a valid manifest ({exc}); rebuild the shards") from exc
-        if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{path}: format_version {data.get('format_version')!r}, need {FORMAT_VERSION}")
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if isinstance(data, dict) and (isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS):
+            raise DataError(
+                f"{path}: format_version {version!r}, this mlm-data reads "
+                f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))}; rebuild the shards with this version's "
+                "`mlm-data build`"
+            )
         check_manifest_data(data, path, shards_dir)
         return cls(**data)

@@ -1,6 +1,6 @@
-"""`mlm-data verify`: every shard of a shards directory checked against its manifest (size, sha256,
-Arrow validity, schema, token id range, lengths, row and token counts) and the manifest against its
-build (every input file once). Next to the shard reader rather than in `manifest.py`, which it needs
+"""`mlm-data verify`: every shard of a shards directory checked against its manifest (size, sha256, Arrow
+validity, schema, token id range, lengths, document starts, row and token counts) and the manifest against
+its build (every input file once). Next to the shard reader rather than in `manifest.py`, which it needs
 both of: the manifest stays a leaf."""
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def verify_shards(shards_dir: str) -> list[str]:
     Raises DataError when the manifest itself is missing or unreadable.
     """
     manifest = Manifest.load(shards_dir)
-    schema = shard_schema(manifest.seq_len, manifest.id_dtype, has_pairs(manifest.mode))
+    schema = shard_schema(
+        manifest.seq_len, manifest.id_dtype, has_pairs(manifest.mode), manifest.has_doc_start
+    )
     vocab_size = int(manifest.tokenizer["vocab_size"])
     problems = []
     for split in manifest.splits.values():

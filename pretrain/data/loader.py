@@ -31,13 +31,22 @@ class LoaderStep:
     state_after: dict
 
 
+def _non_pad_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens in use in a collated CPU batch, from whichever key the model took that tells: the padding
+    mask, the unpadded token indices, or the document ids (0 on padding); a batch with none of them has
+    no padding (the collator leaves attention_mask out then)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    if "unpad_indices" in batch:
+        return batch["unpad_indices"].numel()
+    if "document_ids" in batch:
+        return int((batch["document_ids"] != 0).sum())
+    return batch["input_ids"].numel()
+
+
 def step_counts(micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """[non-pad tokens, masked tokens, pairs] of collated CPU micro-batches, as a float64 tensor (a batch
-    without `attention_mask` has no padding: every token counts)."""
-    tokens = sum(
-        int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-        for b in micro_batches
-    )
+    """[non-pad tokens, masked tokens, pairs] of collated CPU micro-batches, as a float64 tensor."""
+    tokens = sum(_non_pad_tokens(b) for b in micro_batches)
     masked = sum(b["masked_labels"].numel() for b in micro_batches)
     pairs = sum(b["pair_labels"].numel() for b in micro_batches if "pair_labels" in b)
     return torch.tensor([tokens, masked, pairs], dtype=torch.float64)

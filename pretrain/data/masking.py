@@ -15,6 +15,7 @@ import torch
 
 from data_pipeline.errors import DataError
 from pretrain.config import MaskingConfig
+from pretrain.data.documents import DOCUMENT_KEYS, document_inputs
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -63,7 +64,8 @@ class MaskingCollator:
     or the manifest's {"pad", "unk", "cls", "sep", "mask"} dict), the vocabulary size, the run's seed and
     optionally `seq_len` (train on the first seq_len tokens of each row; None = the rows' length) and
     `batch_keys` (the keys the model takes, `PretrainingModel.batch_keys`: the others are left out of the
-    batch; None keeps them all).
+    batch; None keeps them all). The document keys (pretrain/data/documents.py `DOCUMENT_KEYS`) are
+    computed only when `batch_keys` names one of them.
     Special tokens and padding are never selected; random replacements come from the non-special
     vocabulary.
     """
@@ -83,6 +85,7 @@ class MaskingCollator:
         self.seed = seed
         self.seq_len = seq_len
         self.batch_keys = batch_keys
+        self.wants_documents = batch_keys is not None and any(k in DOCUMENT_KEYS for k in batch_keys)
         self.pad_id = _pad_id(special_ids)
         self.mask_id = _mask_id(special_ids)
         self.special = np.array(_special_id_list(special_ids), dtype=np.int64)
@@ -101,12 +104,15 @@ class MaskingCollator:
     ) -> dict[str, torch.Tensor]:
         """Mask one micro-batch.
 
-        Takes `rows` from `ShardReader.take` (input_ids, word_start, length[, segment_b_start,
-        pair_label]), the global sample indices of those rows and the epoch. Returns int64 tensors:
-        input_ids (masked), attention_mask (only when some row is padded: an unpadded batch needs no
-        mask, and passing none spares the model a host sync), token_type_ids (all (batch, seq)),
-        masked_positions (flat indices into batch*seq, ascending), masked_labels (original ids there) and
-        pair_labels (batch,) when the rows have pairs; of these, only the collator's `batch_keys`.
+        Takes `rows` from `ShardReader.take` (input_ids, word_start[, doc_start], length[,
+        segment_b_start, pair_label]), the global sample indices of those rows and the epoch. Returns int64
+        tensors: input_ids (masked), attention_mask (only when some row is padded: an unpadded batch needs
+        no mask, and passing none spares the model a host sync), token_type_ids (all (batch, seq)),
+        masked_positions (flat indices into batch*seq, ascending), masked_labels (original ids there),
+        pair_labels (batch,) when the rows have pairs and, when `batch_keys` asks for them, the document
+        keys of the rows as cut to `seq_len` (`document_inputs`: document_ids, position_ids, cu_seqlens
+        int32, unpad_indices); of these, only the collator's `batch_keys`. Raises DataError when the
+        document keys are asked for and the rows have no doc_start.
         """
         ids = np.asarray(rows["input_ids"], dtype=np.int64)
         word_start = np.asarray(rows["word_start"]).astype(bool)
@@ -144,11 +150,26 @@ class MaskingCollator:
             out["token_type_ids"] = torch.from_numpy(((positions >= b_start) & in_sequence).astype(np.int64))
         if "pair_label" in rows:
             out["pair_labels"] = torch.from_numpy(np.asarray(rows["pair_label"], dtype=np.int64))
+        if self.wants_documents:
+            out |= self._document_keys(rows, seq, lengths[:, 0])
         if self.batch_keys is not None:
             out = {key: value for key, value in out.items() if key in self.batch_keys}
         return out
 
     __call__ = collate
+
+    @staticmethod
+    def _document_keys(
+        rows: Mapping[str, np.ndarray], seq: int, lengths: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        """The document layout of rows cut to `seq` tokens (a document cut off at the end just ends there)."""
+        if "doc_start" not in rows:
+            raise DataError(
+                "the model takes document inputs but the rows have no doc_start column (shards of format "
+                "1); rebuild the shards with this version's `mlm-data build`"
+            )
+        layout = document_inputs(np.asarray(rows["doc_start"])[:, :seq], lengths)
+        return {key: torch.from_numpy(value) for key, value in layout.items()}
 
     def _select(
         self, word_start: np.ndarray, candidates: np.ndarray, sample_indices: np.ndarray, epoch: int, seq: int

@@ -12,24 +12,27 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pretrain.config import ConfigError, DataConfig
+from pretrain.data.documents import DOCUMENT_KEYS
 
 
 @runtime_checkable
 class RowSource(Protocol):
     """Fixed-length rows by global index, plus the facts a run is checked and identified by.
 
-    `take(indices)` returns the rows stacked (input_ids, word_start, length[, segment_b_start,
-    pair_label]) and raises DataError naming the damaged file and row; `seq_len` is the row width,
-    `has_pairs` whether rows carry a sentence pair; `vocab_size`, `special_ids` ({"pad", "unk", "cls",
-    "sep", "mask"}), `tokenizer_fingerprint` and `tokenizer_dir` describe the tokenizer the ids belong
-    to; `data_identity()` is a hex digest of what the rows are made of (another corpus or build
-    setting gives another), `content_identity()` a hex digest of the rows' bytes themselves (a corpus
-    edited keeping its size and rebuilt gives another); `name` says where the rows come from, for error
-    messages.
+    `take(indices)` returns the rows stacked (input_ids, word_start[, doc_start], length[,
+    segment_b_start, pair_label]) and raises DataError naming the damaged file and row; `seq_len` is the
+    row width, `has_pairs` whether rows carry a sentence pair, `has_document_starts` whether they carry
+    `doc_start` (where each packed document starts: shards of format 2 on); `vocab_size`, `special_ids`
+    ({"pad", "unk", "cls", "sep", "mask"}), `tokenizer_fingerprint` and `tokenizer_dir` describe the
+    tokenizer the ids belong to; `data_identity()` is a hex digest of what the rows are made of (another
+    corpus or build setting gives another), `content_identity()` a hex digest of the rows' bytes
+    themselves (a corpus edited keeping its size and rebuilt gives another); `name` says where the rows
+    come from, for error messages.
     """
 
     seq_len: int
     has_pairs: bool
+    has_document_starts: bool
     vocab_size: int
     special_ids: dict[str, int]
     tokenizer_fingerprint: str
@@ -54,6 +57,22 @@ def open_row_sources(data_cfg: DataConfig) -> tuple[RowSource, RowSource]:
     from data_pipeline.shards import ShardReader
 
     return ShardReader(data_cfg.path, split="train"), ShardReader(data_cfg.path, split="validation")
+
+
+def check_document_starts(source: RowSource, batch_keys: tuple[str, ...], arch: str) -> None:
+    """Refuse a model that keeps attention inside each document (its `batch_keys` name some of
+    pretrain.data.documents.DOCUMENT_KEYS) on a source whose rows do not say where documents start.
+
+    Raises ConfigError naming the source and how to rebuild it (shards of format 1 lack doc_start).
+    """
+    asked = [key for key in batch_keys if key in DOCUMENT_KEYS]
+    if asked and not source.has_document_starts:
+        raise ConfigError(
+            f"model.arch={arch} keeps attention inside each document (it takes {', '.join(asked)}) but "
+            f"{source.name} do not record where documents start (shards of format 1, built before "
+            "mlm-data wrote the doc_start column); rebuild them with this version's `mlm-data build` "
+            "(the same inputs and settings, --overwrite to replace them in place)"
+        )
 
 
 def resolve_seq_len(data_cfg: DataConfig, source: RowSource, *, max_positions: int) -> int:

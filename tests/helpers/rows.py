@@ -10,11 +10,14 @@ SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 VOCAB_SIZE = 500
 
 
-def make_rows(num_rows: int, seq_len: int, *, pairs: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+def make_rows(
+    num_rows: int, seq_len: int, *, pairs: bool = False, seed: int = 0, documents: bool = False
+) -> dict[str, np.ndarray]:
     """Rows in the shard schema: [CLS] words [SEP] (or [CLS] A [SEP] B [SEP]) then padding.
 
     Words are 1-3 pieces long (word_start marks the first piece; specials are word starts), lengths vary
-    so every batch has padding.
+    so every batch has padding. `documents`: rows of full-sentence packing, several documents each
+    ending in [SEP], with the `doc_start` column of format 2 shards.
     """
     rng = np.random.default_rng(seed)
     ids = np.zeros((num_rows, seq_len), dtype=np.uint16)
@@ -31,6 +34,14 @@ def make_rows(num_rows: int, seq_len: int, *, pairs: bool = False, seed: int = 0
             b_start[r] = n // 2
             ids[r, n // 2 - 1], word_start[r, n // 2 - 1 : n // 2 + 1] = SPECIAL_IDS["sep"], 1
     rows = {"input_ids": ids, "word_start": word_start, "length": length}
+    if documents:
+        doc_start = np.zeros((num_rows, seq_len), dtype=np.uint8)
+        doc_start[:, 0] = 1
+        for r in range(num_rows):
+            n = int(length[r])
+            ends = rng.choice(np.arange(2, n - 2), size=min(3, n - 4), replace=False)  # inner [SEP]s
+            ids[r, ends], word_start[r, ends], doc_start[r, ends + 1] = SPECIAL_IDS["sep"], 1, 1
+        rows["doc_start"] = doc_start
     if pairs:
         rows["segment_b_start"] = b_start
         rows["pair_label"] = rng.integers(0, 2, num_rows).astype(np.int8)
@@ -44,6 +55,7 @@ class ArrayReader:
         self.rows = rows
         self.seq_len = rows["input_ids"].shape[1]
         self.has_pairs = "pair_label" in rows
+        self.has_document_starts = "doc_start" in rows
         self.vocab_size = VOCAB_SIZE
         self.special_ids = dict(SPECIAL_IDS)
         self.tokenizer_fingerprint = hashlib.sha256(b"test tokenizer").hexdigest()

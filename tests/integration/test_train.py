@@ -64,3 +64,38 @@ def test_the_deepspeed_launcher_trains_the_same_losses_as_torchrun(tiny_shards, 
         assert runs[launcher].returncode == 0, runs[launcher].output[-3000:]
     assert sorted(runs["deepspeed"].step_losses()) == [1, 2, 3, 4]
     assert runs["deepspeed"].step_losses() == runs["torchrun"].step_losses()  # bit for bit
+
+
+def test_format_1_shards_train_bert_as_before_and_format_2_trains_it_isolated(tiny_shards, tmp_path):
+    # One launch, three short runs: BERT on the shards as built (format 2), on the same shards written as
+    # format 1 (no doc_start: what a user's existing shards hold), and with model.document_isolation.
+    from tests.helpers.runs import run_pretrain_configs
+    from tests.helpers.shard_formats import format_1_copy
+
+    old = format_1_copy(tiny_shards, tmp_path / "old-shards")
+    settings = {
+        "train": {"max_steps": 2, "grad_accum_steps": 1},
+        "optim": {"warmup_steps": 1},
+        "eval": {"max_batches": 1},
+    }
+    configs = []
+    for name, shards, model in (
+        ("new", tiny_shards, {}),
+        ("old", old, {}),
+        ("isolated", tiny_shards, {"document_isolation": True}),
+    ):
+        (tmp_path / name).mkdir()
+        configs.append(write_config(tmp_path / name, shards, model={"preset": "tiny", **model}, **settings))
+    new, old_run, isolated = run_pretrain_configs(configs, ranks=1)
+    for run in (new, old_run, isolated):
+        assert run.returncode == 0, run.output[-3000:]
+    assert sorted(new.step_losses()) == [1, 2]
+    assert old_run.step_losses() == new.step_losses()  # bit for bit: the same rows, masks and model
+    without_time = lambda run: [{k: v for k, v in e.items() if k != "time"} for e in run.evals()]  # noqa: E731
+    assert without_time(old_run) == without_time(new) and len(without_time(new)) == 2
+    # (Most rows of this corpus hold one document, so its losses may equal the plain run's: what isolation
+    # computes is tested in tests/pretrain/models/test_bert_documents.py.)
+    assert sorted(isolated.step_losses()) == [1, 2]
+    assert all(math.isfinite(loss) for loss in isolated.step_losses().values())
+    record = json.loads((isolated.run_dir / "checkpoints" / "step-00000002" / "COMPLETE.json").read_text())
+    assert record["identity"]["model.document_isolation"] is True

@@ -119,6 +119,14 @@ def test_init_from_a_model_with_another_vocabulary_is_refused(tiny_shards, tmp_p
     _assert_refused(result, tmp_path, "vocabulary mismatch", str(other), "3000", "2000")
 
 
+def test_document_isolation_on_shards_of_format_1_is_refused_naming_them(tiny_shards, tmp_path):
+    from tests.helpers.shard_formats import format_1_copy
+
+    old = format_1_copy(tiny_shards, tmp_path / "old-shards")
+    result = _run_cli(tmp_path, old, "model.document_isolation=true")
+    _assert_refused(result, tmp_path, f"the shards in {old}", "doc_start", "mlm-data build")
+
+
 # ------------------------------------------------------------ which errors are one line (run_training)
 
 

@@ -107,9 +107,12 @@ def _step_data(collator, rows, step: int) -> LoaderStep:
     return LoaderStep(0, idx, idx, batches, step_counts(batches), {})
 
 
-def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) -> tuple[list, int]:
+def _fetches_per_step(
+    monkeypatch, stage: int, precision: str, *, padded: bool, isolation: bool = False
+) -> tuple[list, int]:
     """The fetches of train_step's 2nd and 3rd optimizer steps (the first may initialise lazily), each a
-    Counter by owner; and the model's number of parameters."""
+    Counter by owner; and the model's number of parameters. `isolation`: BERT with
+    model.document_isolation on rows of packed documents."""
     from pretrain.runtime.engine import initialize_engine
 
     init_process_group()
@@ -117,7 +120,7 @@ def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) 
         {
             "run_dir": "/tmp/unused",
             "data": {"path": "/tmp/unused"},
-            "model": {"preset": "tiny"},
+            "model": {"preset": "tiny", "document_isolation": isolation},
             "precision": precision,
             "zero": {"stage": stage},
             "train": {"micro_batch_size": 8 // ACCUM, "grad_accum_steps": ACCUM, "max_steps": 10},
@@ -128,17 +131,22 @@ def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) 
     num_params = len(list(model.parameters()))
     engine = initialize_engine(cfg, model, 1, on_gpu=False)
     guard = Stage0StepGuard(engine.optimizer) if stage == 0 and precision == "fp32" else None
-    rows = make_rows(64, 32, seed=3)
+    rows = make_rows(64, 32, seed=3, documents=isolation)
     seq_len = None if padded else int(rows["length"].min())  # truncated to the shortest row: no padding
     collator = MaskingCollator(
-        MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=1, seq_len=seq_len
+        MaskingConfig(),
+        special_ids=SPECIAL_IDS,
+        vocab_size=VOCAB_SIZE,
+        seed=1,
+        seq_len=seq_len,
+        batch_keys=model.batch_keys,
     )
     comm = Collectives("cpu")
     counter = FetchCounter(monkeypatch)
     per_step = []
     for step in range(3):
         data = _step_data(collator, rows, step)
-        assert all(("attention_mask" in b) == padded for b in data.micro_batches)
+        assert all(("attention_mask" in b) == (padded and not isolation) for b in data.micro_batches)
         counter.counts.clear()
         counter.active = True
         train_step(engine, data, comm, guard=guard)
@@ -173,3 +181,11 @@ def test_a_padded_batch_costs_one_host_check_of_its_mask_per_micro_batch(monkeyp
     steps, _ = _fetches_per_step(monkeypatch, 3, "fp32", padded=True)
     for counts in steps:
         assert _split(counts)[2] == {"transformers": ACCUM}, counts  # masking_utils: padding_mask.all()
+
+
+def test_document_isolation_fetches_nothing_even_on_padded_rows(monkeypatch):
+    # The document mask is built on the device from the batch's document ids and handed to transformers
+    # as 4-D: nothing is asked of the host, unlike the padding mask's `all()` check.
+    steps, _ = _fetches_per_step(monkeypatch, 3, "fp32", padded=True, isolation=True)
+    for counts in steps:
+        assert _split(counts)[2] == {}, counts

@@ -58,6 +58,13 @@ class BertModelConfig:
     """auto: add the NSP/SOP head when the shards hold sentence pairs; none: MLM only."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel of the transformers BERT encoder."""
+    document_isolation: bool = False
+    """Keep attention inside each packed document: a token attends only the tokens of its own document
+    (block-diagonal boolean mask, the reference SDPA path) and learned positions restart at 0 at each
+    document. Needs shards that record where documents start (format 2: `mlm-data build` of this
+    version) and full-sentences packing (an NSP/SOP row is one pair whose segments must see each other).
+    Part of the run identity: a resume that flips it is refused. The export is a plain BertForMaskedLM,
+    which attends over its whole input: right for one document per input, as fine-tuning feeds it."""
     pad_vocab_to_multiple_of: int = 1
     """Round the embedding and output rows up to a multiple of this (64 on GPUs: the output projection's
     matmul then runs on full tensor-core tiles). The extra rows are never an input id (masking draws

@@ -5,6 +5,10 @@ Parameter names equal those of `BertForPreTraining` (with a pair head) or `BertF
 so `model.state_dict()` loads into those classes with `strict=True` and export is a plain save. The MLM
 head runs the transform and the vocabulary projection only on the masked positions (about 15% of the
 tokens), which saves most of the head's FLOPs and memory against the dense HF head.
+
+With `model.document_isolation`, the encoder takes the collator's document keys instead of the padding
+mask: the reference block-diagonal mask (pretrain/models/document_mask.py) as the 4-D boolean mask
+transformers passes on unchanged to SDPA, and positions that restart at each document.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from transformers.models.bert.modeling_bert import (
 
 from pretrain.errors import ConfigError
 from pretrain.models.bert.config import SHAPE_FIELDS, BertModelConfig
+from pretrain.models.document_mask import document_attention_mask
 from pretrain.models.outputs import PretrainingOutput
 
 
@@ -37,10 +42,12 @@ class MLMPretrainingModel(BertPreTrainedModel):
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     }
 
-    def __init__(self, config: BertConfig, pair_head: bool) -> None:
-        """Randomly initialised model for `config`; `pair_head` adds the pooler and the 2-way pair head."""
+    def __init__(self, config: BertConfig, pair_head: bool, document_isolation: bool = False) -> None:
+        """Randomly initialised model for `config`; `pair_head` adds the pooler and the 2-way pair head;
+        `document_isolation` keeps attention and positions inside each packed document."""
         super().__init__(config)
         self.has_pair_head = pair_head
+        self.document_isolation = document_isolation
         config.architectures = [self.export_class_name]  # what AutoModel picks when the export is loaded
         self.bert = BertModel(config, add_pooling_layer=pair_head)
         self.cls = BertPreTrainingHeads(config) if pair_head else BertOnlyMLMHead(config)
@@ -48,8 +55,13 @@ class MLMPretrainingModel(BertPreTrainedModel):
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
-        """The collated batch keys `forward` takes: pair labels only with a pair head."""
-        keys = ("input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_labels")
+        """The collated batch keys `forward` takes: pair labels only with a pair head; with document
+        isolation the document ids and positions in place of the padding mask (their mask covers it)."""
+        if self.document_isolation:
+            keys = ("input_ids", "document_ids", "position_ids", "token_type_ids")
+        else:
+            keys = ("input_ids", "attention_mask", "token_type_ids")
+        keys = (*keys, "masked_positions", "masked_labels")
         return (*keys, "pair_labels") if self.has_pair_head else keys
 
     @property
@@ -68,6 +80,8 @@ class MLMPretrainingModel(BertPreTrainedModel):
             "intermediate_size": c.intermediate_size,
             "max_position_embeddings": c.max_position_embeddings,
             "pair_head": bool(self.has_pair_head),
+            # Only when on, so the identity of every run from before the option is unchanged.
+            **({"document_isolation": True} if self.document_isolation else {}),
         }
 
     @property
@@ -84,6 +98,34 @@ class MLMPretrainingModel(BertPreTrainedModel):
         """The MLM decoder (tied to the input embeddings)."""
         return self.cls.predictions.decoder
 
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ):
+        """The encoder's output (`last_hidden_state` (batch, seq, hidden), `pooler_output` with a pair head).
+
+        With `document_ids` (batch, seq; 0 on padding, pretrain/data/documents.py) a token attends only
+        its own document (the padding mask is part of that mask, so attention_mask is not needed), and
+        `position_ids` (batch, seq) give its learned position; without them, attention_mask (batch, seq)
+        or None (no padding) and positions 0.. of the row, as in plain BERT.
+        """
+        if document_ids is not None:
+            attention_mask = document_attention_mask(document_ids)
+            if self.config._attn_implementation == "eager":  # eager adds the mask to the scores
+                dtype = self.bert.embeddings.word_embeddings.weight.dtype
+                blocked = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+                attention_mask = blocked.masked_fill_(~attention_mask, torch.finfo(dtype).min)
+        return self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -92,6 +134,8 @@ class MLMPretrainingModel(BertPreTrainedModel):
         masked_positions: torch.Tensor | None = None,
         masked_labels: torch.Tensor | None = None,
         pair_labels: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> PretrainingOutput:
         """Losses and accuracies of one micro-batch.
 
@@ -99,12 +143,13 @@ class MLMPretrainingModel(BertPreTrainedModel):
         no row of the batch is padded (the collator leaves it out then: transformers' SDPA path would
         check `mask.all()` on the host and drop an all-ones mask anyway, masking_utils.py), masked_positions
         (flat int64 indices into batch*seq) with their original token ids masked_labels (both required),
-        and optionally pair_labels (batch,). Returns a PretrainingOutput of sums and counts. Raises
-        TypeError without masked_positions or masked_labels.
+        optionally pair_labels (batch,) and, with document isolation, document_ids and position_ids
+        (`encode`). Returns a PretrainingOutput of sums and counts. Raises TypeError without
+        masked_positions or masked_labels.
         """
         if masked_positions is None or masked_labels is None:
             raise TypeError("forward() needs masked_positions and masked_labels")
-        encoded = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        encoded = self.encode(input_ids, attention_mask, token_type_ids, document_ids, position_ids)
         hidden = encoded.last_hidden_state
         masked_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
         logits = self.cls.predictions(masked_hidden).float()
@@ -179,11 +224,19 @@ def build_model(
     init_from is not a BERT checkpoint dir or its vocabulary size differs from vocab_size.
     """
     pair_head = rows_have_pairs and model_cfg.pair_head == "auto"
+    isolation = model_cfg.document_isolation
+    if isolation and rows_have_pairs:
+        raise ConfigError(
+            "model.document_isolation=true but the shards (data.path) hold NSP/SOP sentence pairs, whose "
+            "two segments must attend each other (a pair row is one document); set "
+            "model.document_isolation=false or build full-sentences shards (mlm-data build --mode "
+            "full-sentences)"
+        )
     padded = model_cfg.padded_vocab_size(vocab_size)
     if model_cfg.init_from is None:
         config = _bert_config(model_cfg, padded, pad_id)
         config._attn_implementation = model_cfg.attn_implementation
-        return MLMPretrainingModel(config, pair_head=pair_head)
+        return MLMPretrainingModel(config, pair_head=pair_head, document_isolation=isolation)
 
     src = model_cfg.init_from
     if not os.path.isfile(os.path.join(src, "config.json")):
@@ -209,7 +262,7 @@ def build_model(
     source = BertForPreTraining.from_pretrained(
         src, config=config, attn_implementation=model_cfg.attn_implementation
     )
-    model = MLMPretrainingModel(source.config, pair_head=pair_head)
+    model = MLMPretrainingModel(source.config, pair_head=pair_head, document_isolation=isolation)
     wanted = model.state_dict().keys()
     model.load_state_dict({k: v for k, v in source.state_dict().items() if k in wanted}, strict=True)
     return model
@@ -227,6 +280,9 @@ def hf_config_from_identity(model_cfg: BertModelConfig, identity: dict, *, pad_i
         vocab_size, pair_head = identity["model.vocab_size"], bool(identity["model.pair_head"])
     except KeyError as e:
         raise ConfigError(f"the checkpoint record's model shape lacks {e}") from None
-    cfg = dataclasses.replace(model_cfg, preset=None, init_from=None, pair_head="auto", **shape)
+    # Document isolation changes no weight and no HF config key: the export is a plain BERT either way.
+    cfg = dataclasses.replace(
+        model_cfg, preset=None, init_from=None, pair_head="auto", document_isolation=False, **shape
+    )
     with torch.device("meta"):  # shapes only: the weights come from the checkpoint
         return build_model(cfg, vocab_size=vocab_size, pad_id=pad_id, rows_have_pairs=pair_head).hf_config

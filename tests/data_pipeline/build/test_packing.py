@@ -22,7 +22,8 @@ def _pack_full(docs, seq_len, feeds=1):
     parts = []
     for chunk in np.array_split(np.arange(len(docs)), feeds):
         ids, ws = packing.join_documents([docs[i] for i in chunk], SPECIAL.sep)
-        parts.append(packer.feed(ids, ws))
+        ds = packing.document_starts([len(docs[i][0]) + 1 for i in chunk])
+        parts.append(packer.feed(ids, ws, ds))
     parts.append(packer.finish())
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -41,6 +42,32 @@ def test_full_sentences_rows_reproduce_the_stream_and_pad_only_the_last_row():
     np.testing.assert_array_equal(stream, expected)
     flags = np.concatenate([r[1:n] for r, n in zip(rows["word_start"], rows["length"], strict=True)])
     np.testing.assert_array_equal(flags, np.concatenate([np.append(ws, 1) for _, ws in docs]))
+
+
+def _document_of_tokens(row: np.ndarray, length: int) -> np.ndarray:
+    """Which document (the id's thousands) each token of a packed row belongs to: a [SEP] to the
+    document it ends, the [CLS] to the document that follows it."""
+    doc = np.where(row[:length] >= 10, row[:length].astype(np.int64) // 1000, -1)
+    for p in range(1, length):  # a [SEP] closes the document before it
+        if doc[p] < 0:
+            doc[p] = doc[p - 1]
+    doc[0] = doc[1]
+    return doc
+
+
+def test_full_sentences_doc_start_marks_each_document_and_the_rest_of_a_cut_one():
+    rng = np.random.default_rng(3)
+    docs = [_doc(d, int(rng.integers(1, 60))) for d in range(40)]
+    rows = _pack_full(docs, seq_len=32, feeds=5)
+    assert rows["doc_start"].dtype == np.uint8 and rows["doc_start"].shape == rows["input_ids"].shape
+    cut_rows = 0
+    for ids, starts, length in zip(rows["input_ids"], rows["doc_start"], rows["length"], strict=True):
+        doc = _document_of_tokens(ids, int(length))
+        expected = np.concatenate([[1], doc[1:] != doc[:-1]]).astype(np.uint8)
+        np.testing.assert_array_equal(starts[:length], expected)
+        assert not starts[length:].any()
+        cut_rows += int(ids[1] % 1000 != 10)  # the row opens with the rest of a document
+    assert cut_rows > 5  # documents split across rows do occur here, and start at 0 of the next row
 
 
 def test_full_sentences_rows_do_not_depend_on_how_the_stream_is_fed():
@@ -70,6 +97,8 @@ def test_pair_rows_have_cls_a_sep_b_sep_and_balanced_labels(mode):
     n = len(rows["length"])
     assert n > 100 and rows["input_ids"].shape == (n, seq_len)
     assert 0.4 < rows["pair_label"].mean() < 0.6
+    # A pair is one unit of attention: one document start, at the [CLS].
+    assert (rows["doc_start"][:, 0] == 1).all() and rows["doc_start"].sum() == n
     short = 0
     for ids, ws, length, b, label in zip(*(rows[k] for k in packing_keys()), strict=True):
         assert ids[0] == SPECIAL.cls and ids[b - 1] == SPECIAL.sep and ids[length - 1] == SPECIAL.sep

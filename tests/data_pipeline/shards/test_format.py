@@ -17,18 +17,24 @@ SEQ_LEN = 16
 
 def _rows(n: int, start: int) -> dict[str, np.ndarray]:
     ids = (np.arange(n * SEQ_LEN, dtype=np.uint16).reshape(n, SEQ_LEN) + start) % 500
+    doc_start = (ids % 7 == 0).astype(np.uint8)
+    doc_start[:, 0] = 1
     return {
         "input_ids": ids,
         "word_start": (ids % 2).astype(np.uint8),
+        "doc_start": doc_start,
         "length": np.full(n, SEQ_LEN, np.int32),
         "segment_b_start": np.full(n, 5, np.int32),
         "pair_label": (np.arange(n) % 2).astype(np.int8),
     }
 
 
-def write_shards(out, shards: dict[str, list[dict]], manifest_seq_len: int = SEQ_LEN) -> None:
-    """Write train shards {name: [row batches]} (nsp schema, vocab 500) and a manifest that matches them."""
-    schema = shard_schema(SEQ_LEN, "uint16", with_pairs=True)
+def write_shards(
+    out, shards: dict[str, list[dict]], manifest_seq_len: int = SEQ_LEN, format_version: int = 2
+) -> None:
+    """Write train shards {name: [row batches]} (nsp schema, vocab 500) and a manifest that matches them;
+    `format_version=1`: the way mlm-data wrote them before the doc_start column."""
+    schema = shard_schema(SEQ_LEN, "uint16", with_pairs=True, with_doc_start=format_version >= 2)
     listed = []
     for name, pieces in shards.items():
         writer = ShardWriter(str(out / name), schema)
@@ -63,6 +69,7 @@ def write_shards(out, shards: dict[str, list[dict]], manifest_seq_len: int = SEQ
             },
             "validation": {"rows": 0, "tokens": 0, "shards": []},
         },
+        format_version=format_version,
     ).save(str(out))
 
 
@@ -96,6 +103,32 @@ def test_reader_returns_every_row_by_global_index_as_views(shards_dir):
         reader[16]
 
 
+def test_format_1_shards_without_doc_start_still_load(tmp_path):
+    parts = [{k: v for k, v in _rows(6, 0).items() if k != "doc_start"}]
+    write_shards(tmp_path, {"train-00000.arrow": parts}, format_version=1)
+    reader = ShardReader(str(tmp_path), "train")
+    assert not reader.has_document_starts and len(reader) == 6
+    rows = reader.take([5, 1])
+    assert "doc_start" not in rows
+    np.testing.assert_array_equal(rows["input_ids"], parts[0]["input_ids"][[5, 1]])
+    assert not any("train-00000.arrow" in p for p in verify_shards(str(tmp_path)))  # (no tokenizer dir)
+
+
+def test_a_manifest_of_an_unknown_format_version_is_refused(tmp_path):
+    write_shards(tmp_path, {"train-00000.arrow": [_rows(2, 0)]}, format_version=3)
+    with pytest.raises(DataError, match="format_version 3, this mlm-data reads 1 and 2; rebuild the shards"):
+        ShardReader(str(tmp_path))
+
+
+def test_a_row_whose_doc_start_is_not_a_flag_is_named(tmp_path):
+    bad = _rows(4, 0)
+    bad["doc_start"][2, 5] = 7
+    write_shards(tmp_path, {"train-00000.arrow": [bad]})
+    with pytest.raises(DataError, match=r"train-00000.arrow: row 2 \(train sample 2\): doc_start is not 0/1"):
+        ShardReader(str(tmp_path)).take([0, 1, 2, 3])
+    assert any("row 2: doc_start" in p for p in verify_shards(str(tmp_path)))
+
+
 def test_shards_load_with_datasets_from_file(shards_dir):
     path, expected = shards_dir
     ds = datasets.Dataset.from_file(os.path.join(path, "train-00001.arrow"))
@@ -121,7 +154,8 @@ def test_reader_names_a_missing_or_truncated_shard_and_a_missing_manifest(shards
 
 def test_an_aborted_writer_leaves_no_file(tmp_path):
     writer = ShardWriter(str(tmp_path / "train-00000.arrow"), shard_schema(SEQ_LEN, "uint16", False))
-    writer.write({k: v for k, v in _rows(3, 0).items() if k in ("input_ids", "word_start", "length")})
+    keys = ("input_ids", "word_start", "doc_start", "length")
+    writer.write({k: v for k, v in _rows(3, 0).items() if k in keys})
     writer.abort()
     assert os.listdir(tmp_path) == []
 

@@ -193,3 +193,19 @@ def test_step_counts_take_every_token_of_a_batch_without_attention_mask():
         "masked_labels": torch.ones(2, dtype=torch.int64),
     }
     assert step_counts([unpadded, padded]).tolist() == [15.0 + 8.0, 6.0, 0.0]
+
+
+def test_step_counts_of_document_batches_leave_out_the_padding():
+    # A model that takes document keys gets no attention_mask: the document ids (0 on padding) or the
+    # unpadded token indices tell the tokens in use.
+    by_ids = {
+        "input_ids": torch.ones(2, 4, dtype=torch.int64),
+        "document_ids": torch.tensor([[1, 1, 2, 0], [1, 0, 0, 0]]),
+        "masked_labels": torch.ones(1, dtype=torch.int64),
+    }
+    by_indices = {
+        "input_ids": torch.ones(2, 4, dtype=torch.int64),
+        "unpad_indices": torch.tensor([0, 1, 4]),
+        "masked_labels": torch.ones(1, dtype=torch.int64),
+    }
+    assert step_counts([by_ids, by_indices]).tolist() == [4.0 + 3.0, 2.0, 0.0]

@@ -159,3 +159,36 @@ def test_attention_mask_only_when_some_row_is_padded():
     unpadded = collator.collate(rows, np.arange(8), 0)
     assert "attention_mask" not in unpadded  # the model then passes no mask: no host check of it
     assert torch.equal(unpadded["input_ids"], padded["input_ids"][:, :shortest])
+
+
+def test_document_keys_describe_the_rows_as_cut_to_seq_len():
+    rows = make_rows(6, 32, seed=4, documents=True)
+    keys = ("input_ids", "document_ids", "position_ids", "cu_seqlens", "unpad_indices", "masked_labels")
+    collator = MaskingCollator(
+        MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=3, seq_len=20, batch_keys=keys
+    )
+    out = collator.collate(rows, np.arange(6), 0)
+    assert set(out) == set(keys)
+    lengths = np.minimum(rows["length"], 20)
+    ids = out["document_ids"].numpy()
+    assert ids.shape == (6, 20) and out["position_ids"].shape == (6, 20)
+    assert out["cu_seqlens"].dtype == torch.int32 and int(out["cu_seqlens"][-1]) == lengths.sum()
+    assert out["unpad_indices"].numel() == lengths.sum()
+    for r in range(6):
+        starts = np.flatnonzero(rows["doc_start"][r, : lengths[r]])  # documents beyond 20 tokens are cut
+        assert ids[r, : lengths[r]].max() == len(starts) and (ids[r, lengths[r] :] == 0).all()
+        for doc, (a, b) in enumerate(zip(starts, [*starts[1:], lengths[r]], strict=True), start=1):
+            assert (ids[r, a:b] == doc).all()
+            assert out["position_ids"][r, a:b].tolist() == list(range(b - a))
+    assert (rows["length"] > 20).any() and (rows["doc_start"][:, 20:].sum(axis=1) > 0).any()
+
+
+def test_document_keys_only_when_asked_and_refused_on_rows_without_doc_start():
+    rows = make_rows(4, 16, seed=5, documents=True)
+    plain = collate(rows)
+    assert not set(plain) & {"document_ids", "position_ids", "cu_seqlens", "unpad_indices"}
+    asking = MaskingCollator(
+        MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=3, batch_keys=("document_ids",)
+    )
+    with pytest.raises(ValueError, match="rows have no doc_start column .* rebuild the shards"):
+        asking.collate(make_rows(4, 16, seed=5), np.arange(4), 0)
