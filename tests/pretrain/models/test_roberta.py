@@ -108,6 +108,13 @@ def test_init_from_a_roberta_checkpoint_loads_its_weights_and_checks_the_tokeniz
         build_model(cfg, vocab_size=800, pad_id=0, rows_have_pairs=False, tokenizer_source="/s/tok")
     bert = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
     BertForMaskedLM(bert).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ConfigError, match="no config.json there; expected a Hugging Face RoBERTa"):
+        build_model(
+            RobertaModelConfig(init_from=str(tmp_path)),
+            vocab_size=VOCAB_SIZE,
+            pad_id=1,
+            rows_have_pairs=False,
+        )
     with pytest.raises(ConfigError, match="model_type is 'bert', expected 'roberta'"):
         build_model(
             RobertaModelConfig(init_from=str(tmp_path / "bert")),
