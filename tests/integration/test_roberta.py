@@ -103,6 +103,7 @@ def test_export_is_a_roberta_for_masked_lm_with_our_logits_that_fill_mask_and_fi
     hf = AutoModelForMaskedLM.from_pretrained(str(out)).eval()
     tok = AutoTokenizer.from_pretrained(str(out))
     assert isinstance(hf, RobertaForMaskedLM) and isinstance(tok, RobertaTokenizerFast)
+    assert "tags: [roberta, fill-mask, mlm-pretrain]" in (out / "README.md").read_text()
 
     # Padded single documents, fp32 on CPU: the export's logits are our model's.
     texts = ["def open(file, mode): return a file object", "Return the list of names."]

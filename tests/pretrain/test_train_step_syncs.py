@@ -107,9 +107,11 @@ def _step_data(collator, rows, step: int) -> LoaderStep:
     return LoaderStep(0, idx, idx, batches, step_counts(batches), {})
 
 
-def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) -> tuple[list, int]:
-    """The fetches of train_step's 2nd and 3rd optimizer steps (the first may initialise lazily), each a
-    Counter by owner; and the model's number of parameters."""
+def _fetches_per_step(
+    monkeypatch, stage: int, precision: str, *, padded: bool, arch: str = "bert"
+) -> tuple[list, int]:
+    """The fetches of train_step's 2nd and 3rd optimizer steps (the first may initialise lazily) of the tiny
+    model of `arch`, each a Counter by owner; and the model's number of parameters."""
     from pretrain.runtime.engine import initialize_engine
 
     init_process_group()
@@ -117,7 +119,7 @@ def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) 
         {
             "run_dir": "/tmp/unused",
             "data": {"path": "/tmp/unused"},
-            "model": {"preset": "tiny"},
+            "model": {"arch": arch, "preset": "tiny"},
             "precision": precision,
             "zero": {"stage": stage},
             "train": {"micro_batch_size": 8 // ACCUM, "grad_accum_steps": ACCUM, "max_steps": 10},
@@ -173,3 +175,11 @@ def test_a_padded_batch_costs_one_host_check_of_its_mask_per_micro_batch(monkeyp
     steps, _ = _fetches_per_step(monkeypatch, 3, "fp32", padded=True)
     for counts in steps:
         assert _split(counts)[2] == {"transformers": ACCUM}, counts  # masking_utils: padding_mask.all()
+
+
+def test_roberta_fetches_what_bert_does(monkeypatch):
+    """RoBERTa numbers its positions on the device (cumsum over the non-pad ids): no fetch of its own."""
+    steps, num_params = _fetches_per_step(monkeypatch, 1, "bf16", padded=False, arch="roberta")
+    for counts in steps:
+        deepspeed, _, rest = _split(counts)
+        assert rest == {} and deepspeed == deepspeed_fetches(1, "bf16", num_params), counts
