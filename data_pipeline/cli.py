@@ -33,10 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-task", help="write a labelled task: which stdlib package a docstring is from")
     p.add_argument("out_dir")
 
-    p = sub.add_parser("tokenizer", help="train a WordPiece or SentencePiece tokenizer")
+    p = sub.add_parser(
+        "tokenizer", help="train a WordPiece, SentencePiece or byte-level BPE (RoBERTa) tokenizer"
+    )
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
     p.add_argument(
-        "--kind", choices=["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"], required=True
+        "--kind",
+        choices=["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe", "bpe"],
+        required=True,
+        help="bpe: RoBERTa's byte-level BPE (a RobertaTokenizer dir with <s> <pad> </s> <unk> <mask>)",
     )
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--out", required=True)

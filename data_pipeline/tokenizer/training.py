@@ -1,7 +1,9 @@
-"""Train a WordPiece or SentencePiece tokenizer and save it as a Hugging Face tokenizer directory.
+"""Train a WordPiece, SentencePiece or byte-level BPE tokenizer and save it as a Hugging Face tokenizer dir.
 
 The directory (tokenizer.json + tokenizer_config.json) loads with `transformers.AutoTokenizer` and with
-`data_pipeline.tokenizer.load.load_tokenizer`; its specials are [PAD] [UNK] [CLS] [SEP] [MASK] = ids 0..4.
+`data_pipeline.tokenizer.load.load_tokenizer`; its specials are [PAD] [UNK] [CLS] [SEP] [MASK] = ids 0..4,
+except for the byte-level BPE (`bpe`, RoBERTa's tokenizer: byte_level_bpe.py), a `RobertaTokenizer` dir
+with RoBERTa's <s> <pad> </s> <unk> <mask>.
 SentencePiece models are trained with the sentencepiece library and converted to the equivalent
 `tokenizers` pipeline, so every kind encodes through the same fast path. Their Metaspace marks a word
 start only where the text has one (the start and after whitespace, not after an added token) and
@@ -11,6 +13,7 @@ pretraining rows look: "x [MASK] y" -> ▁x [MASK] ▁y, "中文[MASK]测试" ->
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -19,7 +22,7 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from tokenizers import (
     AddedToken,
@@ -39,10 +42,11 @@ from data_pipeline.ingest.clean import CleanConfig, Cleaner, split_text
 from data_pipeline.ingest.report import BuildReport
 from data_pipeline.ingest.sources import SourceFile, expand_inputs, iter_documents
 from data_pipeline.integrity import commit_temp_dir
+from data_pipeline.tokenizer import byte_level_bpe
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("wordpiece", "sentencepiece-unigram", "sentencepiece-bpe")
+KINDS = ("wordpiece", "sentencepiece-unigram", "sentencepiece-bpe", "bpe")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every tokenizer we train
 # The trained SentencePiece model, kept beside tokenizer.json for tools that use the sentencepiece
 # library (it segments normalised text exactly as tokenizer.json does).
@@ -72,7 +76,8 @@ def train_tokenizer(
     """Train a tokenizer on `inputs` (files/dirs/globs) and save it as an HF tokenizer dir at `out_dir`.
 
     kind: 'wordpiece' (HF tokenizers, BERT normaliser and pre-tokenizer), 'sentencepiece-unigram' or
-    'sentencepiece-bpe' (sentencepiece library; NFKC + whitespace-collapsing normaliser). SentencePiece
+    'sentencepiece-bpe' (sentencepiece library; NFKC + whitespace-collapsing normaliser), 'bpe' (RoBERTa's
+    byte-level BPE, a RobertaTokenizer dir: no normaliser, so no `lowercase`). SentencePiece
     only: `byte_fallback` adds the 256 byte pieces, so a character outside the vocabulary becomes its
     UTF-8 bytes instead of [UNK] (rare CJK characters, emoji); `character_coverage` is the share of the
     training characters the alphabet must cover (the rest become [UNK], or bytes): SentencePiece's default
@@ -86,19 +91,27 @@ def train_tokenizer(
 
     Raises:
         DataError: unknown kind; vocab_size too small/large for the text; byte_fallback or
-            character_coverage given for wordpiece, or a coverage outside [0.98, 1]; non-empty out_dir
+            character_coverage given for wordpiece or bpe, or a coverage outside [0.98, 1]; lowercase for
+            bpe; non-empty out_dir
             without overwrite=True; no text in the inputs; any bad input file (see `sources`).
     """
     if kind not in KINDS:
         raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind == "wordpiece" and (byte_fallback or character_coverage != 0.9995):
-        raise DataError("byte fallback and character coverage are SentencePiece options (not for wordpiece)")
+    if kind in ("wordpiece", "bpe") and (byte_fallback or character_coverage != 0.9995):
+        raise DataError(f"byte fallback and character coverage are SentencePiece options (not for {kind})")
+    if kind == "bpe" and lowercase:
+        raise DataError(
+            "--lowercase is not available for --kind bpe: RoBERTa's tokenizer has no normaliser (it keeps "
+            "case); lowercase the corpus before training and building instead"
+        )
     if not 0.98 <= character_coverage <= 1.0:
         raise DataError(
             f"character coverage {character_coverage} must be in [0.98, 1] (SentencePiece's range)"
         )
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise DataError(f"vocab_size {vocab_size} is too small")
+    if kind == "bpe":
+        byte_level_bpe.check_vocab_size(vocab_size)
     _check_out_dir(out_dir, overwrite)
     sources = expand_inputs(inputs, extensions)
     report = BuildReport()
@@ -109,17 +122,21 @@ def train_tokenizer(
     if first is None:
         raise DataError(f"no text to train a tokenizer on in {list(inputs)} (all documents empty or dropped)")
     texts = itertools.chain([first], texts)
-    extra_files = {}
-    if kind == "wordpiece":
+    if kind == "bpe":
+        backend = byte_level_bpe.train_byte_level_bpe(texts, vocab_size)
+        write_files = functools.partial(byte_level_bpe.write_roberta_dir, backend)
+    elif kind == "wordpiece":
         backend = _train_wordpiece(texts, vocab_size, lowercase)
+        write_files = functools.partial(_write_generic_dir, backend, extra_files={})
     else:
         options = {"byte_fallback": byte_fallback, "character_coverage": character_coverage}
         backend, model_proto = _train_sentencepiece(
             texts, kind.split("-", 1)[1], vocab_size, lowercase, options
         )
-        extra_files[SENTENCEPIECE_MODEL_FILE] = model_proto
+        extra_files = {SENTENCEPIECE_MODEL_FILE: model_proto}
+        write_files = functools.partial(_write_generic_dir, backend, extra_files=extra_files)
     logger.info("tokenizer trained: vocab %d, input %s", backend.get_vocab_size(), report.to_dict()["counts"])
-    _save_atomically(backend, out_dir, overwrite, extra_files)
+    _save_atomically(write_files, out_dir, overwrite)
     return report
 
 
@@ -307,37 +324,42 @@ def _finish_pipeline(backend: Tokenizer, mask_lstrip: bool = False) -> None:
     )
 
 
-def _save_atomically(
-    backend: Tokenizer, out_dir: str, overwrite: bool, extra_files: dict[str, bytes]
-) -> None:
+def _write_generic_dir(backend: Tokenizer, tmp_dir: str, *, extra_files: dict[str, bytes]) -> None:
+    """Save `backend` as a generic (PreTrainedTokenizerFast) dir with [PAD] [UNK] [CLS] [SEP] [MASK], plus
+    `extra_files` (name -> bytes)."""
     from transformers import PreTrainedTokenizerFast
 
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    ).save_pretrained(tmp_dir)
+    config_path = os.path.join(tmp_dir, "tokenizer_config.json")
+    with open(config_path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    # The class name every transformers release (4.x alias included) maps to "load tokenizer.json as is".
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(config_path, "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2, sort_keys=True)
+    # transformers 5 keeps the specials in tokenizer_config.json only; older tools look here.
+    specials = {f"{role}_token": config[f"{role}_token"] for role in ("unk", "pad", "cls", "sep", "mask")}
+    with open(os.path.join(tmp_dir, "special_tokens_map.json"), "w", encoding="utf-8") as fh:
+        json.dump(specials, fh, indent=2, sort_keys=True)
+    for name, data in extra_files.items():
+        with open(os.path.join(tmp_dir, name), "wb") as fh:
+            fh.write(data)
+
+
+def _save_atomically(write_files: Callable[[str], None], out_dir: str, overwrite: bool) -> None:
+    """Call `write_files(tmp_dir)` on a temporary sibling of `out_dir`, then rename it into place."""
     out_dir = os.path.normpath(out_dir)
     tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
-        PreTrainedTokenizerFast(
-            tokenizer_object=backend,
-            unk_token="[UNK]",
-            pad_token="[PAD]",
-            cls_token="[CLS]",
-            sep_token="[SEP]",
-            mask_token="[MASK]",
-        ).save_pretrained(tmp_dir)
-        config_path = os.path.join(tmp_dir, "tokenizer_config.json")
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
-        # The class name every transformers release (4.x alias included) maps to "load tokenizer.json as is".
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        with open(config_path, "w", encoding="utf-8") as fh:
-            json.dump(config, fh, indent=2, sort_keys=True)
-        # transformers 5 keeps the specials in tokenizer_config.json only; older tools look here.
-        specials = {f"{role}_token": config[f"{role}_token"] for role in ("unk", "pad", "cls", "sep", "mask")}
-        with open(os.path.join(tmp_dir, "special_tokens_map.json"), "w", encoding="utf-8") as fh:
-            json.dump(specials, fh, indent=2, sort_keys=True)
-        for name, data in extra_files.items():
-            with open(os.path.join(tmp_dir, name), "wb") as fh:
-                fh.write(data)
+        write_files(tmp_dir)
         _check_out_dir(out_dir, overwrite)  # again: another process may have written there meanwhile
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -152,7 +152,7 @@ def _model_card(
     metrics = "\n".join(f"- {k}: {v}" for k, v in (eval_record or {}).items()) or "- (no evaluation recorded)"
     return f"""---
 library_name: transformers
-tags: [bert, fill-mask, mlm-pretrain]
+tags: [{cfg.model.arch}, fill-mask, mlm-pretrain]
 ---
 # {class_name} pretrained with mlm-pretrain
 

@@ -24,7 +24,16 @@ MARKER = "<!-- Generated below by `python -m pretrain.config.reference` from the
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of dataclass `cls` (a string literal right after its annotation)."""
+    """The docstring under each field of dataclass `cls` (a string literal right after its annotation), its
+    dataclass bases' included (a subclass's own docstring of a field it redefines wins)."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     docs = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pretrain.errors import ConfigError
 from pretrain.models.architecture import Architecture
 from pretrain.models.bert.config import BertModelConfig
+from pretrain.models.roberta.config import RobertaModelConfig
 
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(
@@ -17,6 +18,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         "pretrain.models.bert.model",
         hf_model_type="bert",
         export_classes=("BertForMaskedLM", "BertForPreTraining"),
+    ),
+    "roberta": Architecture(
+        "roberta", RobertaModelConfig, "pretrain.models.roberta.model", "roberta", ("RobertaForMaskedLM",)
     ),
 }
 DEFAULT_ARCH = "bert"

@@ -88,6 +88,14 @@ def bpe_tokenizer_dir(sample_corpus_dir, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def byte_level_bpe_dir(sample_corpus_dir, tmp_path_factory) -> str:
+    """RoBERTa's byte-level BPE (`--kind bpe`, vocab 1000) trained on `sample_corpus_dir`."""
+    out_dir = str(tmp_path_factory.mktemp("tokenizers") / "byte-level-bpe")
+    train_tokenizer([sample_corpus_dir], "bpe", SMALL_VOCAB_SIZE, out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
 def zh_tokenizer_dirs(tmp_path_factory) -> dict[str, str]:
     """kind -> tokenizer dir: WordPiece and SentencePiece unigram (vocabulary 1200) trained on the Chinese
     fixture (fixtures/zh_manpages.txt)."""

@@ -1,9 +1,11 @@
-"""A trainer run in the background: started in its own session, waited on, SIGKILLed with all its ranks."""
+"""A trainer run in the background: started in its own session, waited on, SIGKILLed with all its ranks;
+`sigkill_then_resume` is the kill-and-resume every exact-resume test runs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers.runs import trainer_command, worker_env
+from tests.helpers.runs import PretrainRun, run_pretrain, trainer_command, worker_env
 
 
 def start(config: Path, overrides=(), ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
@@ -63,6 +65,21 @@ def reached_step(run_dir: Path, step: int):
             return False
 
     return check
+
+
+def sigkill_then_resume(config: Path, run_dir: Path, max_steps: int) -> PretrainRun:
+    """SIGKILL every rank of a 2-rank run of `config` (run dir `run_dir`, checkpoints every 2 steps) once it
+    logged a random step of 3..max_steps-1, then run it again to its end. Returns the second run, after
+    asserting that it exited 0 and resumed from a checkpoint."""
+    kill_step = random.Random().randint(3, max_steps - 1)
+    print(f"killing at step {kill_step}")
+    proc = start(config)
+    wait_until(proc, reached_step(run_dir, kill_step), poll=0.01)
+    kill_all(proc)
+    run = run_pretrain(config, ranks=2)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "resuming from" in run.output
+    return run
 
 
 def kill_all(proc: subprocess.Popen) -> None:

@@ -13,22 +13,9 @@ import pytest
 from pretrain.checkpoint.export import main as export_main
 from pretrain.finetune.cli import main as finetune_main
 from tests.helpers.runs import run_pretrain, write_config
+from tests.helpers.tasks import small_sample_task
 
 pytestmark = pytest.mark.integration
-
-
-def _task(tmp_path):
-    from data_pipeline.samples.task import write_sample_task
-
-    write_sample_task(str(tmp_path / "task"))
-    for split, per_class in (("train", 80), ("validation", 25)):
-        lines = (tmp_path / "task" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [r for r in map(json.loads, lines) if r["label"] in ("asyncio", "email", "xml")]
-        rows = [r for i, r in enumerate(rows) if sum(q["label"] == r["label"] for q in rows[:i]) < per_class]
-        (tmp_path / f"{split}.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
-        )
-    return tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
 
 
 def _finetune(model, train, validation, out):
@@ -66,7 +53,7 @@ def test_finetune_a_run_dir_equals_finetuning_its_export(tiny_shards, tmp_path, 
     )
     run = run_pretrain(config, ranks=1)
     assert run.returncode == 0, run.output[-3000:]
-    train, validation = _task(tmp_path)
+    train, validation = small_sample_task(tmp_path)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))

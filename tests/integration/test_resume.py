@@ -8,7 +8,6 @@ compared below hold them, so a repeated or skipped sample fails the comparison.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers.processes import kill_all, output_of, reached_step, start, wait_until
+from tests.helpers.processes import kill_all, output_of, reached_step, sigkill_then_resume, start, wait_until
 from tests.helpers.runs import run_pretrain, step_trace, write_config
 
 pytestmark = pytest.mark.integration
@@ -57,15 +56,7 @@ def test_two_uninterrupted_runs_are_identical(baseline, tiny_shards, tmp_path):
 
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(baseline, tiny_shards, tmp_path):
     _, expected = baseline
-    config = fresh_config(tmp_path, tiny_shards)
-    kill_step = random.Random().randint(3, MAX_STEPS - 1)
-    print(f"killing at step {kill_step}")
-    proc = start(config)
-    wait_until(proc, reached_step(tmp_path / "run", kill_step), poll=0.01)
-    kill_all(proc)
-    run = run_pretrain(config, ranks=2)
-    assert run.returncode == 0, run.output[-3000:]
-    assert "resuming from" in run.output
+    run = sigkill_then_resume(fresh_config(tmp_path, tiny_shards), tmp_path / "run", MAX_STEPS)
     assert step_trace(run.run_dir) == expected  # losses bit for bit, and the same rows (token counts)
 
 

@@ -108,10 +108,10 @@ def _step_data(collator, rows, step: int) -> LoaderStep:
 
 
 def _fetches_per_step(
-    monkeypatch, stage: int, precision: str, *, padded: bool, isolation: bool = False
+    monkeypatch, stage: int, precision: str, *, padded: bool, arch: str = "bert", isolation: bool = False
 ) -> tuple[list, int]:
-    """The fetches of train_step's 2nd and 3rd optimizer steps (the first may initialise lazily), each a
-    Counter by owner; and the model's number of parameters. `isolation`: BERT with
+    """The fetches of train_step's 2nd and 3rd optimizer steps (the first may initialise lazily) of the tiny
+    model of `arch`, each a Counter by owner; and the model's number of parameters. `isolation`: with
     model.document_isolation on rows of packed documents."""
     from pretrain.runtime.engine import initialize_engine
 
@@ -120,7 +120,7 @@ def _fetches_per_step(
         {
             "run_dir": "/tmp/unused",
             "data": {"path": "/tmp/unused"},
-            "model": {"preset": "tiny", "document_isolation": isolation},
+            "model": {"arch": arch, "preset": "tiny", "document_isolation": isolation},
             "precision": precision,
             "zero": {"stage": stage},
             "train": {"micro_batch_size": 8 // ACCUM, "grad_accum_steps": ACCUM, "max_steps": 10},
@@ -189,3 +189,11 @@ def test_document_isolation_fetches_nothing_even_on_padded_rows(monkeypatch):
     steps, _ = _fetches_per_step(monkeypatch, 3, "fp32", padded=True, isolation=True)
     for counts in steps:
         assert _split(counts)[2] == {}, counts
+
+
+def test_roberta_fetches_what_bert_does(monkeypatch):
+    """RoBERTa numbers its positions on the device (cumsum over the non-pad ids): no fetch of its own."""
+    steps, num_params = _fetches_per_step(monkeypatch, 1, "bf16", padded=False, arch="roberta")
+    for counts in steps:
+        deepspeed, _, rest = _split(counts)
+        assert rest == {} and deepspeed == deepspeed_fetches(1, "bf16", num_params), counts

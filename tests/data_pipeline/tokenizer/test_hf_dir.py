@@ -247,13 +247,16 @@ def test_pretrained_dir_loads_without_transformers_as_autotokenizer_does(
     assert with_specials == auto(compare_texts, split_special_tokens=True)["input_ids"]
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe"])
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece-unigram", "sentencepiece-bpe", "bpe"])
 def test_our_dirs_load_as_autotokenizer_does(
-    kind, wordpiece_tokenizer_dir, unigram_tokenizer_dir, bpe_tokenizer_dir, compare_texts
+    kind, wordpiece_tokenizer_dir, unigram_tokenizer_dir, bpe_tokenizer_dir, byte_level_bpe_dir, compare_texts
 ):
-    path = {"wordpiece": wordpiece_tokenizer_dir, "sentencepiece-unigram": unigram_tokenizer_dir}.get(
-        kind, bpe_tokenizer_dir
-    )
+    path = {
+        "wordpiece": wordpiece_tokenizer_dir,
+        "sentencepiece-unigram": unigram_tokenizer_dir,
+        "sentencepiece-bpe": bpe_tokenizer_dir,
+        "bpe": byte_level_bpe_dir,
+    }[kind]
     ours, auto = load_tokenizer(path), AutoTokenizer.from_pretrained(path)
     assert _backend_spec(ours.backend) == _backend_spec(auto.backend_tokenizer)
     expected = auto(compare_texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]

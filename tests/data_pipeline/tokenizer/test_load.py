@@ -263,8 +263,8 @@ def test_train_errors(tmp_path):
     empty.write_text("  \n\n \x07 \n")
     with pytest.raises(DataError, match="no text to train a tokenizer on"):
         train_tokenizer([str(empty)], "wordpiece", 100, str(tmp_path / "out"))
-    with pytest.raises(DataError, match="unknown tokenizer kind 'bpe'"):
-        train_tokenizer([str(empty)], "bpe", 100, str(tmp_path / "out"))
+    with pytest.raises(DataError, match="unknown tokenizer kind 'gpt2'"):
+        train_tokenizer([str(empty)], "gpt2", 100, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 

@@ -1,5 +1,6 @@
-"""model.document_isolation for BERT: a packed document's hidden states are those of the document alone,
-the run identity records the option, and the weights still export as a plain BertForMaskedLM."""
+"""model.document_isolation for BERT (and RoBERTa, which subclasses it): a packed document's hidden
+states are those of the document alone, the run identity records the option, and the weights still
+export as a plain BertForMaskedLM."""
 
 import numpy as np
 import pytest
@@ -13,22 +14,27 @@ from pretrain.data.documents import document_inputs
 from pretrain.data.masking import MaskingCollator
 from pretrain.models.bert.config import BertModelConfig
 from pretrain.models.bert.model import build_model
+from pretrain.models.roberta.config import RobertaModelConfig
+from pretrain.models.roberta.model import build_model as build_roberta
 from tests.helpers.rows import SPECIAL_IDS, VOCAB_SIZE, make_rows
 
 CLS, SEP, PAD = SPECIAL_IDS["cls"], SPECIAL_IDS["sep"], SPECIAL_IDS["pad"]
 
 
-def isolating_bert(attn: str = "sdpa", isolation: bool = True):
-    """The tiny BERT in fp32 without dropout, with model.document_isolation."""
+def isolating_bert(attn: str = "sdpa", isolation: bool = True, arch: str = "bert"):
+    """The tiny BERT (or RoBERTa) in fp32 without dropout, with model.document_isolation."""
     torch.manual_seed(0)
-    cfg = BertModelConfig(
+    config_class, build = (
+        (BertModelConfig, build_model) if arch == "bert" else (RobertaModelConfig, build_roberta)
+    )
+    cfg = config_class(
         preset="tiny",
         dropout=0.0,
         attention_dropout=0.0,
         attn_implementation=attn,
         document_isolation=isolation,
     )
-    return build_model(cfg, vocab_size=VOCAB_SIZE, pad_id=PAD, rows_have_pairs=False).eval()
+    return build(cfg, vocab_size=VOCAB_SIZE, pad_id=PAD, rows_have_pairs=False).eval()
 
 
 def _inputs(doc_start: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tensor]:
@@ -36,8 +42,8 @@ def _inputs(doc_start: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tenso
     return {key: torch.from_numpy(layout[key]) for key in ("document_ids", "position_ids")}
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_a_packed_document_sees_only_itself(attn):
+@pytest.mark.parametrize(("attn", "arch"), [("sdpa", "bert"), ("eager", "bert"), ("sdpa", "roberta")])
+def test_a_packed_document_sees_only_itself(attn, arch):
     rng = np.random.default_rng(0)
     a, b, c = (rng.integers(5, VOCAB_SIZE, n) for n in (6, 9, 4))
     b_doc = np.array([*b, SEP])
@@ -50,7 +56,7 @@ def test_a_packed_document_sees_only_itself(attn):
     doc_start[0, [0, b_at, c_at]] = 1
     doc_start[1, 0] = 1
     lengths = np.array([c_at + len(c) + 1, len(b_doc)])
-    model = isolating_bert(attn)
+    model = isolating_bert(attn, arch=arch)
     with torch.no_grad():
         hidden = model.encode(ids, token_type_ids=torch.zeros_like(ids), **_inputs(doc_start, lengths))
         hidden = hidden.last_hidden_state
