@@ -83,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlm-finetune",
         description="Fine-tune a pretrained encoder (export, HF model dir or run dir) on sequence "
-        "classification; report accuracy / macro-F1 (MCC for two classes) over seeds. "
-        "Build the bundled offline task with `mlm-data sample-task DIR`.",
+        "classification; report accuracy / macro-F1 (MCC for two classes) over seeds; or, with --task "
+        "token-classification, tag words and report entity P/R/F1 per type. Build the bundled offline "
+        "tasks with `mlm-data sample-task DIR [--task token-classification]`.",
     )
     p.add_argument("model", help="export dir, Hugging Face BERT dir, run dir or checkpoint dir (local only)")
     p.add_argument(

@@ -71,7 +71,7 @@ def summarise_entities(runs: list[dict]) -> dict:
 def format_entity_table(report: dict, models: tuple[str, ...]) -> str:
     """The report's models as a text table: per model the micro scores, then one row per entity type, each
     mean ± std over the seeds; last the all-O baseline."""
-    header = f"{'model':<14}{'entities':<10}" + "".join(f"{t:>18}" for t in ("precision", "recall", "F1"))
+    header = f"{'model':<14}{'entities':<10}" + "".join(f"{t:>19}" for t in ("precision", "recall", "F1"))
     lines = [header + f"{'support':>9}{'seeds':>7}"]
     for which in models:
         if which not in report:
@@ -86,7 +86,8 @@ def format_entity_table(report: dict, models: tuple[str, ...]) -> str:
             lines.append(f"{label:<14}{name:<10}{cells}{support:>9}{seeds}")
     task = report["task"]
     lines.append(
-        f"{'all O':<14}{'micro':<10}{0.0:>10.4f}{'':>8}{0.0:>10.4f}{'':>8}{0.0:>10.4f}   "
-        f"(word accuracy {task['all_o_word_accuracy']:.4f})"
+        f"{'all O':<14}{'micro':<10}"
+        + f"{0.0:>10.4f}{'':9}" * 3
+        + f"   word accuracy {task['all_o_word_accuracy']:.4f}"
     )
     return "\n".join(lines)
