@@ -124,8 +124,8 @@ def build_model(
         )
     except (OSError, ValueError) as exc:  # unreadable weights, unknown model type, remote code asked for
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        kind = auto_class.removeprefix("AutoModelFor")
-        raise FinetuneInputError(f"{model_dir}: cannot load as {kind}: {first}") from None
+        task = auto_class.removeprefix("AutoModelFor").removesuffix("Classification").lower()
+        raise FinetuneInputError(f"{model_dir}: cannot load as a {task} classifier: {first}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
