@@ -83,6 +83,7 @@ def _one_line_error(argv, capsys) -> str:
         ("integer tags", "line 1: 'tags' is a list of non-strings"),
         ("unseen type", "entity type(s) DATE not in the training tags"),
         ("missing key", "line 1: no key 'tokens' (keys: words, ner)"),
+        ("jobs", "--jobs > 1 is not supported with --task token-classification"),
     ],
 )
 def test_bad_input_is_one_line_naming_file_and_line(tmp_path, capsys, case, expected):
@@ -101,13 +102,16 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path, capsys, case, expe
         train.write_text("Peter B-PER\n\nBlackburn\n", encoding="utf-8")
     elif case == "integer tags":
         train.write_text(json.dumps({"tokens": ["a"], "tags": [3]}) + "\n", encoding="utf-8")
+    elif case == "jobs":
+        _jsonl(train)
+        argv = ["--jobs", "2"]
     elif case == "unseen type":
         _jsonl(train)
         argv = ["--validation", str(_jsonl(tmp_path / "v.jsonl", [(["May"], ["B-DATE"])]))]
     else:
         _jsonl(train, tokens="words", tags="ner")
     line = _one_line_error(["--train", str(train), "--out", str(tmp_path / "out"), *argv], capsys)
-    assert expected in line and (case == "scheme" or str(train) in line or "v.jsonl" in line)
+    assert expected in line and (case in ("scheme", "jobs") or str(train) in line or "v.jsonl" in line)
     assert not (tmp_path / "out").exists()
 
 
