@@ -7,6 +7,7 @@ joined back, and scored per entity (`entity_metrics`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -157,8 +158,6 @@ def run_token_finetuning(
 def token_task_report(args, data: TokenTaskData, counts: dict) -> dict:
     """The report's `task` entry for a token task: files, columns, scheme, tags, sizes, what the encoding
     and the tag checks counted, and the all-O baseline."""
-    import os
-
     return {
         "type": "token-classification",
         "train": os.path.abspath(args.train),
