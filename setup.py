@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "psutil>=5.9",
     # mlm-finetune trains with the Hugging Face Trainer, which needs accelerate.
     "accelerate>=1.1",
+    # mlm-finetune --task token-classification scores entities with seqeval (as CoNLL NER results are).
+    "seqeval>=1.2.2,<2",
 ]
 
 # Chinese word segmentation for whole-word masking (data_pipeline/tokenizer/segment.py): jieba's

@@ -56,17 +56,30 @@ def _statements(tree: ast.AST) -> Iterator[ast.AST]:
                 queue.extend(child for child in children if isinstance(child, ast.AST))
 
 
+def documented_nodes(path: str) -> list[tuple[ast.AST, str]]:
+    """(node, docstring) of every module, class and function of the Python file `path` that has a
+    docstring, in `ast.walk` order; the docstring as `ast.get_docstring` gives it (dedented, not
+    collapsed). Unparsable or unreadable files give []."""
+    tree = parse_python(path)
+    if tree is None:
+        return []
+    found = []
+    for node in _statements(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node)
+            if docstring:
+                found.append((node, docstring))
+    return found
+
+
+def collapse(docstring: str) -> str:
+    """A docstring as the sample corpus and the sample tasks hold it: stripped, blank lines collapsed
+    (one paragraph per line)."""
+    return BLANK_LINES.sub("\n", docstring.strip())
+
+
 def docstrings_of(path: str) -> list[str]:
     """The module, class and function docstrings of the Python file `path` with at least
     MIN_WORDS words, blank lines collapsed (one paragraph per line), in `ast.walk` order.
     Unparsable or unreadable files give []."""
-    tree = parse_python(path)
-    if tree is None:
-        return []
-    docstrings = []
-    for node in _statements(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            docstring = ast.get_docstring(node)
-            if docstring and len(docstring.split()) >= MIN_WORDS:
-                docstrings.append(BLANK_LINES.sub("\n", docstring.strip()))
-    return docstrings
+    return [collapse(d) for _, d in documented_nodes(path) if len(d.split()) >= MIN_WORDS]

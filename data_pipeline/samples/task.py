@@ -40,7 +40,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 VALIDATION_FRACTION = 0.2
 SPLITS = ("train", "validation")
-_TEST_DIRS = {"test", "tests", "idle_test"}
+TEST_DIRS = {"test", "tests", "idle_test"}
 
 
 def is_validation_text(text: str) -> bool:
@@ -49,12 +49,12 @@ def is_validation_text(text: str) -> bool:
     return bucket < VALIDATION_FRACTION
 
 
-def _family_files(stdlib: str) -> Iterator[tuple[str, str]]:
+def family_files(stdlib: str) -> Iterator[tuple[str, str]]:
     """(label, path) of every non-test .py file of the FAMILIES packages, in sorted order."""
     for label, packages in sorted(FAMILIES.items()):
         for package in packages:
             root = os.path.join(stdlib, package)
-            for path in python_files(root, skip=_TEST_DIRS):
+            for path in python_files(root, skip=TEST_DIRS):
                 yield label, path
 
 
@@ -70,7 +70,7 @@ def task_examples(stdlib: str | None = None) -> tuple[list[dict], dict]:
     first_seen: dict[str, dict] = {}
     labels_of: dict[str, set[str]] = {}
     duplicates = 0
-    for label, path in _family_files(stdlib):
+    for label, path in family_files(stdlib):
         for text in docstrings_of(path):
             labels_of.setdefault(text, set()).add(label)
             if text in first_seen:

@@ -1,4 +1,5 @@
-"""`mlm-finetune MODEL --train FILE ...`: fine-tune a pretrained encoder on a sequence classification task.
+"""`mlm-finetune MODEL --train FILE ...`: fine-tune a pretrained encoder on a sequence classification task,
+or (`--task token-classification`, token_train.py) tag words: NER scored per entity.
 
 MODEL is a Hugging Face model dir (an `mlm-train export`, or any BERT checkpoint dir with its tokenizer),
 a run dir or a checkpoint dir (its newest valid checkpoint is exported on the fly with
@@ -24,6 +25,9 @@ from dataclasses import asdict
 from data_pipeline.integrity import write_json_atomic
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, load_task
+from pretrain.finetune.entity_metrics import format_entity_table
+from pretrain.finetune.token_data import load_token_task
+from pretrain.finetune.token_train import run_token_finetuning, token_task_report
 from pretrain.finetune.train import FinetuneSettings, run_finetuning
 
 log = logging.getLogger("mlm-finetune")
@@ -79,15 +83,27 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlm-finetune",
         description="Fine-tune a pretrained encoder (export, HF model dir or run dir) on sequence "
-        "classification; report accuracy / macro-F1 (MCC for two classes) over seeds. "
-        "Build the bundled offline task with `mlm-data sample-task DIR`.",
+        "classification; report accuracy / macro-F1 (MCC for two classes) over seeds; or, with --task "
+        "token-classification, tag words and report entity P/R/F1 per type. Build the bundled offline "
+        "tasks with `mlm-data sample-task DIR [--task token-classification]`.",
     )
     p.add_argument("model", help="export dir, Hugging Face BERT dir, run dir or checkpoint dir (local only)")
-    p.add_argument("--train", required=True, help="CSV, TSV, JSONL or Parquet file")
+    p.add_argument(
+        "--task",
+        choices=["sequence-classification", "token-classification"],
+        default="sequence-classification",
+        help="token-classification: one tag per word (NER, BIO/BIOES), scored per entity with seqeval",
+    )
+    p.add_argument(
+        "--train", required=True, help="CSV, TSV, JSONL or Parquet file (tokens: JSONL, Parquet, CoNLL)"
+    )
     p.add_argument("--validation", help="validation file (default: a stratified split of --train)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--text-pair-column", help="second text column (sentence pairs)")
     p.add_argument("--label-column", default="label", help="labels: strings or integers")
+    p.add_argument("--tokens-column", default="tokens", help="token task: the list-of-words column")
+    p.add_argument("--tags-column", default="tags", help="token task: the list-of-tags column (tag names)")
+    p.add_argument("--tag-scheme", default="BIO", help="token task: BIO (IOB2) or BIOES (IOBES)")
     p.add_argument("--seeds", type=int, default=3, help="number of fine-tuning runs per model")
     p.add_argument("--seed-base", type=int, default=0, help="seeds are seed-base .. seed-base+N-1")
     p.add_argument(
@@ -153,15 +169,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         _check_args(args)
-        data = load_task(
-            args.train,
-            args.validation,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            text_pair_column=args.text_pair_column,
-            validation_fraction=args.validation_fraction,
-            split_seed=args.split_seed,
-        )
+        tokens = args.task == "token-classification"
+        if tokens and args.jobs > 1:
+            raise FinetuneInputError(
+                "--jobs > 1 is not supported with --task token-classification; use --jobs 1"
+            )
+        if tokens:
+            data = load_token_task(
+                args.train,
+                args.validation,
+                tokens_column=args.tokens_column,
+                tags_column=args.tags_column,
+                scheme=args.tag_scheme,
+                validation_fraction=args.validation_fraction,
+                split_seed=args.split_seed,
+            )
+        else:
+            data = load_task(
+                args.train,
+                args.validation,
+                text_column=args.text_column,
+                label_column=args.label_column,
+                text_pair_column=args.text_pair_column,
+                validation_fraction=args.validation_fraction,
+                split_seed=args.split_seed,
+            )
         import torch
 
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -183,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                 model_dir, found = resolve_model(args.model, scratch)
                 models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
                 seeds = list(range(args.seed_base, args.seed_base + args.seeds))
-                results = run_finetuning(model_dir, data, settings, seeds, models, args.jobs)
+                if tokens:
+                    results, counts = run_token_finetuning(model_dir, data, settings, seeds, models)
+                else:
+                    results = run_finetuning(model_dir, data, settings, seeds, models, args.jobs)
         finally:
             torch.set_num_threads(threads)  # main() also runs in-process (tests, scripts)
     except FinetuneInputError as exc:
@@ -192,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "model": os.path.abspath(args.model),
         "model_source": found,
-        "task": {
+        "task": token_task_report(args, data, counts)
+        if tokens
+        else {
             "train": os.path.abspath(args.train),
             "validation": data.validation_source,
             "columns": {
@@ -212,6 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.makedirs(args.out, exist_ok=True)
     _write_json(os.path.join(args.out, "report.json"), report)
-    print(format_table(report))
+    print(format_entity_table(report, MODELS) if tokens else format_table(report))
     print(f"report: {os.path.join(args.out, 'report.json')}")
     return 0

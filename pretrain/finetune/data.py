@@ -62,8 +62,13 @@ class TaskData:
         return float(np.mean(self.validation.labels == majority))
 
 
-def read_table(path: str, columns: list[str]) -> pa.Table:
-    """Read `path` (format from its extension) and return the `columns` of it.
+def read_table(
+    path: str,
+    columns: list[str],
+    flags: str = "name the right one with --text-column / --text-pair-column / --label-column",
+) -> pa.Table:
+    """Read `path` (format from its extension) and return the `columns` of it; `flags` ends the message
+    of a missing column (the command-line flags that name the columns).
 
     Raises FinetuneInputError: missing or empty file, unknown extension, unparsable content, a missing
     column (naming the columns present) or no rows.
@@ -86,8 +91,7 @@ def read_table(path: str, columns: list[str]) -> pa.Table:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise FinetuneInputError(
-            f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names) or 'none'}); "
-            f"name the right one with --text-column / --text-pair-column / --label-column"
+            f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names) or 'none'}); {flags}"
         )
     if table.num_rows == 0:
         raise FinetuneInputError(f"{path}: no rows")

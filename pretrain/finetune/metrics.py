@@ -30,6 +30,12 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_clas
     return out
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of `values`: the spread over seeds
+    every mlm-finetune report states."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarise(runs: list[dict]) -> dict:
     """Mean and sample standard deviation (n - 1; 0 for one run) of each metric over `runs` (the dicts of
     `classification_metrics` plus a seed), as {metric_mean, metric_std, ..., per_seed: runs}."""
@@ -37,7 +43,6 @@ def summarise(runs: list[dict]) -> dict:
     for name in _METRICS:
         values = [r[name] for r in runs if name in r]
         if values:
-            out[f"{name}_mean"] = float(np.mean(values))
-            out[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            out[f"{name}_mean"], out[f"{name}_std"] = mean_std(values)
     out["per_seed"] = runs
     return out

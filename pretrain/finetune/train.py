@@ -89,9 +89,21 @@ class _Encoded:
         return item
 
 
-def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce: bool):
+def build_model(
+    model_dir: str,
+    data,
+    which: str,
+    seed: int,
+    announce: bool,
+    auto_class: str = "AutoModelForSequenceClassification",
+):
+    """The `auto_class` model (a transformers `Auto*ForXxx` name) of `model_dir` with a fresh head of
+    len(data.label_names) outputs, seeded: pretrained weights, or all random for `which` random_init.
+    Raises FinetuneInputError when the dir does not load as that class."""
     import transformers
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
+
+    auto = getattr(transformers, auto_class)
 
     names = data.label_names
     kwargs = {
@@ -106,13 +118,14 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
     try:
         if which == "random_init":
             config = AutoConfig.from_pretrained(model_dir, local_files_only=True, **kwargs)
-            return AutoModelForSequenceClassification.from_config(config)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+            return auto.from_config(config)
+        model, info = auto.from_pretrained(
             model_dir, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
     except (OSError, ValueError) as exc:  # unreadable weights, unknown model type, remote code asked for
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FinetuneInputError(f"{model_dir}: cannot load as a sequence classifier: {first}") from None
+        task = auto_class.removeprefix("AutoModelFor").removesuffix("Classification").lower()
+        raise FinetuneInputError(f"{model_dir}: cannot load as a {task} classifier: {first}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
@@ -129,6 +142,37 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
     return model
 
 
+def training_arguments(settings: FinetuneSettings, seed: int, out_dir: str):
+    """The Trainer's arguments of one run (`settings`, `seed`, scratch `out_dir`): the same for every task."""
+    import torch
+    from transformers import TrainingArguments
+
+    use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
+    # Batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic padding a batch then
+    # costs its own length, not that of the longest text drawn into it.
+    return TrainingArguments(
+        output_dir=out_dir,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.lr,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=2 * settings.batch_size,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,
+        lr_scheduler_type="linear",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=use_cpu,
+        bf16=settings.bf16,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=not settings.progress,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",
+    )
+
+
 def finetune_once(
     model_dir,
     tokenizer,
@@ -143,37 +187,13 @@ def finetune_once(
     """Fine-tune one model (`which`: pretrained or random_init) with `seed`; returns its metrics on the
     validation split plus seed, train_loss and train_seconds. Raises FinetuneInputError when the model
     does not load; `title` is printed (stderr) once it did."""
-    import torch
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
-    model = _build_model(model_dir, data, which, seed, announce)
+    model = build_model(model_dir, data, which, seed, announce)
     if title:
         print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
-    use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
     with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
-        # Batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic padding a batch then
-        # costs its own length, not that of the longest text drawn into it.
-        args = TrainingArguments(
-            output_dir=out,
-            num_train_epochs=settings.epochs,
-            learning_rate=settings.lr,
-            per_device_train_batch_size=settings.batch_size,
-            per_device_eval_batch_size=2 * settings.batch_size,
-            weight_decay=settings.weight_decay,
-            warmup_steps=settings.warmup_ratio,
-            lr_scheduler_type="linear",
-            seed=seed,
-            data_seed=seed,
-            use_cpu=use_cpu,
-            bf16=settings.bf16,
-            eval_strategy="no",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            disable_tqdm=not settings.progress,
-            dataloader_num_workers=0,
-            train_sampling_strategy="group_by_length",
-        )
+        args = training_arguments(settings, seed, out)
         trainer = Trainer(
             model=model,
             args=args,

@@ -1,5 +1,6 @@
 """mlm-finetune on a real run dir: a one-process pretraining run's newest checkpoint is exported on the fly
-(into a temporary dir that is removed afterwards) and fine-tunes exactly like its `mlm-train export`."""
+(into a temporary dir that is removed afterwards) and fine-tunes exactly like its `mlm-train export`; the
+export also fine-tunes on the offline token task."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.helpers.tasks import small_sample_task
 pytestmark = pytest.mark.integration
 
 
-def _finetune(model, train, validation, out):
+def _finetune(model, train, validation, out, extra=()):
     argv = [
         str(model),
         "--train",
@@ -38,6 +39,7 @@ def _finetune(model, train, validation, out):
         "--no-progress",
         "--out",
         str(out),
+        *extra,
     ]
     assert finetune_main(argv) == 0
     return json.loads((out / "report.json").read_text())
@@ -74,4 +76,26 @@ def test_finetune_a_run_dir_equals_finetuning_its_export(tiny_shards, tmp_path, 
     assert (
         from_run["pretrained"]["per_seed"][0]["train_loss"]
         == from_export["pretrained"]["per_seed"][0]["train_loss"]
+    )
+
+    # The same export tags words: the offline token task (a slice), scored per entity.
+    from data_pipeline.samples.token_task import write_token_task
+
+    write_token_task(str(tmp_path / "ner"))
+    for split, n in (("train", 120), ("validation", 40)):
+        lines = (tmp_path / "ner" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+        (tmp_path / f"ner-{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = ["--task", "token-classification", "--baseline", "random-init"]
+    tagged = _finetune(
+        tmp_path / "export",
+        tmp_path / "ner-train.jsonl",
+        tmp_path / "ner-validation.jsonl",
+        tmp_path / "ner-out",
+        argv,
+    )
+    assert tagged["task"]["type"] == "token-classification" and tagged["task"]["validation_sentences"] == 40
+    assert (
+        set(tagged["pretrained"]["per_type"])
+        == set(tagged["random_init"]["per_type"])
+        == {"ARG", "EXC", "MOD"}
     )
