@@ -300,8 +300,11 @@ class ShardReader:
             return np.zeros(0, np.int64)
         return np.concatenate([block[name] for block in self._blocks])
 
-    def take(self, indices) -> dict[str, np.ndarray]:
+    def take(self, indices, epoch: int = 0) -> dict[str, np.ndarray]:
         """Rows at a sequence of global indices stacked into arrays (a copy), in the given order.
+
+        `epoch` (the trainer's sample epoch) does not change a shard set's rows; it is taken so that
+        every row source, a mixture whose rows do depend on it included, is read the same way.
 
         Raises IndexError when the sequence is empty or an index is out of range, and DataError naming
         the shard file and row when a row fails `row_problem`.
