@@ -142,11 +142,20 @@ class MixtureSource:
         draw = cycle * quota[sources] + rank_of[slot]
         passes, offsets = np.divmod(draw, self.sizes[sources])
         rows = np.empty_like(offsets)
-        for s in np.unique(sources):
-            mine = sources == s
-            for p in np.unique(passes[mine]):
-                where = mine & (passes == p)
-                rows[where] = self._pass(int(s), int(p))[offsets[where]]
+        # the samples grouped by source with one sort (np.unique, or a mask per source, cost 10x more)
+        by_source = np.argsort(sources, kind="stable")
+        counts = np.bincount(sources)
+        ends = np.cumsum(counts)
+        for s in np.flatnonzero(counts):
+            mine = by_source[ends[s] - counts[s] : ends[s]]
+            mine_passes = passes[mine]
+            first, last = int(mine_passes.min()), int(mine_passes.max())
+            if first == last:
+                rows[mine] = self._pass(int(s), first)[offsets[mine]]
+                continue
+            for p in range(first, last + 1):  # draws are consecutive: their passes too
+                where = mine[mine_passes == p]
+                rows[where] = self._pass(int(s), p)[offsets[where]]
         return sources, rows
 
     def count_sources(self, indices, epoch: int) -> np.ndarray:
@@ -167,7 +176,7 @@ class MixtureSource:
         sources' `take` raises (DataError naming the shard file and row)."""
         sources, rows = self.locate(indices, epoch)
         out: dict[str, np.ndarray] = {}
-        for s in np.unique(sources):
+        for s in np.flatnonzero(np.bincount(sources)):
             where = np.flatnonzero(sources == s)
             part = self.parts[int(s)].take(rows[where])
             for key, values in part.items():
