@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipeline.errors import DataError
+from data_pipeline.shards import ShardReader
 
 # The interleaving's length: enough slots that the smallest weight gets about 64 (its share within
 # ~1.5%), between 4 Ki and 4 Mi slots (a 4 Mi table is ~50 MB and ~0.5 s to build, once per run).
@@ -119,6 +120,11 @@ class MixtureSource:
         self.seed = seed
         self.sizes = np.array([len(s) for s in self.parts], dtype=np.int64)
         self._len = int(self.sizes.sum())
+        self._first_rows = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        # Shard sets are read through one reader over all of them: one take per micro-batch, not one
+        # per source (each take has a fixed cost, and a micro-batch of a 20-source mixture touches all).
+        shard_sets = all(isinstance(s, ShardReader) for s in self.parts)
+        self._joined = ShardReader.concatenate(self.parts, self.name) if shard_sets else None
         self._table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._passes: list[dict[int, np.ndarray]] = [{} for _ in self.parts]
 
@@ -175,6 +181,8 @@ class MixtureSource:
         """The rows of the mixture's samples `indices` in `epoch`, stacked in order. Raises what the
         sources' `take` raises (DataError naming the shard file and row)."""
         sources, rows = self.locate(indices, epoch)
+        if self._joined is not None:
+            return self._joined.take(self._first_rows[sources] + rows)
         out: dict[str, np.ndarray] = {}
         for s in np.flatnonzero(np.bincount(sources)):
             where = np.flatnonzero(sources == s)
@@ -219,8 +227,6 @@ def open_mixture(data_cfg, *, seed: int) -> tuple[MixtureSource, MixtureSource]:
     same for both splits. Raises DataError naming the file for a missing or damaged manifest or shard,
     a source without training rows, or sources that cannot be trained together.
     """
-    from data_pipeline.shards import ShardReader
-
     train = [(s.name, ShardReader(s.path, split="train")) for s in data_cfg.sources]
     for name, reader in train:
         if len(reader) == 0:

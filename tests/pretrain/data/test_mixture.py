@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.errors import DataError
+from data_pipeline.shards import ShardReader
 from pretrain.config import DataConfig, MaskingConfig, SourceConfig
 from pretrain.data.loader import TrainLoader, ValidationLoader
 from pretrain.data.masking import MaskingCollator
@@ -164,8 +165,14 @@ def test_shard_sets_are_matched_by_tokenizer_fingerprint_not_path(tiny_shards, t
     train, validation = open_row_sources(data, seed=0)
     assert train.source_names == ("full", "copy") and train.weights == [["full", 0.75], ["copy", 0.25]]
     assert len(train) == 2 * len(train.parts[0]) and validation.source_names == train.source_names
-    batch = train.take(np.arange(8), 0)
-    assert batch["input_ids"].shape == (8, train.seq_len)
+    idx = np.arange(0, 4096, 37)
+    sources, rows = train.locate(idx, 2)
+    batch = train.take(idx, 2)  # one read over both shard sets: the rows each part gives
+    for i in range(len(idx)):
+        row = train.parts[sources[i]].take([rows[i]])
+        assert all(np.array_equal(batch[k][i], row[k][0]) for k in row)
+    with pytest.raises(DataError, match="do not stack with those of the shards in"):
+        ShardReader.concatenate([train.parts[0], ShardReader(str(tiny_nsp_shards))], "mixed")
     mixed = DataConfig(sources=[SourceConfig(str(tiny_shards)), SourceConfig(str(tiny_nsp_shards))])
     with pytest.raises(DataError, match="'full' .* and 'nsp' .* differ in sentence pairs"):
         open_row_sources(mixed, seed=0)
