@@ -176,3 +176,9 @@ def test_shard_sets_are_matched_by_tokenizer_fingerprint_not_path(tiny_shards, t
     mixed = DataConfig(sources=[SourceConfig(str(tiny_shards)), SourceConfig(str(tiny_nsp_shards))])
     with pytest.raises(DataError, match="'full' .* and 'nsp' .* differ in sentence pairs"):
         open_row_sources(mixed, seed=0)
+
+
+def test_a_source_without_rows_is_refused_by_name_when_drawn_from():
+    empty = {k: v[:0] for k, v in BOOKS.items()}
+    with pytest.raises(DataError, match="data.sources 'books' has no rows in this split"):
+        mixture(books=empty).take(np.arange(4), 0)
