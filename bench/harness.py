@@ -97,7 +97,7 @@ def load_model(config_path: str, overrides: Sequence[str] = ()):
     from pretrain.models.registry import build_model
 
     cfg = load_config(config_path, overrides)
-    source, _ = open_row_sources(cfg.data)
+    source, _ = open_row_sources(cfg.data, seed=cfg.train.seed)
     with torch.device("meta"):
         model = build_model(
             cfg.model,

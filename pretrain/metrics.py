@@ -1,8 +1,10 @@
 """Training metrics on rank 0: RUN_DIR/metrics.jsonl, TensorBoard scalars, and a tqdm bar or log lines.
 
 metrics.jsonl holds one JSON object per optimizer step (step, loss, lr, grad_norm, tokens_per_s, time,
-...) and one per evaluation (step, eval_loss, eval_accuracy, eval_perplexity[, eval_pair_accuracy],
-time). Floats are written by `json` (the repr of the Python float: full precision, round-trips
+...; a mixture's `source_samples` and `source_epochs`, mappings by source name) and one per evaluation
+(step, eval_loss, eval_accuracy, eval_perplexity[, eval_pair_accuracy], time; a mixture's
+`eval_loss_by_source`, ... mappings). TensorBoard gets each number of a mapping as `<tag>/<name>`.
+Floats are written by `json` (the repr of the Python float: full precision, round-trips
 exactly), so two runs can be compared bit for bit.
 """
 
@@ -129,9 +131,14 @@ class MetricsLogger:
         if self._tb is None:
             return
         for key, value in record.items():
-            if key in ("step", "time") or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if key in ("step", "time"):
                 continue
-            self._tb.add_scalar(f"{prefix}/{key.removeprefix('eval_')}", value, record["step"])
+            tag = f"{prefix}/{key.removeprefix('eval_')}"
+            # a mapping by source name (a mixture's source_samples, eval_loss_by_source, ...): one each
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for name, v in values:
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(tag if name is None else f"{tag}/{name}", v, record["step"])
         self._tb.flush()
 
     def close(self) -> None:

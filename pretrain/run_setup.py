@@ -18,7 +18,7 @@ from pretrain.checkpoint.run_lock import RunLock
 from pretrain.config import Config, ConfigError, config_hash, save_config
 from pretrain.data.loader import TrainLoader, ValidationLoader
 from pretrain.data.masking import MaskingCollator
-from pretrain.data.row_source import check_document_starts, open_row_sources, resolve_seq_len
+from pretrain.data.row_source import check_document_starts, is_mixture, open_row_sources, resolve_seq_len
 from pretrain.data.sampler import GlobalBatchSampler
 from pretrain.metrics import MetricsLogger
 from pretrain.models.registry import build_model
@@ -142,17 +142,19 @@ def _build_model(cfg: Config, source) -> tuple:
     return model, resolve_seq_len(cfg.data, source, max_positions=model.max_positions)
 
 
-def _build_sampler(cfg: Config, num_samples: int, info: DistInfo, engine) -> GlobalBatchSampler:
-    """The sample order of this rank, checked against the engine's accumulation steps: train_step takes
-    the sampler's last micro-batch of a step to be DeepSpeed's accumulation boundary."""
+def _build_sampler(cfg: Config, source, info: DistInfo, engine) -> GlobalBatchSampler:
+    """The sample order of this rank over `source`, checked against the engine's accumulation steps:
+    train_step takes the sampler's last micro-batch of a step to be DeepSpeed's accumulation boundary. A
+    mixture orders its rows itself: the sampler then visits its samples in order."""
     t = cfg.train
     sampler = GlobalBatchSampler(
-        num_samples,
+        len(source),
         global_batch_size=t.global_batch(info.world_size),
         micro_batch_size=t.micro_batch_size,
         seed=t.seed,
         rank=info.rank,
         world_size=info.world_size,
+        shuffle=not is_mixture(source),
     )
     if sampler.grad_accum_steps != engine.gradient_accumulation_steps():
         raise RuntimeError(
@@ -172,7 +174,7 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     rank = info.rank
     comm = Collectives(info.device)
     agreement = StepAgreement(comm)
-    train_source, val_source = open_row_sources(cfg.data)
+    train_source, val_source = open_row_sources(cfg.data, seed=cfg.train.seed)
     # Before the model and the engine: a replaced tokenizer dir, or a manifest whose vocab_size is not
     # the tokenizer's, must not cost an embedding or a ZeRO build to be found out.
     tokenizer_files = source_tokenizer_files(train_source)
@@ -211,7 +213,7 @@ def _build_locked(
         seq_len=seq_len,
         batch_keys=model.batch_keys,
     )
-    sampler = _build_sampler(cfg, len(train_source), info, engine)
+    sampler = _build_sampler(cfg, train_source, info, engine)
     val_loader = ValidationLoader(val_source, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
     checkpoints = CheckpointManager(
         cfg.run_dir,

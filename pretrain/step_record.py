@@ -65,6 +65,10 @@ def step_record(
     }
     if samples is not None:
         record["epoch"], record["samples"] = trained.epoch, samples
+    drawn = trained.state_after.get("source_samples")
+    if drawn is not None:  # a mixture: the samples drawn from each source so far, and its passes
+        record["source_samples"] = drawn
+        record["source_epochs"] = run.loader.reader.source_epochs(drawn)
     if g_pairs:
         record["pair_loss"] = pair_loss
     if result.loss_scale is not None:

@@ -53,16 +53,28 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def evaluate(engine, loader: ValidationLoader, comm: Collectives) -> dict:
-    """Validation MLM loss, perplexity, masked-token accuracy (and pair accuracy) over all ranks."""
+    """Validation MLM loss, perplexity, masked-token accuracy (and pair accuracy) over all ranks; for a
+    mixture also each source's loss and accuracies (`eval_loss_by_source`, ...: {name: value})."""
     engine.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=comm.device)
+    sums = torch.zeros(max(len(loader.part_names), 1), 5, dtype=torch.float64, device=comm.device)
     with torch.no_grad():
-        for batch in loader:
+        for part, batch in loader.parts():
             out = engine(**to_device(batch, comm.device))
             values = (out.mlm_loss_sum, out.mlm_correct, out.num_masked, out.pair_correct, out.num_pairs)
-            sums += torch.stack([v.to(torch.float64) for v in values])
+            sums[part] += torch.stack([v.to(torch.float64) for v in values])
     engine.train()
-    loss_sum, correct, masked, pair_correct, pairs = to_host(comm.sum_(sums))
+    per_part = to_host(comm.sum_(sums))
+    record = _eval_record([sum(column) for column in zip(*per_part, strict=True)])
+    for name, part in zip(loader.part_names, per_part, strict=True):
+        for key, value in _eval_record(part).items():
+            record.setdefault(f"{key}_by_source", {})[name] = value
+    return record
+
+
+def _eval_record(sums) -> dict:
+    """eval_loss, eval_perplexity, eval_accuracy (and eval_pair_accuracy) of summed [MLM loss, correct,
+    masked, pairs correct, pairs]."""
+    loss_sum, correct, masked, pair_correct, pairs = sums
     loss = loss_sum / max(masked, 1.0)
     record = {
         "eval_loss": loss,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -249,7 +250,7 @@ class ShardReader:
         self.name = f"the shards in {shards_dir}"
         schema = shard_schema(self.seq_len, self.manifest.id_dtype, self.has_pairs, self.has_document_starts)
         self._blocks: list[dict[str, np.ndarray]] = []
-        self._origin: list[tuple[str, int]] = []  # per block: shard path, the block's first row in it
+        self._origin: list[tuple[str, int, str]] = []  # per block: shard path, its first row, shards dir
         starts = []
         total = 0
         for shard in self.manifest.splits[split]["shards"]:
@@ -270,11 +271,47 @@ class ShardReader:
                     )
                 starts.append(total)
                 self._blocks.append(batch_to_numpy(batch))
-                self._origin.append((path, in_shard))
+                self._origin.append((path, in_shard, shards_dir))
                 total += batch.num_rows
                 in_shard += batch.num_rows
         self._starts = np.asarray(starts, dtype=np.int64)
         self._len = total
+
+    @classmethod
+    def concatenate(cls, readers: Sequence[ShardReader], name: str) -> ShardReader:
+        """One reader over the rows of `readers`, one after another (row r of reader i is row
+        r + the rows of the readers before it), that reads a batch touching any of them with one `take`
+        (a mixture's micro-batch touches all its sources: one take each would cost their fixed overhead
+        as many times). For reading only: `manifest` and `shards_dir` are None, the identities are the
+        parts'. Raises DataError naming the first reader whose rows do not stack with the first's
+        (another seq_len, vocab_size, id type or columns)."""
+        first = readers[0]
+        joined = cls.__new__(cls)
+        joined.__dict__.update(first.__dict__)
+        joined.manifest, joined.shards_dir, joined.name = None, None, name
+        joined._blocks, joined._origin, starts, total = [], [], [], 0
+
+        def layout(reader: ShardReader) -> tuple:
+            return (
+                reader.seq_len,
+                reader.vocab_size,
+                reader.has_pairs,
+                reader.has_document_starts,
+                reader.manifest.id_dtype,
+            )
+
+        for reader in readers:
+            if layout(reader) != layout(first):
+                raise DataError(
+                    f"{reader.name}: its rows (seq_len, vocab_size, pairs, doc_start, id type: "
+                    f"{layout(reader)}) do not stack with those of {first.name} ({layout(first)})"
+                )
+            starts += [total + int(start) for start in reader._starts]
+            joined._blocks += reader._blocks
+            joined._origin += reader._origin
+            total += len(reader)
+        joined._starts, joined._len = np.asarray(starts, dtype=np.int64), total
+        return joined
 
     def __len__(self) -> int:
         return self._len
@@ -313,8 +350,11 @@ class ShardReader:
             return np.zeros(0, np.int64)
         return np.concatenate([block[name] for block in self._blocks])
 
-    def take(self, indices) -> dict[str, np.ndarray]:
+    def take(self, indices, epoch: int = 0) -> dict[str, np.ndarray]:
         """Rows at a sequence of global indices stacked into arrays (a copy), in the given order.
+
+        `epoch` (the trainer's sample epoch) does not change a shard set's rows; it is taken so that
+        every row source, a mixture whose rows do depend on it included, is read the same way.
 
         Raises IndexError when the sequence is empty or an index is out of range, and DataError naming
         the shard file and row when a row fails `row_problem`.
@@ -339,11 +379,11 @@ class ShardReader:
         return out
 
     def _raise_bad_row(self, index: int, block: int, problem: str) -> None:
-        path, first = self._origin[block]
+        path, first, shards_dir = self._origin[block]
         row = first + index - int(self._starts[block])
         raise DataError(
             f"{path}: row {row} ({self.split} sample {index}): {problem}; the shard is damaged or not "
-            f"from this build: run `mlm-data verify {self.shards_dir}` and rebuild"
+            f"from this build: run `mlm-data verify {shards_dir}` and rebuild"
         )
 
 

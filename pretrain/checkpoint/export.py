@@ -143,6 +143,16 @@ def _hf_config(tag_dir: str, files: dict, arch, model_cfg, identity: dict, pad_i
         raise CheckpointError(f"{path}: not a valid {arch.hf_model_type} config ({e})") from e
 
 
+def _data_line(data_cfg) -> str:
+    """Where the model card says the training rows came from: the shard set, or the mixture's sources."""
+    if not data_cfg.sources:
+        return f"shards at `{data_cfg.path}`"
+    return "a mixture of " + ", ".join(
+        f"{s.name} (`{s.path}`, weight {'from size' if s.weight is None else s.weight})"
+        for s in data_cfg.sources
+    )
+
+
 def _model_card(
     cfg, identity: dict, class_name: str, state: dict, eval_record: dict | None, tag_dir: str
 ) -> str:
@@ -156,7 +166,7 @@ tags: [{cfg.model.arch}, fill-mask, mlm-pretrain]
 ---
 # {class_name} pretrained with mlm-pretrain
 
-- Data: shards at `{cfg.data.path}`
+- Data: {_data_line(cfg.data)}
 - Checkpoint: `{tag_dir}`
 - Optimizer steps: {state.get("step")}; training tokens: {state.get("tokens")}; samples: \
 {state.get("consumed_samples")}

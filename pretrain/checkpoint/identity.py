@@ -3,7 +3,8 @@
 The identity (recorded in COMPLETE.json by every save) is the model architecture and shape, the tokenizer
 fingerprint, the data build identity (`Manifest.data_identity()`: build settings and sources without the
 partition fields), the data content (`content_identity()`: the shards' sha256 list), the sequence length
-trained on and the seed (sample order and masks are functions of it). A key a record written before it
+trained on and the seed (sample order and masks are functions of it); a mixture's are those of its sources
+in order, plus its sources' names and probabilities (`data.weights`). A key a record written before it
 existed lacks (`ADDED_LATER`) is not comparable: resume warns and goes on. A
 resume onto another identity is refused with one line naming each change and the
 `train.resume_allow_changed` name that accepts it. Other config changes (optimizer, masking, batch,
@@ -35,16 +36,18 @@ _GROUP = {
     "tokenizer": "tokenizer",
     "data": "data",
     "data.content": "data",
+    "data.weights": "weights",
     "data.seq_len": "seq_len",
     "train.seed": "seed",
 }
-_GROUP_ORDER = ("model", "tokenizer", "data", "seq_len", "seed")
+_GROUP_ORDER = ("model", "tokenizer", "data", "weights", "seq_len", "seed")
 # Records written before the architecture registry name no architecture: they are all BERT's.
 _ARCH_BEFORE_REGISTRY = "bert"
 _WHAT = {
     "tokenizer": "tokenizer (fingerprint)",
     "data": "data (build identity)",
     "data.content": "data (shard contents)",
+    "data.weights": "data.sources (names and weights)",
 }
 # Identity keys that records of older versions lack: a missing one cannot be compared (warned, not refused).
 ADDED_LATER = ("data.content",)
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 HARMLESS = (
     "run_dir",
     "data.path",
+    "data.sources",  # what they hold and weigh is in the identity (data, data.weights): paths may move
+    "data.temperature",
     "data.prefetch_batches",
     "model.preset",
     "model.init_from",
@@ -120,12 +125,12 @@ def source_tokenizer_files(source) -> tuple[str, ...]:
 def run_identity(arch: str, model, source, *, seq_len: int, seed: int) -> dict:
     """The identity of a run: the architecture `arch` and the built `model`'s shape (`model.shape()`), the
     row source's tokenizer fingerprint, data identity and content identity, the sequence length trained on
-    and the seed. JSON values, flat keys ("model.arch", "model.hidden_size", ..., "tokenizer", "data",
-    "data.content", ...).
+    and the seed, and for a mixture its sources' names and probabilities in order ("data.weights"). JSON
+    values, flat keys ("model.arch", "model.hidden_size", ..., "tokenizer", "data", "data.content", ...).
 
     Raises data_pipeline.errors.DataError when the source records no build identity.
     """
-    return {
+    identity = {
         "model.arch": arch,
         **{f"model.{key}": value for key, value in model.shape().items()},
         "tokenizer": source.tokenizer_fingerprint,
@@ -134,6 +139,10 @@ def run_identity(arch: str, model, source, *, seq_len: int, seed: int) -> dict:
         "data.seq_len": int(seq_len),
         "train.seed": int(seed),
     }
+    weights = getattr(source, "weights", None)  # a mixture's [[name, probability], ...], in order
+    if weights is not None:
+        identity["data.weights"] = [[str(name), float(p)] for name, p in weights]
+    return identity
 
 
 def _group(key: str) -> str:

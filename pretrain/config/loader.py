@@ -72,7 +72,10 @@ class Config:
 
     def __post_init__(self) -> None:
         require(bool(self.run_dir), "run_dir is required (set it in the YAML or pass run_dir=PATH)")
-        require(bool(self.data.path), "data.path is required (a shards directory from `mlm-data build`)")
+        require(
+            bool(self.data.path) or self.data.is_mixture,
+            "data.path is required (a shards directory from `mlm-data build`), or data.sources (a mixture)",
+        )
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:

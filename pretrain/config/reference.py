@@ -14,6 +14,7 @@ import inspect
 import json
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
 from pretrain.config.loader import Config
@@ -87,14 +88,26 @@ def _presets(cls: type, key: str) -> list[str]:
     return rows
 
 
-def _section(cls: type, key: str, title: str) -> list[str]:
+def _list_items(cls: type) -> list[tuple[str, type]]:
+    """(field name, item dataclass) of the fields of `cls` that are lists of sections (`data.sources`)."""
+    items = []
+    for name, hint in section_hints(cls).items():
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+            items.append((name, args[0]))
+    return items
+
+
+def _section(cls: type, key: str, title: str, level: str = "##") -> list[str]:
     first, *notes = _paragraphs(cls)
-    lines = [f"## {title}", "", first, "", *_table(cls, f"{key}."), ""]
+    lines = [f"{level} {title}", "", first, "", *_table(cls, f"{key}."), ""]
     presets = _presets(cls, key)
     if presets:
         lines += [*presets, ""]
     for note in notes:
         lines += [note, ""]
+    for name, item in _list_items(cls):  # each item of a list of sections has keys of its own
+        lines += _section(item, f"{key}.{name}[]", f"`{key}.{name}[]`", level + "#")
     return lines
 
 

@@ -5,6 +5,8 @@ generated from them (pretrain/config/reference.py).
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -12,15 +14,64 @@ from pretrain.errors import ConfigError, require
 
 # What train.resume_allow_changed may name (each is a part of a checkpoint's identity:
 # pretrain/checkpoint/identity.py).
-RESUME_ALLOWABLE_CHANGES = ("model", "tokenizer", "data", "seq_len", "seed")
+RESUME_ALLOWABLE_CHANGES = ("model", "tokenizer", "data", "weights", "seq_len", "seed")
+
+
+# A source's name is a key of metrics.jsonl records and a part of TensorBoard tags: keep it plain.
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass
+class SourceConfig:
+    """One shard set of a mixture (an item of `data.sources`)."""
+
+    path: str = ""
+    """Shards directory written by `mlm-data build` (holds manifest.json). Required."""
+    weight: float | None = None
+    """Relative sampling weight (normalised over the sources); None on every source = weights from the
+    sources' sizes and `data.temperature`."""
+    name: str | None = None
+    """The source's name in `source_samples`, evaluation records and messages (letters, digits, `_.-`);
+    None = the shards directory's name."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.path), "data.sources: every source needs a path (a shards directory)")
+        require(
+            self.weight is None or self.weight > 0,
+            f"data.sources: the weight of {self.path} must be > 0, got {self.weight}",
+        )
+        if self.name is None:
+            self.name = os.path.basename(os.path.normpath(self.path))
+        require(
+            _SOURCE_NAME.fullmatch(self.name) is not None,
+            f"data.sources: source name {self.name!r} (of {self.path}) must be 1-64 letters, digits or "
+            "'_.-' starting with a letter or digit; set its name:",
+        )
 
 
 @dataclass
 class DataConfig:
-    """Where the training shards are and how they are read."""
+    """Where the training shards are and how they are read: one shard set (`path`) or a weighted mixture
+    of several (`sources`).
 
-    path: str = ""
-    """Shards directory written by `mlm-data build` (holds manifest.json). Required."""
+    A mixture draws each global sample from one source: the sources take turns in a fixed interleaving
+    whose shares are the weights (every global batch holds each source's share to within a sample or
+    two), and each source serves its rows in its own shuffled order, starting a new shuffled pass (an
+    epoch of that source) when it runs out, so a small source repeats instead of running dry. Which row
+    of which source fills each sample is a pure function of (train.seed, epoch, sample index) and the
+    weights: resume is exact on any world size. All sources must share one tokenizer (by fingerprint), one
+    row length and the same sentence-pair layout.
+    """
+
+    path: str | None = None
+    """Shards directory written by `mlm-data build` (holds manifest.json). This or `sources` is required;
+    a config whose base sets it and that trains a mixture clears it with `path: null`."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """A mixture: a list of `{path, weight, name}` (see the `data.sources[]` keys below). Exclusive with
+    `path`."""
+    temperature: float = 1.0
+    """Weights from sizes when no source has a weight: p ~ n^(1/temperature), n = the source's training
+    rows (1: in proportion to size; larger: flatter, towards uniform)."""
     seq_len: int | None = None
     """Sequence length to train on; None = the shards' seq_len. Must not exceed the shards' seq_len."""
     prefetch_batches: int = 2
@@ -31,6 +82,37 @@ class DataConfig:
         require(
             self.prefetch_batches >= 1, f"data.prefetch_batches must be >= 1, got {self.prefetch_batches}"
         )
+        require(self.temperature > 0, f"data.temperature must be > 0, got {self.temperature}")
+        if not self.sources:
+            return
+        require(
+            not self.path,
+            f"data.path ({self.path}) and data.sources are exclusive; set data.path: null beside "
+            "data.sources (a base config's data.path included)",
+        )
+        weighted = [s.weight is not None for s in self.sources]
+        require(
+            all(weighted) or not any(weighted),
+            "data.sources: give every source a weight, or none (weights from sizes and data.temperature)",
+        )
+        require(
+            self.temperature == 1.0 or not any(weighted),
+            f"data.temperature={self.temperature} only applies to weights from sizes; the sources have "
+            "weights: drop one or the other",
+        )
+        seen: dict[str, int] = {}
+        for i, source in enumerate(self.sources):
+            require(
+                source.name not in seen,
+                f"data.sources[{seen.get(source.name)}] and data.sources[{i}] are both named "
+                f"{source.name!r}; give each source its own name",
+            )
+            seen[source.name] = i
+
+    @property
+    def is_mixture(self) -> bool:
+        """Whether this section trains a mixture (`sources`) rather than one shard set (`path`)."""
+        return bool(self.sources)
 
 
 @dataclass
@@ -92,8 +174,8 @@ class TrainConfig:
     """auto: continue from the newest complete checkpoint in run_dir if any; none: start fresh; or a path."""
     resume_allow_changed: list = field(default_factory=list)
     """What a resume may find changed since the checkpoint (refused otherwise, naming the change): any of
-    model (shape), tokenizer, data (build identity), seq_len, seed. E.g. `[data]` to continue on a new
-    build of the corpus on purpose."""
+    model (shape), tokenizer, data (build identity), weights (a mixture's sources and weights), seq_len,
+    seed. E.g. `[data]` to continue on a new build of the corpus on purpose."""
     max_tokens: int | None = None
     """Stop once this many (non-pad) training tokens have been consumed."""
     max_minutes: float | None = None

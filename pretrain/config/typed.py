@@ -72,8 +72,9 @@ def build_dataclass(cls: type, raw: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-class _NonFiniteError(ConfigError):
-    """A float key got inf or nan: named as such, not as 'expected float or null'."""
+class _RefusedValueError(ConfigError):
+    """A value of the right type that is refused (inf or nan for a float, a control character in a
+    string): named as such, not as 'expected float or null'."""
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -91,7 +92,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, key)
-            except _NonFiniteError:
+            except _RefusedValueError:
                 raise
             except ConfigError:
                 continue
@@ -115,7 +116,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             number = None
         if number is not None:
             if not math.isfinite(number):  # .inf, "inf", "nan", 1e400 (overflows to inf)
-                raise _NonFiniteError(f"{key}: expected a finite number, got {value!r}")
+                raise _RefusedValueError(f"{key}: expected a finite number, got {value!r}")
             return number
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -133,7 +134,7 @@ def refuse_control_characters(value: str, key: str) -> None:
     escape sequence) is refused naming the key and the code point."""
     for i, ch in enumerate(value):
         if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
-            raise ConfigError(
+            raise _RefusedValueError(
                 f"{key}: holds control character U+{ord(ch):04X} at position {i} of {value!r}; "
                 "a path or name cannot hold one, remove it"
             )

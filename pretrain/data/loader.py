@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from data_pipeline.errors import DataError
+from pretrain.data.mixture import apportion
 from pretrain.data.sampler import GlobalBatchSampler
 
 
@@ -20,7 +21,8 @@ class LoaderStep:
     """One optimizer step's data: the collated micro-batches of this rank plus their sample indices.
 
     `counts` is this rank's [non-pad tokens, masked tokens, pairs] of the step (float64, counted from the
-    CPU batch so the device is never asked); `state_after` the sampler state after this step.
+    CPU batch so the device is never asked); `state_after` the loader state after this step (the
+    sampler's, plus for a mixture `source_samples`: {name: samples drawn from it so far, all ranks}).
     """
 
     epoch: int
@@ -60,7 +62,9 @@ class TrainLoader:
     'cuda:3': only where CUDA is present, so the trainer's `.to(device, non_blocking=True)` copies overlap
     with compute; the thread selects that device first, as torch's DataLoader does, so pinning creates
     no context on GPU 0). Iterating
-    yields LoaderSteps; `state_dict()` describes what the trainer has taken (not what was prefetched).
+    yields LoaderSteps; `state_dict()` describes what the trainer has taken (not what was prefetched):
+    the sampler's state, and for a mixture (pretrain/data/mixture.py) the samples drawn from each of its
+    sources so far (`source_samples`, counted from the whole global batch, so every rank agrees).
     Errors in the thread are re-raised in the consumer. Call `close()` (or use `with`) to stop the thread.
     """
 
@@ -80,8 +84,15 @@ class TrainLoader:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch_batches))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._consumed_state = sampler.state_dict()
+        names = getattr(reader, "source_names", None)  # a mixture counts its draws per source
+        self._source_samples = None if names is None else dict.fromkeys(names, 0)
+        self._consumed_state = self._state(sampler.state_dict())
         self._error: BaseException | None = None
+
+    def _state(self, sampler_state: dict) -> dict:
+        if self._source_samples is None:
+            return sampler_state
+        return {**sampler_state, "source_samples": dict(self._source_samples)}
 
     def state_dict(self) -> dict:
         """The sampler state after the last step handed out (JSON-able)."""
@@ -92,7 +103,10 @@ class TrainLoader:
         if self._thread is not None:
             raise RuntimeError("TrainLoader.load_state_dict must be called before iterating")
         self.sampler.load_state_dict(state)
-        self._consumed_state = self.sampler.state_dict()
+        if self._source_samples is not None:  # a source new since the checkpoint starts at 0
+            saved = state.get("source_samples", {})
+            self._source_samples = {name: int(saved.get(name, 0)) for name in self._source_samples}
+        self._consumed_state = self._state(self.sampler.state_dict())
 
     def __iter__(self) -> TrainLoader:
         return self
@@ -118,16 +132,23 @@ class TrainLoader:
                 torch.cuda.set_device(self.pin_device)
             for s in self.sampler:
                 batches = [
-                    self.collator.collate(self.reader.take(idx), idx, s.epoch) for idx in s.micro_batches
+                    self.collator.collate(self.reader.take(idx, s.epoch), idx, s.epoch)
+                    for idx in s.micro_batches
                 ]
+                state_after = s.state_after
+                if self._source_samples is not None:
+                    drawn = self.reader.count_sources(s.global_batch, s.epoch)
+                    for name, n in zip(self._source_samples, drawn, strict=True):
+                        self._source_samples[name] += int(n)
+                    state_after = self._state(s.state_after)
                 counts = step_counts(batches)
                 if self.pin_device is not None:
                     batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
                     counts = counts.pin_memory()
                 step = LoaderStep(
-                    s.epoch, s.global_batch, np.concatenate(s.micro_batches), batches, counts, s.state_after
+                    s.epoch, s.global_batch, np.concatenate(s.micro_batches), batches, counts, state_after
                 )
-                if not self._put((step, s.state_after)):
+                if not self._put((step, state_after)):
                     return
         except BaseException as exc:  # hand any failure to the consumer instead of dying silently
             self._put(exc)
@@ -161,35 +182,63 @@ class ValidationLoader:
     batch size, this rank, the world size and an optional cap on batches per rank. Every rank gets the
     same number of batches (ZeRO-3 forwards need all ranks): global batches of batch x world consecutive
     samples, rank r taking the r-th slice; a remainder smaller than that is left out. If the split is
-    smaller than one global batch, the per-rank batch shrinks. Raises DataError if it has fewer rows
-    than ranks.
+    smaller than one global batch, the per-rank batch shrinks. A mixture's validation split is read
+    source by source (`part_names`; `parts()` yields each batch with its source's index), the cap shared
+    out by weight with at least one batch each, so evaluation reports every source and, over all of
+    them, the mixture. Raises DataError if a split has fewer rows than ranks.
     """
 
     def __init__(
         self, reader, collator, batch_size: int, rank: int, world_size: int, max_batches: int | None
     ):
-        """Plan the batches; raises ValueError when the split cannot give every rank one sample."""
-        n = len(reader)
-        if n < world_size:
-            raise DataError(
-                f"the validation split has {n} rows, fewer than the {world_size} ranks; "
-                "build the shards with a larger validation fraction"
-            )
-        self.reader = reader
+        """Plan the batches; raises DataError when a split cannot give every rank one sample."""
         self.collator = collator
-        self.batch_size = min(batch_size, n // world_size)
         self.rank = rank
         self.world_size = world_size
-        per_global = self.batch_size * world_size
-        self.num_batches = n // per_global if max_batches is None else min(max_batches, n // per_global)
+        self.part_names: tuple[str, ...] = tuple(getattr(reader, "source_names", ()))
+        if self.part_names:
+            caps = (
+                [None] * len(reader.parts)
+                if max_batches is None
+                else apportion(max_batches, reader.probabilities)
+            )
+            self._plans = [
+                self._plan(part, batch_size, cap) for part, cap in zip(reader.parts, caps, strict=True)
+            ]
+        else:
+            self._plans = [self._plan(reader, batch_size, max_batches)]
+        self.num_batches = sum(num_batches for _, _, num_batches in self._plans)
+        self.batch_size = self._plans[0][1]  # per rank (a mixture's: its first source's)
+
+    def _plan(self, reader, batch_size: int, max_batches) -> tuple:
+        """(reader, per-rank batch size, batches) of one split."""
+        n = len(reader)
+        if n < self.world_size:
+            raise DataError(
+                f"the validation split has {n} rows, fewer than the {self.world_size} ranks "
+                f"({reader.name}); build the shards with a larger validation fraction"
+            )
+        batch = min(batch_size, n // self.world_size)
+        per_global = batch * self.world_size
+        return (
+            reader,
+            batch,
+            n // per_global if max_batches is None else min(int(max_batches), n // per_global),
+        )
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """Yield this rank's collated batches."""
-        per_global = self.batch_size * self.world_size
-        for b in range(self.num_batches):
-            start = b * per_global + self.rank * self.batch_size
-            idx = np.arange(start, start + self.batch_size, dtype=np.int64)
-            yield self.collator.collate(self.reader.take(idx), idx, 0)
+        for _, batch in self.parts():
+            yield batch
+
+    def parts(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """Yield (source index, batch) of this rank's batches (index 0 for a single source)."""
+        for part, (reader, size, num_batches) in enumerate(self._plans):
+            per_global = size * self.world_size
+            for b in range(num_batches):
+                start = b * per_global + self.rank * size
+                idx = np.arange(start, start + size, dtype=np.int64)
+                yield part, self.collator.collate(reader.take(idx), idx, 0)

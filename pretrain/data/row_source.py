@@ -1,8 +1,8 @@
 """The row source: what the trainer reads training rows through, and how a run opens its sources.
 
-One shards directory (data_pipeline.shards.ShardReader) is one source. Another storage, or a weighted
-mixture of shard sets, is one new class with these members: the sampler, the loaders, masking,
-the run identity and resume only use what the protocol names.
+One shards directory (data_pipeline.shards.ShardReader) is one source; a weighted mixture of shard sets
+(data.sources) is another (pretrain/data/mixture.py). Another storage is one new class with these
+members: the sampler, the loaders, masking, the run identity and resume only use what the protocol names.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from pretrain.data.documents import DOCUMENT_KEYS
 class RowSource(Protocol):
     """Fixed-length rows by global index, plus the facts a run is checked and identified by.
 
-    `take(indices)` returns the rows stacked (input_ids, word_start[, doc_start], length[,
-    segment_b_start, pair_label]) and raises DataError naming the damaged file and row; `seq_len` is the
-    row width, `has_pairs` whether rows carry a sentence pair, `has_document_starts` whether they carry
-    `doc_start` (where each packed document starts: shards of format 2 on); `vocab_size`, `special_ids`
-    ({"pad", "unk", "cls", "sep", "mask"}), `tokenizer_fingerprint` and `tokenizer_dir` describe the
-    tokenizer the ids belong to; `data_identity()` is a hex digest of what the rows are made of (another
-    corpus or build setting gives another), `content_identity()` a hex digest of the rows' bytes
-    themselves (a corpus edited keeping its size and rebuilt gives another); `name` says where the rows
-    come from, for error messages.
+    `take(indices, epoch)` returns the rows of global samples `indices` of sample epoch `epoch` (a
+    shard set's rows do not depend on it, a mixture's do) stacked (input_ids, word_start[, doc_start],
+    length[, segment_b_start, pair_label]) and raises DataError naming the damaged file and row;
+    `seq_len` is the row width, `has_pairs` whether rows carry a sentence pair, `has_document_starts`
+    whether they carry `doc_start` (where each packed document starts: shards of format 2 on);
+    `vocab_size`, `special_ids` ({"pad", "unk", "cls", "sep", "mask"}), `tokenizer_fingerprint` and
+    `tokenizer_dir` describe the tokenizer the ids belong to; `data_identity()` is a hex digest of what
+    the rows are made of (another corpus or build setting gives another), `content_identity()` a hex
+    digest of the rows' bytes themselves (a corpus edited keeping its size and rebuilt gives another);
+    `name` says where the rows come from, for error messages.
     """
 
     seq_len: int
@@ -41,19 +42,24 @@ class RowSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def take(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+    def take(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]: ...
 
     def data_identity(self) -> str: ...
 
     def content_identity(self) -> str: ...
 
 
-def open_row_sources(data_cfg: DataConfig) -> tuple[RowSource, RowSource]:
-    """(train source, validation source) of data.path.
+def open_row_sources(data_cfg: DataConfig, *, seed: int) -> tuple[RowSource, RowSource]:
+    """(train source, validation source) of the data section: the shard set of data.path, or the
+    mixture of data.sources (pretrain/data/mixture.py), whose row order is keyed by `seed` (train.seed).
 
-    Raises data_pipeline.errors.DataError naming the file when the manifest or a shard is missing or
-    has the wrong size.
+    Raises data_pipeline.errors.DataError naming the file when a manifest or a shard is missing or has
+    the wrong size, and, for a mixture, naming the pair of sources that cannot be trained together.
     """
+    if data_cfg.is_mixture:
+        from pretrain.data.mixture import open_mixture
+
+        return open_mixture(data_cfg, seed=seed)
     from data_pipeline.shards import ShardReader
 
     return ShardReader(data_cfg.path, split="train"), ShardReader(data_cfg.path, split="validation")
@@ -73,6 +79,12 @@ def check_document_starts(source: RowSource, batch_keys: tuple[str, ...], arch: 
             "mlm-data wrote the doc_start column); rebuild them with this version's `mlm-data build` "
             "(the same inputs and settings, --overwrite to replace them in place)"
         )
+
+
+def is_mixture(source) -> bool:
+    """Whether the row source is a mixture of named sources (it then has `source_names`,
+    `count_sources`, `source_epochs` and `weights`: pretrain/data/mixture.py)."""
+    return hasattr(source, "source_names")
 
 
 def resolve_seq_len(data_cfg: DataConfig, source: RowSource, *, max_positions: int) -> int:

@@ -3,7 +3,8 @@
 The order is a pure function of (seed, epoch, position): epoch e visits the permutation
 `numpy.random.default_rng(seed + e).permutation(num_samples)` (PCG64), a global batch is the next
 `global_batch_size` positions of it and rank r of W takes the r-th contiguous slice. Resuming with
-another world size but the same global batch size therefore sees the same global batches.
+another world size but the same global batch size therefore sees the same global batches. A row source
+that orders its rows itself (a mixture: pretrain/data/mixture.py) is visited in order (`shuffle=False`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class GlobalBatchSampler:
     Takes the number of training samples, the global batch size G (must be a multiple of micro batch x
     world size; grad_accum_steps = G / (micro x world)), the seed, this rank and the world size. With
     drop_last (the default) an epoch ends before a batch would run past it; otherwise the last batch is
-    filled up from the start of the same epoch's permutation. Raises ValueError on inconsistent sizes
+    filled up from the start of the same epoch's permutation. With shuffle=False every epoch visits
+    0, 1, 2, ... in order (nothing is materialised). Raises ValueError on inconsistent sizes
     (DataError, a ValueError, when the split holds less than one global batch).
     """
 
@@ -47,6 +49,7 @@ class GlobalBatchSampler:
         rank: int,
         world_size: int,
         drop_last: bool = True,
+        shuffle: bool = True,
     ) -> None:
         """Validate sizes and start at epoch 0, position 0."""
         if not 0 <= rank < world_size:
@@ -70,6 +73,7 @@ class GlobalBatchSampler:
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.shuffle = shuffle
         self.epoch = 0
         self.samples_into_epoch = 0
         self.consumed_samples = 0
@@ -111,11 +115,14 @@ class GlobalBatchSampler:
         if self.samples_into_epoch + (g if self.drop_last else 1) > self.num_samples:
             self.epoch += 1
             self.samples_into_epoch = 0
-        order = self.permutation(self.epoch)
         start = self.samples_into_epoch
-        batch = order[start : start + g]
-        if len(batch) < g:  # only without drop_last: fill up from the start of this epoch's order
-            batch = np.concatenate([batch, np.resize(order, g - len(batch))])
+        if self.shuffle:
+            order = self.permutation(self.epoch)
+            batch = order[start : start + g]
+            if len(batch) < g:  # only without drop_last: fill up from the start of this epoch's order
+                batch = np.concatenate([batch, np.resize(order, g - len(batch))])
+        else:  # in order; without drop_last the last batch wraps to the epoch's start
+            batch = np.arange(start, start + g, dtype=np.int64) % self.num_samples
         self.samples_into_epoch = min(start + g, self.num_samples)
         self.consumed_samples += g
         per_rank = g // self.world_size

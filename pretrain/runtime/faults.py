@@ -83,7 +83,7 @@ class _FailingReader:
     def __getattr__(self, name: str):
         return getattr(self._source, name)
 
-    def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    def take(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
         """The source's rows, or DataError when this call is the first of a failing step."""
         call, self._calls = self._calls, self._calls + 1
         if call in self._step_of_call:
@@ -91,4 +91,4 @@ class _FailingReader:
                 f"injected fault (debug.data_error_steps): could not read the data of step "
                 f"{self._step_of_call[call]}"
             )
-        return self._source.take(indices)
+        return self._source.take(indices, epoch)

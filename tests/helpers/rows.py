@@ -66,7 +66,7 @@ class ArrayReader:
     def __len__(self) -> int:
         return len(self.rows["length"])
 
-    def take(self, indices) -> dict[str, np.ndarray]:
+    def take(self, indices, epoch: int = 0) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
         self.taken.append(idx)
         return {k: v[idx] for k, v in self.rows.items()}

@@ -60,3 +60,26 @@ def test_resumed_run_drops_records_after_its_checkpoint_and_a_torn_line(tmp_path
 def test_mfu_is_achieved_over_peak_flops():
     assert mfu(1000.0, 6e9, world_size=2, peak_tflops=100.0) == 1000.0 * 6e9 / 2e14
     assert mfu(1000.0, 6e9, world_size=2, peak_tflops=None) is None
+
+
+def test_a_mapping_by_source_becomes_one_tensorboard_scalar_per_name(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = MetricsLogger(str(tmp_path), is_main=True, max_steps=3, log_every_steps=1, tensorboard=True)
+    logger.log_step({**_step(1, 2.5), "source_samples": {"web": 48, "books": 16}})
+    logger.log_eval(
+        {
+            "step": 1,
+            "eval_loss": 2.0,
+            "eval_accuracy": 0.5,
+            "eval_perplexity": 7.4,
+            "eval_loss_by_source": {"web": 1.5},
+        }
+    )
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/source_samples/web", "train/source_samples/books", "eval/loss_by_source/web"} <= set(tags)
+    assert events.Scalars("train/source_samples/books")[0].value == 16
+    assert _records(tmp_path / "metrics.jsonl")[0]["source_samples"] == {"web": 48, "books": 16}

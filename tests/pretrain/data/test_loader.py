@@ -133,7 +133,7 @@ def test_inconsistent_sizes_are_refused():
 
 def test_loader_reraises_reader_errors():
     class BrokenReader(ArrayReader):
-        def take(self, indices):
+        def take(self, indices, epoch=0):
             raise OSError("shard train-00003.arrow vanished")
 
     collator = MaskingCollator(MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=7)

@@ -12,7 +12,7 @@ from tests.helpers.rows import ArrayReader, make_rows
 
 
 def test_the_shards_reader_is_a_row_source_with_the_manifests_facts(tiny_shards):
-    train, validation = open_row_sources(DataConfig(path=str(tiny_shards)))
+    train, validation = open_row_sources(DataConfig(path=str(tiny_shards)), seed=0)
     manifest = Manifest.load(str(tiny_shards))
     for source, split in ((train, "train"), (validation, "validation")):
         assert isinstance(source, RowSource) and isinstance(source, ShardReader)
