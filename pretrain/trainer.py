@@ -65,7 +65,8 @@ def evaluate(engine, loader: ValidationLoader, comm: Collectives) -> dict:
     engine.train()
     per_part = to_host(comm.sum_(sums))
     record = _eval_record([sum(column) for column in zip(*per_part, strict=True)])
-    for name, part in zip(loader.part_names, per_part, strict=True):
+    # A single shard set is one unnamed part: its record is the overall one.
+    for name, part in zip(loader.part_names, per_part if loader.part_names else [], strict=True):
         for key, value in _eval_record(part).items():
             record.setdefault(f"{key}_by_source", {})[name] = value
     return record
