@@ -9,6 +9,7 @@ from __future__ import annotations
 from pretrain.errors import ConfigError
 from pretrain.models.architecture import Architecture
 from pretrain.models.bert.config import BertModelConfig
+from pretrain.models.modernbert.config import ModernBertModelConfig
 
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(
@@ -17,6 +18,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         "pretrain.models.bert.model",
         hf_model_type="bert",
         export_classes=("BertForMaskedLM", "BertForPreTraining"),
+    ),
+    "modernbert": Architecture(
+        "modernbert",
+        ModernBertModelConfig,
+        "pretrain.models.modernbert.model",
+        hf_model_type="modernbert",
+        export_classes=("ModernBertForMaskedLM",),
     ),
 }
 DEFAULT_ARCH = "bert"
