@@ -4,6 +4,9 @@ int or index, and the accelerator's synchronize), each attributed to the first c
 ours (pretrain/) or DeepSpeed's. The step itself is not mocked: a tiny BERT in a real DeepSpeed engine
 (gloo, world of one) built from our generated config.
 
+ModernBERT is counted too, on packed rows with their document keys (pretrain/data/documents.py): its
+forward reads nothing back either, padded rows or not (the masked counts come from the CPU batch).
+
 The design (docs/training.md): `train_step` fetches nothing of ours (the end of the step fetches once,
 after the agreement: `to_host`), except Stage0StepGuard's gradient norm under ZeRO-0 fp32; DeepSpeed's
 own overflow checks and norms add the numbers of `deepspeed_fetches` per optimizer step.
@@ -20,6 +23,7 @@ import pytest
 import torch
 
 from pretrain.config import MaskingConfig, config_from_dict
+from pretrain.data.documents import document_inputs
 from pretrain.data.loader import LoaderStep, step_counts
 from pretrain.data.masking import MaskingCollator
 from pretrain.models.registry import build_model
@@ -99,15 +103,27 @@ class FetchCounter:
         return counted
 
 
-def _step_data(collator, rows, step: int) -> LoaderStep:
+def _with_documents(batch: dict, rows: dict, seq: int) -> dict:
+    """The batch plus the document keys of its rows, each row packing two documents (split mid-row)."""
+    lengths = np.minimum(rows["length"], seq)
+    starts = np.zeros((len(lengths), seq))
+    starts[np.arange(len(lengths)), lengths // 2] = 1
+    return batch | {k: torch.from_numpy(v) for k, v in document_inputs(starts, lengths).items()}
+
+
+def _step_data(collator, rows, step: int, documents: bool = False) -> LoaderStep:
     idx = np.arange(step * 8, step * 8 + 8) % len(rows["length"])
-    batches = [
-        collator.collate({k: v[part] for k, v in rows.items()}, part, 0) for part in np.split(idx, ACCUM)
-    ]
+    batches = []
+    for part in np.split(idx, ACCUM):
+        part_rows = {k: v[part] for k, v in rows.items()}
+        batch = collator.collate(part_rows, part, 0)
+        batches.append(_with_documents(batch, part_rows, batch["input_ids"].shape[1]) if documents else batch)
     return LoaderStep(0, idx, idx, batches, step_counts(batches), {})
 
 
-def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) -> tuple[list, int]:
+def _fetches_per_step(
+    monkeypatch, stage: int, precision: str, *, padded: bool, arch: str = "bert"
+) -> tuple[list, int]:
     """The fetches of train_step's 2nd and 3rd optimizer steps (the first may initialise lazily), each a
     Counter by owner; and the model's number of parameters."""
     from pretrain.runtime.engine import initialize_engine
@@ -117,7 +133,7 @@ def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) 
         {
             "run_dir": "/tmp/unused",
             "data": {"path": "/tmp/unused"},
-            "model": {"preset": "tiny"},
+            "model": {"arch": arch, "preset": "tiny"} | ({"compile": "off"} if arch == "modernbert" else {}),
             "precision": precision,
             "zero": {"stage": stage},
             "train": {"micro_batch_size": 8 // ACCUM, "grad_accum_steps": ACCUM, "max_steps": 10},
@@ -131,14 +147,20 @@ def _fetches_per_step(monkeypatch, stage: int, precision: str, *, padded: bool) 
     rows = make_rows(64, 32, seed=3)
     seq_len = None if padded else int(rows["length"].min())  # truncated to the shortest row: no padding
     collator = MaskingCollator(
-        MaskingConfig(), special_ids=SPECIAL_IDS, vocab_size=VOCAB_SIZE, seed=1, seq_len=seq_len
+        MaskingConfig(),
+        special_ids=SPECIAL_IDS,
+        vocab_size=VOCAB_SIZE,
+        seed=1,
+        seq_len=seq_len,
+        batch_keys=model.batch_keys,
     )
     comm = Collectives("cpu")
     counter = FetchCounter(monkeypatch)
     per_step = []
     for step in range(3):
-        data = _step_data(collator, rows, step)
-        assert all(("attention_mask" in b) == padded for b in data.micro_batches)
+        data = _step_data(collator, rows, step, documents=arch == "modernbert")
+        if arch == "bert":
+            assert all(("attention_mask" in b) == padded for b in data.micro_batches)
         counter.counts.clear()
         counter.active = True
         train_step(engine, data, comm, guard=guard)
@@ -173,3 +195,14 @@ def test_a_padded_batch_costs_one_host_check_of_its_mask_per_micro_batch(monkeyp
     steps, _ = _fetches_per_step(monkeypatch, 3, "fp32", padded=True)
     for counts in steps:
         assert _split(counts)[2] == {"transformers": ACCUM}, counts  # masking_utils: padding_mask.all()
+
+
+@pytest.mark.parametrize(("stage", "precision", "padded"), [(2, "bf16", True), (0, "fp32", False)])
+def test_modernbert_fetches_nothing_of_its_own_on_packed_rows(monkeypatch, stage, precision, padded):
+    steps, num_params = _fetches_per_step(monkeypatch, stage, precision, padded=padded, arch="modernbert")
+    ours = {"ours": 1} if (stage, precision) == (0, "fp32") else {}  # Stage0StepGuard, as for BERT
+    for counts in steps:
+        deepspeed, torch_own, rest = _split(counts)
+        assert rest == ours, counts  # no mask check, no count read back: documents come from the CPU
+        assert deepspeed == deepspeed_fetches(stage, precision, num_params), counts
+        assert all(k.startswith("torch/optim/") for k in torch_own), counts
