@@ -56,7 +56,7 @@ def exported(tiny_shards, tmp_path_factory):
                 "num_heads": 2,
                 "intermediate_size": 48,
                 "local_attention": 8,
-                "compile": "off",
+                "compile": False,
             },
             "masking": {"probability": 0.3},
             "train": {"max_steps": 4, "micro_batch_size": 4},

@@ -133,7 +133,7 @@ def _fetches_per_step(
         {
             "run_dir": "/tmp/unused",
             "data": {"path": "/tmp/unused"},
-            "model": {"arch": arch, "preset": "tiny"} | ({"compile": "off"} if arch == "modernbert" else {}),
+            "model": {"arch": arch, "preset": "tiny"} | ({"compile": False} if arch == "modernbert" else {}),
             "precision": precision,
             "zero": {"stage": stage},
             "train": {"micro_batch_size": 8 // ACCUM, "grad_accum_steps": ACCUM, "max_steps": 10},

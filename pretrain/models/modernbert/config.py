@@ -69,8 +69,8 @@ class ModernBertModelConfig:
     bf16/fp16), flex (FlexAttention with a document block mask; CUDA), flash (flash-attn's varlen kernel,
     if installed; CUDA, bf16/fp16). auto: flash, then varlen, then flex on CUDA as they can run; sdpa on
     CPU. A forced one that cannot run here is refused saying why."""
-    compile: Literal["off", "on", "auto"] = "auto"
-    """torch.compile each encoder layer: on, off, or auto (on when training on CUDA)."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile each encoder layer: true (YAML's on), false (off), or auto (on when training on CUDA)."""
     pad_vocab_to_multiple_of: int = 1
     """Round the embedding and output rows up to a multiple of this (64 on GPUs, as ModernBERT's 50368).
     The extra rows are never an input id; the export keeps them. 1: no padding."""

@@ -425,7 +425,7 @@ def build_model(
     select_backend(model_cfg.attention_backend, device, None, installed_kernels())
     config = _hf_config(model_cfg, model_cfg.padded_vocab_size(vocab_size), pad_id)
     model = ModernBertPretrainingModel(config, model_cfg.attention_backend)
-    if model_cfg.compile == "on" or (model_cfg.compile == "auto" and device.type == "cuda"):
+    if model_cfg.compile is True or (model_cfg.compile == "auto" and device.type == "cuda"):
         for layer in model.model.layers:
             layer.compile()  # in place: parameter names (and so checkpoints and export) stay the same
     return model

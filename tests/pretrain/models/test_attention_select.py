@@ -112,7 +112,7 @@ def test_this_cpu_process_runs_sdpa_and_refuses_the_gpu_backends_at_build():
     if torch.cuda.is_available():
         pytest.skip("a CPU process's choice")
     model = build_model(
-        ModernBertModelConfig(preset="tiny", compile="off"), vocab_size=50, pad_id=0, rows_have_pairs=False
+        ModernBertModelConfig(preset="tiny", compile=False), vocab_size=50, pad_id=0, rows_have_pairs=False
     )
     assert select_backend(model.requested_backend, CPU, None, kernels)[0] == "sdpa"
     for forced in ("varlen", "flex"):

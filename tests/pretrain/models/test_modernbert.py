@@ -22,7 +22,7 @@ from pretrain.models.modernbert.model import build_model
 
 VOCAB = 300
 # 8-token local window (4 each side): documents of 13 tokens have tokens inside and outside it.
-TINY = ModernBertModelConfig(preset="tiny", local_attention=8, compile="off")
+TINY = ModernBertModelConfig(preset="tiny", local_attention=8, compile=False)
 
 
 def modernbert(cfg: ModernBertModelConfig = TINY, seed: int = 0):
@@ -221,7 +221,7 @@ def test_the_config_section_fills_presets_and_refuses_bad_shapes():
 def test_base_size_and_flops():
     with torch.device("meta"):
         model = build_model(
-            ModernBertModelConfig(preset="base", compile="off"),
+            ModernBertModelConfig(preset="base", compile=False),
             vocab_size=50368,
             pad_id=0,
             rows_have_pairs=False,
@@ -234,3 +234,15 @@ def test_base_size_and_flops():
         < flops
         < 6 * model.count_parameters() + 12 * 22 * 768 * 1024
     )
+
+
+def test_yaml_on_and_off_set_compile(tmp_path):
+    from pretrain.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: r\ndata: {path: d}\nmodel: {arch: modernbert, preset: tiny, compile: off}\n")
+    assert load_config(str(path)).model.compile is False
+    assert load_config(str(path), ["model.compile=on"]).model.compile is True
+    assert load_config(str(path), ["model.compile=auto"]).model.compile == "auto"
+    with pytest.raises(ConfigError, match="model.compile"):
+        load_config(str(path), ["model.compile=sometimes"])

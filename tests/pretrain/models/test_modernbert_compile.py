@@ -29,7 +29,7 @@ def packed_batches(seed: int = 1):
         yield {"input_ids": ids, "masked_positions": masked, "masked_labels": ids.view(-1)[masked], **keys}
 
 
-def losses(compile_mode: str) -> list[float]:
+def losses(compile_mode: bool) -> list[float]:
     torch.manual_seed(0)
     cfg = ModernBertModelConfig(preset="tiny", num_layers=1, compile=compile_mode)
     model = build_model(cfg, vocab_size=VOCAB, pad_id=0, rows_have_pairs=False).train()
@@ -46,7 +46,7 @@ def losses(compile_mode: str) -> list[float]:
 
 
 def test_compiled_layers_train_to_the_eager_losses():
-    eager, compiled = losses("off"), losses("on")
+    eager, compiled = losses(False), losses(True)
     np.testing.assert_allclose(compiled, eager, rtol=LOSS_RTOL)
     assert eager[-1] < eager[0]  # the steps do train: equal losses are not equal constants
 
@@ -58,7 +58,7 @@ def test_auto_compiles_on_cuda_only():
     compiled = [layer._compiled_call_impl is not None for layer in model.model.layers]
     assert compiled == [torch.cuda.is_available()] * len(compiled)
     forced = build_model(
-        ModernBertModelConfig(preset="tiny", compile="on"), vocab_size=VOCAB, pad_id=0, rows_have_pairs=False
+        ModernBertModelConfig(preset="tiny", compile=True), vocab_size=VOCAB, pad_id=0, rows_have_pairs=False
     )
     assert all(layer._compiled_call_impl is not None for layer in forced.model.layers)
     assert set(forced.state_dict()) == set(model.state_dict())  # names unchanged: checkpoints and export
