@@ -308,7 +308,16 @@ def _modernbert(args: argparse.Namespace) -> int:
             raise BenchError(f"--modernbert runs bf16 (GPU) or fp32, not {precision!r} on {args.device}")
         info = init_distributed(timeout_minutes=10)
         print(f"device: {args.device} {name}; peak {peak or 'unknown (MFU n/a)'} TFLOP/s", flush=True)
-        records = modernbert_step.run(info.device, args.tiny, precision, args.compile, args.doc_mean)
+        records = modernbert_step.run(
+            info.device,
+            args.tiny,
+            precision,
+            args.compile,
+            args.doc_mean,
+            micro_batch=args.micro_batch,
+            steps=args.steps,
+            skip=args.skip,
+        )
     except (BenchError, ValueError) as exc:
         print(f"bench/gpu.py: error: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ tokens/s per GPU; target: >= 450k tokens/s per H100.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -169,9 +170,12 @@ def print_table(records: list[dict], peak: float | None, device: str) -> None:
     )
 
 
-def run(device: str, tiny: bool, precision: str, compile_modes: str, doc_mean: float) -> list[dict]:
-    """Every variant (isolation x compile, compile per `compile_modes`: off, on or both) of the case."""
-    shape = TINY_128 if tiny else BASE_1024
+def run(
+    device: str, tiny: bool, precision: str, compile_modes: str, doc_mean: float, **replace: int | None
+) -> list[dict]:
+    """Every variant (isolation x compile, compile per `compile_modes`: off, on or both) of the case;
+    `replace` overrides the case's micro_batch, steps or skip (None keeps it)."""
+    shape = dataclasses.replace(TINY_128 if tiny else BASE_1024, **{k: v for k, v in replace.items() if v is not None})
     wanted = {"off": (False,), "on": (True,), "both": (False, True)}[compile_modes]
     records = []
     for isolated, compiled in VARIANTS:
