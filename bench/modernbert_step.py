@@ -175,7 +175,9 @@ def run(
 ) -> list[dict]:
     """Every variant (isolation x compile, compile per `compile_modes`: off, on or both) of the case;
     `replace` overrides the case's micro_batch, steps or skip (None keeps it)."""
-    shape = dataclasses.replace(TINY_128 if tiny else BASE_1024, **{k: v for k, v in replace.items() if v is not None})
+    shape = dataclasses.replace(
+        TINY_128 if tiny else BASE_1024, **{k: v for k, v in replace.items() if v is not None}
+    )
     wanted = {"off": (False,), "on": (True,), "both": (False, True)}[compile_modes]
     records = []
     for isolated, compiled in VARIANTS:
