@@ -65,5 +65,8 @@ def test_model_arch_chooses_the_model_section():
     base = {"run_dir": "r", "data": {"path": "s"}}
     assert config_from_dict(base).model == BertModelConfig(preset="base")  # no model section: BERT base
     assert config_from_dict({**base, "model": {"arch": "bert", "preset": "tiny"}}).model.num_layers == 2
-    with pytest.raises(ConfigError, match=r"<dict>: model.arch: expected one of 'bert', got 'gpt'"):
+    from pretrain.models.registry import ARCHITECTURES
+
+    known = ", ".join(repr(name) for name in ARCHITECTURES)
+    with pytest.raises(ConfigError, match=rf"<dict>: model.arch: expected one of {known}, got 'gpt'"):
         config_from_dict({**base, "model": {"arch": "gpt", "preset": "tiny"}})
