@@ -246,3 +246,39 @@ def test_yaml_on_and_off_set_compile(tmp_path):
     assert load_config(str(path), ["model.compile=auto"]).model.compile == "auto"
     with pytest.raises(ConfigError, match="model.compile"):
         load_config(str(path), ["model.compile=sometimes"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU kernels' numerics need a GPU")
+@pytest.mark.parametrize("backend", ["varlen", "flash", "flex"])
+def test_gpu_backends_match_the_reference_on_packed_rows(backend):
+    from pretrain.models.attention_select import device_facts, installed_kernels, select_backend
+
+    model = modernbert().cuda().to(torch.bfloat16)
+    weight = model.model.embeddings.tok_embeddings.weight
+    try:
+        select_backend(backend, device_facts(weight.device), weight.dtype, installed_kernels())
+    except ConfigError as e:
+        pytest.skip(str(e))
+    row, keys, alone, alone_keys, where, b = packed_and_alone()
+    row, alone = row.cuda(), alone.cuda()
+    keys = {k: v.cuda() for k, v in keys.items()}
+    alone_keys = {k: v.cuda() for k, v in alone_keys.items()}
+    with torch.no_grad():
+        reference = padded_hidden_on(with_backend(model, "sdpa"), row, keys)
+        got = padded_hidden_on(with_backend(model, backend), row, keys)
+        single = padded_hidden_on(model, alone, alone_keys)[0, :b]
+    used = keys["unpad_indices"].numel()
+    torch.testing.assert_close(
+        got.view(-1, got.shape[-1])[:used], reference.view(-1, got.shape[-1])[:used], rtol=2e-2, atol=2e-2
+    )
+    torch.testing.assert_close(got[0, where], single, rtol=2e-2, atol=2e-2)
+
+
+def padded_hidden_on(model, ids, keys) -> torch.Tensor:
+    """padded_hidden on the model's device and dtype."""
+    hidden = model.encode(ids, **keys)
+    if not model.backend.unpadded:
+        return hidden.view(*ids.shape, -1)
+    full = torch.zeros(ids.numel(), hidden.shape[-1], device=hidden.device, dtype=hidden.dtype)
+    full[keys["unpad_indices"]] = hidden
+    return full.view(*ids.shape, -1)
