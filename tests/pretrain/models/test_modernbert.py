@@ -142,7 +142,7 @@ def test_a_local_layer_sees_exactly_its_window():
 
 
 def _rotary(model, keys):
-    from pretrain.models.modernbert.model import rotary_cos_sin
+    from pretrain.models.modernbert.layers import rotary_cos_sin
 
     return rotary_cos_sin(keys["position_ids"], model.head_dim, model.thetas["sliding_attention"])
 
