@@ -66,8 +66,15 @@ def padded_hidden(model, ids, keys) -> torch.Tensor:
     return full.view(*ids.shape, -1)
 
 
-def test_weights_load_strictly_into_transformers_and_logits_match_on_padded_documents():
-    model = modernbert()
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_weights_load_strictly_into_transformers_and_logits_match_on_padded_documents(bias):
+    model = modernbert(dataclasses.replace(TINY, bias=bias))
+    if bias:  # zero-initialised: give the biases values the comparison can see
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0.0, 0.1)
+    assert any(name.endswith("attn.Wqkv.bias") for name in model.state_dict()) == bias
     reference = ModernBertForMaskedLM(model.hf_config).eval()
     reference.load_state_dict(model.state_dict(), strict=True)
     assert model.hf_config.layer_types == [
