@@ -23,6 +23,12 @@ WordPiece, under WORK (default .bench/gpu), reused by the next run; --shards use
     python bench/gpu.py                                  # all cases on GPU 0
     python bench/gpu.py --cases base-128 --precisions bf16 --json /tmp/gpu.json
     python bench/gpu.py --device cpu --tiny              # CI smoke: BERT-Tiny, seq 64, fp16 skipped
+    python bench/gpu.py --modernbert --precisions bf16   # ModernBERT-base seq 1024: isolation x compile
+    python bench/gpu.py --modernbert --device cpu --tiny --precisions fp32 --compile off   # its CI smoke
+
+`--modernbert` times ModernBERT's step in this process (bench/modernbert_step.py: the real model and
+DeepSpeed engine of configs/modernbert-base.yaml on packed synthetic rows) with and without document
+isolation and compile: tokens/s, MFU by the model's flops_per_token, peak memory.
 
 On a GPU machine without DeepSpeed (e.g. a bare PyTorch image with Python 3.12), build the missing
 wheels here and carry them (deepspeed has no wheel on PyPI: `pip wheel` builds its pure-Python one):
@@ -120,6 +126,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, help="peak TFLOP/s of the device (default: from its name)")
     p.add_argument("--hf-workers", type=int, help="the peer's DataLoader workers (default: cuda 6, cpu 0)")
     p.add_argument("--json", help="write the results here as JSON (default WORK/results.json)")
+    p.add_argument("--modernbert", action="store_true", help="ModernBERT's step instead (modernbert_step.py)")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="both", help="--modernbert's compile")
+    p.add_argument("--doc-mean", type=float, default=400.0, help="--modernbert's mean document length")
     return p.parse_args(argv)
 
 
@@ -282,9 +291,49 @@ def _summary(results: list[dict], device: str) -> None:
     print(line)
 
 
+def _modernbert(args: argparse.Namespace) -> int:
+    """`--modernbert`: every isolation x compile variant of ModernBERT's step, a table, JSON. Exit code."""
+    from bench import modernbert_step
+    from pretrain.runtime.distributed import init_distributed
+
+    if args.device == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"  # also on a GPU machine: the model then picks a CPU backend
+    try:
+        os.makedirs(args.work, exist_ok=True)
+        name, peak = _device(args)
+        precision = args.precisions.split(",")[0]
+        if precision not in ("bf16", "fp32") or (
+            precision == "bf16" and args.device == "cpu" and not args.tiny
+        ):
+            raise BenchError(f"--modernbert runs bf16 (GPU) or fp32, not {precision!r} on {args.device}")
+        info = init_distributed(timeout_minutes=10)
+        print(f"device: {args.device} {name}; peak {peak or 'unknown (MFU n/a)'} TFLOP/s", flush=True)
+        records = modernbert_step.run(
+            info.device,
+            args.tiny,
+            precision,
+            args.compile,
+            args.doc_mean,
+            micro_batch=args.micro_batch,
+            steps=args.steps,
+            skip=args.skip,
+        )
+    except (BenchError, ValueError) as exc:
+        print(f"bench/gpu.py: error: {exc}", file=sys.stderr)
+        return 1
+    modernbert_step.print_table(records, peak, name)
+    out = args.json or os.path.join(args.work, "modernbert.json")
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"device": name, "results": records}, f, indent=1)
+    print(f"results: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected cases on both sides; print per-case lines, a summary table; write JSON. Exit code."""
     args = _parse(argv)
+    if args.modernbert:
+        return _modernbert(args)
     try:
         os.makedirs(args.work, exist_ok=True)
         device, peak = _device(args)

@@ -5,9 +5,10 @@ bf16 or fp16; consolidate.py, every file read weights-only), the model's `transf
 (hf_config.json), the resolved config and the tokenizer the weights were trained with (all written into
 the checkpoint by the save). The weights are loaded with `strict=True` into the `transformers` class the
 HF config names, one of its architecture's export classes (BERT: BertForMaskedLM, or BertForPreTraining
-when an NSP/SOP head was trained) and OUT_DIR is written with `save_pretrained` (safetensors), the
-tokenizer and a model card (README.md). OUT_DIR loads with `AutoModelForMaskedLM.from_pretrained` and
-`pipeline("fill-mask")`. Every failure is one line on stderr and exit 1.
+when an NSP/SOP head was trained; ModernBERT: ModernBertForMaskedLM) and OUT_DIR is written with
+`save_pretrained` (safetensors), the tokenizer and a model card (README.md). OUT_DIR loads with
+`AutoModelForMaskedLM.from_pretrained` and `pipeline("fill-mask")`. Every failure is one line on stderr
+and exit 1.
 """
 
 from __future__ import annotations
@@ -153,16 +154,15 @@ def _data_line(data_cfg) -> str:
     )
 
 
-def _model_card(
-    cfg, identity: dict, class_name: str, state: dict, eval_record: dict | None, tag_dir: str
-) -> str:
+def _model_card(cfg, identity: dict, hf_config, state: dict, eval_record: dict | None, tag_dir: str) -> str:
+    class_name = hf_config.architectures[0]
     shape = ", ".join(
         f"{k.removeprefix('model.')} {v}" for k, v in identity.items() if k.startswith("model.")
     )
     metrics = "\n".join(f"- {k}: {v}" for k, v in (eval_record or {}).items()) or "- (no evaluation recorded)"
     return f"""---
 library_name: transformers
-tags: [{cfg.model.arch}, fill-mask, mlm-pretrain]
+tags: [{hf_config.model_type}, fill-mask, mlm-pretrain]
 ---
 # {class_name} pretrained with mlm-pretrain
 
@@ -232,7 +232,7 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
         hf_model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         card = _model_card(
-            cfg, identity, class_name, state, _last_eval(run_dir, int(state.get("step", 0))), tag_dir
+            cfg, identity, hf_config, state, _last_eval(run_dir, int(state.get("step", 0))), tag_dir
         )
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pretrain.errors import ConfigError
 from pretrain.models.architecture import Architecture
 from pretrain.models.bert.config import BertModelConfig
+from pretrain.models.modernbert.config import ModernBertModelConfig
 from pretrain.models.roberta.config import RobertaModelConfig
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -20,7 +21,18 @@ ARCHITECTURES: dict[str, Architecture] = {
         export_classes=("BertForMaskedLM", "BertForPreTraining"),
     ),
     "roberta": Architecture(
-        "roberta", RobertaModelConfig, "pretrain.models.roberta.model", "roberta", ("RobertaForMaskedLM",)
+        "roberta",
+        RobertaModelConfig,
+        "pretrain.models.roberta.model",
+        hf_model_type="roberta",
+        export_classes=("RobertaForMaskedLM",),
+    ),
+    "modernbert": Architecture(
+        "modernbert",
+        ModernBertModelConfig,
+        "pretrain.models.modernbert.model",
+        hf_model_type="modernbert",
+        export_classes=("ModernBertForMaskedLM",),
     ),
 }
 DEFAULT_ARCH = "bert"

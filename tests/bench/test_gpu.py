@@ -47,3 +47,18 @@ def test_overrides_reach_the_trainer_config_as_the_values_the_bench_meant(tmp_pa
     )
     assert (cfg.train.global_batch_size, cfg.train.max_steps) == (None, 7)
     assert cfg.metrics.peak_tflops_per_device == 989.4
+
+
+def test_modernbert_bench_rows_pack_documents_and_mask_30_percent():
+    import numpy as np
+
+    from bench.modernbert_step import TINY_128, packed_rows
+
+    isolated = packed_rows(TINY_128, doc_mean=40, isolated=True, seed=0)
+    single = packed_rows(TINY_128, doc_mean=40, isolated=False, seed=0)
+    rows, seq = TINY_128.micro_batch, TINY_128.seq_len
+    assert len(single["cu_seqlens"]) == rows + 1  # one document per row
+    assert len(isolated["cu_seqlens"]) - 1 > 2 * rows  # 128-token rows of 40-token documents: about 3 each
+    assert len(isolated["unpad_indices"]) == rows * seq  # full rows, as full-sentence packing leaves them
+    assert abs(len(isolated["masked_positions"]) / (rows * seq) - 0.3) < 0.1
+    assert np.array_equal(isolated["input_ids"], single["input_ids"])  # the same tokens either way

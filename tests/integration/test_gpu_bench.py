@@ -78,3 +78,27 @@ def test_a_shards_dir_too_small_for_the_case_is_one_clear_error(tiny_shards, tmp
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert f"bench/gpu.py: error: {tiny_shards} holds" in out.stderr and "--micro-batch" in out.stderr
+
+
+def test_modernbert_smoke_mode_times_isolated_and_single_document_rows(tmp_path):
+    cmd = [sys.executable, str(BENCH), "--modernbert", "--device", "cpu", "--tiny", "--precisions", "fp32"]
+    cmd += [
+        "--compile",
+        "off",
+        "--doc-mean",
+        "40",
+        "--work",
+        str(tmp_path),
+        "--json",
+        str(tmp_path / "mb.json"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert re.search(
+        r"\| modernbert-tiny-128 fp32 \| isolated \([\d.]+ per row\) \| off \| sdpa \| [\d,]+ \|", out.stdout
+    )
+    assert "target (ModernBERT-base, seq 1024, bf16, isolated, one H100): >= 450,000 tokens/s" in out.stdout
+    records = json.loads((tmp_path / "mb.json").read_text())["results"]
+    assert [(r["isolated"], r["compiled"]) for r in records] == [(True, False), (False, False)]
+    assert all(r["tokens_per_s"] > 0 and r["flops_per_token"] > 0 for r in records)

@@ -4,6 +4,9 @@ int or index, and the accelerator's synchronize), each attributed to the first c
 ours (pretrain/) or DeepSpeed's. The step itself is not mocked: a tiny BERT in a real DeepSpeed engine
 (gloo, world of one) built from our generated config.
 
+ModernBERT is counted too, on packed rows with their document keys (pretrain/data/documents.py): its
+forward reads nothing back either, padded rows or not (the masked counts come from the CPU batch).
+
 The design (docs/training.md): `train_step` fetches nothing of ours (the end of the step fetches once,
 after the agreement: `to_host`), except Stage0StepGuard's gradient norm under ZeRO-0 fp32; DeepSpeed's
 own overflow checks and norms add the numbers of `deepspeed_fetches` per optimizer step.
@@ -101,9 +104,11 @@ class FetchCounter:
 
 def _step_data(collator, rows, step: int) -> LoaderStep:
     idx = np.arange(step * 8, step * 8 + 8) % len(rows["length"])
-    batches = [
-        collator.collate({k: v[part] for k, v in rows.items()}, part, 0) for part in np.split(idx, ACCUM)
-    ]
+    batches = []
+    for part in np.split(idx, ACCUM):
+        part_rows = {k: v[part] for k, v in rows.items()}
+        batch = collator.collate(part_rows, part, 0)
+        batches.append(batch)
     return LoaderStep(0, idx, idx, batches, step_counts(batches), {})
 
 
@@ -120,7 +125,8 @@ def _fetches_per_step(
         {
             "run_dir": "/tmp/unused",
             "data": {"path": "/tmp/unused"},
-            "model": {"arch": arch, "preset": "tiny", "document_isolation": isolation},
+            "model": {"arch": arch, "preset": "tiny"}
+            | ({"compile": False} if arch == "modernbert" else {"document_isolation": isolation}),
             "precision": precision,
             "zero": {"stage": stage},
             "train": {"micro_batch_size": 8 // ACCUM, "grad_accum_steps": ACCUM, "max_steps": 10},
@@ -131,7 +137,7 @@ def _fetches_per_step(
     num_params = len(list(model.parameters()))
     engine = initialize_engine(cfg, model, 1, on_gpu=False)
     guard = Stage0StepGuard(engine.optimizer) if stage == 0 and precision == "fp32" else None
-    rows = make_rows(64, 32, seed=3, documents=isolation)
+    rows = make_rows(64, 32, seed=3, documents=isolation or arch == "modernbert")
     seq_len = None if padded else int(rows["length"].min())  # truncated to the shortest row: no padding
     collator = MaskingCollator(
         MaskingConfig(),
@@ -146,7 +152,8 @@ def _fetches_per_step(
     per_step = []
     for step in range(3):
         data = _step_data(collator, rows, step)
-        assert all(("attention_mask" in b) == (padded and not isolation) for b in data.micro_batches)
+        if arch != "modernbert":  # ModernBERT takes the document keys, never a padding mask
+            assert all(("attention_mask" in b) == (padded and not isolation) for b in data.micro_batches)
         counter.counts.clear()
         counter.active = True
         train_step(engine, data, comm, guard=guard)
@@ -197,3 +204,14 @@ def test_roberta_fetches_what_bert_does(monkeypatch):
     for counts in steps:
         deepspeed, _, rest = _split(counts)
         assert rest == {} and deepspeed == deepspeed_fetches(1, "bf16", num_params), counts
+
+
+@pytest.mark.parametrize(("stage", "precision", "padded"), [(2, "bf16", True), (0, "fp32", False)])
+def test_modernbert_fetches_nothing_of_its_own_on_packed_rows(monkeypatch, stage, precision, padded):
+    steps, num_params = _fetches_per_step(monkeypatch, stage, precision, padded=padded, arch="modernbert")
+    ours = {"ours": 1} if (stage, precision) == (0, "fp32") else {}  # Stage0StepGuard, as for BERT
+    for counts in steps:
+        deepspeed, torch_own, rest = _split(counts)
+        assert rest == ours, counts  # no mask check, no count read back: documents come from the CPU
+        assert deepspeed == deepspeed_fetches(stage, precision, num_params), counts
+        assert all(k.startswith("torch/optim/") for k in torch_own), counts

@@ -13,6 +13,7 @@ FRAGMENTS = sorted(CONFIGS.glob("models/*.yaml"))
 def test_the_shipped_configs_are_there():
     names = {p.name for p in RECIPES}
     assert {"bert-base-seq128.yaml", "bert-base-seq512.yaml", "roberta-base.yaml"} <= names
+    assert {"modernbert-base.yaml", "modernbert-large.yaml"} <= names
     assert {p.stem for p in FRAGMENTS} == {"tiny", "mini", "small", "medium", "base", "large"}
 
 
@@ -38,3 +39,15 @@ def test_phase_two_continues_phase_one():
     phase2 = load_config(str(CONFIGS / "bert-base-seq512.yaml"))
     assert phase2.model.init_from and phase1.run_dir in phase2.model.init_from
     assert phase2.model.max_position_embeddings >= 512 and phase2.optim.lr == phase1.optim.lr
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_modernbert_recipes_are_the_published_shape_at_seq_1024_and_30_percent(size):
+    cfg = load_config(str(CONFIGS / f"modernbert-{size}.yaml"))
+    assert cfg.model.arch == "modernbert" and cfg.model.preset == size
+    assert (cfg.masking.probability, cfg.precision, cfg.model.local_attention) == (0.3, "bf16", 128)
+    assert (cfg.model.num_layers, cfg.model.intermediate_size) == {"base": (22, 1152), "large": (28, 2624)}[
+        size
+    ]
+    # the published global batch on one node of 8 GPUs
+    assert cfg.train.global_batch(8) == {"base": 4608, "large": 4928}[size]

@@ -1,0 +1,1 @@
+"""ModernBERT (`model.arch: modernbert`): its `model` config section (config.py) and its model (model.py)."""
