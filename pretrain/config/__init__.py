@@ -25,6 +25,7 @@ from pretrain.config.sections import (
     MaskingConfig,
     MetricsConfig,
     OptimConfig,
+    PhaseConfig,
     TrainConfig,
     ZeroConfig,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "MaskingConfig",
     "MetricsConfig",
     "OptimConfig",
+    "PhaseConfig",
     "TrainConfig",
     "ZeroConfig",
     "check_trainable",

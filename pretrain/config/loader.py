@@ -31,6 +31,7 @@ from pretrain.config.sections import (
     MaskingConfig,
     MetricsConfig,
     OptimConfig,
+    PhaseConfig,
     TrainConfig,
     ZeroConfig,
 )
@@ -69,10 +70,17 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
     deepspeed: dict = field(default_factory=dict)
     """Extra raw DeepSpeed config keys merged into the generated config; contradictions are refused."""
+    phases: list[PhaseConfig] = field(default_factory=list)
+    """Training phases after the base config (phase 0), in the order they start: each a start_step or
+    start_tokens and the partial sections it changes (see the `phases[]` section)."""
 
     def __post_init__(self) -> None:
         require(bool(self.run_dir), "run_dir is required (set it in the YAML or pass run_dir=PATH)")
         require(bool(self.data.path), "data.path is required (a shards directory from `mlm-data build`)")
+        if self.phases:
+            from pretrain.config.phases import phase_configs
+
+            phase_configs(self)  # each merged phase is a valid config, and the phases are in order
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
@@ -87,16 +95,16 @@ def check_trainable(cfg: Config, source: str = "<dict>") -> None:
     """The checks of a config about to train (mlm-train, mlm-launch) that a saved one need not pass, so a
     checkpoint's config.yaml written before a check existed still loads for export and fine-tuning.
 
-    Raises ConfigError prefixed by `source`: optim.warmup_steps larger than train.max_steps (the run
-    would end still warming up, at a fraction of optim.lr, without a word).
+    Raises ConfigError prefixed by `source`: a warmup longer than its LR segment (optim.warmup_steps
+    larger than train.max_steps: the run would end still warming up, at a fraction of optim.lr, without
+    a word), or a wsd warmup plus decay longer than its segment (pretrain/config/phases.py).
     """
-    warmup, steps = cfg.optim.warmup_steps, cfg.train.max_steps
-    if warmup > steps:
-        raise ConfigError(
-            f"{source}: optim.warmup_steps ({warmup}) is larger than train.max_steps ({steps}): the run "
-            f"would end at {steps / warmup:.2g} x optim.lr, still warming up; lower optim.warmup_steps "
-            f"(e.g. optim.warmup_steps={steps // 10}) or raise train.max_steps"
-        )
+    from pretrain.config.phases import lr_segments, phase_configs
+
+    try:
+        lr_segments(cfg, phase_configs(cfg))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:

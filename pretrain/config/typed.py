@@ -69,7 +69,12 @@ def build_dataclass(cls: type, raw: Any, prefix: str = "") -> Any:
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown key {prefix}{key}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
-    return cls(**kwargs)
+    if not prefix.endswith("]."):
+        return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # an item of a list: say which one (its checks name only its own keys)
+        raise ConfigError(f"{prefix.rstrip('.')}: {exc}") from None
 
 
 class _NonFiniteError(ConfigError):
