@@ -178,7 +178,7 @@ def initialize_engine(
     AdamW is torch's (fused kernel on GPU, foreach on CPU) unless ZeRO-Offload asks for DeepSpeed's
     CPUAdam; LAMB is DeepSpeed's. The LR schedule is a LambdaLR over `schedule` (step -> multiplier of
     optim.lr; default: `lr_factor` of cfg.optim over train.max_steps; a run with phases passes its
-    PhasedSchedule, pretrain/runtime/lr_schedule.py). Raises ConfigError for an invalid combination
+    phased_schedule, pretrain/runtime/lr_schedule.py). Raises ConfigError for an invalid combination
     (see `deepspeed_config`).
     """
     if schedule is None:
@@ -207,6 +207,16 @@ def initialize_engine(
         # skips forever); the trainer stops every stage there itself, with one clear line.
         scaler.raise_error_at_min_scale = False
     return engine
+
+
+def set_engine_batch(engine, micro_batch_size: int, accum_steps: int, world_size: int) -> None:
+    """Make the engine's micro-batch and accumulation steps the coming step's (a phase or the batch
+    warmup changes them; DeepSpeed's own setters). The trainer marks each accumulation boundary itself,
+    so a change of accumulation never misplaces one."""
+    if engine.train_micro_batch_size_per_gpu() != micro_batch_size:
+        engine.set_train_micro_batch_size(micro_batch_size)
+    if engine.gradient_accumulation_steps() != accum_steps:
+        engine.set_train_batch_size(micro_batch_size * accum_steps * world_size)
 
 
 def loss_scale(engine) -> float:

@@ -9,6 +9,7 @@ is that phase's optim.lr. A phase without `optim` keys continues the segment it 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from pretrain.config import OptimConfig
 from pretrain.config.phases import Segment
@@ -50,19 +51,17 @@ def lr_factor(step: int, optim_cfg: OptimConfig, max_steps: int) -> float:
     return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
 
 
-class PhasedSchedule:
-    """The multiplier of the run's optim.lr at each step over its segments (see the module docstring).
+def phased_schedule(segments: list[Segment]) -> Callable[[int], float]:
+    """The multiplier of the run's optim.lr at each step over its segments (see the module docstring):
+    a function of the step, the factor LambdaLR multiplies optim.lr by.
 
     Takes the segments in order (`pretrain.config.phases.lr_segments`: the first starting at 0, each
-    ending where the next starts).
-    Calling it with a step gives the factor LambdaLR multiplies the run's optim.lr by.
+    ending where the next starts). A plain function, not an object: LambdaLR's state_dict saves the
+    attributes of callable objects into the checkpoint, which a weights-only load refuses.
     """
 
-    def __init__(self, segments: list[Segment]) -> None:
-        """Keep the segments (at least one)."""
-        self.segments = segments
-
-    def __call__(self, step: int) -> float:
-        """The factor for the update after `step` completed updates."""
-        seg = next((s for s in reversed(self.segments) if step >= s.start), self.segments[0])
+    def factor(step: int) -> float:
+        seg = next((s for s in reversed(segments) if step >= s.start), segments[0])
         return seg.scale * lr_factor(step - seg.start, seg.optim, seg.end - seg.start)
+
+    return factor

@@ -9,7 +9,7 @@ import pytest
 
 from pretrain.config import ConfigError, check_trainable, config_from_dict
 from pretrain.config.phases import lr_segments, phase_configs
-from pretrain.runtime.lr_schedule import PhasedSchedule, lr_factor
+from pretrain.runtime.lr_schedule import lr_factor, phased_schedule
 
 
 def make_cfg(optim=None, phases=(), max_steps=100):
@@ -86,7 +86,7 @@ def test_a_phase_with_optim_keys_starts_a_new_segment_the_others_continue_it():
     )
     segments = lr_segments(cfg, phase_configs(cfg))
     assert [(s.start, s.end, s.scale) for s in segments] == [(0, 60, 1.0), (60, 100, 0.5)]
-    schedule = PhasedSchedule(segments)
+    schedule = phased_schedule(segments)
     assert schedule(30) == lr_factor(30, cfg.optim, 60)  # the masking phase keeps the base's decay
     assert schedule(59) == pytest.approx(1 / 50)
     assert schedule(60) == pytest.approx(0.5 * 1 / 5) and schedule(64) == 0.5 and schedule(99) == 0.5
