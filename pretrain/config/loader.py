@@ -10,7 +10,6 @@ the architecture `model.arch` names (pretrain/models/registry.py; default bert).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import yaml
 
 from data_pipeline.integrity import write_atomic
 from pretrain.config.files import read_config_dict
+from pretrain.config.phases import lr_segments, phase_configs
 from pretrain.config.sections import (
     CheckpointConfig,
     DataConfig,
@@ -35,7 +35,7 @@ from pretrain.config.sections import (
     TrainConfig,
     ZeroConfig,
 )
-from pretrain.config.typed import ChosenBy, build_dataclass
+from pretrain.config.typed import ChosenBy, build_dataclass, to_plain
 from pretrain.errors import ConfigError, require
 from pretrain.models.registry import DEFAULT_ARCH, MODEL_SECTIONS
 
@@ -78,8 +78,6 @@ class Config:
         require(bool(self.run_dir), "run_dir is required (set it in the YAML or pass run_dir=PATH)")
         require(bool(self.data.path), "data.path is required (a shards directory from `mlm-data build`)")
         if self.phases:
-            from pretrain.config.phases import phase_configs
-
             phase_configs(self)  # each merged phase is a valid config, and the phases are in order
 
 
@@ -99,8 +97,6 @@ def check_trainable(cfg: Config, source: str = "<dict>") -> None:
     larger than train.max_steps: the run would end still warming up, at a fraction of optim.lr, without
     a word), or a wsd warmup plus decay longer than its segment (pretrain/config/phases.py).
     """
-    from pretrain.config.phases import lr_segments, phase_configs
-
     try:
         lr_segments(cfg, phase_configs(cfg))
     except ConfigError as exc:
@@ -117,7 +113,7 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     """The config as plain nested dicts/lists/scalars (tuples become lists), ready for YAML or JSON."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return to_plain(cfg)
 
 
 def save_config(cfg: Config, path: str) -> None:

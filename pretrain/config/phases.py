@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from pretrain.config.files import deep_merge
+from pretrain.config.typed import build_dataclass, to_plain
 from pretrain.errors import ConfigError
 
 # data keys whose change does not change the rows read (a new stream is not needed for them).
@@ -26,17 +27,15 @@ def phase_configs(cfg) -> list:
     Raises ConfigError naming `phases[i]` when a merged phase is not a valid config, when step starts
     do not increase (or reach train.max_steps), or when token starts do not increase.
     """
-    from pretrain.config.loader import config_from_dict, config_to_dict
-
-    raw = config_to_dict(cfg)
+    raw = to_plain(cfg)
     raw["phases"] = []
-    configs = [config_from_dict(raw)] if cfg.phases else [cfg]
+    configs = [build_dataclass(type(cfg), raw)] if cfg.phases else [cfg]
     for i, phase in enumerate(cfg.phases):
         raw = deep_merge(raw, phase.overrides())
         try:
-            configs.append(config_from_dict(raw))
+            configs.append(build_dataclass(type(cfg), raw))
         except ConfigError as exc:
-            raise ConfigError(f"phases[{i}]: {str(exc).removeprefix('<dict>: ')}") from None
+            raise ConfigError(f"phases[{i}]: {exc}") from None
     _check_order(cfg)
     return configs
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -130,6 +131,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp in (bool, dict, list) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {describe_type(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def to_plain(tree: Any) -> Any:
+    """A dataclass tree as plain nested dicts/lists/scalars (tuples become lists), as YAML reads it."""
+    return json.loads(json.dumps(dataclasses.asdict(tree)))
 
 
 def refuse_control_characters(value: str, key: str) -> None:

@@ -1,6 +1,7 @@
-"""A run through a phase boundary (2 CPU ranks, ZeRO-2): batch warmup in phase 0, then at step 4 a phase
-with shorter rows, another mask rate and another batch; a SIGKILL right at the boundary resumes into
-the right phase, bit-identical to the uninterrupted run (losses, tokens and the rows of every step)."""
+"""A run through a phase boundary (2 CPU ranks, ZeRO-2): batch warmup in phase 0, then at step 3 a phase
+with shorter rows, another mask rate and another batch. A SIGKILL right at the boundary resumes into
+the right phase, bit-identical to the uninterrupted run (losses, tokens and the rows of every step); a
+decay branch from the boundary's checkpoint continues it exactly and records where it came from."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import json
 import pytest
 
 from tests.helpers.processes import kill_all, start, wait_until
-from tests.helpers.runs import run_pretrain, step_trace, write_config
+from tests.helpers.runs import run_pretrain_configs, step_trace, write_config
 
 pytestmark = pytest.mark.integration
 
-BOUNDARY = 4
+BOUNDARY = 3
 SETTINGS = {
-    # phase 0: the global batch ramps 16 -> 48 (micro 8 x 2 ranks x 1..3 accumulation) over 3 steps
-    "train": {"max_steps": 7, "grad_accum_steps": 3, "batch_warmup_steps": 3, "batch_warmup_start": 16},
+    # phase 0: the global batch ramps 16 -> 32 (micro 8 x 2 ranks x 1..2 accumulation) over 2 steps
+    "train": {"max_steps": 6, "grad_accum_steps": 2, "batch_warmup_steps": 2, "batch_warmup_start": 16},
     "optim": {"warmup_steps": 2, "schedule": "wsd", "decay_steps": 2},
-    "checkpoint": {"every_steps": 2, "keep_last": 10},
+    "checkpoint": {"every_steps": BOUNDARY, "keep_last": 10},
     "eval": {"every_steps": 1000, "max_batches": 2},
     "debug": {"log_sample_indices": True},
     "phases": [
@@ -37,7 +38,9 @@ def records(run_dir) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, lines) if "loss" in r}
 
 
-def checkpoint_of(run_dir, step: int):
+def committed(run_dir, step: int):
+    """A condition for `wait_until`: the checkpoint of `step` is committed (`latest` names it)."""
+
     def check() -> bool:
         latest = run_dir / "checkpoints" / "latest"
         return latest.exists() and latest.read_text().strip() == f"step-{step:08d}"
@@ -45,30 +48,41 @@ def checkpoint_of(run_dir, step: int):
     return check
 
 
-def test_a_phase_boundary_trains_and_resumes_bit_identically_after_a_sigkill_there(tiny_shards, tmp_path):
-    for name in ("baseline", "killed"):
-        (tmp_path / name).mkdir()
-    baseline = write_config(tmp_path / "baseline", tiny_shards, **SETTINGS)
-    run = run_pretrain(baseline, ranks=2)
-    assert run.returncode == 0, run.output[-3000:]
-    steps = records(run.run_dir)
-    assert [steps[s]["phase"] for s in sorted(steps)] == [0, 0, 0, 0, 1, 1, 1]
-    assert [len(steps[s]["samples"]) for s in sorted(steps)] == [16, 16, 32, 48, 16, 16, 16]
-    masked_share = {
-        s: r["masked_tokens"] / (r["tokens"] - steps.get(s - 1, {"tokens": 0})["tokens"])
-        for s, r in steps.items()
-    }
-    assert all(0.1 < masked_share[s] < 0.2 for s in range(1, 5)) and all(
-        0.25 < masked_share[s] < 0.35 for s in range(5, 8)
-    )
-    assert "phase 1 from step 4" in run.output and "a new sample stream" in run.output
+def config(tmp_path, name, tiny_shards, **changes):
+    (tmp_path / name).mkdir()
+    settings = {k: {**v, **changes.get(k, {})} if isinstance(v, dict) else v for k, v in SETTINGS.items()}
+    return write_config(tmp_path / name, tiny_shards, **settings)
 
-    config = write_config(tmp_path / "killed", tiny_shards, **SETTINGS)
-    proc = start(config)
-    wait_until(proc, checkpoint_of(tmp_path / "killed" / "run", BOUNDARY), poll=0.005)
-    kill_all(proc)  # the boundary's checkpoint is committed; the run is entering phase 1
-    resumed = run_pretrain(config, ranks=2)
-    assert resumed.returncode == 0, resumed.output[-3000:]
+
+def test_a_phase_boundary_resumes_bit_identically_after_a_sigkill_there(tiny_shards, tmp_path):
+    killed = config(tmp_path, "killed", tiny_shards)
+    proc = start(killed)
+    wait_until(proc, committed(tmp_path / "killed" / "run", BOUNDARY), poll=0.005)
+    kill_all(proc)  # the boundary's checkpoint is committed: the run is entering phase 1
+    baseline_ckpt = tmp_path / "baseline" / "run" / "checkpoints" / f"step-{BOUNDARY:08d}"
+    baseline = config(tmp_path, "baseline", tiny_shards)
+    # "decay from here": a longer stable part, its decay after step 6, from the baseline's step 3
+    branch = config(tmp_path, "branch", tiny_shards, train={"max_steps": 8, "resume": str(baseline_ckpt)})
+    resumed, run, branched = run_pretrain_configs([killed, baseline, branch], ranks=2)
+    for r in (resumed, run, branched):
+        assert r.returncode == 0, r.output[-3000:]
+
+    steps = records(run.run_dir)
+    assert [steps[s]["phase"] for s in sorted(steps)] == [0, 0, 0, 1, 1, 1]
+    assert [len(steps[s]["samples"]) for s in sorted(steps)] == [16, 16, 32, 16, 16, 16]
+    step_tokens = {
+        s: r["tokens"] - steps[s - 1]["tokens"] if s > 1 else r["tokens"] for s, r in steps.items()
+    }
+    share = {s: steps[s]["masked_tokens"] / step_tokens[s] for s in steps}
+    assert all(0.1 < share[s] < 0.2 for s in (1, 2, 3)) and all(0.25 < share[s] < 0.35 for s in (4, 5, 6))
+    assert "phase 1 from step 3" in run.output and "a new sample stream" in run.output
+
     assert f"resuming from {tmp_path / 'killed' / 'run' / 'checkpoints'}" in resumed.output
-    assert "phase 1 from step" in resumed.output
     assert step_trace(resumed.run_dir) == step_trace(run.run_dir)
+
+    assert f"resuming from {baseline_ckpt}" in branched.output
+    branch_steps = records(branched.run_dir)
+    assert branch_steps[4]["loss"] == steps[4]["loss"] and branch_steps[4]["lr"] == steps[4]["lr"]
+    assert branch_steps[6]["lr"] > steps[6]["lr"]  # the baseline has decayed by then, the branch not yet
+    record = json.loads((branched.run_dir / "checkpoints" / "step-00000008" / "COMPLETE.json").read_text())
+    assert record["identity"]["branched_from"] == [{"checkpoint": str(baseline_ckpt), "step": BOUNDARY}]
