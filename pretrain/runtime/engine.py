@@ -217,6 +217,10 @@ def set_engine_batch(engine, micro_batch_size: int, accum_steps: int, world_size
         engine.set_train_micro_batch_size(micro_batch_size)
     if engine.gradient_accumulation_steps() != accum_steps:
         engine.set_train_batch_size(micro_batch_size * accum_steps * world_size)
+        if hasattr(engine.optimizer, "gradient_accumulation_steps"):
+            # ZeRO-1/2 keeps its own copy from the start: under offload it picks where the accumulated
+            # gradients (and so the norm) are read from by it
+            engine.optimizer.gradient_accumulation_steps = accum_steps
 
 
 def loss_scale(engine) -> float:
