@@ -14,6 +14,7 @@ from pretrain.config.loader import (
     load_config,
     save_config,
 )
+from pretrain.config.phases import PhaseConfig
 from pretrain.config.sections import (
     RESUME_ALLOWABLE_CHANGES,
     CheckpointConfig,
@@ -25,7 +26,6 @@ from pretrain.config.sections import (
     MaskingConfig,
     MetricsConfig,
     OptimConfig,
-    PhaseConfig,
     TrainConfig,
     ZeroConfig,
 )

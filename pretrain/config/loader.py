@@ -20,7 +20,7 @@ import yaml
 
 from data_pipeline.integrity import write_atomic
 from pretrain.config.files import read_config_dict
-from pretrain.config.phases import lr_segments, phase_configs
+from pretrain.config.phases import PhaseConfig, lr_segments, phase_configs
 from pretrain.config.sections import (
     CheckpointConfig,
     DataConfig,
@@ -31,7 +31,6 @@ from pretrain.config.sections import (
     MaskingConfig,
     MetricsConfig,
     OptimConfig,
-    PhaseConfig,
     TrainConfig,
     ZeroConfig,
 )

@@ -1,6 +1,7 @@
-"""A config's phases resolved: each phase's whole config (its partial sections deep-merged over the phase
-before it, checked by the same typed builder as a file), which phase a step is in, and where a phase
-starts a new sample stream or LR segment. Torch-free, like the rest of the config package.
+"""A config's phases: the `phases[]` section (`PhaseConfig`) and its resolution: each phase's whole
+config (its partial sections deep-merged over the phase before it, checked by the same typed builder as
+a file), which phase a step is in, and where a phase starts a new sample stream or LR segment.
+Torch-free, like the rest of the config package.
 
 Phase 0 is the base config (without `phases`); phase i > 0 is `phases[i - 1]`. Phases are entered in
 order: phase i + 1 once its start (start_step or start_tokens) is reached after phase i was entered.
@@ -10,11 +11,83 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pretrain.config.files import deep_merge
 from pretrain.config.typed import build_dataclass, to_plain
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, require
+
+# The keys of `train` and `optim` a phase may set (the others shape the whole run: the engine, the
+# optimizer's kind, the budgets).
+PHASE_TRAIN_KEYS = ("micro_batch_size", "grad_accum_steps", "global_batch_size")
+PHASE_OPTIM_KEYS = (
+    "lr",
+    "warmup_steps",
+    "schedule",
+    "min_lr_ratio",
+    "decay_shape",
+    "decay_steps",
+    "decay_fraction",
+)
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase: from its start on, the keys it lists replace those of the phase before it
+    (the base config is phase 0). Its sections are partial: `{start_step: 20000, masking: {probability:
+    0.15}}` changes the mask rate only. The merged config of each phase is checked like a whole config
+    when the file is loaded.
+
+    Crossing a boundary keeps the weights, the optimizer state and the step and token counters. A phase
+    whose `data` section differs from the one before (other than prefetch_batches) opens its own row
+    sources and starts a new sample stream over them: epoch 0 of an order seeded from (train.seed, the
+    phase's index), so which rows a step reads stays a pure function of the config and the step. A
+    phase that keeps the data continues the stream where it was. A phase that sets `optim` keys starts
+    a new LR segment (its warmup and decay count from its start_step, up to the next such phase or
+    train.max_steps). A resume refuses a changed phase that had started at the checkpoint (unless
+    train.resume_allow_changed lists `phases`); a phase that had not started yet may be changed.
+    """
+
+    start_step: int | None = None
+    """The phase trains from the update after this many steps (exclusive with start_tokens)."""
+    start_tokens: int | None = None
+    """The phase trains from the first step after this many training tokens (counted as `tokens` in
+    metrics.jsonl); it may not set `optim` keys, whose segments need known steps."""
+    data: dict = field(default_factory=dict)
+    """Keys of the `data` section for this phase (e.g. path: another shard set, seq_len: 512)."""
+    masking: dict = field(default_factory=dict)
+    """Keys of the `masking` section for this phase (e.g. probability: 0.05)."""
+    train: dict = field(default_factory=dict)
+    """train.micro_batch_size, grad_accum_steps, global_batch_size for this phase."""
+    optim: dict = field(default_factory=dict)
+    """The LR schedule of the segment this phase starts: optim.lr, warmup_steps, schedule, min_lr_ratio,
+    decay_shape, decay_steps, decay_fraction (with start_step only)."""
+
+    def __post_init__(self) -> None:
+        require(
+            (self.start_step is None) != (self.start_tokens is None),
+            "a phase needs one of start_step or start_tokens",
+        )
+        start = self.start_step if self.start_tokens is None else self.start_tokens
+        require(start >= 1, f"a phase's start must be >= 1 (the base config is phase 0), got {start}")
+        for section, allowed in (("train", PHASE_TRAIN_KEYS), ("optim", PHASE_OPTIM_KEYS)):
+            extra = sorted(set(getattr(self, section)) - set(allowed))
+            require(
+                not extra,
+                f"{section}.{', '.join(map(str, extra))} cannot change in a phase; a phase's {section} "
+                f"may set {', '.join(allowed)}",
+            )
+        require(
+            not (self.optim and self.start_tokens is not None),
+            "a phase that sets optim keys must start by start_step (an LR segment needs known steps)",
+        )
+
+    def overrides(self) -> dict:
+        """The sections this phase sets, as a partial config mapping."""
+        return {
+            name: getattr(self, name) for name in ("data", "masking", "train", "optim") if getattr(self, name)
+        }
+
 
 # data keys whose change does not change the rows read (a new stream is not needed for them).
 _DATA_KEYS_NOT_ROWS = ("prefetch_batches",)
