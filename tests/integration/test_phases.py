@@ -1,7 +1,8 @@
-"""A run through a phase boundary (2 CPU ranks, ZeRO-2): batch warmup in phase 0, then at step 3 a phase
-with shorter rows, another mask rate and another batch. A SIGKILL right at the boundary resumes into
-the right phase, bit-identical to the uninterrupted run (losses, tokens and the rows of every step); a
-decay branch from the boundary's checkpoint continues it exactly and records where it came from."""
+"""A run through phase boundaries (2 CPU ranks, ZeRO-2): batch warmup in phase 0, then at step 3 a phase
+with shorter rows, another mask rate and another batch, then by tokens a mask-rate phase. A SIGKILL
+right at the step-3 boundary resumes into the right phase, bit-identical to the uninterrupted run
+(losses, tokens and the rows of every step); a decay branch from the boundary's checkpoint continues it
+exactly and records where it came from."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ SETTINGS = {
             "data": {"seq_len": 32},
             "masking": {"probability": 0.3},
             "train": {"grad_accum_steps": 1},
-        }
+        },
+        # by tokens: rows are full (64 tokens), so ~4096 after step 3 and 512 a step after: from step 5
+        {"start_tokens": 4400, "masking": {"probability": 0.05}},  # same rows: the stream continues
     ],
 }
 
@@ -68,14 +71,17 @@ def test_a_phase_boundary_resumes_bit_identically_after_a_sigkill_there(tiny_sha
         assert r.returncode == 0, r.output[-3000:]
 
     steps = records(run.run_dir)
-    assert [steps[s]["phase"] for s in sorted(steps)] == [0, 0, 0, 1, 1, 1]
+    assert [steps[s]["phase"] for s in sorted(steps)] == [0, 0, 0, 1, 2, 2]
+    assert steps[4]["tokens"] >= 4400 > steps[3]["tokens"]  # the token phase starts on the step after
     assert [len(steps[s]["samples"]) for s in sorted(steps)] == [16, 16, 32, 16, 16, 16]
     step_tokens = {
         s: r["tokens"] - steps[s - 1]["tokens"] if s > 1 else r["tokens"] for s, r in steps.items()
     }
     share = {s: steps[s]["masked_tokens"] / step_tokens[s] for s in steps}
-    assert all(0.1 < share[s] < 0.2 for s in (1, 2, 3)) and all(0.25 < share[s] < 0.35 for s in (4, 5, 6))
+    assert all(0.1 < share[s] < 0.2 for s in (1, 2, 3)) and 0.25 < share[4] < 0.35
+    assert all(0.01 < share[s] < 0.1 for s in (5, 6))
     assert "phase 1 from step 3" in run.output and "a new sample stream" in run.output
+    assert "phase 2 from step 4" in run.output and "continuing the sample stream" in run.output
 
     assert f"resuming from {tmp_path / 'killed' / 'run' / 'checkpoints'}" in resumed.output
     assert step_trace(resumed.run_dir) == step_trace(run.run_dir)
