@@ -119,7 +119,12 @@ class RunPhases:
             global_batch_at=lambda s: t.global_batch_at(s, world),
             first_step=step,
         )
-        reader = faults.reader(train_source, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
+        per_rank_micro = t.micro_batch_size * world
+        reader = faults.reader(
+            train_source,
+            micro_batches_at=lambda s: t.global_batch_at(s - 1, world) // per_rank_micro,
+            first_step=step + 1,
+        )
         loader = TrainLoader(reader, sampler, collator, c.data.prefetch_batches, pin_device=pin_device)
         if state is not None:
             loader.load_state_dict(state)
