@@ -71,8 +71,7 @@ class RunPhases:
             except ConfigError as exc:
                 raise ConfigError(f"{where}{exc}") from None
         self.digests = [
-            phase_digest(cfg, i, self.sources[i][0].data_identity() if i in self.sources else "")
-            for i in range(1, len(self.configs))
+            phase_digest(cfg, i, _rows_identity(self.sources.get(i))) for i in range(1, len(self.configs))
         ]
 
     def due(self, current: int, step: int, tokens: int) -> int:
@@ -134,6 +133,13 @@ class RunPhases:
         return PhaseLoaders(
             loader, val_loader, seq_len, model.flops_per_token(seq_len, c.masking.probability)
         )
+
+
+def _rows_identity(sources) -> str:
+    """What a phase's own rows are (build identity and shard contents); "" for a phase on earlier rows."""
+    if sources is None:
+        return ""
+    return f"{sources[0].data_identity()} {sources[0].content_identity()}"
 
 
 def _check_like_base(source, base, where: str) -> None:

@@ -209,6 +209,7 @@ def lr_segments(cfg, configs: list) -> list[Segment]:
 
 def phase_digest(cfg, index: int, data_identity: str = "") -> str:
     """sha256 of phase `index`'s spec (its start and overrides) and `data_identity` (of the rows it
-    opens, when it opens other rows): what the run identity records of a started phase."""
+    opens, when it opens other rows: their build identity and contents): what the run identity records
+    of a started phase."""
     spec = {"phase": cfg.phases[index - 1].__dict__, "data": data_identity}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
