@@ -1,32 +1,35 @@
-"""Everything a training run is built from, in order: row sources -> model -> run identity (tokenizer
-check) -> run_dir check and lock -> engine -> collator, sampler, loaders -> checkpoint manager (and
-resume) -> monitors and metrics. `build_run` returns it as one `Run`; the loop in pretrain/trainer.py
-only trains it."""
+"""Everything a training run is built from, in order: row sources (every phase's) -> model -> run
+identity (tokenizer check) -> run_dir check and lock -> engine -> checkpoint manager (and resume) ->
+the resumed phase's collator, sampler, loaders -> monitors and metrics. `build_run` returns it as one
+`Run`; the loop in pretrain/trainer.py only trains it (and `enter_phase` at a phase boundary)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from data_pipeline.errors import os_error_line
-from pretrain.checkpoint.identity import describe_run, source_tokenizer_files
+from pretrain.checkpoint.identity import RunDescription, describe_run, source_tokenizer_files
 from pretrain.checkpoint.manager import CheckpointManager
 from pretrain.checkpoint.run_lock import RunLock
 from pretrain.config import Config, ConfigError, config_hash, save_config
+from pretrain.config.phases import lr_segments
 from pretrain.data.loader import TrainLoader, ValidationLoader
-from pretrain.data.masking import MaskingCollator
-from pretrain.data.row_source import check_document_starts, is_mixture, open_row_sources, resolve_seq_len
-from pretrain.data.sampler import GlobalBatchSampler
+from pretrain.data.row_source import check_document_starts, open_row_sources, resolve_seq_len
 from pretrain.metrics import MetricsLogger
 from pretrain.models.registry import build_model
+from pretrain.phases import PhaseLoaders, RunPhases
 from pretrain.runtime.collectives import Collectives, StepAgreement
 from pretrain.runtime.distributed import DistInfo, set_determinism
 from pretrain.runtime.engine import initialize_engine
 from pretrain.runtime.faults import Faults
 from pretrain.runtime.health import NonFiniteMonitor, Stage0StepGuard
+from pretrain.runtime.lr_schedule import phased_schedule
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,12 @@ log = logging.getLogger(__name__)
 class Run:
     """A built run and its progress: what the loop needs, nothing more.
 
-    `lock` is the run dir's lock (rank 0; None on the others), released by `release`.
-    `step` (optimizer steps done), `tokens` (training tokens consumed) and `loader_state` (the loader
-    after the last step trained; it runs one step ahead) are the progress the loop advances and a
-    checkpoint records (`trainer_state`).
+    `cfg` is the config of the phase being trained (pretrain/config/phases.py; the run's own config
+    when it has no phases), `phase` its index. `lock` is the run dir's lock (rank 0; None on the others),
+    released by `release`. `step` (optimizer steps done), `tokens` (training tokens consumed),
+    `loader_state` (the loader after the last step trained; it runs one step ahead) and `loader_phase`
+    (the phase whose stream that state belongs to) are the progress the loop advances and a checkpoint
+    records (`trainer_state`), with `branched_from` (the other runs' checkpoints this one continued).
     """
 
     cfg: Config
@@ -54,11 +59,16 @@ class Run:
     metrics: MetricsLogger
     faults: Faults
     guard: Stage0StepGuard | None
-    global_batch: int
     flops_per_token: float
+    phases: RunPhases
+    phase: int
+    description: RunDescription
+    open_phase: Callable[[int, int, dict | None], PhaseLoaders]
     step: int
     tokens: int
     loader_state: dict
+    loader_phase: int
+    branched_from: list
 
     def release(self) -> None:
         """Give back the run dir's lock (rank 0); idempotent."""
@@ -68,13 +78,54 @@ class Run:
     def trainer_state(self) -> dict:
         """What a checkpoint records of the run's progress (JSON values; see CheckpointManager.save)."""
         consumed = self.loader_state["consumed_samples"]
-        return {
+        state = {
             "step": self.step,
             "tokens": self.tokens,
             "consumed_samples": consumed,
             "loader": self.loader_state,
+            "phase": self.loader_phase,
             "nonfinite": self.monitor.state_dict(),
         }
+        if self.branched_from:
+            state["branched_from"] = self.branched_from
+        return state
+
+
+def enter_phase(run: Run, phase: int) -> None:
+    """Switch `run` to `phase` at its current step: its config, loaders (the sampler continues the
+    stream's state or starts the phase's new stream), FLOPs per token, and the identity later
+    checkpoints record. Closes the previous loader (whose prefetched steps are dropped: the loader
+    state is what was trained). Every rank calls it at the same step."""
+    phases = run.phases
+    same_stream = phases.streams[phase] == phases.streams[run.loader_phase]
+    if run.loader is not None:
+        run.loader.close()
+    loaders = run.open_phase(phase, run.step, run.loader_state if same_stream else None)
+    run.cfg, run.phase = phases.configs[phase], phase
+    run.loader, run.val_loader, run.flops_per_token = (
+        loaders.loader,
+        loaders.val_loader,
+        loaders.flops_per_token,
+    )
+    run.loader_state, run.loader_phase = loaders.loader.state_dict(), phase
+    run.checkpoints.run = _recorded(run.description, phases, phase, run.branched_from)
+    if run.info.is_main and phases.cfg.phases:
+        log.info(
+            "phase %d from step %d (%d tokens): seq_len %d, %s sample stream",
+            phase,
+            run.step,
+            run.tokens,
+            loaders.seq_len,
+            "continuing the" if same_stream else "a new",
+        )
+
+
+def _recorded(description: RunDescription, phases: RunPhases, phase: int, branched_from: list):
+    """The RunDescription later checkpoints record: the started phases, and the runs branched from."""
+    identity = phases.identity(description.identity, phase)
+    if branched_from:
+        identity["branched_from"] = branched_from
+    return dataclasses.replace(description, identity=identity)
 
 
 def check_run_dir_writable(run_dir: str, agreement: StepAgreement, rank: int) -> None:
@@ -142,28 +193,6 @@ def _build_model(cfg: Config, source) -> tuple:
     return model, resolve_seq_len(cfg.data, source, max_positions=model.max_positions)
 
 
-def _build_sampler(cfg: Config, source, info: DistInfo, engine) -> GlobalBatchSampler:
-    """The sample order of this rank over `source`, checked against the engine's accumulation steps:
-    train_step takes the sampler's last micro-batch of a step to be DeepSpeed's accumulation boundary. A
-    mixture orders its rows itself: the sampler then visits its samples in order."""
-    t = cfg.train
-    sampler = GlobalBatchSampler(
-        len(source),
-        global_batch_size=t.global_batch(info.world_size),
-        micro_batch_size=t.micro_batch_size,
-        seed=t.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        shuffle=not is_mixture(source),
-    )
-    if sampler.grad_accum_steps != engine.gradient_accumulation_steps():
-        raise RuntimeError(
-            f"the sampler accumulates {sampler.grad_accum_steps} micro-batches per step but the DeepSpeed "
-            f"engine {engine.gradient_accumulation_steps()}; the two must come from one train config"
-        )
-    return sampler
-
-
 def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     """Build the run of `cfg` on this rank, resumed per train.resume; every rank calls it together.
 
@@ -182,46 +211,36 @@ def build_run(cfg: Config, info: DistInfo, *, on_gpu: bool) -> Run:
     for source in (train_source, val_source):  # before the engine: old shards cannot serve this model
         check_document_starts(source, model.batch_keys, cfg.model.arch)
     description = describe_run(cfg, model, train_source, seq_len=seq_len, tokenizer_files=tokenizer_files)
+    phases = RunPhases(cfg, (train_source, val_source), model)  # every phase's rows, checked up front
     check_run_dir_writable(cfg.run_dir, agreement, rank)
     lock = take_run_lock(cfg.run_dir, agreement, rank)
     try:
-        return _build_locked(
-            cfg, info, comm, agreement, lock, on_gpu, train_source, val_source, model, seq_len, description
-        )
+        return _build_locked(cfg, info, comm, agreement, lock, on_gpu, model, phases, description)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def _build_locked(
-    cfg, info, comm, agreement, lock, on_gpu, train_source, val_source, model, seq_len, description
-) -> Run:
+def _build_locked(cfg, info, comm, agreement, lock, on_gpu, model, phases: RunPhases, description) -> Run:
     """The rest of `build_run`, once the run dir's lock is held."""
     rank, world, t = info.rank, info.world_size, cfg.train
     if info.is_main:
         log.info(
             "building the DeepSpeed engine: ZeRO-%d, %s, %d rank(s)", cfg.zero.stage, cfg.precision, world
         )
-    engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu)
-
-    collator = MaskingCollator(
-        cfg.masking,
-        special_ids=train_source.special_ids,
-        vocab_size=train_source.vocab_size,
-        seed=t.seed,
-        seq_len=seq_len,
-        batch_keys=model.batch_keys,
-    )
-    sampler = _build_sampler(cfg, train_source, info, engine)
-    val_loader = ValidationLoader(val_source, collator, t.micro_batch_size, rank, world, cfg.eval.max_batches)
+    schedule = phased_schedule(lr_segments(cfg, phases.configs))
+    engine = initialize_engine(cfg, model.to(info.device), world, on_gpu=on_gpu, schedule=schedule)
     checkpoints = CheckpointManager(
         cfg.run_dir,
         cfg.checkpoint,
         rank=rank,
         world_size=world,
         config_hash=config_hash(cfg),
-        run=description,
+        # a resume compares the phases the checkpoint had started with this run's (all of them listed)
+        run=dataclasses.replace(
+            description, identity=phases.identity(description.identity, len(phases.configs) - 1)
+        ),
         collectives=comm,
     )
     monitor = NonFiniteMonitor(cfg.health.max_nonfinite_skips, rank=rank)
@@ -229,12 +248,15 @@ def _build_locked(
 
     state = checkpoints.resume(engine, t.resume) or {}
     step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
-    reader = faults.reader(train_source, micro_batches_per_step=t.grad_accum_steps, first_step=step + 1)
-    pin = info.device if on_gpu else None  # pin_memory() raises without CUDA
-    loader = TrainLoader(reader, sampler, collator, cfg.data.prefetch_batches, pin_device=pin)
     if state:
-        loader.load_state_dict(state["loader"])
         monitor.load_state_dict(state["nonfinite"])
+    pin = info.device if on_gpu else None  # pin_memory() raises without CUDA
+
+    def open_phase(phase: int, at_step: int, loader_state: dict | None) -> PhaseLoaders:
+        return phases.loaders(
+            phase, step=at_step, info=info, model=model, faults=faults, pin_device=pin, state=loader_state
+        )
+
     if info.is_main:
         os.makedirs(cfg.run_dir, exist_ok=True)
         save_config(cfg, os.path.join(cfg.run_dir, "config.yaml"))
@@ -248,23 +270,41 @@ def _build_locked(
     )
     # ZeRO-0 fp32 is DeepSpeed's one path without a norm or an overflow check: we supply both.
     guard = Stage0StepGuard(engine.optimizer) if cfg.zero.stage == 0 and cfg.precision == "fp32" else None
-    return Run(
+    run = Run(
         cfg=cfg,
         info=info,
         comm=comm,
         agreement=agreement,
         engine=engine,
-        loader=loader,
-        val_loader=val_loader,
+        loader=None,
+        val_loader=None,
         checkpoints=checkpoints,
         lock=lock,
         monitor=monitor,
         metrics=metrics,
         faults=faults,
         guard=guard,
-        global_batch=sampler.global_batch_size,
-        flops_per_token=model.flops_per_token(seq_len, cfg.masking.probability),
+        flops_per_token=0.0,
+        phases=phases,
+        phase=0,
+        description=description,
+        open_phase=open_phase,
         step=step,
         tokens=tokens,
-        loader_state=loader.state_dict(),
+        loader_state=state.get("loader"),
+        loader_phase=int(state.get("phase", 0)),
+        branched_from=_branches(state, checkpoints.ckpt_dir),
     )
+    # The phase of the checkpoint's last step, or the next one when the checkpoint ended at its start.
+    enter_phase(run, phases.due(run.loader_phase, step, tokens))
+    return run
+
+
+def _branches(state: dict, ckpt_dir: str) -> list:
+    """The checkpoints of other runs this run continues: the resumed checkpoint's list, plus that
+    checkpoint itself when it is another run's (`train.resume=PATH`: a decay branch)."""
+    branches = list(state.get("branched_from", []))
+    tag_dir = state.get("checkpoint")
+    if tag_dir and os.path.realpath(os.path.dirname(tag_dir)) != os.path.realpath(ckpt_dir):
+        branches.append({"checkpoint": os.path.abspath(tag_dir), "step": int(state["step"])})
+    return branches

@@ -30,10 +30,10 @@ import torch
 
 from pretrain.config import Config
 from pretrain.data.loader import LoaderStep, TrainLoader, ValidationLoader
-from pretrain.run_setup import Run, build_run
+from pretrain.run_setup import Run, build_run, enter_phase
 from pretrain.runtime.collectives import Agreement, Collectives, to_host
 from pretrain.runtime.distributed import DistInfo
-from pretrain.runtime.engine import loss_scale
+from pretrain.runtime.engine import loss_scale, set_engine_batch
 from pretrain.runtime.faults import StepFault
 from pretrain.runtime.health import LossScaleFloorError, NonFiniteMonitor, PeerFailedError, Stage0StepGuard
 from pretrain.runtime.signals import EXIT_PREEMPTED, PreemptionHandler
@@ -99,6 +99,7 @@ def train_step(
     collective (the global counts) and fetches nothing from the device. `fault` (debug.*, None on
     every step without one) is applied to the first micro-batch's loss."""
     batches = [to_device(b, comm.device) for b in data.micro_batches]
+    set_engine_batch(engine, len(data.rank_indices) // len(batches), len(batches), comm.world_size)
     counts = comm.sum_(data.counts.to(comm.device, non_blocking=True))
     mlm_factor = (comm.world_size / counts[1].clamp(min=1.0)).float()
     pair_factor = (comm.world_size / counts[2].clamp(min=1.0)).float()
@@ -108,6 +109,7 @@ def train_step(
     sums = torch.zeros(3, dtype=torch.float64, device=comm.device)
     computed_norm = None
     for i, b in enumerate(batches):
+        engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
         out = engine(**b)
         mlm_loss_sum = out.mlm_loss_sum
         loss = mlm_loss_sum * mlm_factor
@@ -253,35 +255,51 @@ def train(cfg: Config, info: DistInfo, *, on_gpu: bool) -> int:
 
 def _train(run: Run) -> int:
     """The loop of `train` over the built `run`."""
-    cfg, info, t = run.cfg, run.info, run.cfg.train
     if run.step == 0:
         _log_eval(run)
-    started, exit_code, last_eval = time.monotonic(), 0, run.step if _eval_due(cfg, run.step) else None
+    started, last_eval = time.monotonic(), run.step if _eval_due(run.cfg, run.step) else None
     issued = run.comm.issued
-    with run.loader, PreemptionHandler() as preemption:
-        data = _first_data(run)
-        while run.step < t.max_steps and (t.max_tokens is None or run.tokens < t.max_tokens):
-            agreed, record, data, data_error = _one_step(run, data, preemption, started)
-            if cfg.debug.log_collectives:  # since the previous record: includes that step's eval and save
-                record["collectives"], issued = run.comm.issued - issued, run.comm.issued
-            run.metrics.log_step(record)
-            _stop_if_a_rank_failed(data_error, agreed.ranks("error"), run.step)  # this step trained fine
-            if cfg.eval.every_steps and run.step % cfg.eval.every_steps == 0:
-                last_eval = _log_eval(run)
-            preempted = preemption.agreed(agreed.any("preempt"))
-            requested = preempted or agreed.any("save")
-            run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, requested=requested)
-            if preempted:
-                exit_code = EXIT_PREEMPTED
-                break
-            if agreed.any("out_of_time"):
-                log.info("train.max_minutes=%s reached at step %d; stopping", t.max_minutes, run.step)
-                break
-        if exit_code == 0:
-            if last_eval != run.step:
-                _log_eval(run)
-            run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, last=True)
+    with PreemptionHandler() as preemption:
+        try:
+            exit_code = _loop(run, preemption, started, last_eval, issued)
+        finally:
+            run.loader.close()  # the loader of the phase trained last
     run.metrics.close()
-    if info.is_main:
-        log.info("finished at step %d (%d tokens); run dir %s", run.step, run.tokens, cfg.run_dir)
+    if run.info.is_main:
+        log.info("finished at step %d (%d tokens); run dir %s", run.step, run.tokens, run.cfg.run_dir)
+    return exit_code
+
+
+def _loop(run: Run, preemption: PreemptionHandler, started: float, last_eval, issued: int) -> int:
+    """The steps of `_train` until the budget, a preemption or the time limit ends them; returns the exit
+    code. A phase boundary is crossed after the step that reaches it has been evaluated and saved (both
+    belong to the phase that trained it)."""
+    cfg, t, exit_code = run.cfg, run.cfg.train, 0
+    data = _first_data(run)
+    while run.step < t.max_steps and (t.max_tokens is None or run.tokens < t.max_tokens):
+        agreed, record, data, data_error = _one_step(run, data, preemption, started)
+        if cfg.debug.log_collectives:  # since the previous record: includes that step's eval and save
+            record["collectives"], issued = run.comm.issued - issued, run.comm.issued
+        run.metrics.log_step(record)
+        next_phase = run.phases.due(run.phase, run.step, run.tokens) if run.step < t.max_steps else run.phase
+        if next_phase == run.phase:  # at a boundary the old loader's prefetched step (or error) is dropped
+            _stop_if_a_rank_failed(data_error, agreed.ranks("error"), run.step)  # this step trained fine
+        if cfg.eval.every_steps and run.step % cfg.eval.every_steps == 0:
+            last_eval = _log_eval(run)
+        preempted = preemption.agreed(agreed.any("preempt"))
+        requested = preempted or agreed.any("save")
+        run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, requested=requested)
+        if preempted:
+            exit_code = EXIT_PREEMPTED
+            break
+        if agreed.any("out_of_time"):
+            log.info("train.max_minutes=%s reached at step %d; stopping", t.max_minutes, run.step)
+            break
+        if next_phase != run.phase:
+            enter_phase(run, next_phase)
+            data = _first_data(run)
+    if exit_code == 0:
+        if last_eval != run.step:
+            _log_eval(run)
+        run.checkpoints.save_if_due(run.engine, run.trainer_state, run.step, last=True)
     return exit_code

@@ -3,8 +3,9 @@
 The identity (recorded in COMPLETE.json by every save) is the model architecture and shape, the tokenizer
 fingerprint, the data build identity (`Manifest.data_identity()`: build settings and sources without the
 partition fields), the data content (`content_identity()`: the shards' sha256 list), the sequence length
-trained on and the seed (sample order and masks are functions of it); a mixture's are those of its sources
-in order, plus its sources' names and probabilities (`data.weights`). A key a record written before it
+trained on, the seed (sample order and masks are functions of it) and, for a run with phases, a digest
+of each phase started (its config and the identity of the rows it opened); a mixture's are those of its
+sources in order, plus its sources' names and probabilities (`data.weights`). A key a record written before it
 existed lacks (`ADDED_LATER`) is not comparable: resume warns and goes on. A
 resume onto another identity is refused with one line naming each change and the
 `train.resume_allow_changed` name that accepts it. Other config changes (optimizer, masking, batch,
@@ -39,8 +40,9 @@ _GROUP = {
     "data.weights": "weights",
     "data.seq_len": "seq_len",
     "train.seed": "seed",
+    "phases": "phases",
 }
-_GROUP_ORDER = ("model", "tokenizer", "data", "weights", "seq_len", "seed")
+_GROUP_ORDER = ("model", "tokenizer", "data", "weights", "seq_len", "seed", "phases")
 # Records written before the architecture registry name no architecture: they are all BERT's.
 _ARCH_BEFORE_REGISTRY = "bert"
 _WHAT = {
@@ -48,9 +50,13 @@ _WHAT = {
     "data": "data (build identity)",
     "data.content": "data (shard contents)",
     "data.weights": "data.sources (names and weights)",
+    "phases": "phases (digests of those started)",
 }
 # Identity keys that records of older versions lack: a missing one cannot be compared (warned, not refused).
 ADDED_LATER = ("data.content",)
+# Identity keys recorded for the reader, never compared: the checkpoints of other runs a run continued
+# from (`train.resume=PATH`, a decay branch), which that run's own next resume cannot know beforehand.
+RECORDED_ONLY = ("branched_from",)
 log = logging.getLogger(__name__)
 # Config keys (or prefixes ending in '.') whose change cannot make a resumed run train something else.
 HARMLESS = (
@@ -151,6 +157,8 @@ def _group(key: str) -> str:
 
 
 def _show(key: str, value) -> str:
+    if isinstance(value, list):  # phases: one digest per started phase
+        return "[" + ", ".join(_show(key, v) for v in value) + "]"
     if isinstance(value, str) and len(value) == 64:  # a sha256: its head is enough to tell them apart
         return value[:12]
     return repr(value)
@@ -164,12 +172,13 @@ def check_resume_identity(tag_dir: str, saved: dict, current: dict, allowed) -> 
     change (old vs new value) and the train.resume_allow_changed names that would accept them.
     """
     saved, current = ({"model.arch": _ARCH_BEFORE_REGISTRY, **identity} for identity in (saved, current))
+    saved, current = _started_phases_only(saved, current)
     changes, names = [], []
     order = {name: i for i, name in enumerate(_GROUP_ORDER)}
     keys = [*current, *(k for k in saved if k not in current)]  # identity order within a group
     for key in sorted(keys, key=lambda k: order.get(_group(k), len(order))):
         old, new = saved.get(key), current.get(key)
-        if old == new:
+        if old == new or key in RECORDED_ONLY:
             continue
         if key in ADDED_LATER and key not in saved:
             log.warning(
@@ -190,6 +199,17 @@ def check_resume_identity(tag_dir: str, saved: dict, current: dict, allowed) -> 
             "train in a new run_dir"
         )
     return changes
+
+
+def _started_phases_only(saved: dict, current: dict) -> tuple[dict, dict]:
+    """The identities with `phases` comparable: a checkpoint records the digests of the phases it had
+    started, this run lists all of its phases; only as many as the checkpoint started are compared (a
+    phase that had not started may change; one added where there were none is new, not a change)."""
+    if "phases" not in current:
+        return saved, current
+    if "phases" not in saved:
+        return saved, {k: v for k, v in current.items() if k != "phases"}
+    return saved, {**current, "phases": current["phases"][: len(saved["phases"])]}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

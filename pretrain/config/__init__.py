@@ -14,6 +14,7 @@ from pretrain.config.loader import (
     load_config,
     save_config,
 )
+from pretrain.config.phases import PhaseConfig
 from pretrain.config.sections import (
     RESUME_ALLOWABLE_CHANGES,
     CheckpointConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "MaskingConfig",
     "MetricsConfig",
     "OptimConfig",
+    "PhaseConfig",
     "SourceConfig",
     "TrainConfig",
     "ZeroConfig",

@@ -10,7 +10,6 @@ the architecture `model.arch` names (pretrain/models/registry.py; default bert).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import yaml
 
 from data_pipeline.integrity import write_atomic
 from pretrain.config.files import read_config_dict
+from pretrain.config.phases import PhaseConfig, lr_segments, phase_configs
 from pretrain.config.sections import (
     CheckpointConfig,
     DataConfig,
@@ -34,7 +34,7 @@ from pretrain.config.sections import (
     TrainConfig,
     ZeroConfig,
 )
-from pretrain.config.typed import ChosenBy, build_dataclass
+from pretrain.config.typed import ChosenBy, build_dataclass, to_plain
 from pretrain.errors import ConfigError, require
 from pretrain.models.registry import DEFAULT_ARCH, MODEL_SECTIONS
 
@@ -69,6 +69,9 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
     deepspeed: dict = field(default_factory=dict)
     """Extra raw DeepSpeed config keys merged into the generated config; contradictions are refused."""
+    phases: list[PhaseConfig] = field(default_factory=list)
+    """Training phases after the base config (phase 0), in the order they start: each a start_step or
+    start_tokens and the partial sections it changes (see the `phases[]` section)."""
 
     def __post_init__(self) -> None:
         require(bool(self.run_dir), "run_dir is required (set it in the YAML or pass run_dir=PATH)")
@@ -76,6 +79,8 @@ class Config:
             bool(self.data.path) or self.data.is_mixture,
             "data.path is required (a shards directory from `mlm-data build`), or data.sources (a mixture)",
         )
+        if self.phases:
+            phase_configs(self)  # each merged phase is a valid config, and the phases are in order
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
@@ -90,16 +95,14 @@ def check_trainable(cfg: Config, source: str = "<dict>") -> None:
     """The checks of a config about to train (mlm-train, mlm-launch) that a saved one need not pass, so a
     checkpoint's config.yaml written before a check existed still loads for export and fine-tuning.
 
-    Raises ConfigError prefixed by `source`: optim.warmup_steps larger than train.max_steps (the run
-    would end still warming up, at a fraction of optim.lr, without a word).
+    Raises ConfigError prefixed by `source`: a warmup longer than its LR segment (optim.warmup_steps
+    larger than train.max_steps: the run would end still warming up, at a fraction of optim.lr, without
+    a word), or a wsd warmup plus decay longer than its segment (pretrain/config/phases.py).
     """
-    warmup, steps = cfg.optim.warmup_steps, cfg.train.max_steps
-    if warmup > steps:
-        raise ConfigError(
-            f"{source}: optim.warmup_steps ({warmup}) is larger than train.max_steps ({steps}): the run "
-            f"would end at {steps / warmup:.2g} x optim.lr, still warming up; lower optim.warmup_steps "
-            f"(e.g. optim.warmup_steps={steps // 10}) or raise train.max_steps"
-        )
+    try:
+        lr_segments(cfg, phase_configs(cfg))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
@@ -112,7 +115,7 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     """The config as plain nested dicts/lists/scalars (tuples become lists), ready for YAML or JSON."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return to_plain(cfg)
 
 
 def save_config(cfg: Config, path: str) -> None:

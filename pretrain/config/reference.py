@@ -111,6 +111,14 @@ def _section(cls: type, key: str, title: str, level: str = "##") -> list[str]:
     return lines
 
 
+def _list_item(hint) -> type | None:
+    """The dataclass of a `list[Section]` hint, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
 def reference() -> str:
     """The generated part of docs/configuration.md (Markdown)."""
     lines = ["## Top level", "", *_table(Config, ""), ""]
@@ -123,6 +131,8 @@ def reference() -> str:
                 lines += _section(cls, f.name, f"`{f.name}` (`{f.name}.{choice.key}: {name}`)")
         elif dataclasses.is_dataclass(hint):
             lines += _section(hint, f.name, f"`{f.name}`")
+        elif _list_item(hint) is not None:  # a list of sections: each item's keys
+            lines += _section(_list_item(hint), f"{f.name}[]", f"`{f.name}[]` (each item)")
     return "\n".join(lines).rstrip() + "\n"
 
 

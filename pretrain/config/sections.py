@@ -14,7 +14,7 @@ from pretrain.errors import ConfigError, require
 
 # What train.resume_allow_changed may name (each is a part of a checkpoint's identity:
 # pretrain/checkpoint/identity.py).
-RESUME_ALLOWABLE_CHANGES = ("model", "tokenizer", "data", "weights", "seq_len", "seed")
+RESUME_ALLOWABLE_CHANGES = ("model", "tokenizer", "data", "weights", "seq_len", "seed", "phases")
 
 
 # A source's name is a key of metrics.jsonl records and a part of TensorBoard tags: keep it plain.
@@ -175,13 +175,20 @@ class TrainConfig:
     resume_allow_changed: list = field(default_factory=list)
     """What a resume may find changed since the checkpoint (refused otherwise, naming the change): any of
     model (shape), tokenizer, data (build identity), weights (a mixture's sources and weights), seq_len,
-    seed. E.g. `[data]` to continue on a new build of the corpus on purpose."""
+    seed, phases (a phase that had started at the checkpoint). E.g. `[data]` to continue on a new build of
+    the corpus on purpose."""
     max_tokens: int | None = None
     """Stop once this many (non-pad) training tokens have been consumed."""
     max_minutes: float | None = None
     """Stop (with a checkpoint) after this many minutes of training."""
     log_every_steps: int = 10
     """Progress log line / TensorBoard interval in optimizer steps (metrics.jsonl gets every step)."""
+    batch_warmup_steps: int = 0
+    """Batch-size warmup: over this many first steps the global batch grows linearly from
+    batch_warmup_start to the configured one, in whole micro-batches per rank (more accumulation steps,
+    the micro-batch stays). 0: off."""
+    batch_warmup_start: int | None = None
+    """The global batch of step 1 under batch_warmup_steps; a multiple of micro_batch_size x world size."""
     deterministic: bool = False
     """Deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, attention
     kernels that honour it): bit-identical losses on GPU too, at some speed. CPU runs are bit-identical
@@ -202,7 +209,34 @@ class TrainConfig:
             f"got {self.resume_allow_changed!r}",
         )
         require(self.max_tokens is None or self.max_tokens > 0, "train.max_tokens must be > 0")
+        require(self.batch_warmup_steps >= 0, "train.batch_warmup_steps must be >= 0")
+        require(
+            (self.batch_warmup_steps > 0) == (self.batch_warmup_start is not None),
+            "train.batch_warmup_steps and train.batch_warmup_start go together: set both or neither",
+        )
+        require(
+            self.batch_warmup_start is None or self.batch_warmup_start >= 1,
+            "train.batch_warmup_start must be >= 1",
+        )
         require(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes must be > 0")
+
+    def global_batch_at(self, step: int, world_size: int) -> int:
+        """The global batch of the update after `step` completed updates: `global_batch(world_size)`, or
+        under batch warmup the linear ramp from batch_warmup_start rounded down to whole micro-batches per
+        rank. Raises ConfigError when batch_warmup_start is not a multiple of micro x world size or is
+        larger than the configured batch."""
+        full = self.global_batch(world_size)
+        if step >= self.batch_warmup_steps:
+            return full
+        per_micro = self.micro_batch_size * world_size
+        start = self.batch_warmup_start
+        if start % per_micro or start > full:
+            raise ConfigError(
+                f"train.batch_warmup_start={start} must be a multiple of train.micro_batch_size x world "
+                f"size ({per_micro}) and at most the global batch ({full})"
+            )
+        ramp = start + (full - start) * step / self.batch_warmup_steps
+        return max(start, int(ramp) // per_micro * per_micro)
 
     def global_batch(self, world_size: int, where: str = "") -> int:
         """The global batch on `world_size` ranks: micro_batch_size x grad_accum_steps x world_size.
@@ -240,10 +274,20 @@ class OptimConfig:
     warmup_steps: int = 0
     """Linear warmup from 0 to lr over this many steps; at most train.max_steps (a run that ends still
     warming up is refused)."""
-    schedule: Literal["linear", "cosine", "polynomial", "constant"] = "linear"
-    """Decay after warmup down to min_lr_ratio x lr at train.max_steps."""
+    schedule: Literal["linear", "cosine", "polynomial", "constant", "wsd"] = "linear"
+    """Decay after warmup down to min_lr_ratio x lr at train.max_steps (or at the end of the phase's LR
+    segment, see `phases`). wsd: warmup, stable at lr, then a decay of decay_shape over the last
+    decay_steps (or decay_fraction) of the steps."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of lr."""
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
+    """schedule=wsd: the decay's shape (1-sqrt: lr x (1 - sqrt(progress)), as in MiniCPM and ModernBERT)."""
+    decay_steps: int | None = None
+    """schedule=wsd: the decay's length in steps, ending at the segment's end (exclusive with
+    decay_fraction). A decay branch from a stable checkpoint sets train.max_steps = its step + this."""
+    decay_fraction: float | None = None
+    """schedule=wsd: the decay's length as a fraction of the segment's steps (default 0.1 when
+    decay_steps is unset too)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
 
@@ -256,7 +300,29 @@ class OptimConfig:
         require(self.eps > 0, "optim.eps must be > 0")
         require(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
         require(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
+        require(
+            self.decay_steps is None or self.decay_fraction is None,
+            "optim.decay_steps and optim.decay_fraction both set; set one of them",
+        )
+        require(self.decay_steps is None or self.decay_steps >= 1, "optim.decay_steps must be >= 1")
+        require(
+            self.decay_fraction is None or 0.0 < self.decay_fraction <= 1.0,
+            f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}",
+        )
+        for name in ("decay_steps", "decay_fraction"):
+            require(
+                getattr(self, name) is None or self.schedule == "wsd",
+                f"optim.{name} is for optim.schedule=wsd, not {self.schedule}; remove it or use wsd",
+            )
         require(self.grad_clip >= 0, "optim.grad_clip must be >= 0")
+
+    def decay_length(self, segment_steps: int) -> int:
+        """schedule=wsd: the decay's steps in a segment of `segment_steps` (decay_steps, else
+        decay_fraction, default 0.1, of the segment; at least 1)."""
+        if self.decay_steps is not None:
+            return self.decay_steps
+        fraction = 0.1 if self.decay_fraction is None else self.decay_fraction
+        return max(1, round(fraction * segment_steps))
 
 
 @dataclass

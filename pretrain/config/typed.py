@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -69,7 +70,12 @@ def build_dataclass(cls: type, raw: Any, prefix: str = "") -> Any:
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown key {prefix}{key}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
-    return cls(**kwargs)
+    if not prefix.endswith("]."):
+        return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # an item of a list: say which one (its checks name only its own keys)
+        raise ConfigError(f"{prefix.rstrip('.')}: {exc}") from None
 
 
 class _RefusedValueError(ConfigError):
@@ -126,6 +132,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp in (bool, dict, list) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {describe_type(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def to_plain(tree: Any) -> Any:
+    """A dataclass tree as plain nested dicts/lists/scalars (tuples become lists), as YAML reads it."""
+    return json.loads(json.dumps(dataclasses.asdict(tree)))
 
 
 def refuse_control_characters(value: str, key: str) -> None:

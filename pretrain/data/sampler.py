@@ -5,11 +5,13 @@ The order is a pure function of (seed, epoch, position): epoch e visits the perm
 `global_batch_size` positions of it and rank r of W takes the r-th contiguous slice. Resuming with
 another world size but the same global batch size therefore sees the same global batches. A row source
 that orders its rows itself (a mixture: pretrain/data/mixture.py) is visited in order (`shuffle=False`).
+Under a batch-size warmup the batches are consecutive positions still, of the size the step's schedule
+gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +52,14 @@ class GlobalBatchSampler:
         world_size: int,
         drop_last: bool = True,
         shuffle: bool = True,
+        global_batch_at: Callable[[int], int] | None = None,
+        first_step: int = 0,
     ) -> None:
-        """Validate sizes and start at epoch 0, position 0."""
+        """Validate sizes and start at epoch 0, position 0.
+
+        `global_batch_at` (optional: step -> global batch, a multiple of micro x world; batch-size
+        warmup) gives the batch of each step, counted from `first_step` (the steps done before this
+        sampler's first); without it every step takes global_batch_size."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world size {world_size})")
         per_step = micro_batch_size * world_size
@@ -77,6 +85,8 @@ class GlobalBatchSampler:
         self.epoch = 0
         self.samples_into_epoch = 0
         self.consumed_samples = 0
+        self._batch_at = global_batch_at
+        self._step = first_step
         self._permutation_epoch = -1
         self._permutation = np.empty(0, dtype=np.int64)
 
@@ -111,7 +121,10 @@ class GlobalBatchSampler:
 
     def next_step(self) -> SamplerStep:
         """Advance by one global batch and return it."""
-        g = self.global_batch_size
+        g = self.global_batch_size if self._batch_at is None else self._batch_at(self._step)
+        self._step += 1
+        if g % (self.micro_batch_size * self.world_size):
+            raise ValueError(f"global batch {g} of step {self._step} is not whole micro-batches per rank")
         if self.samples_into_epoch + (g if self.drop_last else 1) > self.num_samples:
             self.epoch += 1
             self.samples_into_epoch = 0

@@ -8,14 +8,14 @@ never written or read.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from pretrain.config import Config, ConfigError, OptimConfig
+from pretrain.config import Config, ConfigError
 from pretrain.config.files import deep_merge
 from pretrain.runtime.distributed import cpu_fp16_test_device
+from pretrain.runtime.lr_schedule import lr_factor
 
 # Large enough that DeepSpeed never prints its own per-step lines; our metrics logger does that.
 _STEPS_PER_PRINT = 1 << 30
@@ -158,41 +158,32 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_factor(step: int, optim_cfg: OptimConfig, max_steps: int) -> float:
-    """Multiplier of optim.lr for the update after `step` completed updates.
-
-    Linear warmup to 1 over warmup_steps, then decay to min_lr_ratio at max_steps: linear, cosine,
-    polynomial (power 2) or constant.
-    """
-    o = optim_cfg
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
-    if o.schedule == "linear":
-        shape = 1.0 - progress
-    elif o.schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        shape = (1.0 - progress) ** 2
-    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
-
-
-def _scheduler_factory(optim_cfg: OptimConfig, max_steps: int) -> Callable:
+def _scheduler_factory(schedule: Callable[[int], float]) -> Callable:
     def make(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, optim_cfg, max_steps))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     return make
 
 
-def initialize_engine(cfg: Config, model: torch.nn.Module, world_size: int, *, on_gpu: bool):
+def initialize_engine(
+    cfg: Config,
+    model: torch.nn.Module,
+    world_size: int,
+    *,
+    on_gpu: bool,
+    schedule: Callable[[int], float] | None = None,
+):
     """Wrap `model` in a DeepSpeed engine for `cfg`; returns the engine (optimizer and scheduler inside).
 
     AdamW is torch's (fused kernel on GPU, foreach on CPU) unless ZeRO-Offload asks for DeepSpeed's
-    CPUAdam; LAMB is DeepSpeed's. The LR schedule is a LambdaLR over `lr_factor`. Raises ConfigError
-    for an invalid combination (see `deepspeed_config`).
+    CPUAdam; LAMB is DeepSpeed's. The LR schedule is a LambdaLR over `schedule` (step -> multiplier of
+    optim.lr; default: `lr_factor` of cfg.optim over train.max_steps; a run with phases passes its
+    phased_schedule, pretrain/runtime/lr_schedule.py). Raises ConfigError for an invalid combination
+    (see `deepspeed_config`).
     """
+    if schedule is None:
+        o, steps = cfg.optim, cfg.train.max_steps
+        schedule = lambda s: lr_factor(s, o, steps)  # noqa: E731
     import deepspeed
 
     ds_config = deepspeed_config(cfg, world_size, on_gpu=on_gpu)
@@ -207,7 +198,7 @@ def initialize_engine(cfg: Config, model: torch.nn.Module, world_size: int, *, o
         model=model,
         model_parameters=groups,
         optimizer=optimizer,
-        lr_scheduler=_scheduler_factory(cfg.optim, cfg.train.max_steps),
+        lr_scheduler=_scheduler_factory(schedule),
         config=ds_config,
     )
     scaler = getattr(engine.optimizer, "loss_scaler", None)  # ZeRO 1-3 under fp16
@@ -216,6 +207,20 @@ def initialize_engine(cfg: Config, model: torch.nn.Module, world_size: int, *, o
         # skips forever); the trainer stops every stage there itself, with one clear line.
         scaler.raise_error_at_min_scale = False
     return engine
+
+
+def set_engine_batch(engine, micro_batch_size: int, accum_steps: int, world_size: int) -> None:
+    """Make the engine's micro-batch and accumulation steps the coming step's (a phase or the batch
+    warmup changes them; DeepSpeed's own setters). The trainer marks each accumulation boundary itself,
+    so a change of accumulation never misplaces one."""
+    if engine.train_micro_batch_size_per_gpu() != micro_batch_size:
+        engine.set_train_micro_batch_size(micro_batch_size)
+    if engine.gradient_accumulation_steps() != accum_steps:
+        engine.set_train_batch_size(micro_batch_size * accum_steps * world_size)
+        if hasattr(engine.optimizer, "gradient_accumulation_steps"):
+            # ZeRO-1/2 keeps its own copy from the start: under offload it picks where the accumulated
+            # gradients (and so the norm) are read from by it
+            engine.optimizer.gradient_accumulation_steps = accum_steps
 
 
 def loss_scale(engine) -> float:

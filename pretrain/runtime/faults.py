@@ -6,6 +6,7 @@ step, and the loader only gets a wrapped reader when data errors are injected.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,24 +58,30 @@ class Faults:
             return None
         return StepFault(step in self.nan_loss, step in self.nonfinite_grad)
 
-    def reader(self, reader, *, micro_batches_per_step: int, first_step: int):
+    def reader(self, reader, *, micro_batches_at: Callable[[int], int], first_step: int):
         """The row source `reader`, or a wrapper whose `take` fails for the data_error steps' micro-batches.
 
         The loader thread calls `take` once per micro-batch in step order, starting with step
-        `first_step` (1-based), so the failure surfaces in the consumer exactly at that step's data.
+        `first_step` (1-based); `micro_batches_at(step)` is this rank's number of micro-batches in `step`
+        (it varies under batch warmup), so the failure surfaces in the consumer exactly at that step's data.
         """
         if not self.data_error:
             return reader
-        return _FailingReader(reader, self.data_error, micro_batches_per_step, first_step)
+        return _FailingReader(reader, self.data_error, micro_batches_at, first_step)
 
 
 class _FailingReader:
     """A row source that delegates to another and raises DataError on the first `take` of each failing
     step; every other member of the source is the wrapped one's."""
 
-    def __init__(self, source, steps: frozenset[int], per_step: int, first_step: int) -> None:
+    def __init__(self, source, steps: frozenset[int], micro_batches_at, first_step: int) -> None:
         self._source = source
-        self._step_of_call = {(s - first_step) * per_step: s for s in steps if s >= first_step}
+        self._step_of_call = {}
+        call = 0
+        for step in range(first_step, max(steps, default=0) + 1):
+            if step in steps:
+                self._step_of_call[call] = step
+            call += micro_batches_at(step)
         self._calls = 0
 
     def __len__(self) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from pretrain.checkpoint.record import CheckpointError
 from pretrain.config import config_from_dict
-from pretrain.runtime.engine import lr_factor
+from pretrain.runtime.lr_schedule import lr_factor
 from tests.helpers.runs import run_pretrain, write_config
 
 pytestmark = pytest.mark.integration

@@ -28,6 +28,7 @@ from pretrain.models.attention_select import DeviceFacts, device_facts, installe
 from pretrain.models.modernbert.config import ModernBertModelConfig
 from pretrain.models.modernbert.layers import ModernBertEncoder, ModernBertPredictionHead, rotary_cos_sin
 from pretrain.models.outputs import PretrainingOutput
+from pretrain.runtime.collectives import process_group_rank
 
 log = logging.getLogger(__name__)
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -120,7 +121,7 @@ class ModernBertPretrainingModel(nn.Module):
             self.requested_backend, device_facts(weight.device), weight.dtype, installed_kernels()
         )
         self.use_backend(BACKENDS[name])
-        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        if process_group_rank() == 0:
             log.info("attention backend: %s (%s)", name, why)
 
     def encode(

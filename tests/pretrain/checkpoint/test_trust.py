@@ -16,7 +16,7 @@ from pretrain.checkpoint.identity import RunDescription
 from pretrain.checkpoint.manager import CheckpointError, CheckpointManager
 from pretrain.checkpoint.record import write_complete_record
 from pretrain.config import OptimConfig
-from pretrain.runtime.engine import lr_factor
+from pretrain.runtime.lr_schedule import lr_factor
 from tests.helpers.engine import init_process_group, make_engine, train_steps
 
 

@@ -12,7 +12,7 @@ FRAGMENTS = sorted(CONFIGS.glob("models/*.yaml"))
 
 def test_the_shipped_configs_are_there():
     names = {p.name for p in RECIPES}
-    assert {"bert-base-seq128.yaml", "bert-base-seq512.yaml", "roberta-base.yaml"} <= names
+    assert {"bert-base.yaml", "bert-base-seq128.yaml", "bert-base-seq512.yaml", "roberta-base.yaml"} <= names
     assert {"modernbert-base.yaml", "modernbert-large.yaml"} <= names
     assert {p.stem for p in FRAGMENTS} == {"tiny", "mini", "small", "medium", "base", "large"}
 
@@ -51,3 +51,18 @@ def test_modernbert_recipes_are_the_published_shape_at_seq_1024_and_30_percent(s
     ]
     # the published global batch on one node of 8 GPUs
     assert cfg.train.global_batch(8) == {"base": 4608, "large": 4928}[size]
+
+
+def test_the_two_phase_bert_recipe_is_the_two_aliases_in_one_run():
+    from pretrain.config import check_trainable
+    from pretrain.config.phases import phase_configs
+
+    both = load_config(str(CONFIGS / "bert-base.yaml"))
+    check_trainable(both)
+    short, long = phase_configs(both)
+    alias = load_config(str(CONFIGS / "bert-base-seq128.yaml"))
+    assert not alias.phases and alias.train.max_steps == both.phases[0].start_step == 900_000
+    assert (short.data, short.masking, short.optim) == (alias.data, alias.masking, alias.optim)
+    phase2 = load_config(str(CONFIGS / "bert-base-seq512.yaml"))
+    assert long.data.path == phase2.data.path and long.optim.warmup_steps == phase2.optim.warmup_steps
+    assert long.model == short.model and long.train.global_batch_size == 256

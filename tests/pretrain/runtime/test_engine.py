@@ -12,9 +12,9 @@ from pretrain.runtime.engine import (
     FP32_GRAD_ACCUM_FROM_STEPS,
     GPU_BUCKET_ELEMENTS,
     deepspeed_config,
-    lr_factor,
     parameter_groups,
 )
+from pretrain.runtime.lr_schedule import lr_factor
 
 
 def make_cfg(**sections):
