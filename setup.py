@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "psutil>=5.9",
     # mlm-finetune trains with the Hugging Face Trainer, which needs accelerate.
     "accelerate>=1.1",
+    # mlm-finetune --peft lora (pretrain/finetune/peft_setup.py); 0.21 is what it is tested with.
+    "peft>=0.18,<1",
 ]
 
 # Chinese word segmentation for whole-word masking (data_pipeline/tokenizer/segment.py): jieba's

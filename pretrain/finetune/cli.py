@@ -24,6 +24,7 @@ from dataclasses import asdict
 from data_pipeline.integrity import write_json_atomic
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, load_task
+from pretrain.finetune.peft_setup import LORA_LR, add_peft_arguments, check_peft_settings, peft_settings
 from pretrain.finetune.train import FinetuneSettings, run_finetuning
 
 log = logging.getLogger("mlm-finetune")
@@ -72,6 +73,9 @@ def format_table(report: dict) -> str:
             cells = "".join(f"{r[k + '_mean']:>10.4f} ± {r[k + '_std']:.4f}" for k, _ in keys)
             lines.append(f"{which.replace('_', '-'):<16}{cells}{len(r['per_seed']):>7}")
     lines.append(f"{'majority class':<16}{report['task']['majority_class_accuracy']:>10.4f}")
+    counts = report["parameters"]
+    share = 100 * counts["trainable"] / counts["total"]
+    lines.append(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({share:.2f}%)")
     return "\n".join(lines)
 
 
@@ -94,11 +98,16 @@ def _parser() -> argparse.ArgumentParser:
         "--baseline", choices=["random-init"], help="also train the same architecture from scratch"
     )
     p.add_argument("--epochs", type=float, default=FinetuneSettings.epochs)
-    p.add_argument("--lr", type=float, default=FinetuneSettings.lr)
+    p.add_argument(
+        "--lr",
+        type=float,
+        help=f"peak learning rate (default {FinetuneSettings.lr:g}; {LORA_LR:g} with --peft lora)",
+    )
     p.add_argument("--batch-size", type=int, default=FinetuneSettings.batch_size)
     p.add_argument("--max-seq-len", type=int, default=FinetuneSettings.max_seq_len)
     p.add_argument("--weight-decay", type=float, default=FinetuneSettings.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=FinetuneSettings.warmup_ratio)
+    add_peft_arguments(p)
     p.add_argument("--validation-fraction", type=float, default=0.1, help="without --validation")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -122,12 +131,26 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("seeds", "batch_size", "max_seq_len", "threads", "jobs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise FinetuneInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.epochs <= 0 or args.lr <= 0:
+    if args.epochs <= 0 or (args.lr is not None and args.lr <= 0):
         raise FinetuneInputError("--epochs and --lr must be > 0")
     if not 0 <= args.warmup_ratio < 1:
         raise FinetuneInputError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.save_model == "adapter" and args.peft == "none":
+        raise FinetuneInputError("--save-model adapter needs --peft lora (full fine-tuning has no adapter)")
+    if args.save_model == "adapter" and not os.path.isfile(os.path.join(args.model, "config.json")):
+        # An adapter names its base model's dir; a run dir's export is temporary and gone afterwards.
+        raise FinetuneInputError(
+            f"{args.model}: --save-model adapter needs a base model dir that stays, and a run or checkpoint "
+            "dir is exported into a temporary one; export it first (mlm-train export RUN OUT) and fine-tune "
+            "OUT, or save the full model (--save-model full)"
+        )
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FinetuneInputError(f"--out {args.out} exists and is not a directory")
+
+
+def _parameters(summary: dict) -> dict:
+    run = summary["per_seed"][0]
+    return {"trainable": run["trainable_parameters"], "total": run["total_parameters"]}
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -140,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"  # local dirs only, whatever the environment says
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format=TOOL_LOG_FORMAT)
+    peft = peft_settings(args)
+    default_lr = LORA_LR if args.peft == "lora" else FinetuneSettings.lr
     settings = FinetuneSettings(
         epochs=args.epochs,
-        lr=args.lr,
+        lr=args.lr or default_lr,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         weight_decay=args.weight_decay,
@@ -150,9 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         bf16=args.bf16,
         progress=not args.no_progress,
+        peft=peft,
+        save_model=args.save_model,
+        save_dir=os.path.join(os.path.abspath(args.out), "models") if args.save_model else None,
     )
     try:
         _check_args(args)
+        check_peft_settings(peft)
         data = load_task(
             args.train,
             args.validation,
@@ -206,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             "majority_class_accuracy": data.majority_accuracy(),
         },
         "settings": {**asdict(settings), "seeds": seeds},
+        "parameters": _parameters(results["pretrained"]),
         **results,
     }
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the same results

@@ -10,13 +10,14 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, TaskData
 from pretrain.finetune.metrics import classification_metrics, summarise
+from pretrain.finetune.peft_setup import PeftSettings, apply_peft, parameter_counts, save_finetuned
 
 log = logging.getLogger("mlm-finetune")
 
@@ -35,6 +36,11 @@ class FinetuneSettings:
     """auto (CUDA when available), cpu or cuda."""
     bf16: bool = False
     progress: bool = True
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    save_model: str | None = None
+    """Save each run's fine-tuned model: `adapter` (LoRA only) or `full`; None: save nothing."""
+    save_dir: str | None = None
+    """Where the saved models go, one dir per run: `<model>-seed-<seed>`."""
 
 
 # Files one of which a tokenizer dir holds. Without any, transformers 5 quietly builds an empty
@@ -106,7 +112,8 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
     try:
         if which == "random_init":
             config = AutoConfig.from_pretrained(model_dir, local_files_only=True, **kwargs)
-            return AutoModelForSequenceClassification.from_config(config)
+            # Nothing counts as fresh: under LoRA the whole random encoder stays frozen, pooler included.
+            return AutoModelForSequenceClassification.from_config(config), set()
         model, info = AutoModelForSequenceClassification.from_pretrained(
             model_dir, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
@@ -116,8 +123,8 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
+    missing = set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])}
     if announce:
-        missing = set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])}
         if any("pooler" in k for k in missing):
             log.info(
                 "%s has no pooler (an MLM-only export): the pooler and the classifier head start from "
@@ -126,7 +133,7 @@ def _build_model(model_dir: str, data: TaskData, which: str, seed: int, announce
             )
         elif missing:
             log.info("the classifier head starts from random weights (%s)", ", ".join(sorted(missing)))
-    return model
+    return model, missing
 
 
 def finetune_once(
@@ -146,7 +153,16 @@ def finetune_once(
     import torch
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-    model = _build_model(model_dir, data, which, seed, announce)
+    model, fresh = _build_model(model_dir, data, which, seed, announce)
+    model = apply_peft(model, settings.peft, fresh)  # before any training: the seed also sets LoRA's init
+    parameters = parameter_counts(model)
+    if announce and settings.peft.method != "none":
+        log.info(
+            "LoRA: %d of %d parameters trainable (%.2f%%)",
+            parameters["trainable"],
+            parameters["total"],
+            100 * parameters["trainable"] / parameters["total"],
+        )
     if title:
         print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
     use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
@@ -185,6 +201,10 @@ def finetune_once(
         result = trainer.train()
         seconds = time.monotonic() - started
         output = trainer.predict(encoded["validation"])
+    if settings.save_model:
+        save_finetuned(
+            model, tokenizer, settings.save_model, os.path.join(settings.save_dir, f"{which}-seed-{seed}")
+        )
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     # label_ids, not data.validation.labels: the length-grouped sampler also reorders the evaluation set.
     metrics = classification_metrics(output.label_ids, np.asarray(logits).argmax(-1), len(data.label_names))
@@ -193,6 +213,8 @@ def finetune_once(
         **metrics,
         "train_loss": float(result.training_loss),
         "train_seconds": round(seconds, 2),
+        "trainable_parameters": parameters["trainable"],
+        "total_parameters": parameters["total"],
     }
 
 
@@ -263,7 +285,7 @@ def _init_worker(threads: int, job: tuple) -> None:
     tokenizer = load_tokenizer(model_dir, model_dir)
     encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
     # One bar per run from several processes would interleave; the parent shows one bar over the runs.
-    quiet = FinetuneSettings(**{**asdict(settings), "progress": False})
+    quiet = replace(settings, progress=False)
     _WORKER.update(job=(model_dir, tokenizer, data, encoded, quiet))
 
 
