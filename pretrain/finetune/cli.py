@@ -1,4 +1,5 @@
-"""`mlm-finetune MODEL --train FILE ...`: fine-tune a pretrained encoder on a sequence classification task.
+"""`mlm-finetune MODEL --train FILE ...`: fine-tune a pretrained encoder on a sequence classification task
+(`mlm-finetune suite SUITE MODEL...`: a suite of tasks, pretrain/finetune/suite.py).
 
 MODEL is a Hugging Face model dir (an `mlm-train export`, or any BERT checkpoint dir with its tokenizer),
 a run dir or a checkpoint dir (its newest valid checkpoint is exported on the fly with
@@ -158,7 +159,13 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `mlm-finetune` with `argv` (default sys.argv[1:]); returns the exit code (0 / 1)."""
+    """Run `mlm-finetune` with `argv` (default sys.argv[1:]); returns the exit code (0 / 1).
+    `mlm-finetune suite ...` runs a task suite (pretrain/finetune/suite.py)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["suite"]:
+        from pretrain.finetune.suite import main as suite_main
+
+        return suite_main(argv[1:])
     args = _parser().parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"  # local dirs only, whatever the environment says
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -16,10 +16,10 @@ load without `peft`.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 
+from data_pipeline.integrity import commit_temp_dir, temp_path
 from pretrain.finetune.data import FinetuneInputError
 
 PEFT_METHODS = ("none", "lora")
@@ -159,8 +159,8 @@ def save_finetuned(model, tokenizer, mode: str, dest: str) -> None:
     sibling and renamed into place, so a dir at `dest` is always whole; an older one is replaced."""
     from peft import PeftModel
 
-    partial = f"{dest}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = temp_path(dest)
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
     if mode == "adapter":
         model.save_pretrained(partial)
     else:
@@ -169,4 +169,4 @@ def save_finetuned(model, tokenizer, mode: str, dest: str) -> None:
         full.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     shutil.rmtree(dest, ignore_errors=True)
-    os.replace(partial, dest)
+    commit_temp_dir(partial, dest)
