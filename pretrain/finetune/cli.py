@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=FinetuneSettings.max_seq_len)
     p.add_argument("--weight-decay", type=float, default=FinetuneSettings.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=FinetuneSettings.warmup_ratio)
+    p.add_argument(
+        "--group-by-length",
+        action=argparse.BooleanOptionalAction,
+        default=FinetuneSettings.group_by_length,
+        help="batches of similar text lengths (less padding) instead of uniformly random batches",
+    )
     add_peft_arguments(p)
     p.add_argument("--validation-fraction", type=float, default=0.1, help="without --validation")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         max_seq_len=args.max_seq_len,
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
+        group_by_length=args.group_by_length,
         device=args.device,
         bf16=args.bf16,
         progress=not args.no_progress,

@@ -32,6 +32,8 @@ class FinetuneSettings:
     max_seq_len: int = 128
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    group_by_length: bool = True
+    """Batches of similar lengths (faster with dynamic padding) rather than uniformly random batches."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     bf16: bool = False
@@ -188,7 +190,7 @@ def finetune_once(
             report_to="none",
             disable_tqdm=not settings.progress,
             dataloader_num_workers=0,
-            train_sampling_strategy="group_by_length",
+            train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         )
         trainer = Trainer(
             model=model,
