@@ -12,6 +12,7 @@ dropout in both). Prints accuracy mean ± std per row and writes WORK/finetune-d
 
     python bench/finetune_defaults.py --model runs/tiny/export --model hf-bert-dir
     python bench/finetune_defaults.py --model M --variant old="--batch-size 32 --warmup-ratio 0.1"
+    python bench/finetune_defaults.py --model M --lr 5e-4   # one learning rate for all (a small model's)
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def _read(path: str) -> tuple[list[str], list[str]]:
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
-def plain_hf(model_dir: str, train: str, validation: str, seed: int) -> float:
-    """Validation accuracy of the plain HF Trainer fine-tune described above (one seed)."""
+def plain_hf(model_dir: str, train: str, validation: str, seed: int, lr: float | None) -> float:
+    """Validation accuracy of the plain HF Trainer fine-tune described above (one seed; `lr`: its
+    learning rate instead of the Trainer's default 5e-5)."""
     import numpy as np
     import torch
     from transformers import (
@@ -89,7 +91,7 @@ def plain_hf(model_dir: str, train: str, validation: str, seed: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, num_train_epochs=3, seed=seed, report_to="none", save_strategy="no",
-            disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **({"learning_rate": lr} if lr else {}),
         )  # fmt: skip
         trainer = Trainer(
             model=model, args=args, train_dataset=encode(texts, labels),
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, help="one learning rate for every row (default: each one's own)")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"')
     args = parser.parse_args()
     import torch
@@ -143,9 +146,15 @@ def main() -> None:
     ]
     results: dict = {}
     for model in args.model:
-        got = {"HF Trainer, plain": [plain_hf(model, train, validation, s) for s in range(args.seeds)]}
+        got = {
+            "HF Trainer, plain": [plain_hf(model, train, validation, s, args.lr) for s in range(args.seeds)]
+        }
+        print(
+            f"[finetune-defaults] {model} | HF Trainer, plain: {_cell(got['HF Trainer, plain'])}", flush=True
+        )
+        lr = ["--lr", str(args.lr)] if args.lr else []
         for name, flags in rows:
-            got[name] = ours(model, train, validation, args.seeds, flags, work)
+            got[name] = ours(model, train, validation, args.seeds, [*lr, *flags], work)
         results[model] = got
         for name, values in got.items():
             print(f"[finetune-defaults] {model} | {name}: {_cell(values)} {values}", flush=True)
