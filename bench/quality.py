@@ -447,12 +447,9 @@ def main() -> None:
         subprocess.run(["rm", "-rf", out], check=True)
         models[f"random-seed{seed}"] = random_init_model(models[f"ours-seed{seed}"], out, seed)
         results["random"].append({"seed": seed, **evaluate(out, eval_set)})
-    flags = [
-        f"epochs={args.finetune_epochs}",
-        f"lr={args.finetune_lr}",
-        f"threads={args.threads}",
-        *args.finetune_set,
-    ]
+    # The demo's BERT-Tiny fine-tuning recipe (scripts/demo.py), not mlm-finetune's HF-like defaults.
+    flags = [f"epochs={args.finetune_epochs}", f"lr={args.finetune_lr}", f"threads={args.threads}"]
+    flags += ["batch-size=32", "group-by-length=true", *args.finetune_set]
     suite_out = os.path.join(work, "suite", tag)
     subprocess.run(["rm", "-rf", suite_out], check=True)
     averages = downstream_suite(

@@ -20,13 +20,13 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from data_pipeline.integrity import write_json_atomic
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, load_task
 from pretrain.finetune.peft_setup import LORA_LR, add_peft_arguments, check_peft_settings, peft_settings
-from pretrain.finetune.train import FinetuneSettings, run_finetuning
+from pretrain.finetune.train import FinetuneSettings, load_tokenizer, model_max_length, run_finetuning
 
 log = logging.getLogger("mlm-finetune")
 
@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"peak learning rate (default {FinetuneSettings.lr:g}; {LORA_LR:g} with --peft lora)",
     )
     p.add_argument("--batch-size", type=int, default=FinetuneSettings.batch_size)
-    p.add_argument("--max-seq-len", type=int, default=FinetuneSettings.max_seq_len)
+    p.add_argument("--max-seq-len", type=int, help="truncate longer texts (default: the model's maximum)")
     p.add_argument("--weight-decay", type=float, default=FinetuneSettings.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=FinetuneSettings.warmup_ratio)
     p.add_argument(
@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with tempfile.TemporaryDirectory(prefix="mlm-finetune-model-") as scratch:
                 model_dir, found = resolve_model(args.model, scratch)
+                if settings.max_seq_len is None:
+                    longest = model_max_length(model_dir, load_tokenizer(model_dir, args.model))
+                    settings = replace(settings, max_seq_len=longest)
                 models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
                 seeds = list(range(args.seed_base, args.seed_base + args.seeds))
                 results = run_finetuning(model_dir, data, settings, seeds, models, args.jobs)

@@ -139,13 +139,16 @@ def _keys(mapping: dict) -> dict:
 
 
 def _flags(mapping: dict) -> list[str]:
-    """mlm-finetune flags of a {key: value} mapping: `--key value`, `--key` for true, nothing for false."""
+    """mlm-finetune flags of a {key: value} mapping: `--key value`; for a switch `--key` when true and
+    `--no-key` when false (BooleanOptionalAction; a plain store_true flag rejects it: the check says so)."""
     out: list[str] = []
     for key, value in mapping.items():
         flag = "--" + str(key).replace("_", "-")
         if value is True:
             out.append(flag)
-        elif value is not False and value is not None:
+        elif value is False:
+            out.append("--no-" + flag[2:])
+        elif value is not None:
             out += [flag, str(value)]
     return out
 
@@ -310,7 +313,9 @@ def _common(args: argparse.Namespace) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise FinetuneInputError(f"--set {item!r}: expected FLAG=VALUE, e.g. epochs=1")
-        common[key.strip().lstrip("-")] = value
+        # true / false: a switch (`--set group-by-length=false` is --no-group-by-length), as in YAML.
+        switch = {"true": True, "false": False}.get(value.strip().lower())
+        common[key.strip().lstrip("-")] = value if switch is None else switch
     for key in common:
         if key.replace("_", "-") in _SUITE_FLAGS:
             raise FinetuneInputError(f"--set {key}: the suite sets it (use --seeds / --out)")

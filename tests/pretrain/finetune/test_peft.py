@@ -15,7 +15,20 @@ from pretrain.finetune.peft_setup import PeftSettings, apply_peft, trained_in_fu
 from tests.helpers.finetune import FAMILIES
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-LORA = ["--peft", "lora", "--epochs", "1", "--lr", "3e-3", "--max-seq-len", "48", "--seeds", "1"]
+LORA = [
+    "--peft",
+    "lora",
+    "--epochs",
+    "1",
+    "--lr",
+    "3e-3",
+    "--max-seq-len",
+    "48",
+    "--batch-size",
+    "32",
+    "--seeds",
+    "1",
+]
 QUIET = ["--threads", "1", "--no-progress"]
 
 

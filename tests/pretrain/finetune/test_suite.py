@@ -12,7 +12,7 @@ import torch
 
 from pretrain.finetune.cli import main as finetune_main
 
-TINY_BUDGET = "{epochs: 1, lr: 3.0e-3, max_seq_len: 48}"
+TINY_BUDGET = "{epochs: 1, lr: 3.0e-3, max_seq_len: 48, batch_size: 32}"
 QUIET = ["--set", "threads=1", "--no-progress"]
 
 
@@ -102,7 +102,17 @@ def test_default_suite_is_the_offline_sample_task(tmp_path, tiny_model_dir):
         "--baseline",
         "random-init",
     ]
-    tiny = ["--set", "epochs=0.25", "--set", "max-seq-len=32", "--set", "lr=3e-3", *QUIET]
+    tiny = [
+        "--set",
+        "epochs=0.25",
+        "--set",
+        "max-seq-len=32",
+        "--set",
+        "lr=3e-3",
+        "--set",
+        "batch-size=32",
+        *QUIET,
+    ]
     assert finetune_main(argv + tiny) == 0
     result = json.loads((out / "suite.json").read_text())
     (task,) = result["tasks"]
