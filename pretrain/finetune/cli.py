@@ -169,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     `mlm-finetune suite ...` runs a task suite (pretrain/finetune/suite.py)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["suite"]:
+        from pretrain.finetune.suite import Finetune
         from pretrain.finetune.suite import main as suite_main
 
-        return suite_main(argv[1:])
+        return suite_main(argv[1:], Finetune(main=main, parser=_parser))
     args = _parser().parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"  # local dirs only, whatever the environment says
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

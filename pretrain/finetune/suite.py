@@ -27,6 +27,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,11 +168,8 @@ class _RaisingParser(argparse.ArgumentParser):
         raise FinetuneInputError(message)
 
 
-def check_argv(argv: list[str], where: str) -> None:
-    """Parse `argv` with mlm-finetune's own parser; FinetuneInputError naming `where` on a bad flag."""
-    from pretrain.finetune.cli import _parser
-
-    parser = _parser()
+def check_argv(argv: list[str], where: str, parser: argparse.ArgumentParser) -> None:
+    """Parse `argv` with `parser` (mlm-finetune's own); FinetuneInputError naming `where` on a bad flag."""
     parser.__class__ = _RaisingParser  # the same flags, but an error is raised, not printed and exited
     parser.allow_abbrev = False  # a suite's `epoch: 1` is a typo, not --epochs
     try:
@@ -197,28 +195,29 @@ def _summary(values: list[float]) -> dict:
 ROWS = {"pretrained": "", "random_init": " (random init)"}
 
 
-def run_suite(suite: Suite, base: str, models: list[str], out: str, seeds: int, common: dict) -> dict:
+def run_suite(
+    suite: Suite, base: str, models: list[str], out: str, seeds: int, common: dict, finetune
+) -> dict:
     """Run every task of `suite` for every model in `models` with `seeds` seeds and the flags `common`
-    (over the suite's); returns the suite result (what suite.json
-    holds). Every run's flags are checked before the first starts. Raises FinetuneInputError when a run
-    fails (naming the task and model) or its report lacks the task's metric."""
+    (over the suite's), `finetune` being mlm-finetune (its `main` and `parser`); returns the suite result
+    (what suite.json holds). Every run's flags are checked before the first starts. Raises
+    FinetuneInputError when a run fails (naming the task and model) or its report lacks the task's metric."""
     labels = model_labels(models)
     plans = []
     for task in suite.tasks:
         files = (task.train, task.validation) if task.sample is None else ("<sample>", None)
         for model, label in zip(models, labels, strict=True):
             run_out = os.path.join(out, "runs", task.name, label)
-            check_argv(task_argv(task, files, model, run_out, seeds, common), f"task {task.name}")
+            argv = task_argv(task, files, model, run_out, seeds, common)
+            check_argv(argv, f"task {task.name}", finetune.parser())
             plans.append((task, model, label, run_out))
-    from pretrain.finetune.cli import main as finetune_main
-
     results: dict[str, dict] = {}
     files_of: dict[str, tuple[str, str | None]] = {}
     for task, model, label, run_out in plans:
         if task.name not in files_of:
             files_of[task.name] = _task_files(task, base, out)
         print(f"[mlm-finetune suite] task {task.name}, model {label}", file=sys.stderr, flush=True)
-        if finetune_main(task_argv(task, files_of[task.name], model, run_out, seeds, common)) != 0:
+        if finetune.main(task_argv(task, files_of[task.name], model, run_out, seeds, common)) != 0:
             raise FinetuneInputError(
                 f"task {task.name}, model {model}: mlm-finetune failed (its error is above)"
             )
@@ -325,7 +324,15 @@ def _common(args: argparse.Namespace) -> dict:
     return common
 
 
-def main(argv: list[str]) -> int:
+@dataclass
+class Finetune:
+    """mlm-finetune as the suite uses it, handed in by its command line (which imports this module)."""
+
+    main: Callable[[list[str]], int]
+    parser: Callable[[], argparse.ArgumentParser]
+
+
+def main(argv: list[str], finetune: Finetune) -> int:
     """Run `mlm-finetune suite` with `argv` (the arguments after `suite`); returns the exit code."""
     args = _parser().parse_args(argv)
     try:
@@ -334,7 +341,7 @@ def main(argv: list[str]) -> int:
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise FinetuneInputError(f"--out {args.out} exists and is not a directory")
         os.makedirs(args.out, exist_ok=True)
-        result = run_suite(suite, base, args.models, args.out, args.seeds or suite.seeds, common)
+        result = run_suite(suite, base, args.models, args.out, args.seeds or suite.seeds, common, finetune)
     except FinetuneInputError as exc:
         print(f"mlm-finetune suite: error: {exc}", file=sys.stderr)
         return 1
