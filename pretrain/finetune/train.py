@@ -261,6 +261,8 @@ def run_finetuning(
     thread count: every run is seeded on its own, so the results are those of jobs=1, bit for bit.
     """
     tokenizer = load_tokenizer(model_dir, model_dir)  # also with jobs > 1: a bad dir fails before any worker
+    if settings.max_seq_len is None:
+        settings = replace(settings, max_seq_len=model_max_length(model_dir, tokenizer))
     runs = [(which, seed) for which in models for seed in seeds]
     results: dict[tuple[str, int], dict] = {}
     if jobs <= 1:
