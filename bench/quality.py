@@ -449,7 +449,8 @@ def main() -> None:
         results["random"].append({"seed": seed, **evaluate(out, eval_set)})
     # The demo's BERT-Tiny fine-tuning recipe (scripts/demo.py), not mlm-finetune's HF-like defaults.
     flags = [f"epochs={args.finetune_epochs}", f"lr={args.finetune_lr}", f"threads={args.threads}"]
-    flags += ["batch-size=32", "group-by-length=true", *args.finetune_set]
+    flags += ["batch-size=32", "group-by-length=true", "warmup-ratio=0.1", "weight-decay=0.01"]
+    flags += args.finetune_set
     suite_out = os.path.join(work, "suite", tag)
     subprocess.run(["rm", "-rf", suite_out], check=True)
     averages = downstream_suite(

@@ -26,15 +26,16 @@ log = logging.getLogger("mlm-finetune")
 class FinetuneSettings:
     """The fine-tuning budget and optimiser, the same for every seed and for the random-init baseline."""
 
-    # The defaults are a plain Hugging Face Trainer fine-tune's (docs/finetuning.md, "The defaults"): the
-    # BERT paper's GLUE batch of 32 left a 300-example task 30 updates, where the Trainer's 8 gives 114.
+    # The defaults are a plain Hugging Face Trainer fine-tune's, TrainingArguments' own (docs/finetuning.md,
+    # "The defaults"): the BERT paper's GLUE batch of 32 left a 300-example task 30 updates, where the
+    # Trainer's 8 gives 114.
     epochs: float = 3.0
     lr: float = 5e-5
     batch_size: int = 8
     max_seq_len: int | None = None
     """Longer texts are truncated; None: the model's maximum (`model_max_length`)."""
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
     group_by_length: bool = False
     """Batches of similar lengths (less padding, faster) rather than uniformly random batches."""
     device: str = "auto"
