@@ -148,9 +148,11 @@ def apply_peft(model, settings: PeftSettings, fresh_keys: set[str]):
 
 
 def parameter_counts(model) -> dict:
-    """{trainable, total} parameter counts of `model` (a peft model counts its adapters in both)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}
+    """{trainable, total} parameter counts of `model`. A peft model counts its adapters in both, and each
+    module trained in full once: peft keeps the loaded original beside the trained copy, unused."""
+    used = [(name, p) for name, p in model.named_parameters() if ".original_module." not in name]
+    trainable = sum(p.numel() for _, p in used if p.requires_grad)
+    return {"trainable": trainable, "total": sum(p.numel() for _, p in used)}
 
 
 def save_finetuned(model, tokenizer, mode: str, dest: str) -> None:

@@ -132,6 +132,12 @@ def test_lora_changes_only_adapters_and_head_and_merged_predicts_as_adapter_on_b
     assert all(".lora_A." in k or ".lora_B." in k or ".classifier." in k or ".pooler." in k for k in adapter)
     assert sum(t.numel() for t in adapter.values()) == report["parameters"]["trainable"]
     assert report["parameters"]["trainable"] < report["parameters"]["total"] / 4
+    # The total is the classifier model's own parameters plus the adapters, each trained module once.
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), num_labels=len(FAMILIES)
+    )
+    lora = sum(t.numel() for k, t in adapter.items() if ".lora_" in k)
+    assert report["parameters"]["total"] == sum(p.numel() for p in classifier.parameters()) + lora
 
     # Only adapters and head changed: every weight of the merged model that the base has is the base's
     # own, bit for bit, except the weight matrices LoRA was merged into, which all moved.
