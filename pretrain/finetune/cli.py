@@ -74,9 +74,10 @@ def format_table(report: dict) -> str:
             cells = "".join(f"{r[k + '_mean']:>10.4f} ± {r[k + '_std']:.4f}" for k, _ in keys)
             lines.append(f"{which.replace('_', '-'):<16}{cells}{len(r['per_seed']):>7}")
     lines.append(f"{'majority class':<16}{report['task']['majority_class_accuracy']:>10.4f}")
-    counts = report["parameters"]
-    share = 100 * counts["trainable"] / counts["total"]
-    lines.append(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({share:.2f}%)")
+    counts = report.get("parameters")
+    if counts:
+        share = 100 * counts["trainable"] / counts["total"]
+        lines.append(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({share:.2f}%)")
     return "\n".join(lines)
 
 
