@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "accelerate>=1.1",
     # mlm-finetune --task token-classification scores entities with seqeval (as CoNLL NER results are).
     "seqeval>=1.2.2,<2",
+    # mlm-finetune --peft lora (pretrain/finetune/peft_setup.py); 0.21 is what it is tested with.
+    "peft>=0.18,<1",
 ]
 
 # Chinese word segmentation for whole-word masking (data_pipeline/tokenizer/segment.py): jieba's

@@ -9,15 +9,18 @@ each (default 1), one run per seed:
 - reference: `Trainer` + `BertForMaskedLM` + `DataCollatorForLanguageModeling` over the shards' rows
   (a process of this script, `--hf-worker`).
 
-One evaluator then scores both exports on the same held-out masked text: the shards' validation rows,
-masked once (same positions, same 80/10/10 replacement, numpy seed 1234), masked-token loss and accuracy.
-Both are fine-tuned on the offline downstream task (`mlm-data sample-task`) with `pretrain.finetune.cli`,
-one fine-tuning run per pretraining seed. Prints both side by side with the wall time of each and writes
-WORK/quality.json. Goal: ours mean >= reference mean - reference std (masked-token accuracy, downstream
-accuracy), in less time.
+One evaluator then scores both exports, and a random-init model of the same shape per seed, on the same
+held-out masked text: the shards' validation rows, masked once (same positions, same 80/10/10
+replacement, numpy seed 1234), masked-token loss and accuracy. All three are then fine-tuned on the
+default suite (`mlm-finetune suite default`: the offline tasks), `--finetune-seeds` runs per model (the
+downstream row is over every pretraining x fine-tuning seed). Prints the three side by side with the wall
+time of each trainer and writes WORK/quality-TAG.json (the suite's own table: WORK/suite/TAG/suite.md).
+Goal: ours mean >= reference mean - reference std (masked-token accuracy, downstream average), in less
+time; random init shows what pretraining bought at all.
 
     python bench/quality.py              # tiny, 3 seeds, 200 steps (~20 min, 2 cores)
     python bench/quality.py --model mini --steps 1000 --seeds 5 --work .bench-quality-mini
+    python bench/quality.py --shards S --steps 2 --seeds 1 --finetune-epochs 0.05   # smoke (the test)
 """
 
 from __future__ import annotations
@@ -58,10 +61,10 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def build_inputs(work: str, vocab_size: int) -> tuple[str, str]:
-    """(shards dir, task dir) under `work`, built once with the real CLIs (markers skip finished steps)."""
+def build_inputs(work: str, vocab_size: int) -> str:
+    """The shards dir under `work`, built once with the real CLIs (markers skip finished steps)."""
     data = os.path.join(BIN, "mlm-data")
-    corpus, tok, shards, task = (os.path.join(work, n) for n in ("corpus", "tokenizer", "shards", "task"))
+    corpus, tok, shards = (os.path.join(work, n) for n in ("corpus", "tokenizer", "shards"))
     steps = [
         (corpus, [data, "sample-corpus", corpus]),
         (
@@ -102,14 +105,13 @@ def build_inputs(work: str, vocab_size: int) -> tuple[str, str]:
                 "--overwrite",
             ],
         ),
-        (task, [data, "sample-task", task]),
     ]
     for out, cmd in steps:
         if not os.path.exists(out + ".done"):
             subprocess.run(["rm", "-rf", out], check=True)
             _run(cmd)
             open(out + ".done", "w").close()
-    return shards, task
+    return shards
 
 
 def train_ours(shards: str, out: str, shape: dict, seed: int, steps: int, lr: float, warmup: int) -> dict:
@@ -312,27 +314,41 @@ def evaluate(model_dir: str, eval_set: dict, batch: int = 64) -> dict:
     return {"mlm_loss": loss_sum / count, "mlm_accuracy": correct / count, "masked_tokens": count}
 
 
-def downstream(model_dir: str, task_dir: str, seed: int, epochs: float, lr: float) -> dict:
-    """Accuracy and macro-F1 of one `pretrain.finetune.cli` run (seed `seed`) on the sample task."""
-    from pretrain.finetune.data import load_task
-    from pretrain.finetune.train import FinetuneSettings, run_finetuning
+def random_init_model(like: str, out: str, seed: int) -> str:
+    """A BertForMaskedLM of `like`'s config with random weights (seed `seed`) and its tokenizer, saved to
+    `out`: the random-init baseline as a model dir the suite fine-tunes like the others."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    data = load_task(
-        os.path.join(task_dir, "train.jsonl"),
-        os.path.join(task_dir, "validation.jsonl"),
-        text_column="text",
-        label_column="label",
-    )
-    settings = FinetuneSettings(epochs=epochs, lr=lr, progress=False)
-    run = run_finetuning(model_dir, data, settings, [seed])["pretrained"]["per_seed"][0]
-    return {"downstream_accuracy": run["accuracy"], "downstream_f1_macro": run["f1_macro"]}
+    torch.manual_seed(seed)
+    BertForMaskedLM(BertConfig.from_pretrained(like)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(like).save_pretrained(out)
+    return out
+
+
+def downstream_suite(models: dict[str, str], out: str, seeds: int, flags: list[str]) -> dict:
+    """Fine-tune every model ({label: dir}) on the default suite (`mlm-finetune suite default`, the
+    offline tasks) with `seeds` fine-tuning seeds and `flags` (--set FLAG=VALUE); returns {label: the
+    suite's average per seed}. The labels are the names of symlinks in OUT/models."""
+    from pretrain.finetune.cli import main as finetune_main
+
+    links = os.path.join(out, "models")
+    os.makedirs(links, exist_ok=True)
+    for label, model_dir in models.items():
+        if not os.path.lexists(os.path.join(links, label)):
+            os.symlink(model_dir, os.path.join(links, label))
+    argv = ["suite", "default", *(os.path.join(links, label) for label in models), "--out", out]
+    if finetune_main([*argv, "--seeds", str(seeds), *flags, "--no-progress"]) != 0:
+        raise SystemExit("bench/quality.py: the downstream suite failed (its error is above)")
+    with open(os.path.join(out, "suite.json"), encoding="utf-8") as f:
+        suite = json.load(f)
+    return {label: suite["average"][label]["per_seed"] for label in models}
 
 
 ROWS = [
     ("mlm_accuracy", "held-out masked-token accuracy", "{:.4f}"),
     ("mlm_loss", "held-out masked-token loss", "{:.4f}"),
-    ("downstream_accuracy", "downstream accuracy", "{:.4f}"),
-    ("downstream_f1_macro", "downstream macro-F1", "{:.4f}"),
+    ("downstream", "default suite average (downstream)", "{:.4f}"),
     ("loop_s", "training loop time (s)", "{:.1f}"),
     ("wall_s", "training process wall time (s)", "{:.1f}"),
 ]
@@ -342,18 +358,32 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _values(rows: list[dict], key: str) -> list[float]:
+    """Every value of `key` in `rows`, a list-valued key (the downstream scores per seed) flattened."""
+    out: list[float] = []
+    for row in rows:
+        value = row.get(key, [])
+        out += value if isinstance(value, list) else [value]
+    return out
+
+
+WHO = {"ours": "mlm-train (ours)", "hf": "HF run_mlm recipe", "random": "random init"}
+
+
 def report(results: dict) -> str:
-    """Side-by-side table (mean ± std over seeds) and the goal checks."""
-    lines = [f"{'':34}{'mlm-train (ours)':>24}{'HF run_mlm recipe':>24}"]
+    """Side-by-side table (mean ± std over seeds; the downstream row over every pretraining x fine-tuning
+    seed) and the goal checks."""
+    lines = [f"{'':38}" + "".join(f"{title:>22}" for title in WHO.values())]
     for key, title, fmt in ROWS:
         cells = []
-        for who in ("ours", "hf"):
-            mean, std = _mean_std([r[key] for r in results[who]])
-            cells.append(f"{fmt.format(mean)} ± {fmt.format(std)}")
-        lines.append(f"{title:34}{cells[0]:>24}{cells[1]:>24}")
-    for key in ("mlm_accuracy", "downstream_accuracy"):
-        ours, _ = _mean_std([r[key] for r in results["ours"]])
-        ref, ref_std = _mean_std([r[key] for r in results["hf"]])
+        for who in WHO:
+            values = _values(results[who], key)
+            mean, std = _mean_std(values) if values else (None, None)
+            cells.append("-" if mean is None else f"{fmt.format(mean)} ± {fmt.format(std)}")
+        lines.append(f"{title:38}" + "".join(f"{c:>22}" for c in cells))
+    for key in ("mlm_accuracy", "downstream"):
+        ours, _ = _mean_std(_values(results["ours"], key))
+        ref, ref_std = _mean_std(_values(results["hf"], key))
         verdict = "met" if ours >= ref - ref_std else "NOT met"
         lines.append(f"goal {key}: ours {ours:.4f} >= reference {ref:.4f} - {ref_std:.4f}: {verdict}")
     ours_t, hf_t = (_mean_std([r["loop_s"] for r in results[w]])[0] for w in ("ours", "hf"))
@@ -377,6 +407,13 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=3.0)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument(
+        "--finetune-seeds", type=int, default=1, help="fine-tuning seeds per pretrained model"
+    )
+    parser.add_argument(
+        "--finetune-set", action="append", default=[], metavar="FLAG=VALUE", help="more mlm-finetune flags"
+    )
+    parser.add_argument("--shards", help="an existing shards dir (default: built under --work)")
+    parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads of every process (1: steady on a shared machine)"
     )
     parser.add_argument("--hf-worker", help=argparse.SUPPRESS)
@@ -388,24 +425,40 @@ def main() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     _set_threads(args.threads)
     work = os.path.abspath(args.work)
-    shards, task = build_inputs(work, args.vocab_size)
+    shards = os.path.abspath(args.shards) if args.shards else build_inputs(work, args.vocab_size)
     eval_set = masked_eval_set(shards, args.eval_rows)
     shape = PRESETS[args.model]
     tag = f"{args.model}-{args.steps}steps-lr{args.lr:g}"
-    results: dict = {"ours": [], "hf": []}
+    results: dict = {who: [] for who in WHO}
+    models: dict[str, str] = {}
     for seed in range(args.seeds):
         for who, train in (("ours", train_ours), ("hf", train_hf)):  # alternate: load drifts hit both
             out = os.path.join(work, "runs", f"{tag}-{who}-seed{seed}")
             subprocess.run(["rm", "-rf", out], check=True)
             timing = train(shards, out, shape, seed, args.steps, args.lr, args.warmup)
-            scores = evaluate(timing["model_dir"], eval_set)
-            scores.update(downstream(timing["model_dir"], task, seed, args.finetune_epochs, args.finetune_lr))
-            row = {"seed": seed, **{k: v for k, v in timing.items() if k != "model_dir"}, **scores}
-            results[who].append(row)
+            models[f"{who}-seed{seed}"] = timing["model_dir"]
+            row = {"seed": seed, **{k: v for k, v in timing.items() if k != "model_dir"}}
+            results[who].append({**row, **evaluate(timing["model_dir"], eval_set)})
             print(
-                f"[quality] {who} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()),
-                flush=True,
+                f"[quality] {who} seed {seed}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in results[who][-1].items())
             )
+        out = os.path.join(work, "runs", f"{tag}-random-seed{seed}")
+        subprocess.run(["rm", "-rf", out], check=True)
+        models[f"random-seed{seed}"] = random_init_model(models[f"ours-seed{seed}"], out, seed)
+        results["random"].append({"seed": seed, **evaluate(out, eval_set)})
+    # The demo's BERT-Tiny fine-tuning recipe (scripts/demo.py), not mlm-finetune's HF-like defaults.
+    flags = [f"epochs={args.finetune_epochs}", f"lr={args.finetune_lr}", f"threads={args.threads}"]
+    flags += ["batch-size=32", "group-by-length=true", "warmup-ratio=0.1", "weight-decay=0.01"]
+    flags += args.finetune_set
+    suite_out = os.path.join(work, "suite", tag)
+    subprocess.run(["rm", "-rf", suite_out], check=True)
+    averages = downstream_suite(
+        models, suite_out, args.finetune_seeds, [f for v in flags for f in ("--set", v)]
+    )
+    for who, rows in results.items():
+        for row in rows:
+            row["downstream"] = averages[f"{who}-seed{row['seed']}"]
     settings = {k: v for k, v in vars(args).items() if k != "hf_worker"}
     with open(os.path.join(work, f"quality-{tag}.json"), "w") as f:
         json.dump(

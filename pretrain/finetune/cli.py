@@ -1,5 +1,6 @@
 """`mlm-finetune MODEL --train FILE ...`: fine-tune a pretrained encoder on a sequence classification task,
-or (`--task token-classification`, token_train.py) tag words: NER scored per entity.
+or (`--task token-classification`, token_train.py) tag words: NER scored per entity
+(`mlm-finetune suite SUITE MODEL...`: a suite of tasks, pretrain/finetune/suite.py).
 
 MODEL is a Hugging Face model dir (an `mlm-train export`, or any BERT checkpoint dir with its tokenizer),
 a run dir or a checkpoint dir (its newest valid checkpoint is exported on the fly with
@@ -20,15 +21,16 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from data_pipeline.integrity import write_json_atomic
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, load_task
 from pretrain.finetune.entity_metrics import format_entity_table
+from pretrain.finetune.peft_setup import LORA_LR, add_peft_arguments, check_peft_settings, peft_settings
 from pretrain.finetune.token_data import load_token_task
 from pretrain.finetune.token_train import run_token_finetuning, token_task_report
-from pretrain.finetune.train import FinetuneSettings, run_finetuning
+from pretrain.finetune.train import FinetuneSettings, load_tokenizer, model_max_length, run_finetuning
 
 log = logging.getLogger("mlm-finetune")
 
@@ -76,6 +78,10 @@ def format_table(report: dict) -> str:
             cells = "".join(f"{r[k + '_mean']:>10.4f} ± {r[k + '_std']:.4f}" for k, _ in keys)
             lines.append(f"{which.replace('_', '-'):<16}{cells}{len(r['per_seed']):>7}")
     lines.append(f"{'majority class':<16}{report['task']['majority_class_accuracy']:>10.4f}")
+    counts = report.get("parameters")
+    if counts:
+        share = 100 * counts["trainable"] / counts["total"]
+        lines.append(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({share:.2f}%)")
     return "\n".join(lines)
 
 
@@ -110,11 +116,22 @@ def _parser() -> argparse.ArgumentParser:
         "--baseline", choices=["random-init"], help="also train the same architecture from scratch"
     )
     p.add_argument("--epochs", type=float, default=FinetuneSettings.epochs)
-    p.add_argument("--lr", type=float, default=FinetuneSettings.lr)
+    p.add_argument(
+        "--lr",
+        type=float,
+        help=f"peak learning rate (default {FinetuneSettings.lr:g}; {LORA_LR:g} with --peft lora)",
+    )
     p.add_argument("--batch-size", type=int, default=FinetuneSettings.batch_size)
-    p.add_argument("--max-seq-len", type=int, default=FinetuneSettings.max_seq_len)
+    p.add_argument("--max-seq-len", type=int, help="truncate longer texts (default: the model's maximum)")
     p.add_argument("--weight-decay", type=float, default=FinetuneSettings.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=FinetuneSettings.warmup_ratio)
+    p.add_argument(
+        "--group-by-length",
+        action=argparse.BooleanOptionalAction,
+        default=FinetuneSettings.group_by_length,
+        help="batches of similar text lengths (less padding) instead of uniformly random batches",
+    )
+    add_peft_arguments(p)
     p.add_argument("--validation-fraction", type=float, default=0.1, help="without --validation")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -138,12 +155,26 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("seeds", "batch_size", "max_seq_len", "threads", "jobs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise FinetuneInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.epochs <= 0 or args.lr <= 0:
+    if args.epochs <= 0 or (args.lr is not None and args.lr <= 0):
         raise FinetuneInputError("--epochs and --lr must be > 0")
     if not 0 <= args.warmup_ratio < 1:
         raise FinetuneInputError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.save_model == "adapter" and args.peft == "none":
+        raise FinetuneInputError("--save-model adapter needs --peft lora (full fine-tuning has no adapter)")
+    if args.save_model == "adapter" and not os.path.isfile(os.path.join(args.model, "config.json")):
+        # An adapter names its base model's dir; a run dir's export is temporary and gone afterwards.
+        raise FinetuneInputError(
+            f"{args.model}: --save-model adapter needs a base model dir that stays, and a run or checkpoint "
+            "dir is exported into a temporary one; export it first (mlm-train export RUN OUT) and fine-tune "
+            "OUT, or save the full model (--save-model full)"
+        )
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FinetuneInputError(f"--out {args.out} exists and is not a directory")
+
+
+def _parameters(summary: dict) -> dict:
+    run = summary["per_seed"][0]
+    return {"trainable": run["trainable_parameters"], "total": run["total_parameters"]}
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -151,24 +182,38 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `mlm-finetune` with `argv` (default sys.argv[1:]); returns the exit code (0 / 1)."""
+    """Run `mlm-finetune` with `argv` (default sys.argv[1:]); returns the exit code (0 / 1).
+    `mlm-finetune suite ...` runs a task suite (pretrain/finetune/suite.py)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["suite"]:
+        from pretrain.finetune.suite import Finetune
+        from pretrain.finetune.suite import main as suite_main
+
+        return suite_main(argv[1:], Finetune(main=main, parser=_parser))
     args = _parser().parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"  # local dirs only, whatever the environment says
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format=TOOL_LOG_FORMAT)
+    peft = peft_settings(args)
+    default_lr = LORA_LR if args.peft == "lora" else FinetuneSettings.lr
     settings = FinetuneSettings(
         epochs=args.epochs,
-        lr=args.lr,
+        lr=args.lr or default_lr,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
+        group_by_length=args.group_by_length,
         device=args.device,
         bf16=args.bf16,
         progress=not args.no_progress,
+        peft=peft,
+        save_model=args.save_model,
+        save_dir=os.path.join(os.path.abspath(args.out), "models") if args.save_model else None,
     )
     try:
         _check_args(args)
+        check_peft_settings(peft)
         tokens = args.task == "token-classification"
         if tokens and args.jobs > 1:
             raise FinetuneInputError(
@@ -213,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with tempfile.TemporaryDirectory(prefix="mlm-finetune-model-") as scratch:
                 model_dir, found = resolve_model(args.model, scratch)
+                if settings.max_seq_len is None:
+                    longest = model_max_length(model_dir, load_tokenizer(model_dir, args.model))
+                    settings = replace(settings, max_seq_len=longest)
                 models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
                 seeds = list(range(args.seed_base, args.seed_base + args.seeds))
                 if tokens:
@@ -243,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             "majority_class_accuracy": data.majority_accuracy(),
         },
         "settings": {**asdict(settings), "seeds": seeds},
+        "parameters": _parameters(results["pretrained"]),
         **results,
     }
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the same results

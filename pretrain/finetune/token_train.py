@@ -13,9 +13,10 @@ import tempfile
 import time
 
 from pretrain.finetune.entity_metrics import entity_scores, summarise_entities
+from pretrain.finetune.peft_setup import save_finetuned
 from pretrain.finetune.token_data import TokenTaskData
 from pretrain.finetune.token_windows import EncodedWords, encode_words, with_prefix_space, words_tags
-from pretrain.finetune.train import FinetuneSettings, build_model, load_tokenizer, training_arguments
+from pretrain.finetune.train import FinetuneSettings, load_tokenizer, prepared_model, training_arguments
 
 log = logging.getLogger("mlm-finetune")
 
@@ -65,7 +66,7 @@ def finetune_tokens_once(
     entity_scores on the validation split plus seed, train_loss and train_seconds."""
     from transformers import DataCollatorForTokenClassification, PrinterCallback, Trainer
 
-    model = build_model(model_dir, data, which, seed, announce, auto_class=_AUTO_CLASS)
+    model, parameters = prepared_model(model_dir, data, which, seed, announce, settings, _AUTO_CLASS)
     if title:
         print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
     collator = DataCollatorForTokenClassification(tokenizer)
@@ -80,6 +81,10 @@ def finetune_tokens_once(
         started = time.monotonic()
         result = trainer.train()
         seconds = time.monotonic() - started
+    if settings.save_model:
+        save_finetuned(
+            model, tokenizer, settings.save_model, os.path.join(settings.save_dir, f"{which}-seed-{seed}")
+        )
     predicted = predict_windows(trainer.model, collator, encoded["validation"], 2 * settings.batch_size)
     sentences = data.validation.sentences
     tag_ids = words_tags(encoded["validation"], predicted, [len(s) for s in sentences])
@@ -90,6 +95,8 @@ def finetune_tokens_once(
         **scores,
         "train_loss": float(result.training_loss),
         "train_seconds": round(seconds, 2),
+        "trainable_parameters": parameters["trainable"],
+        "total_parameters": parameters["total"],
     }
 
 

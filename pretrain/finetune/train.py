@@ -10,13 +10,14 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, TaskData
 from pretrain.finetune.metrics import classification_metrics, summarise
+from pretrain.finetune.peft_setup import PeftSettings, apply_peft, parameter_counts, save_finetuned
 
 log = logging.getLogger("mlm-finetune")
 
@@ -25,16 +26,27 @@ log = logging.getLogger("mlm-finetune")
 class FinetuneSettings:
     """The fine-tuning budget and optimiser, the same for every seed and for the random-init baseline."""
 
+    # The defaults are a plain Hugging Face Trainer fine-tune's, TrainingArguments' own (docs/finetuning.md,
+    # "The defaults"): the BERT paper's GLUE batch of 32 left a 300-example task 30 updates, where the
+    # Trainer's 8 gives 114.
     epochs: float = 3.0
     lr: float = 5e-5
-    batch_size: int = 32
-    max_seq_len: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    batch_size: int = 8
+    max_seq_len: int | None = None
+    """Longer texts are truncated; None: the model's maximum (`model_max_length`)."""
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    group_by_length: bool = False
+    """Batches of similar lengths (less padding, faster) rather than uniformly random batches."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     bf16: bool = False
     progress: bool = True
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    save_model: str | None = None
+    """Save each run's fine-tuned model: `adapter` (LoRA only) or `full`; None: save nothing."""
+    save_dir: str | None = None
+    """Where the saved models go, one dir per run: `<model>-seed-<seed>`."""
 
 
 # Files one of which a tokenizer dir holds. Without any, transformers 5 quietly builds an empty
@@ -73,6 +85,23 @@ def load_tokenizer(model_dir: str, source: str):
     return tokenizer
 
 
+# Model types whose position ids start after the padding id (RoBERTa's convention): pad_token_id + 1 of
+# their max_position_embeddings are never a text position.
+_POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta", "camembert")
+
+
+def model_max_length(model_dir: str, tokenizer) -> int:
+    """The longest input the model in `model_dir` takes: its tokenizer's `model_max_length` when set,
+    at most its position embeddings (our exports' tokenizers do not set one: transformers then says 1e30)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
+    if config.model_type in _POSITIONS_AFTER_PAD:
+        positions -= (config.pad_token_id or 0) + 1
+    return int(min(tokenizer.model_max_length, positions))
+
+
 class _Encoded:
     """A tokenised split as a map-style dataset of dicts (input_ids, attention_mask, ..., labels)."""
 
@@ -98,8 +127,9 @@ def build_model(
     auto_class: str = "AutoModelForSequenceClassification",
 ):
     """The `auto_class` model (a transformers `Auto*ForXxx` name) of `model_dir` with a fresh head of
-    len(data.label_names) outputs, seeded: pretrained weights, or all random for `which` random_init.
-    Raises FinetuneInputError when the dir does not load as that class."""
+    len(data.label_names) outputs, seeded: pretrained weights, or all random for `which` random_init;
+    returned with the names of the parameters that start fresh (none for random_init). Raises
+    FinetuneInputError when the dir does not load as that class."""
     import transformers
     from transformers import AutoConfig
 
@@ -118,7 +148,8 @@ def build_model(
     try:
         if which == "random_init":
             config = AutoConfig.from_pretrained(model_dir, local_files_only=True, **kwargs)
-            return auto.from_config(config)
+            # Nothing counts as fresh: under LoRA the whole random encoder stays frozen, pooler included.
+            return auto.from_config(config), set()
         model, info = auto.from_pretrained(
             model_dir, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
@@ -129,8 +160,8 @@ def build_model(
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
+    missing = set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])}
     if announce:
-        missing = set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])}
         if any("pooler" in k for k in missing):
             log.info(
                 "%s has no pooler (an MLM-only export): the pooler and the classifier head start from "
@@ -139,7 +170,31 @@ def build_model(
             )
         elif missing:
             log.info("the classifier head starts from random weights (%s)", ", ".join(sorted(missing)))
-    return model
+    return model, missing
+
+
+def prepared_model(
+    model_dir: str,
+    data,
+    which: str,
+    seed: int,
+    announce: bool,
+    settings: FinetuneSettings,
+    auto_class: str = "AutoModelForSequenceClassification",
+):
+    """`build_model`'s model wrapped for `settings.peft` (LoRA or none), with its parameter counts
+    ({"trainable", "total"}); every task's run starts from it."""
+    model, fresh = build_model(model_dir, data, which, seed, announce, auto_class)
+    model = apply_peft(model, settings.peft, fresh)  # before any training: the seed also sets LoRA's init
+    parameters = parameter_counts(model)
+    if announce and settings.peft.method != "none":
+        log.info(
+            "LoRA: %d of %d parameters trainable (%.2f%%)",
+            parameters["trainable"],
+            parameters["total"],
+            100 * parameters["trainable"] / parameters["total"],
+        )
+    return model, parameters
 
 
 def training_arguments(settings: FinetuneSettings, seed: int, out_dir: str):
@@ -148,8 +203,8 @@ def training_arguments(settings: FinetuneSettings, seed: int, out_dir: str):
     from transformers import TrainingArguments
 
     use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
-    # Batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic padding a batch then
-    # costs its own length, not that of the longest text drawn into it.
+    # With --group-by-length, batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic
+    # padding a batch then costs its own length, not that of the longest text drawn into it.
     return TrainingArguments(
         output_dir=out_dir,
         num_train_epochs=settings.epochs,
@@ -169,7 +224,7 @@ def training_arguments(settings: FinetuneSettings, seed: int, out_dir: str):
         report_to="none",
         disable_tqdm=not settings.progress,
         dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
     )
 
 
@@ -189,7 +244,7 @@ def finetune_once(
     does not load; `title` is printed (stderr) once it did."""
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
-    model = build_model(model_dir, data, which, seed, announce)
+    model, parameters = prepared_model(model_dir, data, which, seed, announce, settings)
     if title:
         print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
@@ -205,6 +260,10 @@ def finetune_once(
         result = trainer.train()
         seconds = time.monotonic() - started
         output = trainer.predict(encoded["validation"])
+    if settings.save_model:
+        save_finetuned(
+            model, tokenizer, settings.save_model, os.path.join(settings.save_dir, f"{which}-seed-{seed}")
+        )
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     # label_ids, not data.validation.labels: the length-grouped sampler also reorders the evaluation set.
     metrics = classification_metrics(output.label_ids, np.asarray(logits).argmax(-1), len(data.label_names))
@@ -213,6 +272,8 @@ def finetune_once(
         **metrics,
         "train_loss": float(result.training_loss),
         "train_seconds": round(seconds, 2),
+        "trainable_parameters": parameters["trainable"],
+        "total_parameters": parameters["total"],
     }
 
 
@@ -237,6 +298,8 @@ def run_finetuning(
     thread count: every run is seeded on its own, so the results are those of jobs=1, bit for bit.
     """
     tokenizer = load_tokenizer(model_dir, model_dir)  # also with jobs > 1: a bad dir fails before any worker
+    if settings.max_seq_len is None:
+        settings = replace(settings, max_seq_len=model_max_length(model_dir, tokenizer))
     runs = [(which, seed) for which in models for seed in seeds]
     results: dict[tuple[str, int], dict] = {}
     if jobs <= 1:
@@ -283,7 +346,7 @@ def _init_worker(threads: int, job: tuple) -> None:
     tokenizer = load_tokenizer(model_dir, model_dir)
     encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
     # One bar per run from several processes would interleave; the parent shows one bar over the runs.
-    quiet = FinetuneSettings(**{**asdict(settings), "progress": False})
+    quiet = replace(settings, progress=False)
     _WORKER.update(job=(model_dir, tokenizer, data, encoded, quiet))
 
 
