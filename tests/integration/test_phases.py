@@ -1,8 +1,8 @@
 """A run through phase boundaries (2 CPU ranks, ZeRO-2): batch warmup in phase 0, then at step 3 a phase
-with shorter rows, another mask rate and another batch, then by tokens a mask-rate phase. A SIGKILL
-right at the step-3 boundary resumes into the right phase, bit-identical to the uninterrupted run
-(losses, tokens and the rows of every step); a decay branch from the boundary's checkpoint continues it
-exactly and records where it came from."""
+with shorter rows drawn from a 3:1 mixture, another mask rate and another batch, then by tokens a
+mask-rate phase. A SIGKILL right at the step-3 boundary resumes into the right phase, bit-identical to
+the uninterrupted run (losses, tokens, the rows of every step and the samples drawn per source); a decay
+branch from the boundary's checkpoint continues it exactly and records where it came from."""
 
 from __future__ import annotations
 
@@ -26,7 +26,12 @@ SETTINGS = {
     "phases": [
         {
             "start_step": BOUNDARY,
-            "data": {"seq_len": 32},
+            # the session's shards under two names, drawn 3:1 (`config` fills in the paths)
+            "data": {
+                "seq_len": 32,
+                "path": None,
+                "sources": [{"name": "web", "weight": 3}, {"name": "books"}],
+            },
             "masking": {"probability": 0.3},
             "train": {"grad_accum_steps": 1},
         },
@@ -54,6 +59,12 @@ def committed(run_dir, step: int):
 def config(tmp_path, name, tiny_shards, **changes):
     (tmp_path / name).mkdir()
     settings = {k: {**v, **changes.get(k, {})} if isinstance(v, dict) else v for k, v in SETTINGS.items()}
+    mixture = settings["phases"][0]["data"]
+    sources = [{"path": str(tiny_shards), "weight": 1, **source} for source in mixture["sources"]]
+    settings["phases"] = [
+        {**settings["phases"][0], "data": {**mixture, "sources": sources}},
+        *settings["phases"][1:],
+    ]
     return write_config(tmp_path / name, tiny_shards, **settings)
 
 
@@ -83,8 +94,13 @@ def test_a_phase_boundary_resumes_bit_identically_after_a_sigkill_there(tiny_sha
     assert "phase 1 from step 3" in run.output and "a new sample stream" in run.output
     assert "phase 2 from step 4" in run.output and "continuing the sample stream" in run.output
 
+    drawn = {s: steps[s].get("source_samples") for s in sorted(steps)}
+    assert drawn[1] is None and drawn[4] == {"web": 12, "books": 4}  # the mixture from phase 1 on
+    assert drawn[6] == {"web": 36, "books": 12}  # phase 2 continues phase 1's stream and its counts
+
     assert f"resuming from {tmp_path / 'killed' / 'run' / 'checkpoints'}" in resumed.output
     assert step_trace(resumed.run_dir) == step_trace(run.run_dir)
+    assert {s: r.get("source_samples") for s, r in records(resumed.run_dir).items()} == drawn
 
     assert f"resuming from {baseline_ckpt}" in branched.output
     branch_steps = records(branched.run_dir)
