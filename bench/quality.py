@@ -18,9 +18,17 @@ time of each trainer and writes WORK/quality-TAG.json (the suite's own table: WO
 Goal: ours mean >= reference mean - reference std (masked-token accuracy, downstream average), in less
 time; random init shows what pretraining bought at all.
 
+`--compare archs` trains our BERT and our ModernBERT of the same size class (`--model`: both trainers'
+presets of that name) instead, on the same shards, tokens, batch, masking and LR schedule, each with its
+own published regularisation (BERT dropout 0.1, ModernBERT none), and scores both with the same evaluator
+on single documents (the evaluator's masked validation rows cut at their `doc_start`s and padded:
+ModernBERT trains with documents isolated, BERT on whole packed rows, so neither sees a row as it
+trained). Which wins at a tiny budget is a finding, not a goal.
+
     python bench/quality.py              # tiny, 3 seeds, 200 steps (~20 min, 2 cores)
     python bench/quality.py --model mini --steps 1000 --seeds 5 --work .bench-quality-mini
     python bench/quality.py --shards S --steps 2 --seeds 1 --finetune-epochs 0.05   # smoke (the test)
+    python bench/quality.py --compare archs --seeds 1 --steps 200 --work .bench-quality
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import time
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from pretrain.models.bert.config import PRESETS  # noqa: E402
+from pretrain.models.modernbert.config import PRESETS as MODERNBERT_PRESETS  # noqa: E402
 
 # The BERT sizes both sides train (the trainer's own presets; --model picks one).
 MODELS = ("tiny", "mini")
@@ -114,8 +123,22 @@ def build_inputs(work: str, vocab_size: int) -> str:
     return shards
 
 
-def train_ours(shards: str, out: str, shape: dict, seed: int, steps: int, lr: float, warmup: int) -> dict:
-    """Pretrain with `python -m pretrain` (one process, ZeRO 0, fp32); export to out/export; wall times."""
+def model_section(arch: str, size: str) -> dict:
+    """Our `model` section for `arch` (bert or modernbert) at preset `size`, rows of SEQ_LEN."""
+    if arch == "modernbert":
+        return {"arch": "modernbert", "preset": size, "max_position_embeddings": SEQ_LEN, "compile": False}
+    return {
+        **PRESETS[size],
+        "max_position_embeddings": SEQ_LEN,
+        "pair_head": "none",
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+    }
+
+
+def train_ours(shards: str, out: str, model: dict, seed: int, steps: int, lr: float, warmup: int) -> dict:
+    """Pretrain with `python -m pretrain` (one process, ZeRO 0, fp32) with the `model` section
+    (`model_section`); export to out/export; wall times."""
     import yaml
 
     from pretrain.checkpoint.export import export_checkpoint
@@ -125,13 +148,7 @@ def train_ours(shards: str, out: str, shape: dict, seed: int, steps: int, lr: fl
         "run_dir": run_dir,
         "precision": "fp32",
         "data": {"path": shards},
-        "model": {
-            **shape,
-            "max_position_embeddings": SEQ_LEN,
-            "pair_head": "none",
-            "dropout": 0.1,
-            "attention_dropout": 0.1,
-        },
+        "model": model,
         "masking": {"probability": 0.15, "whole_word": False},
         "train": {
             "max_steps": steps,
@@ -262,10 +279,11 @@ def _hf_worker(job: dict) -> None:
         json.dump({"train_runtime": result.metrics["train_runtime"]}, f)
 
 
-def masked_eval_set(shards: str, max_rows: int) -> dict:
+def masked_eval_set(shards: str, max_rows: int, by_document: bool = False) -> dict:
     """The held-out masked text both models are scored on: validation rows, 15% of the non-special
     tokens chosen once (numpy seed EVAL_MASK_SEED), 80% -> [MASK], 10% -> a random non-special token,
-    10% unchanged. Returns int64 tensors input_ids, attention_mask, labels (-100 off the masked positions)."""
+    10% unchanged. Returns int64 tensors input_ids, attention_mask, labels (-100 off the masked positions).
+    by_document: the same masked rows cut into their documents (at `doc_start`), one padded row each."""
     import numpy as np
     import torch
     from transformers import AutoTokenizer
@@ -287,20 +305,47 @@ def masked_eval_set(shards: str, max_rows: int) -> dict:
     random_ids = replacements[rng.integers(len(replacements), size=ids.shape)]
     inputs = np.where(selected & (action < 0.8), tokenizer.mask_token_id, ids)
     inputs = np.where(selected & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    labels = np.where(selected, ids, -100)
+    if by_document:
+        return _one_row_per_document(inputs, labels, np.asarray(rows["doc_start"]), lengths, tokenizer)
     return {
         "input_ids": torch.from_numpy(inputs),
         "attention_mask": torch.from_numpy(in_row.astype(np.int64)),
-        "labels": torch.from_numpy(np.where(selected, ids, -100)),
+        "labels": torch.from_numpy(labels),
     }
 
 
+def _one_row_per_document(inputs, labels, doc_start, lengths, tokenizer) -> dict:
+    """Masked packed rows -> one right-padded row per document (its tokens from one doc_start to the
+    next or the row's end), as masked_eval_set returns them."""
+    import numpy as np
+    import torch
+
+    pieces = []
+    for row, length in enumerate(lengths):
+        starts = [int(i) for i in np.flatnonzero(doc_start[row, :length])] + [int(length)]
+        pieces += [(row, a, b) for a, b in zip(starts[:-1], starts[1:], strict=True) if b > a]
+    width = max(b - a for _, a, b in pieces)
+    out = {
+        "input_ids": np.full((len(pieces), width), tokenizer.pad_token_id, dtype=np.int64),
+        "attention_mask": np.zeros((len(pieces), width), dtype=np.int64),
+        "labels": np.full((len(pieces), width), -100, dtype=np.int64),
+    }
+    for i, (row, a, b) in enumerate(pieces):
+        out["input_ids"][i, : b - a] = inputs[row, a:b]
+        out["attention_mask"][i, : b - a] = 1
+        out["labels"][i, : b - a] = labels[row, a:b]
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
 def evaluate(model_dir: str, eval_set: dict, batch: int = 64) -> dict:
-    """Masked-token loss (mean cross-entropy) and accuracy of the BertForMaskedLM in `model_dir`."""
+    """Masked-token loss (mean cross-entropy) and accuracy of the masked-LM export in `model_dir`
+    (AutoModelForMaskedLM: BertForMaskedLM, ModernBertForMaskedLM)."""
     import torch
     import torch.nn.functional as F
-    from transformers import BertForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
-    model = BertForMaskedLM.from_pretrained(model_dir, local_files_only=True).eval()
+    model = AutoModelForMaskedLM.from_pretrained(model_dir, local_files_only=True).eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for start in range(0, len(eval_set["labels"]), batch):
@@ -367,20 +412,28 @@ def _values(rows: list[dict], key: str) -> list[float]:
     return out
 
 
-WHO = {"ours": "mlm-train (ours)", "hf": "HF run_mlm recipe", "random": "random init"}
+# --compare: the columns of the table, {results key: column title}. Against the HF recipe a random-init
+# model of our shape per seed shows what pretraining bought at all.
+SIDES = {
+    "hf": {"ours": "mlm-train (ours)", "hf": "HF run_mlm recipe", "random": "random init"},
+    "archs": {"bert": "BERT (ours)", "modernbert": "ModernBERT (ours)"},
+}
 
 
-def report(results: dict) -> str:
+def report(results: dict, compare: str = "hf") -> str:
     """Side-by-side table (mean ± std over seeds; the downstream row over every pretraining x fine-tuning
-    seed) and the goal checks."""
-    lines = [f"{'':38}" + "".join(f"{title:>22}" for title in WHO.values())]
+    seed) and, against the reference recipe, the goal checks."""
+    who_titles = SIDES[compare]
+    lines = [f"{'':38}" + "".join(f"{title:>22}" for title in who_titles.values())]
     for key, title, fmt in ROWS:
         cells = []
-        for who in WHO:
+        for who in who_titles:
             values = _values(results[who], key)
             mean, std = _mean_std(values) if values else (None, None)
             cells.append("-" if mean is None else f"{fmt.format(mean)} ± {fmt.format(std)}")
         lines.append(f"{title:38}" + "".join(f"{c:>22}" for c in cells))
+    if compare == "archs":
+        return "\n".join(lines)
     for key in ("mlm_accuracy", "downstream"):
         ours, _ = _mean_std(_values(results["ours"], key))
         ref, ref_std = _mean_std(_values(results["hf"], key))
@@ -398,6 +451,12 @@ def main() -> None:
     )
     parser.add_argument("--work", default=".bench-quality", help="inputs and runs (inputs are reused)")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument(
+        "--compare",
+        choices=sorted(SIDES),
+        default="hf",
+        help="hf: ours vs the HF recipe (BERT); archs: our BERT vs our ModernBERT of --model's size",
+    )
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)
@@ -426,16 +485,21 @@ def main() -> None:
     _set_threads(args.threads)
     work = os.path.abspath(args.work)
     shards = os.path.abspath(args.shards) if args.shards else build_inputs(work, args.vocab_size)
-    eval_set = masked_eval_set(shards, args.eval_rows)
+    eval_set = masked_eval_set(shards, args.eval_rows, by_document=args.compare == "archs")
     shape = PRESETS[args.model]
-    tag = f"{args.model}-{args.steps}steps-lr{args.lr:g}"
-    results: dict = {who: [] for who in WHO}
+    if args.compare == "archs":
+        sides = {arch: (train_ours, model_section(arch, args.model)) for arch in ("bert", "modernbert")}
+        shape = {"bert": shape, "modernbert": MODERNBERT_PRESETS[args.model]}
+    else:
+        sides = {"ours": (train_ours, model_section("bert", args.model)), "hf": (train_hf, shape)}
+    tag = f"{args.model}-{args.steps}steps-lr{args.lr:g}" + ("-archs" if args.compare == "archs" else "")
+    results: dict = {who: [] for who in SIDES[args.compare]}
     models: dict[str, str] = {}
     for seed in range(args.seeds):
-        for who, train in (("ours", train_ours), ("hf", train_hf)):  # alternate: load drifts hit both
+        for who, (train, model) in sides.items():  # alternate: load drifts hit both
             out = os.path.join(work, "runs", f"{tag}-{who}-seed{seed}")
             subprocess.run(["rm", "-rf", out], check=True)
-            timing = train(shards, out, shape, seed, args.steps, args.lr, args.warmup)
+            timing = train(shards, out, model, seed, args.steps, args.lr, args.warmup)
             models[f"{who}-seed{seed}"] = timing["model_dir"]
             row = {"seed": seed, **{k: v for k, v in timing.items() if k != "model_dir"}}
             results[who].append({**row, **evaluate(timing["model_dir"], eval_set)})
@@ -443,10 +507,11 @@ def main() -> None:
                 f"[quality] {who} seed {seed}: "
                 + ", ".join(f"{k} {v:.4g}" for k, v in results[who][-1].items())
             )
-        out = os.path.join(work, "runs", f"{tag}-random-seed{seed}")
-        subprocess.run(["rm", "-rf", out], check=True)
-        models[f"random-seed{seed}"] = random_init_model(models[f"ours-seed{seed}"], out, seed)
-        results["random"].append({"seed": seed, **evaluate(out, eval_set)})
+        if args.compare == "hf":
+            out = os.path.join(work, "runs", f"{tag}-random-seed{seed}")
+            subprocess.run(["rm", "-rf", out], check=True)
+            models[f"random-seed{seed}"] = random_init_model(models[f"ours-seed{seed}"], out, seed)
+            results["random"].append({"seed": seed, **evaluate(out, eval_set)})
     # The demo's BERT-Tiny fine-tuning recipe (scripts/demo.py), not mlm-finetune's HF-like defaults.
     flags = [f"epochs={args.finetune_epochs}", f"lr={args.finetune_lr}", f"threads={args.threads}"]
     flags += ["batch-size=32", "group-by-length=true", "warmup-ratio=0.1", "weight-decay=0.01"]
@@ -464,7 +529,7 @@ def main() -> None:
         json.dump(
             {"settings": settings, "shape": shape, "batch": BATCH, "seq_len": SEQ_LEN, **results}, f, indent=2
         )
-    print(report(results))
+    print(report(results, args.compare))
 
 
 if __name__ == "__main__":

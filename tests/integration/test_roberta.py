@@ -14,6 +14,7 @@ from pretrain.checkpoint.export import main as export_main
 from tests.helpers.processes import sigkill_then_resume
 from tests.helpers.runs import build_shards, mlm_data, run_pretrain, step_trace, write_config
 from tests.helpers.tasks import FAMILIES, small_sample_task
+from tests.helpers.trained import trained_model
 
 pytestmark = pytest.mark.integration
 
@@ -60,24 +61,6 @@ def test_two_ranks_learn_and_resume_bit_identically_after_sigkill(baseline, bpe_
     assert step_trace(run.run_dir) == step_trace(baseline.run_dir)  # losses bit for bit, the same rows
 
 
-def our_model(run_dir):
-    """The run's model (built as the trainer builds it) holding its newest checkpoint's fp32 weights."""
-    from data_pipeline.shards import ShardReader
-    from pretrain.checkpoint.consolidate import fp32_weights
-    from pretrain.checkpoint.manager import resolve_checkpoint
-    from pretrain.config import load_config
-    from pretrain.models.registry import build_model
-
-    tag_dir, record = resolve_checkpoint(str(run_dir))
-    cfg = load_config(f"{tag_dir}/config.yaml")
-    source = ShardReader(cfg.data.path)
-    model = build_model(
-        cfg.model, vocab_size=source.vocab_size, pad_id=source.special_ids["pad"], rows_have_pairs=False
-    )
-    model.load_state_dict(fp32_weights(tag_dir, record), strict=True)
-    return model.eval()
-
-
 def test_export_is_a_roberta_for_masked_lm_with_our_logits_that_fill_mask_and_finetune_use(
     baseline, tmp_path
 ):
@@ -109,7 +92,7 @@ def test_export_is_a_roberta_for_masked_lm_with_our_logits_that_fill_mask_and_fi
     texts = ["def open(file, mode): return a file object", "Return the list of names."]
     batch = tok(texts, padding=True, return_tensors="pt")
     assert bool((batch["attention_mask"] == 0).any())
-    model = our_model(baseline.run_dir)
+    model = trained_model(baseline.run_dir)
     with torch.no_grad():
         got = hf(**batch).logits
         expected = model.cls.predictions(model.bert(**batch).last_hidden_state)

@@ -66,3 +66,30 @@ def test_the_two_phase_bert_recipe_is_the_two_aliases_in_one_run():
     phase2 = load_config(str(CONFIGS / "bert-base-seq512.yaml"))
     assert long.data.path == phase2.data.path and long.optim.warmup_steps == phase2.optim.warmup_steps
     assert long.model == short.model and long.train.global_batch_size == 256
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_modernbert_recipes_extend_the_context_to_8192_then_decay(size):
+    from pretrain.config import check_trainable
+    from pretrain.config.phases import lr_segments, phase_configs
+
+    cfg = load_config(str(CONFIGS / f"modernbert-{size}.yaml"))
+    check_trainable(cfg)
+    short, extension, decay = phase_configs(cfg)
+    boundary = cfg.phases[0].start_step
+    # the boundary is a checkpoint: the 160k-theta branch the header describes resumes from it
+    assert boundary % cfg.checkpoint.every_steps == 0
+    assert "8192" in extension.data.path and extension.model == short.model
+    assert extension.model.max_position_embeddings >= 8192 >= extension.model.local_attention
+    tokens_per_step = {
+        p.train.global_batch(8) * s for p, s in ((short, 1024), (extension, 8192), (decay, 8192))
+    }
+    assert len(tokens_per_step) == 1  # every phase keeps phase 0's tokens per step
+    segments = lr_segments(cfg, [short, extension, decay])
+    assert [(s.start, s.optim.lr, s.optim.schedule) for s in segments[1:]] == [
+        (boundary, 3.0e-4, "constant"),
+        (cfg.phases[1].start_step, 3.0e-4, "wsd"),
+    ]
+    assert segments[-1].end == cfg.train.max_steps and decay.optim.decay_shape == "1-sqrt"
+    (per_step,) = tokens_per_step
+    assert [round((s.end - s.start) * per_step / 1e9) for s in segments[1:]] == [250, 50]  # B tokens
