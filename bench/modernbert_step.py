@@ -88,6 +88,7 @@ def _engine(shape: Shape, device: str, precision: str, compiled: bool, run_dir: 
         "train.global_batch_size=null",
         f"train.max_steps={shape.steps}",
         "optim.warmup_steps=0",
+        "phases=[]",  # the recipe's context-extension phases start long after a bench's few steps
     ]
     cfg = load_config(RECIPE, overrides)
     torch.manual_seed(0)
