@@ -22,3 +22,16 @@ def small_sample_task(tmp_path: Path) -> tuple[Path, Path]:
             "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
         )
     return tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+
+
+def finetune_small_task(model_dir: Path, tmp_path: Path) -> dict:
+    """The report.json of one quick `mlm-finetune` run (1 seed, 1 epoch, rows of 32 tokens) of `model_dir`
+    on `small_sample_task`, under tmp_path/finetune; asserts the command exits 0."""
+    from pretrain.finetune.cli import main as finetune_main
+
+    train, validation = small_sample_task(tmp_path)
+    out = tmp_path / "finetune"
+    argv = [str(model_dir), "--train", str(train), "--validation", str(validation), "--seeds", "1"]
+    argv += ["--epochs", "1", "--lr", "1e-3", "--max-seq-len", "32", "--threads", "1", "--no-progress"]
+    assert finetune_main([*argv, "--out", str(out)]) == 0
+    return json.loads((out / "report.json").read_text())

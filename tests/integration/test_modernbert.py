@@ -17,7 +17,7 @@ from pretrain.checkpoint.export import main as export_main
 from pretrain.data.documents import document_inputs
 from tests.helpers.processes import sigkill_then_resume
 from tests.helpers.runs import run_pretrain_configs, step_trace, write_config
-from tests.helpers.tasks import FAMILIES, small_sample_task
+from tests.helpers.tasks import FAMILIES, finetune_small_task
 from tests.helpers.trained import trained_model
 
 pytestmark = pytest.mark.integration
@@ -80,8 +80,6 @@ def test_the_export_is_a_modernbert_for_masked_lm_with_our_logits_that_fill_mask
 ):
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-    from pretrain.finetune.cli import main as finetune_main
-
     run_dir, out = baselines["fp32"].run_dir, tmp_path / "export"
     assert export_main([str(run_dir), str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
@@ -119,22 +117,7 @@ def test_the_export_is_a_modernbert_for_masked_lm_with_our_logits_that_fill_mask
     )
     assert len(predictions) == 5 and all("token_str" in p for p in predictions)
 
-    train, validation = small_sample_task(tmp_path)
-    report_dir = tmp_path / "finetune"
-    argv = [str(out), "--train", str(train), "--validation", str(validation), "--seeds", "1", "--epochs", "1"]
-    argv += [
-        "--lr",
-        "1e-3",
-        "--max-seq-len",
-        "32",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--out",
-        str(report_dir),
-    ]
-    assert finetune_main(argv) == 0
-    report = json.loads((report_dir / "report.json").read_text())
+    report = finetune_small_task(out, tmp_path)
     assert report["task"]["labels"] == list(FAMILIES), report
     result = report["pretrained"]["per_seed"][0]
     assert np.isfinite(result["train_loss"]) and 0.0 <= result["accuracy"] <= 1.0

@@ -13,7 +13,7 @@ import torch
 from pretrain.checkpoint.export import main as export_main
 from tests.helpers.processes import sigkill_then_resume
 from tests.helpers.runs import build_shards, mlm_data, run_pretrain, step_trace, write_config
-from tests.helpers.tasks import FAMILIES, small_sample_task
+from tests.helpers.tasks import FAMILIES, finetune_small_task
 from tests.helpers.trained import trained_model
 
 pytestmark = pytest.mark.integration
@@ -72,8 +72,6 @@ def test_export_is_a_roberta_for_masked_lm_with_our_logits_that_fill_mask_and_fi
         pipeline,
     )
 
-    from pretrain.finetune.cli import main as finetune_main
-
     out = tmp_path / "export"
     assert export_main([str(baseline.run_dir), str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
@@ -110,20 +108,5 @@ def test_export_is_a_roberta_for_masked_lm_with_our_logits_that_fill_mask_and_fi
     predictions = fill(f"def open(file, mode): return a {tok.mask_token} object")
     assert len(predictions) == 5 and all(p["token_str"] for p in predictions)
 
-    train, validation = small_sample_task(tmp_path)
-    report_dir = tmp_path / "finetune"
-    argv = [str(out), "--train", str(train), "--validation", str(validation), "--seeds", "1", "--epochs", "1"]
-    argv += [
-        "--lr",
-        "1e-3",
-        "--max-seq-len",
-        "32",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--out",
-        str(report_dir),
-    ]
-    assert finetune_main(argv) == 0
-    report = json.loads((report_dir / "report.json").read_text())
+    report = finetune_small_task(out, tmp_path)
     assert report["task"]["labels"] == list(FAMILIES), report
