@@ -20,6 +20,7 @@ from pretrain.checkpoint.manager import CheckpointManager
 from pretrain.checkpoint.record import write_complete_record
 from pretrain.config import config_from_dict, config_hash, save_config
 from tests.helpers.engine import init_process_group
+from tests.helpers.trained import assert_export_truncates_to
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +145,7 @@ def test_export_loads_in_transformers_and_logits_match(tmp_path, shards, stage, 
     if pair_head:
         config = json.loads((out_dir / "config.json").read_text())
         assert config["architectures"] == ["BertForPreTraining"]
+    assert_export_truncates_to(out_dir, 64)  # model.max_position_embeddings
 
 
 def master_weights(engine) -> dict[str, torch.Tensor]:
