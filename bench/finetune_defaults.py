@@ -77,8 +77,8 @@ def plain_hf(model_dir: str, train: str, validation: str, seed: int, lr: float |
     (texts, labels), (v_texts, v_labels) = _read(train), _read(validation)
     names = sorted(set(labels))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # A real checkpoint's tokenizer knows its maximum length; our exports' tokenizers say 1e30 (no
-    # model_max_length saved), so the peer caps at the position embeddings as a user would have to.
+    # A real checkpoint's tokenizer knows its maximum length, and so do our exports'; an export made
+    # before they recorded model_max_length says 1e30, so the peer also caps at the position embeddings.
     config = AutoConfig.from_pretrained(model_dir)
     longest = min(tokenizer.model_max_length, config.max_position_embeddings)
 

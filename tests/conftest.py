@@ -1,4 +1,5 @@
-"""Session-wide fixtures: environment hygiene, and the real corpus, tokenizer and shards every suite shares.
+"""Session-wide fixtures: environment hygiene (os.environ reset after each test; a module that leaves
+launcher variables behind fails), and the real corpus, tokenizer and shards every suite shares.
 
 - `tiny_corpus_and_tokenizer` (session): ~1 MB of the stdlib sample corpus and a WordPiece vocabulary of
   2000 trained on it through the real `mlm-data` CLI.
@@ -17,22 +18,41 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.environment import LAUNCHER_VARIABLES, launcher_variables, restored_environment
 from tests.helpers.runs import build_shards, mlm_data
 
 
 @pytest.fixture(autouse=True)
 def _restore_environment():
-    """Put os.environ back after every test.
+    """Put os.environ back after every test (tests.helpers.environment says why)."""
+    with restored_environment():
+        yield
 
-    Tests that start torch.distributed in this process (and the trainer's own environment preparation)
-    write MASTER_ADDR, MASTER_PORT, RANK, ... into os.environ. Left there, a later test's trainer
-    subprocess would inherit them and try to listen on a port this process still holds.
-    """
-    saved = dict(os.environ)
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_launcher_variables_left(request):
+    """Fail the module whose tests or fixtures leave launcher variables (RANK, LOCAL_RANK, MASTER_PORT, ...)
+    in os.environ that were not there before it: the per-test reset above does not reach what a module- or
+    session-scoped fixture sets, and every process a later test starts would inherit it. The variables
+    are put back first, so one leak fails one module. Costs two dict reads per module."""
+    before = launcher_variables()
     yield
-    if os.environ != saved:
-        os.environ.clear()
-        os.environ.update(saved)
+    after = launcher_variables()
+    if after != before:
+        for name in LAUNCHER_VARIABLES:
+            os.environ.pop(name, None)
+        os.environ.update(before)
+        changed = {
+            k: (before.get(k), after.get(k))
+            for k in sorted({*before, *after})
+            if before.get(k) != after.get(k)
+        }
+        pytest.fail(
+            f"{request.module.__name__} left launcher variables in os.environ (name: (before, after)): "
+            f"{changed}; set them with monkeypatch.setenv, or wrap the fixture that sets them in "
+            "tests.helpers.environment.restored_environment()",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -39,22 +39,66 @@ def summary(shards_dir: str) -> dict:
 
 def decoded_samples(shards_dir: str, n: int, split: str = "train") -> list[str]:
     """The first `n` rows of `split` decoded token by token; '|' marks a word start, a '‖' piece the start
-    of a packed document after the row's first (shards of format 2); pads are omitted."""
-    from tokenizers import Tokenizer
+    of a packed document after the row's first (shards of format 2); pads are omitted. A token shows as its
+    vocabulary entry (WordPiece's `##s`, SentencePiece's `▁the`), except in a byte-level BPE (RoBERTa's),
+    whose entries are byte symbols (`Ġthe`, `Ã©`): there a token shows as its text (`byte_level_pieces`)."""
+    from tokenizers import Tokenizer, decoders
 
     reader = ShardReader(shards_dir, split)
     tok_path = os.path.join(shards_dir, "tokenizer", "tokenizer.json")
     backend = Tokenizer.from_file(tok_path) if os.path.exists(tok_path) else None
+    byte_level = backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
     out = []
     for i in range(min(n, len(reader))):
         row = reader[i]
+        ids = [int(t) for t in row["input_ids"][: int(row["length"])]]
+        if byte_level:
+            shown = byte_level_pieces(backend, ids, row["word_start"])
+        else:
+            shown = [(p, str(backend.id_to_token(t) if backend else t)) for p, t in enumerate(ids)]
         pieces = []
-        for pos in range(int(row["length"])):
-            token_id = int(row["input_ids"][pos])
-            text = backend.id_to_token(token_id) if backend is not None else str(token_id)
+        for pos, text in shown:
             if pos > 0 and "doc_start" in row and row["doc_start"][pos]:
                 pieces.append(DOCUMENT_MARK)
-            pieces.append(("|" if row["word_start"][pos] else "") + str(text))
+            pieces.append(("|" if row["word_start"][pos] else "") + text)
         label = f" pair_label={int(row['pair_label'])}" if reader.has_pairs else ""
         out.append(f"[{split} {i}{label}] " + " ".join(pieces))
     return out
+
+
+# A character's UTF-8 bytes span at most 4 byte-level tokens.
+_MAX_CHARACTER_BYTES = 4
+_SHOWN_WHITESPACE = str.maketrans({" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"})
+
+
+def byte_level_pieces(backend, ids: list[int], word_start) -> list[tuple[int, str]]:
+    """(position of its first token, text) of each piece of a byte-level BPE row `ids`: a token's bytes
+    decoded by the tokenizer's ByteLevel decoder, so `Ġthe` shows as `the`. A character whose bytes span
+    several tokens (`Ã` `©`) is one piece of those tokens (`é`); a special token shows as it is. On a word
+    start (`word_start[pos]`) the leading space is what '|' marks and is dropped; every other space shows as
+    '␣', a newline, tab or carriage return as `\\n`, `\\t`, `\\r`, so a row stays one line."""
+    special = set(backend.get_added_tokens_decoder())
+    pieces: list[tuple[int, str]] = []
+    pending: list[int] = []  # positions of tokens whose bytes end inside a character
+
+    def flush() -> None:
+        text = backend.decoder.decode([backend.id_to_token(ids[p]) for p in pending])
+        if word_start[pending[0]] and text.startswith(" ") and text.strip(" "):
+            text = text[1:]
+        pieces.append((pending[0], text.translate(_SHOWN_WHITESPACE)))
+        pending.clear()
+
+    for pos, token_id in enumerate(ids):
+        token = backend.id_to_token(token_id)
+        if token_id in special or token is None:
+            if pending:
+                flush()
+            pieces.append((pos, str(token if token is not None else token_id)))
+            continue
+        pending.append(pos)
+        text = backend.decoder.decode([backend.id_to_token(ids[p]) for p in pending])
+        if not text.endswith("\ufffd") or len(pending) == _MAX_CHARACTER_BYTES:
+            flush()
+    if pending:  # a row cut inside a character: its bytes show as U+FFFD
+        flush()
+    return pieces

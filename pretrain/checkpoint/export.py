@@ -6,7 +6,8 @@ bf16 or fp16; consolidate.py, every file read weights-only), the model's `transf
 the checkpoint by the save). The weights are loaded with `strict=True` into the `transformers` class the
 HF config names, one of its architecture's export classes (BERT: BertForMaskedLM, or BertForPreTraining
 when an NSP/SOP head was trained; ModernBERT: ModernBertForMaskedLM) and OUT_DIR is written with
-`save_pretrained` (safetensors), the tokenizer and a model card (README.md). OUT_DIR loads with
+`save_pretrained` (safetensors), the tokenizer (its `model_max_length` the longest input the model takes,
+`input_length.longest_input`) and a model card (README.md). OUT_DIR loads with
 `AutoModelForMaskedLM.from_pretrained` and `pipeline("fill-mask")`. Every failure is one line on stderr
 and exit 1.
 """
@@ -28,6 +29,7 @@ import torch
 from data_pipeline.integrity import commit_temp_dir
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.checkpoint.consolidate import fp32_weights
+from pretrain.checkpoint.input_length import longest_input
 from pretrain.checkpoint.manager import CheckpointError, resolve_checkpoint
 from pretrain.checkpoint.record import (
     CONFIG_FILE,
@@ -214,6 +216,11 @@ def export_checkpoint(path: str, out_dir: str, tag: str | None = None) -> str:
     arch = get_architecture(cfg.model.arch)
     hf_config = _hf_config(tag_dir, files, arch, cfg.model, identity, tokenizer.pad_token_id)
     class_name = hf_config.architectures[0]
+    # Saved without a limit, a tokenizer says 1e30 (transformers' "none"): truncation=True and fill-mask
+    # would then feed a long text past the model's positions. The export's tokenizer says the model's own.
+    limit = longest_input(hf_config)
+    if limit is not None:  # BERT, RoBERTa and ModernBERT configs all have one
+        tokenizer.model_max_length = min(tokenizer.model_max_length, limit)
     hf_model = getattr(transformers, class_name)(hf_config)
     try:
         hf_model.load_state_dict(weights, strict=True)

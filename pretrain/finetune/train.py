@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pretrain import TOOL_LOG_FORMAT
+from pretrain.checkpoint.input_length import longest_input
 from pretrain.finetune.data import FinetuneInputError, TaskData
 from pretrain.finetune.metrics import classification_metrics, summarise
 from pretrain.finetune.peft_setup import PeftSettings, apply_peft, parameter_counts, save_finetuned
@@ -85,21 +86,16 @@ def load_tokenizer(model_dir: str, source: str):
     return tokenizer
 
 
-# Model types whose position ids start after the padding id (RoBERTa's convention): pad_token_id + 1 of
-# their max_position_embeddings are never a text position.
-_POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta", "camembert")
-
-
 def model_max_length(model_dir: str, tokenizer) -> int:
-    """The longest input the model in `model_dir` takes: its tokenizer's `model_max_length` when set,
-    at most its position embeddings (our exports' tokenizers do not set one: transformers then says 1e30)."""
+    """The longest input the model in `model_dir` takes: its tokenizer's `model_max_length`, at most what
+    its positions allow (`longest_input`; an HF dir whose tokenizer sets no limit has transformers' 1e30)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
-    if config.model_type in _POSITIONS_AFTER_PAD:
-        positions -= (config.pad_token_id or 0) + 1
-    return int(min(tokenizer.model_max_length, positions))
+    positions = longest_input(config)
+    return int(
+        tokenizer.model_max_length if positions is None else min(tokenizer.model_max_length, positions)
+    )
 
 
 class _Encoded:

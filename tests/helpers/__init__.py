@@ -7,6 +7,7 @@
   `sigkill_then_resume`, the kill at a random step and the resume that exact-resume tests compare.
 - `tests.helpers.rows`: shard-schema rows in memory and a reader with ShardReader's API.
 - `tests.helpers.engine`: a real tiny DeepSpeed engine on CPU (gloo) and its process group.
+- `tests.helpers.environment`: the launcher's variables, and os.environ put back after a test or fixture.
 - `tests.helpers.tasks`: a small labelled task (three families of the sample task) for fine-tuning.
 - `tests.helpers.slurm`: watching the jobs of the local SLURM cluster (scripts/local_slurm.sh).
 """

@@ -17,7 +17,9 @@ def init_process_group(rank: int = 0, world_size: int = 1, port: int | None = No
 
     from pretrain.runtime.distributed import skip_cpu_inference_comm_op
 
-    os.environ["LOCAL_RANK"] = str(rank)  # DeepSpeed's engine insists on it (tests/conftest.py resets env)
+    # DeepSpeed's engine insists on LOCAL_RANK. tests/conftest.py resets os.environ after each test; a
+    # module-scoped fixture that calls this wraps itself in tests.helpers.environment.restored_environment.
+    os.environ["LOCAL_RANK"] = str(rank)
     if dist.is_initialized():
         return
     skip_cpu_inference_comm_op()  # as the trainer does: no op compile in a fresh venv

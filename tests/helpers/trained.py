@@ -1,5 +1,5 @@
-"""The model of a finished run, as the trainer built it, holding its newest checkpoint's fp32 weights:
-what an export test compares the exported `transformers` model with."""
+"""What an export test checks an export against: the model of a finished run, as the trainer built it,
+holding its newest checkpoint's fp32 weights; and the export's own limit on input length."""
 
 from __future__ import annotations
 
@@ -21,3 +21,22 @@ def trained_model(run_dir):
     )
     model.load_state_dict(fp32_weights(tag_dir, record), strict=True)
     return model.eval()
+
+
+def assert_export_truncates_to(out_dir, limit: int) -> None:
+    """The export in `out_dir`, loaded with AutoTokenizer, says `limit` as its model_max_length, and a text
+    longer than that, tokenized with truncation=True, is cut to `limit` tokens that its
+    AutoModelForMaskedLM runs on (a position past the model's table would fail)."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    assert tokenizer.model_max_length == limit
+    text = " ".join(["return a file object"] * limit)
+    assert len(tokenizer(text, verbose=False)["input_ids"]) > limit
+    batch = tokenizer(text, truncation=True, return_tensors="pt")
+    assert batch["input_ids"].shape == (1, limit)
+    model = AutoModelForMaskedLM.from_pretrained(str(out_dir)).eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape[:2] == (1, limit) and bool(torch.isfinite(logits).all())

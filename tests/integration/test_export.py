@@ -20,6 +20,8 @@ from pretrain.checkpoint.manager import CheckpointManager
 from pretrain.checkpoint.record import write_complete_record
 from pretrain.config import config_from_dict, config_hash, save_config
 from tests.helpers.engine import init_process_group
+from tests.helpers.environment import restored_environment
+from tests.helpers.trained import assert_export_truncates_to
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +146,7 @@ def test_export_loads_in_transformers_and_logits_match(tmp_path, shards, stage, 
     if pair_head:
         config = json.loads((out_dir / "config.json").read_text())
         assert config["architectures"] == ["BertForPreTraining"]
+    assert_export_truncates_to(out_dir, 64)  # model.max_position_embeddings
 
 
 def master_weights(engine) -> dict[str, torch.Tensor]:
@@ -199,7 +202,8 @@ def test_export_of_16_bit_runs_is_the_fp32_master_copy(tmp_path, shards, stage, 
 def zero2_run(shards, tmp_path_factory):
     """A valid ZeRO-2 run dir; tests corrupt copies of it."""
     run_dir = tmp_path_factory.mktemp("zero2") / "run"
-    train_and_save(run_dir, shards, 2)
+    with restored_environment():  # a module fixture: the per-test reset of os.environ does not reach it
+        train_and_save(run_dir, shards, 2)
     return run_dir
 
 

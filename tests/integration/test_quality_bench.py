@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.environment import LAUNCHER_VARIABLES
+
 pytestmark = pytest.mark.integration
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "quality.py"
@@ -21,9 +23,9 @@ def test_smoke_mode_pretrains_both_and_fine_tunes_all_three_on_the_default_suite
     cmd = [sys.executable, str(BENCH), "--shards", str(tiny_shards), "--work", str(tmp_path), "--seeds", "1"]
     cmd += ["--steps", "2", "--warmup", "1", "--eval-rows", "16", "--finetune-epochs", "0.05"]
     cmd += ["--finetune-set", "max-seq-len=32"]
-    # The bench is a standalone script: no launcher variables (a test before may leave some behind).
-    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    # The bench is a standalone script: no launcher variables, even where pytest itself runs under a
+    # launcher (tests/conftest.py fails a test module that leaves some behind).
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env |= {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

@@ -14,7 +14,7 @@ from pretrain.checkpoint.export import main as export_main
 from tests.helpers.processes import sigkill_then_resume
 from tests.helpers.runs import build_shards, mlm_data, run_pretrain, step_trace, write_config
 from tests.helpers.tasks import FAMILIES, finetune_small_task
-from tests.helpers.trained import trained_model
+from tests.helpers.trained import assert_export_truncates_to, trained_model
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,7 @@ def test_export_is_a_roberta_for_masked_lm_with_our_logits_that_fill_mask_and_fi
     fill = pipeline("fill-mask", model=str(out))
     predictions = fill(f"def open(file, mode): return a {tok.mask_token} object")
     assert len(predictions) == 5 and all(p["token_str"] for p in predictions)
+    assert_export_truncates_to(out, 512)  # the table's 514 rows less the pad id + 1 before position 0
 
     report = finetune_small_task(out, tmp_path)
     assert report["task"]["labels"] == list(FAMILIES), report

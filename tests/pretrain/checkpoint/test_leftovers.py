@@ -11,12 +11,15 @@ import pytest
 
 from pretrain.checkpoint.manager import REJECTED_DIR, saving_marker
 from tests.helpers.engine import init_process_group, make_engine, train_steps
+from tests.helpers.environment import restored_environment
 from tests.pretrain.checkpoint.test_trust import manager
 
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group():
-    init_process_group()
+    with restored_environment():  # the LOCAL_RANK it sets outlives the per-test reset of os.environ
+        init_process_group()
+        yield
 
 
 def test_a_save_deletes_only_what_a_save_of_ours_left_half_written(tmp_path, caplog):

@@ -19,11 +19,14 @@ from pretrain.checkpoint.manager import CheckpointError, CheckpointManager, find
 from pretrain.checkpoint.record import load_state, save_state, write_complete_record
 from tests.helpers import free_port
 from tests.helpers.engine import init_process_group, make_engine, train_steps
+from tests.helpers.environment import restored_environment
 
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group():
-    init_process_group()
+    with restored_environment():  # the LOCAL_RANK it sets outlives the per-test reset of os.environ
+        init_process_group()
+        yield
 
 
 def cfg(**kw):

@@ -18,11 +18,14 @@ from pretrain.checkpoint.record import write_complete_record
 from pretrain.config import OptimConfig
 from pretrain.runtime.lr_schedule import lr_factor
 from tests.helpers.engine import init_process_group, make_engine, train_steps
+from tests.helpers.environment import restored_environment
 
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group():
-    init_process_group()
+    with restored_environment():  # the LOCAL_RANK it sets outlives the per-test reset of os.environ
+        init_process_group()
+        yield
 
 
 class PlantedPayload:
