@@ -184,6 +184,7 @@ def test_a_rank_killed_mid_run_fails_the_job_within_killwait_naming_it(tmp_path)
         r"\] rank 1 \(local rank 0 on node2\) was killed by SIGKILL; srun stopped the other nodes", log
     )
     assert len(named) == 1, diagnosis
+    print(f"job ended {took:.1f} s after the rank died (KillWait {kill_wait_s()} s)")
     # The step's SIGKILL comes KillWait after srun's SIGTERM; polls and bookkeeping take a few seconds.
     assert took < kill_wait_s() + 15, diagnosis
     assert not list((run / "slurm").glob(".failed-*")), "the job script removes the record it read"
