@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 
+from launcher.first_failure import FAILURE_FILE_ENV, failure_recorder
 from launcher.hostfile import allocation_nodes, check_host, expand_nodelist, read_hostfile, write_hostfile
 from launcher.job_config import LaunchError, read_job_config
 from launcher.local import NodeSpec, deepspeed_command, run_node, torchrun_command
@@ -154,7 +156,17 @@ def _run(args: argparse.Namespace, rest: list[str]) -> int:
             rdzv_timeout_s=args.rdzv_timeout,
             cpu=args.cpu,
         )
-        return run_node(spec, rest, echo=lambda line: print(f"[node {spec.node_rank}] {line}", flush=True))
+
+        def echo(line: str) -> None:
+            print(f"[node {spec.node_rank}] {line}", flush=True)
+
+        return run_node(
+            spec,
+            rest,
+            echo=echo,
+            node_name=env.get("SLURMD_NODENAME") or socket.gethostname(),
+            on_failure=failure_recorder(env.get(FAILURE_FILE_ENV), echo),
+        )
     if args.master_addr is not None:  # DeepSpeed puts it into the shell command pdsh runs on every node
         check_host(args.master_addr, "--master-addr")
     spec = NodeSpec(

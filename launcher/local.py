@@ -201,22 +201,40 @@ def wait_for_master(addr: str, port: int, timeout_s: float, stopped=lambda: Fals
     )
 
 
+def exit_status(code: int) -> int:
+    """A Popen return code as a shell reports it: killed by signal N -> 128 + N, else the code."""
+    return code if code >= 0 else 128 - code
+
+
 def combine_exit_codes(codes: list[int]) -> int:
     """One exit code for the node: the first real failure (pass the codes in the order the ranks ended),
     else 75 if any rank was preempted, else 0."""
     failures = [c for c in codes if c not in (0, EXIT_PREEMPTED)]
-    if failures:  # killed by signal N -> 128 + N, as a shell reports it
-        return failures[0] if failures[0] > 0 else 128 - failures[0]
+    if failures:
+        return exit_status(failures[0])
     return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else 0
 
 
-def run_node(spec: NodeSpec, train_args: list[str], echo=print, module: str = "pretrain") -> int:
+def run_node(
+    spec: NodeSpec,
+    train_args: list[str],
+    echo=print,
+    module: str = "pretrain",
+    node_name: str | None = None,
+    on_failure=None,
+) -> int:
     """Start this node's ranks, forward SIGTERM/SIGINT/SIGUSR1 to them, return the combined exit code.
 
     A rank that fails makes the others stop: SIGTERM at once, SIGKILL to those still running after
     `kill_grace_s()` seconds, so that a crashed job does not hang in a collective; the exit code is then
-    the failed rank's, and a line names it. Raises LaunchError when a non-zero node rank cannot reach
-    the master, or for a bad MLM_KILL_GRACE_S.
+    the failed rank's, and a line names it (with `node_name`, when given). A failure before any stop
+    signal arrived is a cause, not a consequence of stopping: `on_failure(code, what)` is then called once
+    with its exit status and `what`, e.g. "rank 3 (local rank 1 on node2) was killed by SIGKILL".
+
+    A stop signal from outside (scancel, preemption) is only forwarded, never escalated to SIGKILL: the
+    trainer saves a checkpoint on it, which may take longer than any grace period here, and SLURM's own
+    KillWait bounds that wait. Raises LaunchError when a non-zero node rank cannot reach the master, or
+    for a bad MLM_KILL_GRACE_S.
     """
     grace_s = kill_grace_s()
     procs: list[subprocess.Popen] = []
@@ -251,10 +269,13 @@ def run_node(spec: NodeSpec, train_args: list[str], echo=print, module: str = "p
                     ended.append(i)
                     if p.returncode not in (0, EXIT_PREEMPTED) and kill_at is None:
                         rank = spec.node_rank * spec.nproc + i
-                        echo(
-                            f"mlm-launch: rank {rank} (local rank {i}) {describe_exit(p.returncode)}; "
-                            f"stopping the other ranks (SIGTERM, SIGKILL after {grace_s:g} s)"
-                        )
+                        where = f"local rank {i}" + (f" on {node_name}" if node_name else "")
+                        what = f"rank {rank} ({where}) {describe_exit(p.returncode)}"
+                        others = len(procs) - len(ended)
+                        stopping = f"; stopping the other ranks (SIGTERM, SIGKILL after {grace_s:g} s)"
+                        echo(f"mlm-launch: {what}" + (stopping if others else ""))
+                        if on_failure is not None and not stop_requested:
+                            on_failure(exit_status(p.returncode), what)
                         forward(signal.SIGTERM, None)
                         kill_at = time.monotonic() + grace_s
             if kill_at is not None and time.monotonic() >= kill_at:

@@ -270,7 +270,8 @@ def render_train_script(
     node_cmd += ["--rdzv-timeout", str(rdzv_timeout_s), "--", *train_args, "train.resume=auto"]
     workdir = Path.cwd()
     check_line(job.run_dir, f"{job.path}: run_dir")
-    output = output_pattern(log_dir_for(job.run_dir, workdir), "%x-%j.out")
+    log_dir = log_dir_for(job.run_dir, workdir)
+    output = output_pattern(log_dir, "%x-%j.out")
     return render(
         "train.sbatch",
         {
@@ -280,6 +281,7 @@ def render_train_script(
             "signal_seconds": str(signal_seconds),
             "workdir": sbatch_quote(str(workdir), "the working directory"),
             "output": sbatch_quote(output, "run_dir"),
+            "log_dir": shell_quote(str(log_dir), "run_dir"),
             "sbatch_extra": "\n".join(sbatch),
             "srun_extra": shell_join(opts.srun_args(), "--container-image/--container-mounts"),
             "node_command": shell_join(node_cmd, "a trainer argument"),

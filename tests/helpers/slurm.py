@@ -23,6 +23,12 @@ def job_fields(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
 
 
+def kill_wait_s() -> int:
+    """The cluster's KillWait: seconds between the SIGTERM SLURM sends a step it stops and the SIGKILL."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True)
+    return int(re.search(r"^KillWait\s*=\s*(\d+) sec", out.stdout, re.M).group(1))
+
+
 def earlier_run_lingers(job_id: str) -> bool:
     """Whether an earlier run of the job has not yet left the nodes: a slurmstepd of it still alive on
     this host (both emulated nodes run here), or a node still completing (its kill not yet acknowledged)."""

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from data_pipeline.shards.format import ShardReader
 from data_pipeline.shards.manifest import Manifest
 from tests.helpers.runs import write_config
-from tests.helpers.slurm import scheduler_log, wait_for_job
+from tests.helpers.slurm import kill_wait_s, scheduler_log, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -27,6 +28,8 @@ import os, signal, socket, sys, time
 run = sys.argv[sys.argv.index("--run") + 1]
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 stop = []
+# The last rank SIGKILLs itself after this step (0: never), as an out-of-memory kill would.
+sigkill_after = int(os.environ.get("STAND_IN_SIGKILL_AFTER_STEP", "0"))
 for sig in (signal.SIGUSR1, signal.SIGTERM):
     signal.signal(sig, lambda *_: stop.append(1))
 # Rank 0 serves the master's rendezvous port (which the other node's launcher waits for) and, like the
@@ -45,11 +48,19 @@ else:
     master = socket.create_connection((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
     master.sendall(b"h")
 
+# One byte from a peer. A dead peer blocks us forever, as an NCCL collective with a dead rank waits for
+# its timeout (minutes): a stop signal then only sets the flag.
+def receive(conn):
+    byte = conn.recv(1)
+    while not byte:
+        time.sleep(60)
+    return byte
+
 def anyone_stops(mine):
     if rank > 0:
         master.sendall(b"1" if mine else b"0")
-        return master.recv(1) == b"1"
-    flags = [mine] + [p.recv(1) == b"1" for p in peers]  # every peer's byte read, whatever the verdict
+        return receive(master) == b"1"
+    flags = [mine] + [receive(p) == b"1" for p in peers]  # every peer's byte read, whatever the verdict
     verdict = b"1" if any(flags) else b"0"
     for p in peers:
         p.sendall(verdict)
@@ -65,6 +76,8 @@ while step < int(os.environ["STAND_IN_STEPS"]):
     with open(ckpt + ".tmp", "w") as f:
         f.write(str(step))
     os.replace(ckpt + ".tmp", ckpt)
+    if step == sigkill_after and rank == world - 1:
+        os.kill(os.getpid(), signal.SIGKILL)
     if anyone_stops(bool(stop)):
         sys.exit(75)
 """
@@ -81,10 +94,10 @@ def _stand_in_trainer(workdir) -> None:
     (workdir / "pretrain" / "__main__.py").write_text(textwrap.dedent(STAND_IN_TRAINER))
 
 
-def _launch(cwd, *argv: str, steps: int | None = None) -> str:
-    """Run `python -m launcher ARGV` in CWD; STEPS is the stand-in trainer's length (sbatch passes the
-    environment on to the job). Returns what it printed: the job id."""
-    env = {**os.environ, **({"STAND_IN_STEPS": str(steps)} if steps is not None else {})}
+def _launch(cwd, *argv: str, steps: int | None = None, env: dict[str, str] | None = None) -> str:
+    """Run `python -m launcher ARGV` in CWD; STEPS is the stand-in trainer's length, ENV more variables
+    (sbatch passes the environment on to the job). Returns what it printed: the job id."""
+    env = {**os.environ, **({"STAND_IN_STEPS": str(steps)} if steps is not None else {}), **(env or {})}
     out = subprocess.run(
         [sys.executable, "-m", "launcher", *argv], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -141,6 +154,40 @@ def test_scancel_is_not_undone_by_a_requeue(tmp_path):
     assert fields["JobState"] == "CANCELLED" and fields["Restarts"] == "0"
     log = "".join(p.read_text() for p in (run / "slurm").glob("*.out"))
     assert "not requeued by this script" in log  # the ranks got the signal, saved, and the chain stopped
+
+
+def test_a_rank_killed_mid_run_fails_the_job_within_killwait_naming_it(tmp_path):
+    # Rank 1 (node2) SIGKILLs itself after step 2; rank 0 (node1) then blocks for good, flagging SIGTERM
+    # only, as a rank in an NCCL collective with a dead peer does: srun must stop it, KillWait bounds it.
+    _stand_in_trainer(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "cfg.yaml").write_text(f"run_dir: {run}\ndata: {{path: shards}}\n")
+    argv = ["--nodes", "2", "--cpu", "--time", "10", "--job-name", "dead"]
+    argv += ["--", "--config", "cfg.yaml", "--run", str(run)]
+    env = {"STAND_IN_SIGKILL_AFTER_STEP": "2", "MLM_KILL_GRACE_S": "2"}
+    job = _launch(tmp_path, "slurm", *argv, steps=10_000, env=env)
+
+    def rank_1_died(_fields) -> bool:
+        steps = run / "steps1"
+        return steps.exists() and len(steps.read_text().splitlines()) >= 2
+
+    wait_for_job(job, 60, until=rank_1_died)
+    died_at = time.monotonic()
+    fields = wait_for_job(job, 120)
+    took = time.monotonic() - died_at
+    log = "".join(p.read_text() for p in (run / "slurm").glob("dead-*.out"))
+    diagnosis = f"after {took:.1f} s: {fields}\n{log}\n{scheduler_log(job)}"
+    assert fields["JobState"] == "FAILED" and fields["ExitCode"] == "137:0", diagnosis
+    assert fields["Restarts"] == "0" and "requeueing" not in log, diagnosis
+    named = re.findall(
+        r"\] rank 1 \(local rank 0 on node2\) was killed by SIGKILL; srun stopped the other nodes", log
+    )
+    assert len(named) == 1, diagnosis
+    print(f"job ended {took:.1f} s after the rank died (KillWait {kill_wait_s()} s)")
+    # The step's SIGKILL comes KillWait after srun's SIGTERM; polls and bookkeeping take a few seconds.
+    assert took < kill_wait_s() + 15, diagnosis
+    assert not list((run / "slurm").glob(".failed-*")), "the job script removes the record it read"
 
 
 def _train_job(tmp_path, shards, name: str) -> tuple[str, Path]:

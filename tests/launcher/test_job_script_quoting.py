@@ -414,3 +414,27 @@ def test_an_undecodable_byte_is_one_line_not_a_traceback(write_config, stubs, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "U+DCFF" in err and "not UTF-8" in err
     assert calls(stubs, "sbatch") == []
+
+
+@pytest.mark.parametrize(
+    "record, code",
+    [(f"3 rank 1 (local rank 0 on node2) exited with 3 $(touch {MARKER}) `touch {MARKER}`", 3), ("x y", 137)],
+)
+def test_a_rank_failure_record_sets_the_exit_code_and_runs_nothing(
+    write_config, tmp_path, stubs, record, code
+):
+    # srun stands in for a job whose rank on node2 exited 3: that node's launcher wrote the record, and the
+    # other node's task, SIGKILLed after KillWait, made srun's own exit code 137. A record that is not
+    # `CODE WHAT` (the file is in the run dir: anyone may write it) leaves srun's code.
+    (tmp_path / "stub bin" / "srun").write_text(
+        f"#!/bin/bash\necho '{record}' >\"$MLM_FAILURE_FILE\"\nexit 137\n"
+    )
+    (tmp_path / "run" / "slurm").mkdir(parents=True)
+    script = render_train_script(SlurmOptions(time="10:00"), 2, 1, True, ["--config", str(write_config())])
+    result = run_script(script, tmp_path)
+    assert result.returncode == code, result.stdout + result.stderr
+    named = f"] rank 1 (local rank 0 on node2) exited with 3 $(touch {MARKER}) `touch {MARKER}`; srun stopped"
+    assert (named in result.stdout) == (code == 3), result.stdout
+    assert "requeue" not in calls(stubs, "scontrol")[-1]
+    assert nothing_ran(tmp_path, Path.cwd())
+    assert not list((tmp_path / "run" / "slurm").iterdir())  # the record was read and removed

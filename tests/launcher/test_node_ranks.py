@@ -45,15 +45,19 @@ def test_stop_signal_while_waiting_for_the_master_exits_75_without_starting_rank
 
 DEAD_RANK_NODE = """
 import sys
+from launcher.first_failure import failure_recorder
 from launcher.local import NodeSpec, run_node
 spec = NodeSpec(nproc=2, master_port={port}, cpu=True)
-sys.exit(run_node(spec, [{out!r}], module="tests.launcher.dead_rank_probe"))
+record = failure_recorder({record!r}, print)  # as `slurm-node` does with $MLM_FAILURE_FILE
+args = [{out!r}]
+sys.exit(run_node(spec, args, module="tests.launcher.dead_rank_probe", node_name="n7", on_failure=record))
 """
 
 
 def test_a_rank_killed_with_sigkill_ends_the_node_in_seconds_and_its_code_is_the_nodes(tmp_path):
     env = {**os.environ, "MLM_KILL_GRACE_S": "2"}
-    code = DEAD_RANK_NODE.format(port=free_port(), out=str(tmp_path))
+    record = tmp_path / "failed"
+    code = DEAD_RANK_NODE.format(port=free_port(), out=str(tmp_path), record=str(record))
     node = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -69,11 +73,25 @@ def test_a_rank_killed_with_sigkill_ends_the_node_in_seconds_and_its_code_is_the
         if node.poll() is None:
             node.kill()
     out = node.stdout.read()
-    assert "rank 1 (local rank 1) was killed by SIGKILL" in out
+    assert "rank 1 (local rank 1 on n7) was killed by SIGKILL; stopping the other ranks" in out
+    # The job script's record: the dead rank's exit status and who it was; nothing for the survivor, whose
+    # SIGKILL came after the stop began.
+    assert record.read_text() == "137 rank 1 (local rank 1 on n7) was killed by SIGKILL\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["failed", "pid0", "pid1"]  # no file left aside
     assert "local rank(s) [0] alive 2 s after SIGTERM: SIGKILL" in out  # it ignored SIGTERM
     assert took < 30, took  # the 2 s grace plus polling, far from any collective timeout
     with pytest.raises(ProcessLookupError):
         os.kill(survivor, 0)  # nothing left behind
+
+
+def test_the_first_failure_record_wins(tmp_path):
+    from launcher.first_failure import record_first_failure
+
+    path = str(tmp_path / "failed")
+    assert record_first_failure(path, 137, "rank 3 (local rank 1 on node2) was killed by SIGKILL")
+    assert not record_first_failure(path, 1, "rank 0 (local rank 0 on node1) exited with 1")
+    assert (tmp_path / "failed").read_text() == "137 rank 3 (local rank 1 on node2) was killed by SIGKILL\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["failed"]
 
 
 def test_kill_grace_is_30_s_unless_the_environment_says_otherwise():
