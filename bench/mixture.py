@@ -41,7 +41,7 @@ class SizedSource:
 
     def __init__(self, n: int) -> None:
         self.n, self.name = n, f"{n} rows"
-        self.seq_len, self.has_pairs, self.vocab_size = 128, False, 30000
+        self.seq_len, self.has_pairs, self.has_document_starts, self.vocab_size = 128, False, False, 30000
         self.special_ids = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
         self.tokenizer_fingerprint, self.tokenizer_dir = "0" * 64, ""
 
