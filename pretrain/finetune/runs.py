@@ -72,10 +72,16 @@ def training_arguments(settings: FinetuneSettings, seed: int, out_dir: str):
     )
 
 
-def train_run(model, settings: FinetuneSettings, seed: int, train_dataset, collator):
+def train_run(
+    model, settings: FinetuneSettings, seed: int, train_dataset, collator, title: str | None = None
+):
     """Train `model` on `train_dataset` with the HF Trainer: one run of any task (`settings`, `seed`, the
-    task's `collator`). Returns the trainer (for predictions) and {train_loss, train_seconds}."""
+    task's `collator`), its `title` printed (stderr) first. Returns the trainer (for predictions) and
+    {train_loss, train_seconds}."""
     from transformers import PrinterCallback, Trainer
+
+    if title:
+        print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
         trainer = Trainer(
@@ -89,12 +95,6 @@ def train_run(model, settings: FinetuneSettings, seed: int, train_dataset, colla
         result = trainer.train()
         seconds = time.monotonic() - started
     return trainer, {"train_loss": float(result.training_loss), "train_seconds": round(seconds, 2)}
-
-
-def announce_run(title: str | None) -> None:
-    """Print a run's `title` (stderr), once its model has loaded."""
-    if title:
-        print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
 
 
 def save_run(model, tokenizer, settings: FinetuneSettings, which: str, seed: int) -> None:

@@ -11,14 +11,7 @@ import logging
 import os
 
 from pretrain.finetune.entity_metrics import entity_scores, summarise_entities
-from pretrain.finetune.runs import (
-    FinetuneSettings,
-    announce_run,
-    run_in_turn,
-    run_record,
-    save_run,
-    train_run,
-)
+from pretrain.finetune.runs import FinetuneSettings, run_in_turn, run_record, save_run, train_run
 from pretrain.finetune.token_data import TokenTaskData
 from pretrain.finetune.token_windows import EncodedWords, encode_words, with_prefix_space, words_tags
 from pretrain.finetune.train import load_tokenizer, prepared_model, resolve_max_seq_len
@@ -72,9 +65,8 @@ def finetune_tokens_once(
     from transformers import DataCollatorForTokenClassification
 
     model, parameters = prepared_model(model_dir, data, which, seed, announce, settings, _AUTO_CLASS)
-    announce_run(title)
     collator = DataCollatorForTokenClassification(tokenizer)
-    trainer, training = train_run(model, settings, seed, encoded["train"], collator)
+    trainer, training = train_run(model, settings, seed, encoded["train"], collator, title)
     save_run(model, tokenizer, settings, which, seed)
     predicted = predict_windows(trainer.model, collator, encoded["validation"], 2 * settings.batch_size)
     sentences = data.validation.sentences

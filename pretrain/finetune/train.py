@@ -17,14 +17,7 @@ from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, TaskData
 from pretrain.finetune.metrics import classification_metrics, summarise
 from pretrain.finetune.peft_setup import apply_peft, parameter_counts
-from pretrain.finetune.runs import (
-    FinetuneSettings,
-    announce_run,
-    run_in_turn,
-    run_record,
-    save_run,
-    train_run,
-)
+from pretrain.finetune.runs import FinetuneSettings, run_in_turn, run_record, save_run, train_run
 
 log = logging.getLogger("mlm-finetune")
 
@@ -208,8 +201,8 @@ def finetune_once(
     from transformers import DataCollatorWithPadding
 
     model, parameters = prepared_model(model_dir, data, which, seed, announce, settings)
-    announce_run(title)
-    trainer, training = train_run(model, settings, seed, encoded["train"], DataCollatorWithPadding(tokenizer))
+    collator = DataCollatorWithPadding(tokenizer)
+    trainer, training = train_run(model, settings, seed, encoded["train"], collator, title)
     output = trainer.predict(encoded["validation"])
     save_run(model, tokenizer, settings, which, seed)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
