@@ -41,7 +41,7 @@ class SizedSource:
 
     def __init__(self, n: int) -> None:
         self.n, self.name = n, f"{n} rows"
-        self.seq_len, self.has_pairs, self.vocab_size = 128, False, 30000
+        self.seq_len, self.has_pairs, self.has_document_starts, self.vocab_size = 128, False, False, 30000
         self.special_ids = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
         self.tokenizer_fingerprint, self.tokenizer_dir = "0" * 64, ""
 
@@ -59,6 +59,20 @@ def best_of(fn, repeat: int = 5) -> float:
     return min(times)
 
 
+def batch_sampler(rows: int, global_batch: int, micro: int | None = None, shuffle: bool = True):
+    """The one-rank sampler of global batches of `global_batch` (micro-batches of `micro`, default the whole
+    batch) over `rows` rows, seed 0."""
+    return GlobalBatchSampler(
+        rows,
+        global_batch_size=global_batch,
+        micro_batch_size=micro or global_batch,
+        seed=0,
+        rank=0,
+        world_size=1,
+        shuffle=shuffle,
+    )
+
+
 def draw_cost(num_sources: int, global_batch: int, total_rows: int, steps: int) -> None:
     """Part 1: print us per global batch of the mixture's draw and of the plain sampler's step."""
     raw = np.exp(np.random.default_rng(0).uniform(0, np.log(1000), num_sources))  # up to 1000x apart
@@ -69,15 +83,7 @@ def draw_cost(num_sources: int, global_batch: int, total_rows: int, steps: int) 
     mixture = MixtureSource(parts, p, seed=0)
     mixture.count_sources(np.arange(1), 0)
     table = time.perf_counter() - start
-    sampler = GlobalBatchSampler(
-        len(mixture),
-        global_batch_size=global_batch,
-        micro_batch_size=global_batch,
-        seed=0,
-        rank=0,
-        world_size=1,
-        shuffle=False,
-    )
+    sampler = batch_sampler(len(mixture), global_batch, shuffle=False)
     batches = [sampler.next_step() for _ in range(steps)]
     start = time.perf_counter()
     mixture.locate(batches[0].global_batch, 0)  # the first pass of every source it touches
@@ -89,14 +95,7 @@ def draw_cost(num_sources: int, global_batch: int, total_rows: int, steps: int) 
             mixture.locate(b.global_batch, b.epoch)
 
     per_batch = best_of(draw) / steps
-    plain = GlobalBatchSampler(
-        len(mixture),
-        global_batch_size=global_batch,
-        micro_batch_size=global_batch,
-        seed=0,
-        rank=0,
-        world_size=1,
-    )
+    plain = batch_sampler(len(mixture), global_batch)
     plain.next_step()  # its epoch permutation, once per epoch
     per_step = best_of(lambda: [plain.next_step() for _ in range(steps)]) / steps
     print(
@@ -109,15 +108,7 @@ def draw_cost(num_sources: int, global_batch: int, total_rows: int, steps: int) 
 
 def loader_rate(source, steps: int, global_batch: int, micro: int, shuffle: bool) -> float:
     """Part 2: samples/s the loader thread produces (draw, take, masking) over `steps` steps."""
-    sampler = GlobalBatchSampler(
-        len(source),
-        global_batch_size=global_batch,
-        micro_batch_size=micro,
-        seed=0,
-        rank=0,
-        world_size=1,
-        shuffle=shuffle,
-    )
+    sampler = batch_sampler(len(source), global_batch, micro, shuffle)
     collator = MaskingCollator(
         MaskingConfig(), special_ids=source.special_ids, vocab_size=source.vocab_size, seed=0
     )

@@ -66,8 +66,8 @@ def test_dependencies_point_one_way():
 
 def test_the_launcher_reaches_only_the_torch_free_part_of_pretrain():
     """What the launcher loads of pretrain, followed through every import: the config package, its error
-    type and the model registry with each architecture's config section (tests/launcher checks that
-    neither torch nor numpy is loaded)."""
+    type and the model registry with each architecture's config section and what the sections share
+    (tests/launcher checks that neither torch nor numpy is loaded)."""
     modules = project_modules()
     known = set(modules)
     reached, todo = set(), [name for name in modules if name.startswith("launcher")]
@@ -82,6 +82,7 @@ def test_the_launcher_reaches_only_the_torch_free_part_of_pretrain():
         "pretrain.models",
         "pretrain.models.registry",
         "pretrain.models.architecture",
+        "pretrain.models.model_section",
     }
     for name in sorted(n for n in reached if n.startswith("pretrain")):
         # an architecture's package (its __init__ imports nothing) and its config section

@@ -21,16 +21,17 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 from data_pipeline.integrity import write_json_atomic
 from pretrain import TOOL_LOG_FORMAT
 from pretrain.finetune.data import FinetuneInputError, load_task
 from pretrain.finetune.entity_metrics import format_entity_table
 from pretrain.finetune.peft_setup import LORA_LR, add_peft_arguments, check_peft_settings, peft_settings
+from pretrain.finetune.runs import FinetuneSettings
 from pretrain.finetune.token_data import load_token_task
 from pretrain.finetune.token_train import run_token_finetuning, token_task_report
-from pretrain.finetune.train import FinetuneSettings, load_tokenizer, model_max_length, run_finetuning
+from pretrain.finetune.train import resolve_max_seq_len, run_finetuning
 
 log = logging.getLogger("mlm-finetune")
 
@@ -172,6 +173,21 @@ def _check_args(args: argparse.Namespace) -> None:
         raise FinetuneInputError(f"--out {args.out} exists and is not a directory")
 
 
+def _load_data(args: argparse.Namespace, tokens: bool):
+    """The task's train and validation data (a token task's with `tokens`), split as the arguments say."""
+    files = (args.train, args.validation)
+    split = {"validation_fraction": args.validation_fraction, "split_seed": args.split_seed}
+    if tokens:
+        columns = {"tokens_column": args.tokens_column, "tags_column": args.tags_column}
+        return load_token_task(*files, **columns, scheme=args.tag_scheme, **split)
+    columns = {
+        "text_column": args.text_column,
+        "label_column": args.label_column,
+        "text_pair_column": args.text_pair_column,
+    }
+    return load_task(*files, **columns, **split)
+
+
 def _parameters(summary: dict) -> dict:
     run = summary["per_seed"][0]
     return {"trainable": run["trainable_parameters"], "total": run["total_parameters"]}
@@ -219,26 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FinetuneInputError(
                 "--jobs > 1 is not supported with --task token-classification; use --jobs 1"
             )
-        if tokens:
-            data = load_token_task(
-                args.train,
-                args.validation,
-                tokens_column=args.tokens_column,
-                tags_column=args.tags_column,
-                scheme=args.tag_scheme,
-                validation_fraction=args.validation_fraction,
-                split_seed=args.split_seed,
-            )
-        else:
-            data = load_task(
-                args.train,
-                args.validation,
-                text_column=args.text_column,
-                label_column=args.label_column,
-                text_pair_column=args.text_pair_column,
-                validation_fraction=args.validation_fraction,
-                split_seed=args.split_seed,
-            )
+        data = _load_data(args, tokens)
         import torch
 
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -258,9 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with tempfile.TemporaryDirectory(prefix="mlm-finetune-model-") as scratch:
                 model_dir, found = resolve_model(args.model, scratch)
-                if settings.max_seq_len is None:
-                    longest = model_max_length(model_dir, load_tokenizer(model_dir, args.model))
-                    settings = replace(settings, max_seq_len=longest)
+                # Here as well as in the runs: the report names the length they use.
+                settings = resolve_max_seq_len(settings, model_dir, source=args.model)
                 models = ("pretrained", "random_init") if args.baseline else ("pretrained",)
                 seeds = list(range(args.seed_base, args.seed_base + args.seeds))
                 if tokens:

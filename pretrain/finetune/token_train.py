@@ -6,17 +6,15 @@ joined back, and scored per entity (`entity_metrics`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import sys
-import tempfile
-import time
 
 from pretrain.finetune.entity_metrics import entity_scores, summarise_entities
-from pretrain.finetune.peft_setup import save_finetuned
+from pretrain.finetune.runs import FinetuneSettings, run_in_turn, run_record, save_run, train_run
 from pretrain.finetune.token_data import TokenTaskData
 from pretrain.finetune.token_windows import EncodedWords, encode_words, with_prefix_space, words_tags
-from pretrain.finetune.train import FinetuneSettings, load_tokenizer, prepared_model, training_arguments
+from pretrain.finetune.train import load_tokenizer, prepared_model, resolve_max_seq_len
 
 log = logging.getLogger("mlm-finetune")
 
@@ -64,40 +62,18 @@ def finetune_tokens_once(
 ) -> dict:
     """Fine-tune one token classifier (`which`: pretrained or random_init) with `seed`; returns its
     entity_scores on the validation split plus seed, train_loss and train_seconds."""
-    from transformers import DataCollatorForTokenClassification, PrinterCallback, Trainer
+    from transformers import DataCollatorForTokenClassification
 
     model, parameters = prepared_model(model_dir, data, which, seed, announce, settings, _AUTO_CLASS)
-    if title:
-        print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
     collator = DataCollatorForTokenClassification(tokenizer)
-    with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(settings, seed, out),
-            train_dataset=encoded["train"],
-            data_collator=collator,
-        )
-        trainer.remove_callback(PrinterCallback)
-        started = time.monotonic()
-        result = trainer.train()
-        seconds = time.monotonic() - started
-    if settings.save_model:
-        save_finetuned(
-            model, tokenizer, settings.save_model, os.path.join(settings.save_dir, f"{which}-seed-{seed}")
-        )
+    trainer, training = train_run(model, settings, seed, encoded["train"], collator, title)
+    save_run(model, tokenizer, settings, which, seed)
     predicted = predict_windows(trainer.model, collator, encoded["validation"], 2 * settings.batch_size)
     sentences = data.validation.sentences
     tag_ids = words_tags(encoded["validation"], predicted, [len(s) for s in sentences])
     predicted_tags = [[data.label_names[i] for i in ids] for ids in tag_ids]
     scores = entity_scores(data.validation.tags, predicted_tags, data.scheme)
-    return {
-        "seed": seed,
-        **scores,
-        "train_loss": float(result.training_loss),
-        "train_seconds": round(seconds, 2),
-        "trainable_parameters": parameters["trainable"],
-        "total_parameters": parameters["total"],
-    }
+    return run_record(seed, scores, training, parameters)
 
 
 def token_tokenizer(model_dir: str):
@@ -125,6 +101,7 @@ def run_token_finetuning(
     """Fine-tune each of `models` once per seed. Returns ({model: summarise_entities(...)}, the encoding
     counts per split: windows, split sentences, cut words, words without tokens)."""
     tokenizer = token_tokenizer(model_dir)
+    settings = resolve_max_seq_len(settings, model_dir, tokenizer)
     encoded = encode_task(tokenizer, data, settings.max_seq_len)
     counts = {split: e.counts for split, e in encoded.items()}
     if counts["validation"]["split_sentences"] or counts["train"]["split_sentences"]:
@@ -136,30 +113,21 @@ def run_token_finetuning(
             counts["validation"]["split_sentences"],
         )
     runs = [(which, seed) for which in models for seed in seeds]
-    results = {}
-    for done, (which, seed) in enumerate(runs, 1):
-        run = finetune_tokens_once(
-            model_dir,
-            tokenizer,
-            data,
-            encoded,
-            settings,
-            which,
-            seed,
-            announce=done == 1,
-            title=f"{which}, seed {seed} ({done}/{len(runs)})",
-        )
-        log.info(
-            "%s seed %d: entity F1 %.4f (P %.4f, R %.4f)",
-            which,
-            seed,
-            run["f1"],
-            run["precision"],
-            run["recall"],
-        )
-        results[which, seed] = run
+    run_once = functools.partial(finetune_tokens_once, model_dir, tokenizer, data, encoded, settings)
+    results = run_in_turn(runs, run_once, _log_token_run)
     summaries = {which: summarise_entities([results[which, seed] for seed in seeds]) for which in models}
     return summaries, counts
+
+
+def _log_token_run(which: str, run: dict) -> None:
+    log.info(
+        "%s seed %d: entity F1 %.4f (P %.4f, R %.4f)",
+        which,
+        run["seed"],
+        run["f1"],
+        run["precision"],
+        run["recall"],
+    )
 
 
 def token_task_report(args, data: TokenTaskData, counts: dict) -> dict:

@@ -5,12 +5,11 @@ time or in CPU worker processes (`jobs`), and summarises them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
-import tempfile
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,36 +17,10 @@ from pretrain import TOOL_LOG_FORMAT
 from pretrain.checkpoint.input_length import longest_input
 from pretrain.finetune.data import FinetuneInputError, TaskData
 from pretrain.finetune.metrics import classification_metrics, summarise
-from pretrain.finetune.peft_setup import PeftSettings, apply_peft, parameter_counts, save_finetuned
+from pretrain.finetune.peft_setup import apply_peft, parameter_counts
+from pretrain.finetune.runs import FinetuneSettings, run_in_turn, run_record, save_run, train_run
 
 log = logging.getLogger("mlm-finetune")
-
-
-@dataclass
-class FinetuneSettings:
-    """The fine-tuning budget and optimiser, the same for every seed and for the random-init baseline."""
-
-    # The defaults are a plain Hugging Face Trainer fine-tune's, TrainingArguments' own (docs/finetuning.md,
-    # "The defaults"): the BERT paper's GLUE batch of 32 left a 300-example task 30 updates, where the
-    # Trainer's 8 gives 114.
-    epochs: float = 3.0
-    lr: float = 5e-5
-    batch_size: int = 8
-    max_seq_len: int | None = None
-    """Longer texts are truncated; None: the model's maximum (`model_max_length`)."""
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    group_by_length: bool = False
-    """Batches of similar lengths (less padding, faster) rather than uniformly random batches."""
-    device: str = "auto"
-    """auto (CUDA when available), cpu or cuda."""
-    bf16: bool = False
-    progress: bool = True
-    peft: PeftSettings = field(default_factory=PeftSettings)
-    save_model: str | None = None
-    """Save each run's fine-tuned model: `adapter` (LoRA only) or `full`; None: save nothing."""
-    save_dir: str | None = None
-    """Where the saved models go, one dir per run: `<model>-seed-<seed>`."""
 
 
 # Files one of which a tokenizer dir holds. Without any, transformers 5 quietly builds an empty
@@ -96,6 +69,20 @@ def model_max_length(model_dir: str, tokenizer) -> int:
     return int(
         tokenizer.model_max_length if positions is None else min(tokenizer.model_max_length, positions)
     )
+
+
+def resolve_max_seq_len(
+    settings: FinetuneSettings, model_dir: str, tokenizer=None, source: str | None = None
+) -> FinetuneSettings:
+    """`settings` with `max_seq_len` set: as given, or for None the longest input the model in `model_dir`
+    takes (`model_max_length`). `tokenizer` is the model's; when needed and not given it is loaded here,
+    errors naming `source` (default `model_dir`). The one place None becomes a length: the CLI applies it
+    (its report names the length) and so do the task runs (for any other caller)."""
+    if settings.max_seq_len is not None:
+        return settings
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_dir, source or model_dir)
+    return replace(settings, max_seq_len=model_max_length(model_dir, tokenizer))
 
 
 class _Encoded:
@@ -193,37 +180,6 @@ def prepared_model(
     return model, parameters
 
 
-def training_arguments(settings: FinetuneSettings, seed: int, out_dir: str):
-    """The Trainer's arguments of one run (`settings`, `seed`, scratch `out_dir`): the same for every task."""
-    import torch
-    from transformers import TrainingArguments
-
-    use_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
-    # With --group-by-length, batches of similar lengths (HF's LengthGroupedSampler, seeded): with dynamic
-    # padding a batch then costs its own length, not that of the longest text drawn into it.
-    return TrainingArguments(
-        output_dir=out_dir,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.lr,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=2 * settings.batch_size,
-        weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio,
-        lr_scheduler_type="linear",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=use_cpu,
-        bf16=settings.bf16,
-        eval_strategy="no",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to="none",
-        disable_tqdm=not settings.progress,
-        dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
-    )
-
-
 def finetune_once(
     model_dir,
     tokenizer,
@@ -238,39 +194,17 @@ def finetune_once(
     """Fine-tune one model (`which`: pretrained or random_init) with `seed`; returns its metrics on the
     validation split plus seed, train_loss and train_seconds. Raises FinetuneInputError when the model
     does not load; `title` is printed (stderr) once it did."""
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    from transformers import DataCollatorWithPadding
 
     model, parameters = prepared_model(model_dir, data, which, seed, announce, settings)
-    if title:
-        print(f"[mlm-finetune] {title}", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="mlm-finetune-") as out:
-        args = training_arguments(settings, seed, out)
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=encoded["train"],
-            data_collator=DataCollatorWithPadding(tokenizer),
-        )
-        trainer.remove_callback(PrinterCallback)  # without bars it prints a dict per run; we log one line
-        started = time.monotonic()
-        result = trainer.train()
-        seconds = time.monotonic() - started
-        output = trainer.predict(encoded["validation"])
-    if settings.save_model:
-        save_finetuned(
-            model, tokenizer, settings.save_model, os.path.join(settings.save_dir, f"{which}-seed-{seed}")
-        )
+    collator = DataCollatorWithPadding(tokenizer)
+    trainer, training = train_run(model, settings, seed, encoded["train"], collator, title)
+    output = trainer.predict(encoded["validation"])
+    save_run(model, tokenizer, settings, which, seed)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     # label_ids, not data.validation.labels: the length-grouped sampler also reorders the evaluation set.
     metrics = classification_metrics(output.label_ids, np.asarray(logits).argmax(-1), len(data.label_names))
-    return {
-        "seed": seed,
-        **metrics,
-        "train_loss": float(result.training_loss),
-        "train_seconds": round(seconds, 2),
-        "trainable_parameters": parameters["trainable"],
-        "total_parameters": parameters["total"],
-    }
+    return run_record(seed, metrics, training, parameters)
 
 
 _SPLITS = ("train", "validation")
@@ -294,25 +228,12 @@ def run_finetuning(
     thread count: every run is seeded on its own, so the results are those of jobs=1, bit for bit.
     """
     tokenizer = load_tokenizer(model_dir, model_dir)  # also with jobs > 1: a bad dir fails before any worker
-    if settings.max_seq_len is None:
-        settings = replace(settings, max_seq_len=model_max_length(model_dir, tokenizer))
+    settings = resolve_max_seq_len(settings, model_dir, tokenizer)
     runs = [(which, seed) for which in models for seed in seeds]
-    results: dict[tuple[str, int], dict] = {}
     if jobs <= 1:
         encoded = _encode_splits(tokenizer, data, settings.max_seq_len)
-        for done, (which, seed) in enumerate(runs, 1):
-            results[which, seed] = finetune_once(
-                model_dir,
-                tokenizer,
-                data,
-                encoded,
-                settings,
-                which,
-                seed,
-                announce=done == 1,
-                title=f"{which}, seed {seed} ({done}/{len(runs)})",
-            )
-            _log_run(which, results[which, seed])
+        run_once = functools.partial(finetune_once, model_dir, tokenizer, data, encoded, settings)
+        results = run_in_turn(runs, run_once, _log_run)
     else:
         results = _run_in_workers(runs, min(jobs, len(runs)), (model_dir, data, settings), settings.progress)
     return {which: summarise([results[which, seed] for seed in seeds]) for which in models}

@@ -39,6 +39,19 @@ class PretrainingModel(Protocol):
     def count_parameters(self) -> int: ...
 
 
+def encoder_shape(hf_config) -> dict:
+    """The keys every architecture's `shape()` record starts with (vocab size and the four shape keys of
+    pretrain/models/model_section.py, under those names), read from its `transformers` config."""
+    c = hf_config
+    return {
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "num_layers": c.num_hidden_layers,
+        "num_heads": c.num_attention_heads,
+        "intermediate_size": c.intermediate_size,
+    }
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One architecture of the registry.

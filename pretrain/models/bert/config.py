@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pretrain.errors import require
+from pretrain.models.model_section import SHAPE_FIELDS, PresetShape
 
 PresetName = Literal["tiny", "mini", "small", "medium", "base", "large"]
 # The one place BERT's sizes live (Turc et al. 2019 "Well-Read Students" sizes; BERT base/large).
@@ -20,11 +21,10 @@ PRESETS: dict[str, dict[str, int]] = {
     "base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072},
     "large": {"num_layers": 24, "hidden_size": 1024, "num_heads": 16, "intermediate_size": 4096},
 }
-SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
 @dataclass
-class BertModelConfig:
+class BertModelConfig(PresetShape):
     """The BERT encoder's shape; `preset` fills every shape field left unset.
 
     Without `model.preset` and without `model.init_from`, the four shape keys must all be set. With
@@ -71,27 +71,11 @@ class BertModelConfig:
     replacements from the tokenizer's ids only); the export keeps them (its config's vocab_size is the
     padded one, which transformers loads with any tokenizer of at most that size). 1: no padding."""
 
-    def padded_vocab_size(self, vocab_size: int) -> int:
-        """The tokenizer's `vocab_size` rounded up to a multiple of pad_vocab_to_multiple_of."""
-        multiple = self.pad_vocab_to_multiple_of
-        return -(-vocab_size // multiple) * multiple
-
     def __post_init__(self) -> None:
-        if self.preset is not None:
-            for name, value in PRESETS[self.preset].items():
-                if getattr(self, name) is None:
-                    setattr(self, name, value)
-        if self.init_from is None:
-            missing = [n for n in SHAPE_FIELDS if getattr(self, n) is None]
-            require(
-                not missing,
-                f"model: {', '.join('model.' + m for m in missing)} not set; "
-                f"set them or choose model.preset from {sorted(PRESETS)}",
-            )
-        require(
-            self.pad_vocab_to_multiple_of >= 1,
-            f"model.pad_vocab_to_multiple_of must be >= 1, got {self.pad_vocab_to_multiple_of}",
-        )
+        self.fill_shape_from_preset()
+        if self.init_from is None:  # with it, the checkpoint's config sets the shape
+            self.require_shape_set()
+        self.require_vocab_multiple()
         for name in SHAPE_FIELDS:
             value = getattr(self, name)
             require(value is None or value > 0, f"model.{name} must be > 0, got {value}")

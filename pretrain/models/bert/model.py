@@ -14,10 +14,8 @@ transformers passes on unchanged to SDPA, and positions that restart at each doc
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
-import torch.nn.functional as F
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import (
     BertForPreTraining,
@@ -28,9 +26,12 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from pretrain.errors import ConfigError
-from pretrain.models.bert.config import SHAPE_FIELDS, BertModelConfig
+from pretrain.models.architecture import encoder_shape
+from pretrain.models.bert.config import BertModelConfig
 from pretrain.models.document_mask import document_attention_mask
-from pretrain.models.outputs import PretrainingOutput
+from pretrain.models.init_from import init_from_config
+from pretrain.models.model_section import SHAPE_FIELDS
+from pretrain.models.outputs import PretrainingOutput, pretraining_output
 
 
 class MLMPretrainingModel(BertPreTrainedModel):
@@ -71,14 +72,9 @@ class MLMPretrainingModel(BertPreTrainedModel):
 
     def shape(self) -> dict:
         """What the run identity records of the model (see PretrainingModel.shape)."""
-        c = self.config
         return {
-            "vocab_size": c.vocab_size,
-            "hidden_size": c.hidden_size,
-            "num_layers": c.num_hidden_layers,
-            "num_heads": c.num_attention_heads,
-            "intermediate_size": c.intermediate_size,
-            "max_position_embeddings": c.max_position_embeddings,
+            **encoder_shape(self.config),
+            "max_position_embeddings": self.config.max_position_embeddings,
             "pair_head": bool(self.has_pair_head),
             # Only when on, so the identity of every run from before the option is unchanged.
             **({"document_isolation": True} if self.document_isolation else {}),
@@ -153,22 +149,10 @@ class MLMPretrainingModel(BertPreTrainedModel):
         hidden = encoded.last_hidden_state
         masked_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
         logits = self.cls.predictions(masked_hidden).float()
-        mlm_loss_sum = F.cross_entropy(logits, masked_labels, reduction="sum")
-        mlm_correct = (logits.argmax(-1) == masked_labels).sum()
-        # torch.full fills on the device from a kernel argument: unlike torch.tensor(n, device=...) it
-        # copies nothing from host memory, so it never blocks the host on a GPU.
-        num_masked = torch.full((), masked_labels.numel(), dtype=torch.int64, device=logits.device)
-
-        zero = torch.zeros((), device=logits.device)
-        pair_loss_sum, pair_correct, num_pairs = zero, zero.long(), zero.long()
+        pair_logits = None
         if self.has_pair_head and pair_labels is not None:
             pair_logits = self.cls.seq_relationship(encoded.pooler_output).float()
-            pair_loss_sum = F.cross_entropy(pair_logits, pair_labels, reduction="sum")
-            pair_correct = (pair_logits.argmax(-1) == pair_labels).sum()
-            num_pairs = torch.full((), pair_labels.numel(), dtype=torch.int64, device=logits.device)
-        return PretrainingOutput(
-            mlm_loss_sum, mlm_correct, num_masked, pair_loss_sum, pair_correct, num_pairs
-        )
+        return pretraining_output(logits, masked_labels, pair_logits, pair_labels)
 
     def count_parameters(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
@@ -239,16 +223,7 @@ def build_model(
         return MLMPretrainingModel(config, pair_head=pair_head, document_isolation=isolation)
 
     src = model_cfg.init_from
-    if not os.path.isfile(os.path.join(src, "config.json")):
-        raise ConfigError(
-            f"model.init_from={src}: no config.json there; expected a Hugging Face BERT checkpoint dir"
-        )
-    try:
-        config = BertConfig.from_pretrained(src)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"model.init_from={src}: cannot read its config.json: {exc}") from None
-    if config.model_type != "bert":
-        raise ConfigError(f"model.init_from={src}: model_type is {config.model_type!r}, expected 'bert'")
+    config = init_from_config(src, BertConfig, "BERT")
     if config.vocab_size not in (vocab_size, padded):  # a padded export continues with its padding
         also = f" (padded to {padded} by model.pad_vocab_to_multiple_of)" if padded != vocab_size else ""
         raise ConfigError(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pretrain.errors import require
+from pretrain.models.model_section import SHAPE_FIELDS, PresetShape
 
 PresetName = Literal["tiny", "mini", "small", "base", "large"]
 # The one place ModernBERT's sizes live. base and large are the published ModernBERT shapes (Warner et al.
@@ -20,12 +21,11 @@ PRESETS: dict[str, dict[str, int]] = {
     "base": {"num_layers": 22, "hidden_size": 768, "num_heads": 12, "intermediate_size": 1152},
     "large": {"num_layers": 28, "hidden_size": 1024, "num_heads": 16, "intermediate_size": 2624},
 }
-SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 ATTENTION_BACKENDS = ("auto", "sdpa", "varlen", "flex", "flash")
 
 
 @dataclass
-class ModernBertModelConfig:
+class ModernBertModelConfig(PresetShape):
     """The ModernBERT encoder: rotary positions, GeGLU, pre-norm, alternating global and local attention,
     and documents that never attend to each other within a packed row. `preset` fills every shape field
     left unset; without it the four shape keys must all be set.
@@ -75,22 +75,9 @@ class ModernBertModelConfig:
     """Round the embedding and output rows up to a multiple of this (64 on GPUs, as ModernBERT's 50368).
     The extra rows are never an input id; the export keeps them. 1: no padding."""
 
-    def padded_vocab_size(self, vocab_size: int) -> int:
-        """The tokenizer's `vocab_size` rounded up to a multiple of pad_vocab_to_multiple_of."""
-        multiple = self.pad_vocab_to_multiple_of
-        return -(-vocab_size // multiple) * multiple
-
     def __post_init__(self) -> None:
-        if self.preset is not None:
-            for name, value in PRESETS[self.preset].items():
-                if getattr(self, name) is None:
-                    setattr(self, name, value)
-        missing = [n for n in SHAPE_FIELDS if getattr(self, n) is None]
-        require(
-            not missing,
-            f"model: {', '.join('model.' + m for m in missing)} not set; "
-            f"set them or choose model.preset from {sorted(PRESETS)}",
-        )
+        self.fill_shape_from_preset()
+        self.require_shape_set()
         for name in (
             *SHAPE_FIELDS,
             "max_position_embeddings",
@@ -113,10 +100,7 @@ class ModernBertModelConfig:
             require(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
         for name in ("embedding_dropout", "mlp_dropout"):
             require(0.0 <= getattr(self, name) < 1.0, f"model.{name} must be in [0, 1)")
-        require(
-            self.pad_vocab_to_multiple_of >= 1,
-            f"model.pad_vocab_to_multiple_of must be >= 1, got {self.pad_vocab_to_multiple_of}",
-        )
+        self.require_vocab_multiple()
 
     def layer_types(self) -> list[str]:
         """Each layer's attention as transformers names it: full_attention (global) or sliding_attention."""

@@ -18,16 +18,16 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import ModernBertConfig
 
 from pretrain.errors import ConfigError
+from pretrain.models.architecture import encoder_shape
 from pretrain.models.attention import BACKENDS, AttentionBackend
 from pretrain.models.attention_select import DeviceFacts, device_facts, installed_kernels, select_backend
 from pretrain.models.modernbert.config import ModernBertModelConfig
 from pretrain.models.modernbert.layers import ModernBertEncoder, ModernBertPredictionHead, rotary_cos_sin
-from pretrain.models.outputs import PretrainingOutput
+from pretrain.models.outputs import PretrainingOutput, pretraining_output
 from pretrain.runtime.collectives import process_group_rank
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,7 @@ class ModernBertPretrainingModel(nn.Module):
         """What the run identity records of the model (see PretrainingModel.shape)."""
         c = self.config
         return {
-            "vocab_size": c.vocab_size,
-            "hidden_size": c.hidden_size,
-            "num_layers": c.num_hidden_layers,
-            "num_heads": c.num_attention_heads,
-            "intermediate_size": c.intermediate_size,
+            **encoder_shape(c),
             "layer_types": ",".join(c.layer_types),
             "local_attention": c.local_attention,
             "bias": bool(c.attention_bias),
@@ -204,12 +200,7 @@ class ModernBertPretrainingModel(nn.Module):
         hidden = self.encode(input_ids, document_ids, position_ids, cu_seqlens, unpad_indices)
         rows = self.row_of_positions(masked_positions, unpad_indices, input_ids.numel())
         logits = self.logits(hidden.index_select(0, rows)).float()
-        mlm_loss_sum = F.cross_entropy(logits, masked_labels, reduction="sum")
-        mlm_correct = (logits.argmax(-1) == masked_labels).sum()
-        # torch.full fills on the device from a kernel argument: no copy from host memory, no host sync.
-        num_masked = torch.full((), masked_labels.numel(), dtype=torch.int64, device=logits.device)
-        zero = torch.zeros((), device=logits.device)
-        return PretrainingOutput(mlm_loss_sum, mlm_correct, num_masked, zero, zero.long(), zero.long())
+        return pretraining_output(logits, masked_labels)
 
     def count_parameters(self) -> int:
         """Number of distinct parameters (the tied decoder weight counted once)."""

@@ -12,7 +12,6 @@ plain save.
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import torch
@@ -22,6 +21,7 @@ from transformers.models.roberta.modeling_roberta import RobertaEmbeddings, Robe
 
 from pretrain.errors import ConfigError
 from pretrain.models.bert.model import MLMPretrainingModel, _bert_config
+from pretrain.models.init_from import init_from_config
 from pretrain.models.roberta.config import RobertaModelConfig
 
 EXPORT_CLASS = "RobertaForMaskedLM"
@@ -164,16 +164,7 @@ def _from_pretrained(
     model_cfg: RobertaModelConfig, vocab_size: int, pad_id: int, tokenizer_source: str
 ) -> RobertaMLMPretrainingModel:
     src = model_cfg.init_from
-    if not os.path.isfile(os.path.join(src, "config.json")):
-        raise ConfigError(
-            f"model.init_from={src}: no config.json there; expected a Hugging Face RoBERTa checkpoint dir"
-        )
-    try:
-        config = RobertaConfig.from_pretrained(src)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"model.init_from={src}: cannot read its config.json: {exc}") from None
-    if config.model_type != "roberta":
-        raise ConfigError(f"model.init_from={src}: model_type is {config.model_type!r}, expected 'roberta'")
+    config = init_from_config(src, RobertaConfig, "RoBERTa")
     padded = model_cfg.padded_vocab_size(vocab_size)
     if config.vocab_size not in (vocab_size, padded) or config.pad_token_id != pad_id:
         raise ConfigError(
