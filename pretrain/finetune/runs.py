@@ -56,7 +56,7 @@ def training_arguments(settings: FinetuneSettings, seed: int, out_dir: str):
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=2 * settings.batch_size,
         weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float in [0, 1) is a fraction of the steps
         lr_scheduler_type="linear",
         seed=seed,
         data_seed=seed,
