@@ -21,10 +21,11 @@ def record_first_failure(path: str, code: int, what: str) -> bool:
 
     The record appears whole or not at all (written aside, then hard-linked into place, which fails if
     another node got there first), so the first node launcher to fail wins and the job script never
-    reads half a line. Raises OSError when the directory cannot be written.
+    reads half a line. Raises OSError when the directory cannot be written, or when something already
+    stands at the aside name (opened exclusively: a planted link there is never written through).
     """
     aside = f"{path}.{socket.gethostname()}.{os.getpid()}"
-    with open(aside, "w", encoding="utf-8") as f:
+    with open(aside, "x", encoding="utf-8") as f:
         f.write(f"{code} {what}\n")
     try:
         os.link(aside, path)

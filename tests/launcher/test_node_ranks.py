@@ -94,6 +94,20 @@ def test_the_first_failure_record_wins(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["failed"]
 
 
+def test_a_link_planted_at_the_aside_name_is_not_written_through(tmp_path):
+    import socket
+
+    from launcher.first_failure import record_first_failure
+
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    path = tmp_path / "failed"
+    (tmp_path / f"failed.{socket.gethostname()}.{os.getpid()}").symlink_to(target)
+    with pytest.raises(FileExistsError):
+        record_first_failure(str(path), 137, "rank 1 (local rank 1) was killed by SIGKILL")
+    assert target.read_text() == "keep\n" and not path.exists()
+
+
 def test_kill_grace_is_30_s_unless_the_environment_says_otherwise():
     from launcher.job_config import LaunchError
     from launcher.local import kill_grace_s
